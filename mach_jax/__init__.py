@@ -1,0 +1,35 @@
+"""mach_jax: extreme classification in log memory with MACH (count-min sketch of R classifiers).
+
+Python API (see README):
+    from mach_jax import Config, get_preset, train_and_evaluate, MachEnsemble, read_xc
+
+Heavy modules (jax, flax, orbax) load lazily, so ``--help`` and the data tools start fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from mach_jax.config import Config, ConfigError, get_preset
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "train_and_evaluate": "mach_jax.trainer",
+    "train": "mach_jax.trainer",
+    "MachEnsemble": "mach_jax.ensemble",
+    "read_xc": "mach_jax.xc_format",
+    "write_xc": "mach_jax.xc_format",
+    "CsrMatrix": "mach_jax.xc_format",
+    "XCDataset": "mach_jax.xc_format",
+    "DataFormatError": "mach_jax.xc_format",
+    "make_synthetic": "mach_jax.synthetic",
+}
+
+__all__ = ["Config", "ConfigError", "get_preset", *_LAZY]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'mach_jax' has no attribute {name!r}")

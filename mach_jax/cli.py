@@ -1,0 +1,104 @@
+"""Command-line flags generated from the config dataclasses, so defaults live in one place.
+
+Every config field gets a flag (``model.num_buckets`` -> ``--num-buckets``, synthetic-data fields
+get a ``--synthetic-`` prefix); common ones have short aliases (``-R``, ``-B``, ``--lr``, ...). A
+flag that is not given leaves the preset's value untouched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+from typing import Any, Callable
+
+from mach_jax.config import Config, ConfigError, PRESETS, get_preset
+
+_ALIASES = {
+    "data.train_path": ["--train"],
+    "data.test_path": ["--test"],
+    "model.num_repetitions": ["-R", "--reps"],
+    "model.num_buckets": ["-B", "--buckets"],
+    "model.hidden_sizes": ["--hidden"],
+    "train.learning_rate": ["--lr"],
+    "eval.eval_repetitions": ["--eval-reps"],
+}
+
+
+def _parse_int_tuple(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _optional(convert: Callable[[str], Any]) -> Callable[[str], Any]:
+    def parse(text: str):
+        return None if text.lower() == "none" else convert(text)
+    return parse
+
+
+def _converter(annotation: str) -> Callable[[str], Any]:
+    base = annotation.replace(" | None", "")
+    convert = {"int": int, "float": float, "str": str, "tuple[int, ...]": _parse_int_tuple}[base]
+    return _optional(convert) if "None" in annotation else convert
+
+
+def _config_fields(cls, path: str, prefix: str = ""):
+    for field in dataclasses.fields(cls):
+        default = getattr(cls(), field.name)
+        if dataclasses.is_dataclass(default):
+            yield from _config_fields(type(default), f"{path}.{field.name}", f"{field.name}-")
+        else:
+            yield f"{path}.{field.name}", prefix + field.name.replace("_", "-"), field
+
+
+def add_config_flags(parser: argparse.ArgumentParser, sections: tuple[str, ...]) -> None:
+    """Adds ``--preset`` and one flag per field of the named config sections."""
+    if "preset" not in {action.dest for action in parser._actions}:
+        parser.add_argument("--preset", default="default", choices=sorted(PRESETS),
+                            help="named settings to start from (default: %(default)s)")
+    for section in sections:
+        group = parser.add_argument_group(f"{section} settings")
+        section_cls = type(getattr(Config(), section))
+        for path, flag, field in _config_fields(section_cls, section):
+            default = getattr(get_preset("default"), section)
+            for part in path.split(".")[1:]:
+                default = getattr(default, part)
+            group.add_argument(f"--{flag}", *_ALIASES.get(path, []), dest=path, default=None,
+                               type=_converter(field.type), metavar=field.name.split("_")[-1].upper(),
+                               help=f"{path} (default preset: {default})")
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    """The preset, with every flag the user gave written over it."""
+    overrides: dict[str, dict] = {}
+    for key, value in vars(args).items():
+        if "." not in key or value is None:
+            continue
+        section, *rest = key.split(".")
+        node = overrides.setdefault(section, {})
+        for part in rest[:-1]:
+            node = node.setdefault(part, {})
+        node[rest[-1]] = value
+    return get_preset(args.preset).replace(**overrides)
+
+
+def run_cli(main: Callable[[], int]) -> None:
+    """Runs a CLI body: expected errors print one clear line and exit 2, no traceback."""
+    from mach_jax.workdir import WorkdirError
+    from mach_jax.xc_format import DataFormatError
+
+    logger = logging.getLogger("mach_jax")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+    try:
+        sys.exit(main())
+    except (ConfigError, DataFormatError, WorkdirError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)

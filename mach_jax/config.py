@@ -1,0 +1,256 @@
+"""Configuration: a small tree of frozen dataclasses, the only place defaults live.
+
+``Config(data, model, train, eval)``; every section has ``validate()``, and the tree round-trips
+through ``to_dict()`` / ``Config.from_dict()`` so that ``config.json`` in a workdir is enough to
+rebuild the model, its hashes and its evaluation. Named presets live in ``PRESETS``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+FORMAT_VERSION = 1
+
+LOSSES = ("softmax", "sigmoid")
+AGGREGATIONS = ("prob", "logit")
+OVERFLOW_POLICIES = ("truncate", "error")
+INPUT_LAYERS = ("auto", "sparse", "dense")
+
+
+class ConfigError(ValueError):
+    """A configuration value is out of range; the message names the field and the value."""
+
+
+def _require(condition: bool, field: str, value: Any, why: str) -> None:
+    if not condition:
+        raise ConfigError(f"{field}={value!r}: {why}")
+
+
+@dataclasses.dataclass(frozen=True)
+class SyntheticConfig:
+    """The embedded, deterministic power-law dataset used when no files are given."""
+
+    num_labels: int = 12_000
+    num_features: int = 10_000
+    num_train: int = 24_000
+    num_test: int = 4_000
+    mean_labels_per_point: float = 3.0
+    label_zipf_exponent: float = 1.0
+    signature_features: int = 6
+    noise_features: int = 6
+    seed: int = 0
+
+    def validate(self) -> None:
+        for name in ("num_labels", "num_features", "num_train", "num_test", "signature_features"):
+            _require(getattr(self, name) >= 1, f"synthetic.{name}", getattr(self, name), "must be >= 1")
+        _require(self.noise_features >= 0, "synthetic.noise_features", self.noise_features, "must be >= 0")
+        _require(self.mean_labels_per_point >= 1.0, "synthetic.mean_labels_per_point",
+                 self.mean_labels_per_point, "must be >= 1")
+        _require(self.label_zipf_exponent > 0, "synthetic.label_zipf_exponent",
+                 self.label_zipf_exponent, "must be > 0")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Where the data comes from and how rows are cut into fixed-shape batches.
+
+    ``max_nnz`` / ``max_labels`` cap the padded width of a row (None: the widest row of the training
+    set). A row past the cap is cut by ``overflow``: "truncate" keeps the ``max_nnz`` features of
+    largest |value| (and the first ``max_labels`` labels in file order); "error" refuses the data.
+    """
+
+    train_path: str | None = None
+    test_path: str | None = None
+    max_nnz: int | None = None
+    max_labels: int | None = None
+    overflow: str = "truncate"
+    cache_dir: str | None = None
+    synthetic: SyntheticConfig = SyntheticConfig()
+
+    def validate(self) -> None:
+        _require((self.train_path is None) == (self.test_path is None), "data.train_path/test_path",
+                 (self.train_path, self.test_path), "give both files or neither (synthetic data)")
+        for name in ("max_nnz", "max_labels"):
+            value = getattr(self, name)
+            _require(value is None or value >= 1, f"data.{name}", value, "must be >= 1 or None")
+        _require(self.overflow in OVERFLOW_POLICIES, "data.overflow", self.overflow,
+                 f"must be one of {OVERFLOW_POLICIES}")
+        self.synthetic.validate()
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """The ensemble: R members, each sparse input -> hidden ReLU layers -> B bucket logits.
+
+    ``feat_hash_dim`` > 0 hashes the D input features into that many slots per member (its own
+    seeds), as the reference code did for large D. ``input_layer`` picks how the embedding bag is
+    computed ("sparse": gather rows; "dense": a [N, D] matmul; "auto": dense when D <= 16 K); the
+    parameters are the same either way.
+    """
+
+    num_repetitions: int = 8
+    num_buckets: int = 1_000
+    hidden_sizes: tuple[int, ...] = (256,)
+    feat_hash_dim: int = 0
+    input_layer: str = "auto"
+    label_hash_seed: int = 0
+    feature_hash_seed: int = 1_000_003
+
+    def validate(self) -> None:
+        _require(self.num_repetitions >= 1, "model.num_repetitions", self.num_repetitions, "must be >= 1")
+        _require(self.num_buckets >= 2, "model.num_buckets", self.num_buckets, "must be >= 2")
+        _require(len(self.hidden_sizes) >= 1 and all(h >= 1 for h in self.hidden_sizes),
+                 "model.hidden_sizes", self.hidden_sizes, "need at least one layer, each >= 1")
+        _require(self.feat_hash_dim >= 0, "model.feat_hash_dim", self.feat_hash_dim,
+                 "must be >= 0 (0 turns feature hashing off)")
+        _require(self.input_layer in INPUT_LAYERS, "model.input_layer", self.input_layer,
+                 f"must be one of {INPUT_LAYERS}")
+        for name in ("label_hash_seed", "feature_hash_seed"):
+            value = getattr(self, name)
+            _require(0 <= value < 2**32, f"model.{name}", value, "must be in [0, 2**32)")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation: Adam over the stacked R axis, one jitted step for all members."""
+
+    epochs: int = 5
+    batch_size: int = 256
+    learning_rate: float = 2e-3
+    loss: str = "softmax"
+    seed: int = 0
+    log_every_steps: int = 20
+    checkpoint_every_steps: int = 0
+    keep_checkpoints: int = 2
+
+    def validate(self) -> None:
+        _require(self.epochs >= 1, "train.epochs", self.epochs, "must be >= 1")
+        _require(self.batch_size >= 1, "train.batch_size", self.batch_size, "must be >= 1")
+        _require(self.learning_rate > 0, "train.learning_rate", self.learning_rate, "must be > 0")
+        _require(self.loss in LOSSES, "train.loss", self.loss, f"must be one of {LOSSES}")
+        _require(self.log_every_steps >= 1, "train.log_every_steps", self.log_every_steps, "must be >= 1")
+        _require(self.checkpoint_every_steps >= 0, "train.checkpoint_every_steps",
+                 self.checkpoint_every_steps, "must be >= 0 (0: at the end of every epoch)")
+        _require(self.keep_checkpoints >= 1, "train.keep_checkpoints", self.keep_checkpoints, "must be >= 1")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """Count-min read-out and metrics. ``eval_repetitions``: use the first r <= R members (None: all)."""
+
+    aggregation: str = "prob"
+    eval_repetitions: int | None = None
+    eval_batch_size: int = 256
+    class_chunk_size: int = 4_096
+    top_k: int = 5
+    propensity_a: float = 0.55
+    propensity_b: float = 1.5
+
+    def validate(self, num_repetitions: int | None = None) -> None:
+        _require(self.aggregation in AGGREGATIONS, "eval.aggregation", self.aggregation,
+                 f"must be one of {AGGREGATIONS}")
+        _require(self.eval_repetitions is None or self.eval_repetitions >= 1, "eval.eval_repetitions",
+                 self.eval_repetitions, "must be >= 1 or None")
+        if num_repetitions is not None and self.eval_repetitions is not None:
+            _require(self.eval_repetitions <= num_repetitions, "eval.eval_repetitions",
+                     self.eval_repetitions, f"must be <= the trained R = {num_repetitions}")
+        _require(self.eval_batch_size >= 1, "eval.eval_batch_size", self.eval_batch_size, "must be >= 1")
+        _require(self.class_chunk_size >= 1, "eval.class_chunk_size", self.class_chunk_size, "must be >= 1")
+        _require(self.top_k >= 5, "eval.top_k", self.top_k, "must be >= 5 (P@5 is always reported)")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """The whole tree. ``validate()`` checks every section before anything is compiled."""
+
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+
+    def validate(self) -> "Config":
+        self.data.validate()
+        self.model.validate()
+        self.train.validate()
+        self.eval.validate(self.model.num_repetitions)
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, tree: dict[str, Any]) -> "Config":
+        return _from_dict(cls, tree, "config")
+
+    def replace(self, **sections: dict[str, Any]) -> "Config":
+        """Returns a copy with fields overridden per section, e.g. ``replace(model={"num_buckets": 64})``."""
+        tree = self.to_dict()
+        for section, fields in sections.items():
+            if section not in tree:
+                raise ConfigError(f"unknown config section {section!r}")
+            _merge(tree[section], fields, section)
+        return Config.from_dict(tree)
+
+
+def _merge(tree: dict[str, Any], fields: dict[str, Any], where: str) -> None:
+    for key, value in fields.items():
+        if key not in tree:
+            raise ConfigError(f"unknown config field {where}.{key}")
+        if isinstance(tree[key], dict) and isinstance(value, dict):
+            _merge(tree[key], value, f"{where}.{key}")
+        else:
+            tree[key] = value
+
+
+def _from_dict(cls, tree: dict[str, Any], where: str):
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(tree) - set(fields)
+    if unknown:
+        raise ConfigError(f"unknown config field(s) in {where}: {sorted(unknown)}")
+    kwargs = {}
+    for name, value in tree.items():
+        default = getattr(cls(), name)
+        if dataclasses.is_dataclass(default):
+            value = _from_dict(type(default), value, f"{where}.{name}")
+        elif isinstance(default, tuple) and isinstance(value, list):
+            value = tuple(value)
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def _preset(**sections: dict[str, Any]) -> Config:
+    return Config().replace(**sections)
+
+
+PRESETS: dict[str, Config] = {
+    # The embedded synthetic job: about two minutes on 2 CPU cores.
+    "default": Config(),
+    # CPU-sized tests and quick device checks: seconds end to end.
+    "tiny": _preset(
+        data={"synthetic": {"num_labels": 300, "num_features": 400, "num_train": 600, "num_test": 200}},
+        model={"num_repetitions": 4, "num_buckets": 32, "hidden_sizes": [32]},
+        train={"epochs": 2, "batch_size": 64, "log_every_steps": 5},
+        eval={"class_chunk_size": 128},
+    ),
+    # Real data (../shared/data); settings and measured figures are in the README.
+    "bibtex": _preset(
+        model={"num_repetitions": 16, "num_buckets": 32, "hidden_sizes": [256]},
+        train={"epochs": 10, "batch_size": 128},
+    ),
+    "delicious": _preset(
+        model={"num_repetitions": 16, "num_buckets": 128, "hidden_sizes": [256]},
+        train={"epochs": 10, "batch_size": 128, "loss": "sigmoid"},
+    ),
+}
+
+
+def get_preset(name: str) -> Config:
+    """Returns the named preset; the error lists the known names."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; known presets: {sorted(PRESETS)}")
+    return PRESETS[name]

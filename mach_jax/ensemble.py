@@ -1,0 +1,153 @@
+"""A trained ensemble for notebooks and scripts: load a workdir, predict top-k, evaluate.
+
+    ensemble = MachEnsemble.load("runs/bibtex")
+    scores, ids = ensemble.predict(features_csr, k=5)     # [N, k] each, best first
+    metrics = ensemble.evaluate(read_xc("test.txt"))      # P@k, nDCG@k, PSP@k
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+from tqdm.auto import tqdm
+
+from mach_jax import hashing, input_pipeline, mesh as mesh_lib, metrics, model, steps, workdir as wd
+from mach_jax.config import Config
+from mach_jax.xc_format import CsrMatrix, DataFormatError, XCDataset
+
+
+def hash_tables(config: Config, info: wd.RunInfo, num_reps: int, mesh) -> dict[str, jax.Array]:
+    """Device hash tables of the first ``num_reps`` members: labels [R, L], features [R, D]."""
+    rep_ids = np.arange(num_reps)
+    tables = {"labels": hashing.bucket_lookup(info.num_labels, config.model.num_buckets,
+                                              config.model.label_hash_seed, rep_ids)}
+    if config.model.feat_hash_dim:
+        tables["features"] = hashing.feature_lookup(info.num_features, config.model.feat_hash_dim,
+                                                    config.model.feature_hash_seed, rep_ids)
+    return jax.device_put(tables, mesh_lib.stacked(mesh))
+
+
+class MachEnsemble:
+    """R trained members plus everything needed to read them out.
+
+    Args:
+      config: the run's config (its ``eval`` section sets the read-out).
+      info: what the training data fixed (D, L, widths).
+      params: stacked parameters, leaves [R, ...].
+      label_counts: int [L] training label counts, for PSP@k.
+    """
+
+    def __init__(self, config: Config, info: wd.RunInfo, params: model.Params,
+                 label_counts: np.ndarray):
+        config.eval.validate(config.model.num_repetitions)
+        self.config, self.info = config, info
+        num_reps = config.eval.eval_repetitions or config.model.num_repetitions
+        self.mesh = mesh_lib.make_mesh(num_reps)
+        # The first r <= R members: a count-min sketch read with fewer rows.
+        params = jax.tree.map(lambda leaf: leaf[:num_reps], params)
+        self.params = jax.device_put(params, mesh_lib.stacked(self.mesh))
+        self.tables = hash_tables(config, info, num_reps, self.mesh)
+        self.inv_propensity = jnp.asarray(metrics.inverse_propensity(
+            label_counts, info.num_train_points, config.eval.propensity_a, config.eval.propensity_b))
+        self._graphdef = model.member_graphdef(config.model, info.num_features, info.max_nnz)
+        self._predict_kwargs = dict(graphdef=self._graphdef, loss_name=config.train.loss,
+                                    aggregation=config.eval.aggregation,
+                                    chunk_size=config.eval.class_chunk_size)
+
+    @classmethod
+    def load(cls, workdir: str | Path, **eval_overrides) -> "MachEnsemble":
+        """Restores the latest checkpoint of a workdir; ``eval_overrides`` edit the eval section."""
+        workdir = Path(workdir)
+        config, info = wd.read_run(workdir)
+        config = config.replace(eval=eval_overrides) if eval_overrides else config
+        manager = wd.checkpoint_manager(workdir)
+        mesh = mesh_lib.make_mesh(config.model.num_repetitions)
+        abstract = jax.eval_shape(functools.partial(
+            model.init_params, config.model, info.num_features,
+            jnp.arange(config.model.num_repetitions), 0))
+        abstract = jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(
+            leaf.shape, leaf.dtype, sharding=mesh_lib.stacked(mesh)), abstract)
+        step = manager.latest_step()
+        if step is None:
+            raise wd.WorkdirError(f"{workdir}: no checkpoint found under {wd.CHECKPOINT_DIR}/")
+        restored = manager.restore(step, args=_partial_restore_args(abstract))
+        return cls(config, info, restored["params"], wd.read_label_counts(workdir))
+
+    def _check_features(self, dataset_source: str, features: CsrMatrix) -> None:
+        if features.num_cols != self.info.num_features:
+            raise DataFormatError(dataset_source, 1, f"the data has D={features.num_cols} features, "
+                                  f"the model was trained with D={self.info.num_features}")
+
+    def _batch_shape(self, features: CsrMatrix, labels: CsrMatrix | None) -> input_pipeline.BatchShape:
+        widest = input_pipeline.widest_row(features)
+        max_nnz = min(self.config.data.max_nnz or widest, widest) or 1
+        max_labels = max(input_pipeline.widest_row(labels), 1) if labels is not None else 1
+        return input_pipeline.BatchShape(self.config.eval.eval_batch_size, max_nnz, max_labels)
+
+    def _capped(self, features: CsrMatrix, source: str, width: int) -> CsrMatrix:
+        return input_pipeline.cap_row_width(features, width, self.config.data.overflow,
+                                            keep_largest=True, source=source, what="features")
+
+    def predict(self, features: CsrMatrix, k: int = 5, source: str = "<features>",
+                progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k classes of every row of a [N, D] CSR matrix.
+
+        Returns:
+          ``(scores, ids)``: float32 [N, k] and int32 [N, k], best first.
+        """
+        self._check_features(source, features)
+        shape = self._batch_shape(features, None)
+        dataset = XCDataset(self._capped(features, source, shape.max_nnz),
+                            CsrMatrix(np.zeros(features.num_rows + 1, np.int64), np.zeros(0, np.int32),
+                                      np.zeros(0, np.float32), self.info.num_labels), source)
+        step = jax.jit(functools.partial(steps.predict_step, k=k, **self._predict_kwargs))
+        scores, ids = [], []
+        for batch in tqdm(input_pipeline.eval_batches(dataset, shape), disable=not progress,
+                          total=input_pipeline.num_batches(dataset.num_points, shape.batch_size),
+                          desc="predict"):
+            batch_scores, batch_ids = step(self.params, _device_batch(batch), self.tables)
+            scores.append(batch_scores)
+            ids.append(batch_ids)
+        scores, ids = jax.device_get((scores, ids))
+        return (np.concatenate(scores)[:dataset.num_points], np.concatenate(ids)[:dataset.num_points])
+
+    def evaluate(self, dataset: XCDataset, progress: bool = True) -> dict[str, float]:
+        """P@k, nDCG@k and PSP@k (k = 1, 3, 5) of the ensemble on a labelled dataset."""
+        self._check_features(dataset.source, dataset.features)
+        if dataset.num_labels != self.info.num_labels:
+            raise DataFormatError(dataset.source, 1, f"the data has L={dataset.num_labels} labels, "
+                                  f"the model was trained with L={self.info.num_labels}")
+        shape = self._batch_shape(dataset.features, dataset.labels)
+        dataset = dataclasses.replace(dataset, features=self._capped(dataset.features, dataset.source,
+                                                                     shape.max_nnz))
+        step = jax.jit(functools.partial(steps.eval_step, k=self.config.eval.top_k,
+                                         **self._predict_kwargs))
+        totals = None
+        for batch in tqdm(input_pipeline.eval_batches(dataset, shape), disable=not progress,
+                          total=input_pipeline.num_batches(dataset.num_points, shape.batch_size),
+                          desc="evaluate"):
+            sums = step(self.params, _device_batch(batch), self.tables, self.inv_propensity)
+            totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+        result = metrics.finalize(jax.device_get(totals))
+        result["num_repetitions"] = int(jax.tree.leaves(self.params)[0].shape[0])
+        result["aggregation"] = self.config.eval.aggregation
+        return result
+
+
+def _device_batch(batch: input_pipeline.Batch) -> dict[str, jax.Array]:
+    return {name: jnp.asarray(value) for name, value in batch.items()}
+
+
+def _partial_restore_args(abstract_params):
+    """Restore only the parameters of a training checkpoint (the optimizer state is skipped)."""
+    return ocp.args.PyTreeRestore(
+        item={"params": abstract_params},
+        restore_args=jax.tree.map(lambda leaf: ocp.ArrayRestoreArgs(sharding=leaf.sharding),
+                                  {"params": abstract_params}),
+        partial_restore=True)

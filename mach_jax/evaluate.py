@@ -1,0 +1,57 @@
+"""``python -m mach_jax.evaluate --workdir W [--test FILE]``: restore a trained ensemble, score it.
+
+Everything about the model comes from the workdir (config.json, checkpoints). Without ``--test``
+the run's own test data is used (its test file, or the synthetic test split it was trained with).
+Eval flags (``--aggregation``, ``--eval-reps``, ...) change only the read-out.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from mach_jax import cli
+from mach_jax.metrics import format_metrics
+
+
+def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m mach_jax.evaluate", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workdir", required=True, help="a workdir written by mach_jax.train")
+    parser.add_argument("--test", default=None, help="test file in XC format (plain or .gz)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    cli.add_config_flags(parser, ("eval",))
+    return parser.parse_args(argv)
+
+
+def do_evaluate(args: argparse.Namespace) -> int:
+    from mach_jax import trainer, workdir as wd
+    from mach_jax.ensemble import MachEnsemble
+    from mach_jax.xc_format import read_xc
+
+    overrides = {key.split(".", 1)[1]: value for key, value in vars(args).items()
+                 if key.startswith("eval.") and value is not None}
+    ensemble = MachEnsemble.load(args.workdir, **overrides)
+    data_config = ensemble.config.data
+    if args.test:
+        test = read_xc(args.test, cache_dir=data_config.cache_dir)
+    elif data_config.test_path:
+        test = read_xc(data_config.test_path, cache_dir=data_config.cache_dir)
+    else:
+        test = trainer.load_datasets(data_config)[1]
+    metrics = ensemble.evaluate(test, progress=not args.quiet)
+    metrics["test_source"] = test.source
+    path = wd.write_metrics(Path(args.workdir), metrics)
+    print(f"test metrics on {metrics['num_points']} points ({test.source}), "
+          f"{metrics['num_repetitions']} repetitions, {metrics['aggregation']} aggregation:")
+    print(format_metrics(metrics))
+    print(f"written to {path}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return do_evaluate(parse_arguments(argv))
+
+
+if __name__ == "__main__":
+    cli.run_cli(main)

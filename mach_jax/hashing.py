@@ -1,0 +1,81 @@
+"""Deterministic class -> bucket and feature -> slot hashing for the R repetitions.
+
+Repetition r maps class c to bucket ``h_r(c) = murmur3_x86_32(le32(c), seed=base_seed + r) mod B``
+(unsigned), exactly as ``mmh3.hash(c.to_bytes(4, "little"), base_seed + r, signed=False) % B``.
+The hash is written once over an array namespace ``xp`` (numpy here, ``jax.numpy`` on device),
+so that every table can be rebuilt bit-for-bit from ``(base_seed, R, B, L)`` alone.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+_C1 = 0xCC9E2D51
+_C2 = 0x1B873593
+_MASK32 = 0xFFFFFFFF
+
+
+def _rotl32(x, r: int, xp):
+    return (x << xp.uint32(r)) | (x >> xp.uint32(32 - r))
+
+
+def murmur3_32_of_uint32(keys, seeds, xp=np):
+    """MurmurHash3 x86_32 of each key's 4 little-endian bytes, vectorised.
+
+    Args:
+      keys: non-negative integers < 2**32, any shape (broadcast against ``seeds``).
+      seeds: seeds < 2**32, broadcastable against ``keys``.
+      xp: array namespace, ``numpy`` or ``jax.numpy``.
+
+    Returns:
+      uint32 hashes with the broadcast shape; equal to ``mmh3.hash(key_bytes, seed, signed=False)``.
+    """
+    with np.errstate(over="ignore"):  # uint32 arithmetic wraps mod 2**32 on purpose
+        k = xp.asarray(keys).astype(xp.uint32)
+        h = xp.asarray(seeds).astype(xp.uint32)
+        k = k * xp.uint32(_C1)
+        k = _rotl32(k, 15, xp)
+        k = k * xp.uint32(_C2)
+        h = h ^ k
+        h = _rotl32(h, 13, xp)
+        h = h * xp.uint32(5) + xp.uint32(0xE6546B64)
+        h = h ^ xp.uint32(4)  # the key length in bytes
+        h = h ^ (h >> xp.uint32(16))
+        h = h * xp.uint32(0x85EBCA6B)
+        h = h ^ (h >> xp.uint32(13))
+        h = h * xp.uint32(0xC2B2AE35)
+        h = h ^ (h >> xp.uint32(16))
+        return h
+
+
+def repetition_seeds(base_seed: int, repetitions) -> np.ndarray:
+    """Per-repetition seeds ``base_seed + r`` as uint32 [R]; ``repetitions`` is an int R or ids."""
+    reps = np.arange(repetitions) if np.isscalar(repetitions) else np.asarray(repetitions)
+    return ((int(base_seed) + reps.astype(np.int64)) & _MASK32).astype(np.uint32)
+
+
+def bucket_lookup(num_labels: int, num_buckets: int, base_seed: int, repetitions) -> np.ndarray:
+    """Class -> bucket table of every repetition.
+
+    Args:
+      num_labels: L.
+      num_buckets: B.
+      base_seed: seed of repetition 0; repetition r uses ``base_seed + r``.
+      repetitions: R, or an explicit array of repetition ids (a subset of an ensemble).
+
+    Returns:
+      int32 [R, L]: entry [r, c] is ``h_r(c)`` in [0, B).
+    """
+    seeds = repetition_seeds(base_seed, repetitions)
+    classes = np.arange(num_labels, dtype=np.uint32)
+    hashes = murmur3_32_of_uint32(classes[None, :], seeds[:, None])
+    return (hashes % np.uint32(num_buckets)).astype(np.int32)
+
+
+def feature_lookup(num_features: int, hash_dim: int, base_seed: int, repetitions) -> np.ndarray:
+    """Feature -> hashed slot table of every repetition (input feature hashing).
+
+    Returns:
+      int32 [R, D]: entry [r, f] is ``murmur3(f, base_seed + r) mod hash_dim``.
+    """
+    return bucket_lookup(num_features, hash_dim, base_seed, repetitions)

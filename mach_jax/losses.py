@@ -1,0 +1,60 @@
+"""Per-point bucket losses of one member, and their masked mean.
+
+Member r sees a point's labels only through their buckets ``h_r(label)``:
+
+- ``softmax`` (the paper): cross-entropy against the labels spread uniformly over their buckets,
+  each label carrying 1/|y| of the target mass (two labels in one bucket give it 2/|y|);
+- ``sigmoid`` (the reference code): binary cross-entropy against the multi-hot bucket vector,
+  averaged over the B buckets.
+
+Points with no labels and padding points get weight 0: they are masked out, never fed as
+all-zero targets.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+
+
+def softmax_bucket_loss(logits: jax.Array, buckets: jax.Array, label_mask: jax.Array) -> jax.Array:
+    """Args: logits [N, B]; buckets int32 [N, M]; label_mask float32 [N, M]. Returns: [N]."""
+    log_probs = jax.nn.log_softmax(logits, axis=-1)
+    picked = jnp.take_along_axis(log_probs, buckets, axis=-1)  # [N, M]
+    num_labels = jnp.maximum(label_mask.sum(-1), 1.0)
+    return -(picked * label_mask).sum(-1) / num_labels
+
+
+def sigmoid_bucket_loss(logits: jax.Array, buckets: jax.Array, label_mask: jax.Array) -> jax.Array:
+    """Args: logits [N, B]; buckets int32 [N, M]; label_mask float32 [N, M]. Returns: [N]."""
+    points = jnp.arange(logits.shape[0])[:, None]
+    targets = jnp.zeros_like(logits).at[points, buckets].max(label_mask)  # multi-hot [N, B]
+    return optax.sigmoid_binary_cross_entropy(logits, targets).mean(-1)
+
+
+LOSS_FUNCTIONS = {"softmax": softmax_bucket_loss, "sigmoid": sigmoid_bucket_loss}
+
+
+def point_weights(label_mask: jax.Array, point_mask: jax.Array) -> jax.Array:
+    """1 for real points with at least one label, else 0. Args: [N, M], [N]. Returns: [N]."""
+    return point_mask * (label_mask.sum(-1) > 0)
+
+
+def member_losses(loss_name: str, logits: jax.Array, buckets: jax.Array, label_mask: jax.Array,
+                  point_mask: jax.Array) -> jax.Array:
+    """Masked mean loss of every member.
+
+    Args:
+      loss_name: "softmax" or "sigmoid".
+      logits: [R, N, B].
+      buckets: int32 [R, N, M], the label buckets under each member's hash.
+      label_mask: float32 [N, M].
+      point_mask: float32 [N].
+
+    Returns:
+      float32 [R]: member r's loss depends on member r's logits and buckets only.
+    """
+    per_point = jax.vmap(LOSS_FUNCTIONS[loss_name], in_axes=(0, 0, None))(logits, buckets, label_mask)
+    weights = point_weights(label_mask, point_mask)
+    return (per_point * weights).sum(-1) / jnp.maximum(weights.sum(), 1.0)

@@ -1,0 +1,144 @@
+"""A training workdir: ``config.json``, ``label_counts.npy``, ``checkpoints/`` and ``metrics.json``.
+
+``config.json`` holds the config tree and what the data fixed (D, L, the batch geometry, the
+training-set size), so that evaluation and prediction need nothing but the workdir: the hash
+tables are rebuilt from ``(label_hash_seed, R, B, L)``. Checkpoints are written by Orbax's
+CheckpointManager, atomically (a step folder appears only once it is complete).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orbax.checkpoint as ocp
+
+from mach_jax.config import FORMAT_VERSION, Config
+
+CONFIG_FILE = "config.json"
+LABEL_COUNTS_FILE = "label_counts.npy"
+METRICS_FILE = "metrics.json"
+CHECKPOINT_DIR = "checkpoints"
+
+# Fields that may differ when a run is resumed in the same workdir (they change neither the model
+# nor the data order): everything else must match the saved config.
+_RESUMABLE_FIELDS = {
+    "train.epochs", "train.log_every_steps", "train.checkpoint_every_steps", "train.keep_checkpoints",
+    "data.cache_dir", "data.train_path", "data.test_path",
+}
+
+
+class WorkdirError(ValueError):
+    """The workdir is missing, incomplete, or was written by an incompatible run."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RunInfo:
+    """What the training data fixed: D, L, N_train and the padded batch widths K and M."""
+
+    num_features: int
+    num_labels: int
+    num_train_points: int
+    max_nnz: int
+    max_labels: int
+    train_source: str
+
+
+def write_run(workdir: Path, config: Config, info: RunInfo, label_counts: np.ndarray) -> None:
+    """Writes config.json and label_counts.npy, or checks them against an earlier run."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    path = workdir / CONFIG_FILE
+    if path.exists():
+        saved_config, saved_info = read_run(workdir)
+        _check_resumable(workdir, saved_config, saved_info, config, info)
+        return
+    np.save(workdir / LABEL_COUNTS_FILE, label_counts.astype(np.int64), allow_pickle=False)
+    payload = {"format_version": FORMAT_VERSION, "config": config.to_dict(),
+               "run_info": dataclasses.asdict(info)}
+    _write_json_atomically(path, payload)
+
+
+def read_run(workdir: Path) -> tuple[Config, RunInfo]:
+    """Reads config.json; a clear WorkdirError when it is missing or of another format."""
+    path = Path(workdir) / CONFIG_FILE
+    if not path.exists():
+        raise WorkdirError(f"{path}: not found; is {workdir} a mach_jax workdir that was trained?")
+    try:
+        payload = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise WorkdirError(f"{path}: not valid JSON ({error})") from None
+    version = payload.get("format_version")
+    if version != FORMAT_VERSION:
+        raise WorkdirError(f"{path}: format_version {version!r}, this mach_jax reads {FORMAT_VERSION}")
+    return Config.from_dict(payload["config"]), RunInfo(**payload["run_info"])
+
+
+def read_label_counts(workdir: Path) -> np.ndarray:
+    """Training label counts [L] (for the propensity-scored metrics)."""
+    return np.load(Path(workdir) / LABEL_COUNTS_FILE, allow_pickle=False)
+
+
+def write_metrics(workdir: Path, metrics: dict[str, Any]) -> Path:
+    path = Path(workdir) / METRICS_FILE
+    _write_json_atomically(path, metrics)
+    return path
+
+
+def checkpoint_manager(workdir: Path, keep: int = 2) -> ocp.CheckpointManager:
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
+    return ocp.CheckpointManager(Path(workdir).absolute() / CHECKPOINT_DIR, options=options)
+
+
+def save_state(manager: ocp.CheckpointManager, step: int, state: Any) -> None:
+    manager.save(step, args=ocp.args.StandardSave(state))
+
+
+def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any) -> Any | None:
+    """Restores the newest complete checkpoint onto the shardings in ``abstract_state``.
+
+    Args:
+      manager: from ``checkpoint_manager``.
+      abstract_state: pytree of ``jax.ShapeDtypeStruct`` with shardings for the current mesh.
+
+    Returns:
+      The state, or None when the workdir has no checkpoint yet.
+    """
+    step = manager.latest_step()
+    if step is None:
+        return None
+    return manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
+
+
+def _check_resumable(workdir: Path, saved: Config, saved_info: RunInfo, config: Config,
+                     info: RunInfo) -> None:
+    saved_flat, new_flat = _flatten(saved.to_dict()), _flatten(config.to_dict())
+    for key in sorted(saved_flat):
+        if key.startswith("eval.") or key in _RESUMABLE_FIELDS:
+            continue
+        if saved_flat[key] != new_flat.get(key):
+            raise WorkdirError(
+                f"{workdir} was trained with {key}={saved_flat[key]!r}, this run asks for "
+                f"{new_flat.get(key)!r}; use another --workdir or the same settings")
+    if dataclasses.replace(saved_info, train_source=info.train_source) != info:
+        raise WorkdirError(f"{workdir} was trained on data with {saved_info}, this run's data gives "
+                           f"{info}; use another --workdir")
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _write_json_atomically(path: Path, payload: Any) -> None:
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+    os.replace(temporary, path)
