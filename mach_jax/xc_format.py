@@ -1,0 +1,631 @@
+"""Reader and writer for the Extreme Classification Repository sparse text format.
+
+    num_points num_features num_labels          <- header, line 1
+    l1,l2,...,lk f1:v1 f2:v2 ...                <- one line per point, ids 0-based
+     f1:v1 f2:v2 ...                            <- a point with no labels starts with a space
+
+Files may be plain or gzip (detected by the magic bytes 1f 8b, not the name). The parser is
+strict: every problem raises `DataFormatError` naming the file, the 1-based line (header = line
+1) and the problem; nothing is skipped. Accepted leniencies: CRLF endings, one final newline,
+trailing spaces, runs of spaces/tabs between features, leading zeros. Values follow Python's
+`float` grammar without underscores, nan or inf. Ids keep their file order within a row (rows
+are not sorted), so a round trip through `write_xc` is exact.
+
+Parsing is vectorised, in chunks of about 4 MB of text: lines are split and joined into one
+label blob and one feature blob with C-level bytes methods, then tokenised and converted with
+numpy (digits by SWAR arithmetic on uint64 words). Range, finiteness and duplicate errors are
+located with searchsorted; when a structural check fails, a slow line-by-line validator over
+that chunk finds the first bad line. `read_xc` caches parsed arrays in `.npz` files keyed by
+absolute path, size and mtime.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import gzip
+import hashlib
+import os
+import re
+import tempfile
+import zlib
+from itertools import repeat
+from pathlib import Path
+
+import numpy as np
+
+# Bump when the parse of the same bytes could change; invalidates every cache entry.
+FORMAT_VERSION = 1
+_INT32_MAX = 2**31 - 1
+_CHUNK_BYTES = 1 << 22
+_VALUE_RE = re.compile(rb"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+_FEATURE_CHARS = b"0123456789:.eE+- \t"
+_PRINTABLE = bytes(range(32, 127)) + b"\t"
+_POW10 = 10.0 ** np.arange(16)
+_KEEP = np.array([0] + [(2**64 - 1) << 8 * (8 - n) & 2**64 - 1 for n in range(1, 9)], np.uint64)
+_ASCII_ZEROS = _KEEP & np.uint64(0x3030303030303030)  # b"0" in each kept byte
+
+
+class DataFormatError(ValueError):
+    """Malformed XC input; `line` is 1-based (header = 1) or None for whole-file problems."""
+
+    def __init__(self, path: str, line: int | None, problem: str):
+        self.path, self.line, self.problem = str(path), line, problem
+        where = self.path if line is None else f"{self.path}:{line}"
+        super().__init__(f"{where}: {problem}")
+
+    def __reduce__(self):
+        return type(self), (self.path, self.line, self.problem)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class CsrMatrix:
+    """Compressed sparse rows; `==` compares all arrays exactly.
+
+    Attributes:
+      indptr: int64 [N + 1], row i holds entries indptr[i]:indptr[i + 1].
+      indices: int32 [nnz] column ids in [0, num_cols), in file order within a row.
+      values: float32 [nnz].
+      num_cols: number of columns (D for features, L for labels).
+    """
+
+    indptr: np.ndarray
+    indices: np.ndarray
+    values: np.ndarray
+    num_cols: int
+
+    def __post_init__(self):
+        indptr, indices = np.asarray(self.indptr), np.asarray(self.indices)
+        values = np.asarray(self.values)
+        num_cols = int(self.num_cols)
+        if indptr.ndim != 1 or indices.ndim != 1 or values.ndim != 1 or len(indptr) < 1:
+            raise ValueError("indptr, indices and values must be 1-D, indptr non-empty")
+        if indptr[0] != 0 or indptr[-1] != len(indices) or len(indices) != len(values):
+            raise ValueError(f"indptr must run from 0 to nnz={len(indices)} = len(values)"
+                             f"={len(values)}, got {indptr[0]}..{indptr[-1]}")
+        if np.any(np.diff(indptr) < 0):
+            raise ValueError("indptr must be non-decreasing")
+        if not 0 <= num_cols <= _INT32_MAX:
+            raise ValueError(f"num_cols={num_cols} outside [0, 2**31)")
+        if indices.size and (indices.min() < 0 or indices.max() >= num_cols):
+            raise ValueError(f"column ids must lie in [0, {num_cols})")
+        object.__setattr__(self, "indptr", np.ascontiguousarray(indptr, np.int64))
+        object.__setattr__(self, "indices", np.ascontiguousarray(indices, np.int32))
+        object.__setattr__(self, "values", np.ascontiguousarray(values, np.float32))
+        object.__setattr__(self, "num_cols", num_cols)
+
+    @property
+    def num_rows(self) -> int:
+        return len(self.indptr) - 1
+
+    def row_nnz(self) -> np.ndarray:
+        """Returns int64 [N]: stored entries per row."""
+        return np.diff(self.indptr)
+
+    def take(self, rows) -> CsrMatrix:
+        """Selects rows (int ids, negative allowed, or a bool mask [N]); returns [len(rows), C]."""
+        rows = np.asarray(rows)
+        if rows.dtype == bool:
+            if rows.shape != (self.num_rows,):
+                raise IndexError(f"bool mask of shape {rows.shape}, need ({self.num_rows},)")
+            rows = np.flatnonzero(rows)
+        elif rows.size and not np.issubdtype(rows.dtype, np.integer):
+            raise TypeError(f"row ids must be integers, got {rows.dtype}")
+        if rows.ndim != 1:
+            raise IndexError(f"row ids must be 1-D, got shape {rows.shape}")
+        rows = rows.astype(np.int64)
+        n = self.num_rows
+        if rows.size and (rows.min() < -n or rows.max() >= n):
+            raise IndexError(f"row id out of range for {n} rows")
+        rows = np.where(rows < 0, rows + n, rows)
+        starts, counts = self.indptr[rows], self.indptr[rows + 1] - self.indptr[rows]
+        indptr = np.concatenate([[0], np.cumsum(counts)])
+        gather = np.repeat(starts - indptr[:-1], counts) + np.arange(indptr[-1])
+        return CsrMatrix(indptr, self.indices[gather], self.values[gather], self.num_cols)
+
+    def __getitem__(self, rows) -> CsrMatrix:
+        if isinstance(rows, slice):
+            rows = np.arange(self.num_rows)[rows]
+        return self.take(rows)
+
+    def to_dense(self) -> np.ndarray:
+        """Returns float32 [N, C]; duplicate entries (never produced by the parser) add up."""
+        out = np.zeros((self.num_rows, self.num_cols), np.float32)
+        np.add.at(out, (np.repeat(np.arange(self.num_rows), self.row_nnz()), self.indices),
+                  self.values)
+        return out
+
+    def __eq__(self, other):
+        if not isinstance(other, CsrMatrix):
+            return NotImplemented
+        return (self.num_cols == other.num_cols and np.array_equal(self.indptr, other.indptr)
+                and np.array_equal(self.indices, other.indices)
+                and np.array_equal(self.values, other.values))
+
+
+@dataclasses.dataclass(frozen=True)
+class XCDataset:
+    """A multi-label dataset; `==` compares the matrices, not `source`.
+
+    Attributes:
+      features: [N, D] feature matrix.
+      labels: [N, L] label matrix, values all 1.
+      source: path or description of where it came from.
+    """
+
+    features: CsrMatrix
+    labels: CsrMatrix
+    source: str = dataclasses.field(default="<memory>", compare=False)
+
+    def __post_init__(self):
+        if self.features.num_rows != self.labels.num_rows:
+            raise ValueError(f"{self.features.num_rows} feature rows but "
+                             f"{self.labels.num_rows} label rows")
+        if not np.all(self.labels.values == 1):
+            raise ValueError("label values must all be 1")
+
+    @property
+    def num_points(self) -> int:
+        return self.features.num_rows
+
+    @property
+    def num_features(self) -> int:
+        return self.features.num_cols
+
+    @property
+    def num_labels(self) -> int:
+        return self.labels.num_cols
+
+
+def _show(text: bytes, limit: int = 40) -> str:
+    """Quoted, escaped, shortened text for messages, e.g. '\\xef1 2'."""
+    s = text.decode("latin-1")
+    return ascii(s if len(s) <= limit else s[:limit] + "...")
+
+
+def _to_float32(x) -> np.ndarray:
+    with np.errstate(over="ignore"):  # overflow becomes inf, reported as non-finite
+        return np.asarray(x, np.float64).astype(np.float32)
+
+
+def _line_problem(line: bytes, num_features: int, num_labels: int) -> str | None:
+    """Slow, obviously-correct check of one data line; returns the first problem or None."""
+    if not line:
+        return "blank line (a point with no labels and no features is a single space)"
+    bad = line.translate(None, _PRINTABLE)
+    if bad:
+        return (f"unexpected byte 0x{bad[0]:02x} at column {line.index(bad[:1]) + 1} "
+                "(binary, control or non-ASCII data)")
+    label_part, _, feature_part = line.partition(b" ")
+    seen = set()
+    for item in label_part.split(b",") if label_part else []:
+        if not item.isdigit():
+            hint = " (a point with no labels must start with a space)" if b":" in item else ""
+            return (f"empty label id in {_show(label_part)}" if not item else
+                    f"label id {_show(item)} is not a non-negative integer{hint}")
+        if int(item) >= num_labels:
+            return f"label id {int(item)} is outside [0, {num_labels})"
+        if int(item) in seen:
+            return f"duplicate label id {int(item)}"
+        seen.add(int(item))
+    seen = set()
+    for token in feature_part.split():
+        fid, colon, value = token.partition(b":")
+        if not (colon and fid and value) or b":" in value:
+            return f"feature {_show(token)} is not of the form id:value"
+        if not fid.isdigit():
+            return f"feature id {_show(fid)} is not a non-negative integer"
+        if int(fid) >= num_features:
+            return f"feature id {int(fid)} is outside [0, {num_features})"
+        try:
+            finite = np.isfinite(_to_float32(float(value)))
+        except ValueError:
+            finite = None
+        if not finite:
+            return f"feature value {_show(value)} is not a " + ("number" if finite is None
+                                                               else "finite float32")
+        if not _VALUE_RE.fullmatch(value):  # float() also takes underscores and spaces
+            return f"feature value {_show(value)} is not a plain decimal number"
+        if int(fid) in seen:
+            return f"duplicate feature id {int(fid)}"
+        seen.add(int(fid))
+    return None
+
+
+def _word_view(blob: bytes) -> np.ndarray:
+    """uint64 [len(blob) + 1] whose element i holds bytes blob[i - 8:i] (zeros before 0)."""
+    padded = np.frombuffer(bytes(8) + blob, np.uint8)
+    return np.ndarray((len(blob) + 1,), "<u8", padded, 0, (1,))
+
+
+def _swar8(words: np.ndarray, ends: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Value of the up to 8 digits ending at each end: one uint64 word each, SWAR.
+
+    Bytes before the digits are masked to '0'; then pairs, quads and octets of digits are
+    combined by multiply-shift-mask within the word.
+    """
+    x = words[ends]
+    x &= _KEEP[lengths]
+    x -= _ASCII_ZEROS[lengths]
+    for shift, mask in ((8, 0x00FF00FF00FF00FF), (16, 0x0000FFFF0000FFFF), (32, 0xFFFFFFFF)):
+        high = x >> shift
+        x *= 10 ** (shift // 8)
+        x += high
+        x &= mask
+    return x.view(np.int64)
+
+
+def _digits_to_int(blob: bytes, words: np.ndarray, ends: np.ndarray,
+                   lengths: np.ndarray) -> np.ndarray:
+    """int64 value of each all-digit segment blob[end - n:end]; values >= 2**63 saturate."""
+    if len(lengths) and lengths.min() == 1 == lengths.max():  # e.g. binary feature values
+        return (words[ends] >> 56).astype(np.int64) - ord("0")
+    out = _swar8(words, ends, np.minimum(lengths, 8))
+    long = np.flatnonzero(lengths > 8)
+    if len(long):
+        out[long] += 10**8 * _swar8(words, ends[long] - 8, np.minimum(lengths[long] - 8, 8))
+    for i in long[lengths[long] > 16].tolist():  # rare: leading zeros or out of range anyway
+        out[i] = min(int(blob[ends[i] - lengths[i]:ends[i]]), np.iinfo(np.int64).max)
+    return out
+
+
+def _token_bounds(buf: np.ndarray, sep: int) -> tuple[np.ndarray, np.ndarray]:
+    """Starts and ends [tokens] of the tokens of buf split at each byte equal to sep."""
+    seps = np.flatnonzero(buf == sep)
+    starts, ends = np.empty(len(seps) + 1, np.int64), np.empty(len(seps) + 1, np.int64)
+    starts[0], starts[1:], ends[:-1], ends[-1] = 0, seps + 1, seps, len(buf)
+    return starts, ends
+
+
+def _parse_labels(blob: bytes) -> np.ndarray | None:
+    """Label ids int64 [total] of a ','-joined blob, or None if it is not d+(,d+)*."""
+    if not blob:
+        return np.zeros(0, np.int64)
+    if (blob.translate(None, b"0123456789,") or b",," in blob or blob[:1] == b","
+            or blob[-1:] == b","):
+        return None
+    starts, ends = _token_bounds(np.frombuffer(blob, np.uint8), ord(","))
+    return _digits_to_int(blob, _word_view(blob), ends, ends - starts)
+
+
+def _parse_features(blob: bytes) -> tuple[np.ndarray, np.ndarray] | None:
+    """(ids int64, values float32) [tokens] of the `id:value` tokens of blob, or None."""
+    if blob.translate(None, _FEATURE_CHARS):
+        return None
+    if b"  " in blob or b"\t" in blob or blob[:1] == b" " or blob[-1:] == b" ":
+        blob = b" ".join(blob.split())  # safe: only space and tab are left as whitespace
+    if not blob:
+        return np.zeros(0, np.int64), np.zeros(0, np.float32)
+    buf = np.frombuffer(blob, np.uint8)
+    starts, ends = _token_bounds(buf, ord(" "))
+    colons = np.flatnonzero(buf == ord(":"))
+    # Exactly one ':' strictly inside each token, so id and value are non-empty.
+    if len(colons) != len(starts) or np.any(colons <= starts) or np.any(colons >= ends - 1):
+        return None
+    hard = np.zeros(len(starts), bool)  # values float() must parse: exponent, sign, long
+    dot = ends.copy()  # no '.' behaves like one just past the end
+    for chars in (b".", b"eE+-"):
+        if not any(c in blob for c in chars):
+            continue
+        pos = np.flatnonzero(np.logical_or.reduce([buf == c for c in chars]))
+        if chars == b"." and len(pos) == len(starts):
+            tok = np.arange(len(pos))  # one dot per token, unless the check below fails
+        else:
+            tok = np.searchsorted(colons, pos) - 1
+        if np.any(tok < 0) or np.any(pos <= colons[tok]) or np.any(pos >= ends[tok]):
+            return None  # these characters are allowed only after the ':'
+        if chars == b".":
+            hard[tok[1:][tok[1:] == tok[:-1]]] = True  # two dots
+            dot[tok] = pos
+        else:
+            hard[tok] = True
+    words = _word_view(blob)
+    ids = _digits_to_int(blob, words, colons, colons - starts)
+    int_len, frac_len = dot - colons - 1, ends - np.minimum(dot + 1, ends)
+    hard |= (int_len + frac_len == 0) | (int_len + frac_len > 15)
+    simple = np.flatnonzero(~hard) if hard.any() else slice(None)
+    int_len, frac_len = int_len[simple], frac_len[simple]
+    # At most 15 digits: mantissa / 10**k divides exact doubles and rounds once, exactly
+    # like float(); both paths then cast float64 -> float32.
+    mantissa = _digits_to_int(blob, words, dot[simple], int_len)
+    if frac_len.any():
+        mantissa = mantissa * 10**frac_len + _digits_to_int(blob, words, ends[simple], frac_len)
+    values = np.empty(len(starts), np.float32)
+    values[simple] = (mantissa / _POW10[frac_len]).astype(np.float32)
+    hard = np.flatnonzero(hard)
+    if len(hard):
+        texts = [blob[a + 1:b] for a, b in zip(colons[hard].tolist(), ends[hard].tolist())]
+        if not all(map(_VALUE_RE.fullmatch, texts)):
+            return None
+        values[hard] = _to_float32([float(t) for t in texts])
+    return ids, values
+
+
+def _first_row(bad: np.ndarray, indptr: np.ndarray) -> int | None:
+    """Row of the first True entry of bad [nnz], or None."""
+    if not bad.any():
+        return None
+    return int(np.searchsorted(indptr, np.argmax(bad), side="right") - 1)
+
+
+def _first_duplicate_row(indices: np.ndarray, indptr: np.ndarray, num_cols: int) -> int | None:
+    """First row holding a repeated id, or None. Rows already increasing skip the sort.
+
+    Out-of-range ids are clipped to num_cols; a duplicate that creates lies in a row that
+    already has a range error, so the first bad row is unchanged.
+    """
+    increasing = np.diff(indices) > 0
+    boundaries = indptr[1:-1]
+    increasing[boundaries[(boundaries > 0) & (boundaries < len(indices))] - 1] = True
+    if increasing.all():
+        return None
+    rows = np.repeat(np.arange(len(indptr) - 1), np.diff(indptr))
+    width = num_cols + 1
+    keys = np.sort(rows * width + np.minimum(indices, num_cols))
+    dup = keys[1:] == keys[:-1]
+    return int(keys[1:][dup].min() // width) if dup.any() else None
+
+
+def _parse_chunk(lines: list[bytes], num_features: int, num_labels: int, path: str,
+                 first_line: int) -> tuple[np.ndarray, ...]:
+    """Parses data lines numbered from first_line or raises DataFormatError.
+
+    Returns:
+      label counts [n], label ids [labels], feature counts [n], feature ids and values
+      [features], for the n lines.
+    """
+    n = len(lines)
+    parsed = None
+    if all(lines):
+        label_parts, _, feature_parts = zip(*map(bytes.partition, lines, repeat(b" ")))
+        label_ids = _parse_labels(b",".join(filter(None, label_parts)))
+        features = _parse_features(b" ".join(filter(None, feature_parts)))
+        if label_ids is not None and features is not None:
+            parsed = label_ids, *features
+    if parsed is None:  # malformed structure somewhere: the slow path finds the first bad line
+        for row, line in enumerate(lines):
+            problem = _line_problem(line, num_features, num_labels)
+            if problem:
+                raise DataFormatError(path, first_line + row, problem)
+        raise DataFormatError(path, None, "malformed data (could not locate the bad line)")
+    label_ids, feature_ids, values = parsed
+    label_counts = (np.fromiter(map(bytes.count, label_parts, repeat(b",")), np.int64, n)
+                    + np.fromiter(map(len, label_parts), np.int64, n).astype(bool))
+    feature_counts = np.fromiter(map(bytes.count, feature_parts, repeat(b":")), np.int64, n)
+    label_ptr = np.concatenate([[0], np.cumsum(label_counts)])
+    feature_ptr = np.concatenate([[0], np.cumsum(feature_counts)])
+    bad_rows = [_first_row(label_ids >= num_labels, label_ptr),
+                _first_row(feature_ids >= num_features, feature_ptr),
+                _first_row(~np.isfinite(values), feature_ptr),
+                _first_duplicate_row(label_ids, label_ptr, num_labels),
+                _first_duplicate_row(feature_ids, feature_ptr, num_features)]
+    bad = min((r for r in bad_rows if r is not None), default=None)
+    if bad is not None:
+        # Earlier rows passed the vectorised checks, so the slow check only needs lines[bad].
+        problem = _line_problem(lines[bad], num_features, num_labels) or "malformed data"
+        raise DataFormatError(path, first_line + bad, problem)
+    return (label_counts, label_ids.astype(np.int32), feature_counts,
+            feature_ids.astype(np.int32), values)
+
+
+def _parse_body(lines: list[bytes], num_features: int, num_labels: int, path: str):
+    """Parses data lines into (features [N, D], labels [N, L]) or raises DataFormatError."""
+    # Chunks of about _CHUNK_BYTES bound the temporary arrays (several times the text size)
+    # and the slow search for a bad line; the first bad chunk holds the first bad line.
+    ends = np.cumsum(np.fromiter(map(len, lines), np.int64, len(lines)))
+    cuts = np.searchsorted(ends, np.arange(_CHUNK_BYTES, ends[-1] if len(ends) else 0,
+                                           _CHUNK_BYTES))
+    cuts = np.unique(np.concatenate([[0], cuts, [len(lines)]])).tolist()
+    chunks = [_parse_chunk(lines[a:b], num_features, num_labels, path, a + 2)
+              for a, b in zip(cuts[:-1], cuts[1:])]
+    label_counts, label_ids, feature_counts, feature_ids, values = (
+        np.concatenate([np.zeros(0, dtype)] + [c[i] for c in chunks])
+        for i, dtype in enumerate([np.int64, np.int32, np.int64, np.int32, np.float32]))
+    features = CsrMatrix(np.concatenate([[0], np.cumsum(feature_counts)]), feature_ids,
+                         values, num_features)
+    labels = CsrMatrix(np.concatenate([[0], np.cumsum(label_counts)]), label_ids,
+                       np.ones(len(label_ids), np.float32), num_labels)
+    return features, labels
+
+
+def parse_xc_bytes(data: bytes, path: str = "<bytes>") -> XCDataset:
+    """Parses the bytes of an XC file (plain or gzip).
+
+    Args:
+      data: raw file contents.
+      path: name used in error messages and as `source`.
+
+    Returns:
+      The dataset with features [N, D] and labels [N, L].
+
+    Raises:
+      DataFormatError: on any malformed input.
+    """
+    data = bytes(data)
+    if data[:2] == b"\x1f\x8b":
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError, zlib.error) as e:
+            raise DataFormatError(path, None, f"corrupt or truncated gzip data ({e})") from None
+    if not data or data.isspace():
+        raise DataFormatError(path, None, "file is empty")
+    if b"\r" in data:
+        data = data.replace(b"\r\n", b"\n")
+    lines = data.split(b"\n")
+    if lines[-1] == b"":
+        lines.pop()
+    header = lines[0].split()
+    if len(header) != 3 or not all(h.isdigit() for h in header):
+        raise DataFormatError(path, 1, "header must be three non-negative integers 'num_points "
+                              f"num_features num_labels', got {_show(lines[0])}")
+    num_points, num_features, num_labels = map(int, header)
+    if max(num_features, num_labels) > _INT32_MAX:
+        raise DataFormatError(path, 1, "num_features and num_labels must be below 2**31")
+    body = lines[1:num_points + 1]
+    features, labels = _parse_body(body, num_features, num_labels, path)
+    if len(lines) - 1 > num_points:
+        extra = lines[num_points + 1]
+        kind = "blank line" if not extra else "data line"
+        raise DataFormatError(path, num_points + 2, f"{kind} after the {num_points} points "
+                              f"declared in the header (the file has {len(lines) - 1} lines)")
+    if len(body) < num_points:
+        raise DataFormatError(path, 1, f"header declares {num_points} points but the file has "
+                              f"{len(body)} data lines")
+    return XCDataset(features, labels, path)
+
+
+def default_cache_dir() -> Path:
+    """$MACH_JAX_CACHE_DIR, else $XDG_CACHE_HOME/mach_jax, else ~/.cache/mach_jax."""
+    if os.environ.get("MACH_JAX_CACHE_DIR"):
+        return Path(os.environ["MACH_JAX_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "mach_jax"
+
+
+def _cache_path(cache_dir: Path, path: str, stat: os.stat_result) -> Path:
+    """<name>.<hash of the path>.<hash of path, size, mtime, version>.npz"""
+    path = os.path.abspath(path)
+    key = f"{FORMAT_VERSION}\n{path}\n{stat.st_size}\n{stat.st_mtime_ns}"
+    digests = [hashlib.sha256(k.encode()).hexdigest()[:16] for k in (path, key)]
+    return cache_dir / f"{Path(path).name}.{digests[0]}.{digests[1]}.npz"
+
+
+def _load_cache(file: Path, source: str) -> XCDataset | None:
+    try:
+        with np.load(file, allow_pickle=False) as z:
+            if int(z["format_version"]) != FORMAT_VERSION:
+                return None
+            _, num_features, num_labels = z["shape"].tolist()
+            labels = z["label_indices"]
+            return XCDataset(
+                CsrMatrix(z["feature_indptr"], z["feature_indices"], z["feature_values"],
+                          num_features),
+                CsrMatrix(z["label_indptr"], labels, np.ones(len(labels), np.float32),
+                          num_labels), source)
+    except Exception:  # missing, truncated or tampered cache: parse the source instead
+        return None
+
+
+def _save_cache(file: Path, dataset: XCDataset) -> None:
+    tmp = None
+    try:
+        file.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=file.parent, prefix=file.name, suffix=".tmp")
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, format_version=FORMAT_VERSION, shape=np.array(
+                [dataset.num_points, dataset.num_features, dataset.num_labels], np.int64),
+                feature_indptr=dataset.features.indptr, feature_indices=dataset.features.indices,
+                feature_values=dataset.features.values, label_indptr=dataset.labels.indptr,
+                label_indices=dataset.labels.indices)
+        os.replace(tmp, file)  # atomic: readers never see a half-written cache
+        for stale in file.parent.glob(glob.escape(file.name.rsplit(".", 2)[0]) + ".*.npz"):
+            if stale != file:  # an older version of the same source file
+                stale.unlink(missing_ok=True)
+    except OSError:  # read-only or full cache dir: caching is only an optimisation
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def read_xc(path: str | os.PathLike, *, cache_dir: str | os.PathLike | None = None,
+            use_cache: bool = True) -> XCDataset:
+    """Reads an XC file (plain or gzip), using a parsed-array cache when allowed.
+
+    Args:
+      path: the file; never written to, nor its directory.
+      cache_dir: where `.npz` caches live; default `default_cache_dir()`.
+      use_cache: False neither reads nor writes the cache.
+
+    Returns:
+      The dataset with features [N, D] and labels [N, L], source = str(path).
+
+    Raises:
+      DataFormatError: the file is missing, unreadable or malformed.
+    """
+    path = os.fspath(path)
+    try:
+        stat = os.stat(path)
+        cache_file = None
+        if use_cache:
+            cache_file = _cache_path(Path(cache_dir or default_cache_dir()), path, stat)
+            cached = _load_cache(cache_file, str(path))
+            if cached is not None:
+                return cached
+        with open(path, "rb") as f:
+            data = f.read()
+        after = os.stat(path)
+    except FileNotFoundError:
+        raise DataFormatError(path, None, "no such file") from None
+    except OSError as e:
+        raise DataFormatError(path, None, f"cannot read file ({e.strerror or e})") from None
+    dataset = parse_xc_bytes(data, str(path))
+    # A file modified while being read must not be cached under its old size and mtime.
+    if cache_file is not None and (after.st_size, after.st_mtime_ns) == (stat.st_size,
+                                                                        stat.st_mtime_ns):
+        _save_cache(cache_file, dataset)
+    return dataset
+
+
+def _format_values(values: np.ndarray) -> np.ndarray:
+    """Shortest text bytes [nnz] of each float32 value that reads back to the same float32."""
+    uniq, inverse = np.unique(values, return_inverse=True)
+    texts = uniq.astype(bytes)  # numpy's shortest float32 repr, e.g. b"0.1", b"1e-06"
+    whole = np.strings.endswith(texts, b".0")
+    texts[whole] = np.strings.slice(texts[whole], 0, -2)
+    # Reading goes through float64, so a rare double rounding can miss the shortest float32
+    # text; the float64 repr of the value is always exact.
+    for i in np.flatnonzero(_to_float32(texts.astype(np.float64)) != uniq).tolist():
+        texts[i] = repr(float(uniq[i])).encode()
+    return texts[inverse.reshape(-1)]
+
+
+def write_xc(path: str | os.PathLike, dataset: XCDataset) -> None:
+    """Writes the XC text format, gzip-compressed when path ends with `.gz`.
+
+    Args:
+      path: output file.
+      dataset: features [N, D] with finite values, labels [N, L].
+    """
+    features, labels = dataset.features, dataset.labels
+    if not np.all(np.isfinite(features.values)):
+        raise ValueError("feature values must be finite to be written")
+    tokens = np.strings.add(np.strings.add(features.indices.astype(bytes), b":"),
+                            _format_values(features.values)).tolist()
+    label_tokens = labels.indices.astype(bytes).tolist()
+    fp, lp = features.indptr.tolist(), labels.indptr.tolist()
+    lines = [f"{dataset.num_points} {dataset.num_features} {dataset.num_labels}".encode()]
+    for i in range(dataset.num_points):
+        lab = b",".join(label_tokens[lp[i]:lp[i + 1]])
+        feat = b" ".join(tokens[fp[i]:fp[i + 1]])
+        lines.append(lab + b" " + feat if feat else lab or b" ")
+    data = b"\n".join(lines) + b"\n"
+    if os.fspath(path).endswith(".gz"):
+        data = gzip.compress(data, mtime=0)
+    with open(path, "wb") as f:
+        f.write(data)
+
+
+def from_rows(feature_rows, label_rows, num_features: int, num_labels: int,
+              source: str = "<memory>") -> XCDataset:
+    """Builds a dataset from Python rows (for tests and small examples).
+
+    Args:
+      feature_rows: N dicts {feature id: value}.
+      label_rows: N lists of distinct label ids.
+      num_features: D.
+      num_labels: L.
+      source: description stored in the dataset.
+
+    Returns:
+      The dataset with features [N, D] and labels [N, L], ids in the given order.
+    """
+    if len(feature_rows) != len(label_rows):
+        raise ValueError(f"{len(feature_rows)} feature rows but {len(label_rows)} label rows")
+    if any(len(set(row)) != len(row) for row in label_rows):
+        raise ValueError("a label row repeats a label id")
+    fptr = np.cumsum([0] + [len(row) for row in feature_rows])
+    lptr = np.cumsum([0] + [len(row) for row in label_rows])
+    features = CsrMatrix(fptr, np.array([k for row in feature_rows for k in row], np.int64),
+                         [v for row in feature_rows for v in row.values()], num_features)
+    label_ids = np.array([k for row in label_rows for k in row], np.int64)
+    labels = CsrMatrix(lptr, label_ids, np.ones(len(label_ids), np.float32), num_labels)
+    return XCDataset(features, labels, source)
