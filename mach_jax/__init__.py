@@ -20,9 +20,9 @@ _LAZY = {
     "MachEnsemble": "mach_jax.ensemble",
     "read_xc": "mach_jax.xc_format",
     "write_xc": "mach_jax.xc_format",
-    "CsrMatrix": "mach_jax.xc_format",
-    "XCDataset": "mach_jax.xc_format",
-    "DataFormatError": "mach_jax.xc_format",
+    "CsrMatrix": "mach_jax.dataset",
+    "XCDataset": "mach_jax.dataset",
+    "DataFormatError": "mach_jax.dataset",
     "make_synthetic": "mach_jax.synthetic",
 }
 

@@ -88,7 +88,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
 def run_cli(main: Callable[[], int]) -> None:
     """Runs a CLI body: expected errors print one clear line and exit 2, no traceback."""
     from mach_jax.workdir import WorkdirError
-    from mach_jax.xc_format import DataFormatError
+    from mach_jax.dataset import DataFormatError
 
     logger = logging.getLogger("mach_jax")
     if not logger.handlers:

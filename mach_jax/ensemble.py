@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from mach_jax import hashing, input_pipeline, mesh as mesh_lib, metrics, model, steps, workdir as wd
 from mach_jax.config import Config
-from mach_jax.xc_format import CsrMatrix, DataFormatError, XCDataset
+from mach_jax.dataset import CsrMatrix, DataFormatError, XCDataset
 
 
 def hash_tables(config: Config, info: wd.RunInfo, num_reps: int, mesh) -> dict[str, jax.Array]:

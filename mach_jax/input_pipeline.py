@@ -17,7 +17,7 @@ from typing import Iterator
 
 import numpy as np
 
-from mach_jax.xc_format import CsrMatrix, DataFormatError, XCDataset
+from mach_jax.dataset import CsrMatrix, DataFormatError, XCDataset
 
 Batch = dict[str, np.ndarray]
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from mach_jax.config import SyntheticConfig
-from mach_jax.xc_format import CsrMatrix, XCDataset
+from mach_jax.dataset import CsrMatrix, XCDataset
 
 _SIGNATURE_KEEP_PROB = 0.7
 

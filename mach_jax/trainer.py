@@ -22,7 +22,8 @@ from mach_jax import input_pipeline, mesh as mesh_lib, model, steps, workdir as 
 from mach_jax.config import Config, DataConfig
 from mach_jax.ensemble import MachEnsemble, hash_tables
 from mach_jax.synthetic import make_synthetic
-from mach_jax.xc_format import DataFormatError, XCDataset, read_xc
+from mach_jax.dataset import DataFormatError, XCDataset
+from mach_jax.xc_format import read_xc
 
 log = logging.getLogger("mach_jax")
 

@@ -21,12 +21,10 @@ absolute path, size and mtime.
 
 from __future__ import annotations
 
-import dataclasses
 import glob
 import gzip
 import hashlib
 import os
-import re
 import tempfile
 import zlib
 from itertools import repeat
@@ -34,158 +32,20 @@ from pathlib import Path
 
 import numpy as np
 
+from mach_jax.dataset import CsrMatrix, DataFormatError, XCDataset, from_rows  # noqa: F401 (re-exported)
+from mach_jax.xc_tokenize import VALUE_RE, parse_features, parse_labels, to_float32
+
 # Bump when the parse of the same bytes could change; invalidates every cache entry.
 FORMAT_VERSION = 1
 _INT32_MAX = 2**31 - 1
 _CHUNK_BYTES = 1 << 22
-_VALUE_RE = re.compile(rb"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
-_FEATURE_CHARS = b"0123456789:.eE+- \t"
 _PRINTABLE = bytes(range(32, 127)) + b"\t"
-_POW10 = 10.0 ** np.arange(16)
-_KEEP = np.array([0] + [(2**64 - 1) << 8 * (8 - n) & 2**64 - 1 for n in range(1, 9)], np.uint64)
-_ASCII_ZEROS = _KEEP & np.uint64(0x3030303030303030)  # b"0" in each kept byte
-
-
-class DataFormatError(ValueError):
-    """Malformed XC input; `line` is 1-based (header = 1) or None for whole-file problems."""
-
-    def __init__(self, path: str, line: int | None, problem: str):
-        self.path, self.line, self.problem = str(path), line, problem
-        where = self.path if line is None else f"{self.path}:{line}"
-        super().__init__(f"{where}: {problem}")
-
-    def __reduce__(self):
-        return type(self), (self.path, self.line, self.problem)
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class CsrMatrix:
-    """Compressed sparse rows; `==` compares all arrays exactly.
-
-    Attributes:
-      indptr: int64 [N + 1], row i holds entries indptr[i]:indptr[i + 1].
-      indices: int32 [nnz] column ids in [0, num_cols), in file order within a row.
-      values: float32 [nnz].
-      num_cols: number of columns (D for features, L for labels).
-    """
-
-    indptr: np.ndarray
-    indices: np.ndarray
-    values: np.ndarray
-    num_cols: int
-
-    def __post_init__(self):
-        indptr, indices = np.asarray(self.indptr), np.asarray(self.indices)
-        values = np.asarray(self.values)
-        num_cols = int(self.num_cols)
-        if indptr.ndim != 1 or indices.ndim != 1 or values.ndim != 1 or len(indptr) < 1:
-            raise ValueError("indptr, indices and values must be 1-D, indptr non-empty")
-        if indptr[0] != 0 or indptr[-1] != len(indices) or len(indices) != len(values):
-            raise ValueError(f"indptr must run from 0 to nnz={len(indices)} = len(values)"
-                             f"={len(values)}, got {indptr[0]}..{indptr[-1]}")
-        if np.any(np.diff(indptr) < 0):
-            raise ValueError("indptr must be non-decreasing")
-        if not 0 <= num_cols <= _INT32_MAX:
-            raise ValueError(f"num_cols={num_cols} outside [0, 2**31)")
-        if indices.size and (indices.min() < 0 or indices.max() >= num_cols):
-            raise ValueError(f"column ids must lie in [0, {num_cols})")
-        object.__setattr__(self, "indptr", np.ascontiguousarray(indptr, np.int64))
-        object.__setattr__(self, "indices", np.ascontiguousarray(indices, np.int32))
-        object.__setattr__(self, "values", np.ascontiguousarray(values, np.float32))
-        object.__setattr__(self, "num_cols", num_cols)
-
-    @property
-    def num_rows(self) -> int:
-        return len(self.indptr) - 1
-
-    def row_nnz(self) -> np.ndarray:
-        """Returns int64 [N]: stored entries per row."""
-        return np.diff(self.indptr)
-
-    def take(self, rows) -> CsrMatrix:
-        """Selects rows (int ids, negative allowed, or a bool mask [N]); returns [len(rows), C]."""
-        rows = np.asarray(rows)
-        if rows.dtype == bool:
-            if rows.shape != (self.num_rows,):
-                raise IndexError(f"bool mask of shape {rows.shape}, need ({self.num_rows},)")
-            rows = np.flatnonzero(rows)
-        elif rows.size and not np.issubdtype(rows.dtype, np.integer):
-            raise TypeError(f"row ids must be integers, got {rows.dtype}")
-        if rows.ndim != 1:
-            raise IndexError(f"row ids must be 1-D, got shape {rows.shape}")
-        rows = rows.astype(np.int64)
-        n = self.num_rows
-        if rows.size and (rows.min() < -n or rows.max() >= n):
-            raise IndexError(f"row id out of range for {n} rows")
-        rows = np.where(rows < 0, rows + n, rows)
-        starts, counts = self.indptr[rows], self.indptr[rows + 1] - self.indptr[rows]
-        indptr = np.concatenate([[0], np.cumsum(counts)])
-        gather = np.repeat(starts - indptr[:-1], counts) + np.arange(indptr[-1])
-        return CsrMatrix(indptr, self.indices[gather], self.values[gather], self.num_cols)
-
-    def __getitem__(self, rows) -> CsrMatrix:
-        if isinstance(rows, slice):
-            rows = np.arange(self.num_rows)[rows]
-        return self.take(rows)
-
-    def to_dense(self) -> np.ndarray:
-        """Returns float32 [N, C]; duplicate entries (never produced by the parser) add up."""
-        out = np.zeros((self.num_rows, self.num_cols), np.float32)
-        np.add.at(out, (np.repeat(np.arange(self.num_rows), self.row_nnz()), self.indices),
-                  self.values)
-        return out
-
-    def __eq__(self, other):
-        if not isinstance(other, CsrMatrix):
-            return NotImplemented
-        return (self.num_cols == other.num_cols and np.array_equal(self.indptr, other.indptr)
-                and np.array_equal(self.indices, other.indices)
-                and np.array_equal(self.values, other.values))
-
-
-@dataclasses.dataclass(frozen=True)
-class XCDataset:
-    """A multi-label dataset; `==` compares the matrices, not `source`.
-
-    Attributes:
-      features: [N, D] feature matrix.
-      labels: [N, L] label matrix, values all 1.
-      source: path or description of where it came from.
-    """
-
-    features: CsrMatrix
-    labels: CsrMatrix
-    source: str = dataclasses.field(default="<memory>", compare=False)
-
-    def __post_init__(self):
-        if self.features.num_rows != self.labels.num_rows:
-            raise ValueError(f"{self.features.num_rows} feature rows but "
-                             f"{self.labels.num_rows} label rows")
-        if not np.all(self.labels.values == 1):
-            raise ValueError("label values must all be 1")
-
-    @property
-    def num_points(self) -> int:
-        return self.features.num_rows
-
-    @property
-    def num_features(self) -> int:
-        return self.features.num_cols
-
-    @property
-    def num_labels(self) -> int:
-        return self.labels.num_cols
 
 
 def _show(text: bytes, limit: int = 40) -> str:
     """Quoted, escaped, shortened text for messages, e.g. '\\xef1 2'."""
     s = text.decode("latin-1")
     return ascii(s if len(s) <= limit else s[:limit] + "...")
-
-
-def _to_float32(x) -> np.ndarray:
-    with np.errstate(over="ignore"):  # overflow becomes inf, reported as non-finite
-        return np.asarray(x, np.float64).astype(np.float32)
 
 
 def _line_problem(line: bytes, num_features: int, num_labels: int) -> str | None:
@@ -218,127 +78,18 @@ def _line_problem(line: bytes, num_features: int, num_labels: int) -> str | None
         if int(fid) >= num_features:
             return f"feature id {int(fid)} is outside [0, {num_features})"
         try:
-            finite = np.isfinite(_to_float32(float(value)))
+            finite = np.isfinite(to_float32(float(value)))
         except ValueError:
             finite = None
         if not finite:
             return f"feature value {_show(value)} is not a " + ("number" if finite is None
                                                                else "finite float32")
-        if not _VALUE_RE.fullmatch(value):  # float() also takes underscores and spaces
+        if not VALUE_RE.fullmatch(value):  # float() also takes underscores and spaces
             return f"feature value {_show(value)} is not a plain decimal number"
         if int(fid) in seen:
             return f"duplicate feature id {int(fid)}"
         seen.add(int(fid))
     return None
-
-
-def _word_view(blob: bytes) -> np.ndarray:
-    """uint64 [len(blob) + 1] whose element i holds bytes blob[i - 8:i] (zeros before 0)."""
-    padded = np.frombuffer(bytes(8) + blob, np.uint8)
-    return np.ndarray((len(blob) + 1,), "<u8", padded, 0, (1,))
-
-
-def _swar8(words: np.ndarray, ends: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """Value of the up to 8 digits ending at each end: one uint64 word each, SWAR.
-
-    Bytes before the digits are masked to '0'; then pairs, quads and octets of digits are
-    combined by multiply-shift-mask within the word.
-    """
-    x = words[ends]
-    x &= _KEEP[lengths]
-    x -= _ASCII_ZEROS[lengths]
-    for shift, mask in ((8, 0x00FF00FF00FF00FF), (16, 0x0000FFFF0000FFFF), (32, 0xFFFFFFFF)):
-        high = x >> shift
-        x *= 10 ** (shift // 8)
-        x += high
-        x &= mask
-    return x.view(np.int64)
-
-
-def _digits_to_int(blob: bytes, words: np.ndarray, ends: np.ndarray,
-                   lengths: np.ndarray) -> np.ndarray:
-    """int64 value of each all-digit segment blob[end - n:end]; values >= 2**63 saturate."""
-    if len(lengths) and lengths.min() == 1 == lengths.max():  # e.g. binary feature values
-        return (words[ends] >> 56).astype(np.int64) - ord("0")
-    out = _swar8(words, ends, np.minimum(lengths, 8))
-    long = np.flatnonzero(lengths > 8)
-    if len(long):
-        out[long] += 10**8 * _swar8(words, ends[long] - 8, np.minimum(lengths[long] - 8, 8))
-    for i in long[lengths[long] > 16].tolist():  # rare: leading zeros or out of range anyway
-        out[i] = min(int(blob[ends[i] - lengths[i]:ends[i]]), np.iinfo(np.int64).max)
-    return out
-
-
-def _token_bounds(buf: np.ndarray, sep: int) -> tuple[np.ndarray, np.ndarray]:
-    """Starts and ends [tokens] of the tokens of buf split at each byte equal to sep."""
-    seps = np.flatnonzero(buf == sep)
-    starts, ends = np.empty(len(seps) + 1, np.int64), np.empty(len(seps) + 1, np.int64)
-    starts[0], starts[1:], ends[:-1], ends[-1] = 0, seps + 1, seps, len(buf)
-    return starts, ends
-
-
-def _parse_labels(blob: bytes) -> np.ndarray | None:
-    """Label ids int64 [total] of a ','-joined blob, or None if it is not d+(,d+)*."""
-    if not blob:
-        return np.zeros(0, np.int64)
-    if (blob.translate(None, b"0123456789,") or b",," in blob or blob[:1] == b","
-            or blob[-1:] == b","):
-        return None
-    starts, ends = _token_bounds(np.frombuffer(blob, np.uint8), ord(","))
-    return _digits_to_int(blob, _word_view(blob), ends, ends - starts)
-
-
-def _parse_features(blob: bytes) -> tuple[np.ndarray, np.ndarray] | None:
-    """(ids int64, values float32) [tokens] of the `id:value` tokens of blob, or None."""
-    if blob.translate(None, _FEATURE_CHARS):
-        return None
-    if b"  " in blob or b"\t" in blob or blob[:1] == b" " or blob[-1:] == b" ":
-        blob = b" ".join(blob.split())  # safe: only space and tab are left as whitespace
-    if not blob:
-        return np.zeros(0, np.int64), np.zeros(0, np.float32)
-    buf = np.frombuffer(blob, np.uint8)
-    starts, ends = _token_bounds(buf, ord(" "))
-    colons = np.flatnonzero(buf == ord(":"))
-    # Exactly one ':' strictly inside each token, so id and value are non-empty.
-    if len(colons) != len(starts) or np.any(colons <= starts) or np.any(colons >= ends - 1):
-        return None
-    hard = np.zeros(len(starts), bool)  # values float() must parse: exponent, sign, long
-    dot = ends.copy()  # no '.' behaves like one just past the end
-    for chars in (b".", b"eE+-"):
-        if not any(c in blob for c in chars):
-            continue
-        pos = np.flatnonzero(np.logical_or.reduce([buf == c for c in chars]))
-        if chars == b"." and len(pos) == len(starts):
-            tok = np.arange(len(pos))  # one dot per token, unless the check below fails
-        else:
-            tok = np.searchsorted(colons, pos) - 1
-        if np.any(tok < 0) or np.any(pos <= colons[tok]) or np.any(pos >= ends[tok]):
-            return None  # these characters are allowed only after the ':'
-        if chars == b".":
-            hard[tok[1:][tok[1:] == tok[:-1]]] = True  # two dots
-            dot[tok] = pos
-        else:
-            hard[tok] = True
-    words = _word_view(blob)
-    ids = _digits_to_int(blob, words, colons, colons - starts)
-    int_len, frac_len = dot - colons - 1, ends - np.minimum(dot + 1, ends)
-    hard |= (int_len + frac_len == 0) | (int_len + frac_len > 15)
-    simple = np.flatnonzero(~hard) if hard.any() else slice(None)
-    int_len, frac_len = int_len[simple], frac_len[simple]
-    # At most 15 digits: mantissa / 10**k divides exact doubles and rounds once, exactly
-    # like float(); both paths then cast float64 -> float32.
-    mantissa = _digits_to_int(blob, words, dot[simple], int_len)
-    if frac_len.any():
-        mantissa = mantissa * 10**frac_len + _digits_to_int(blob, words, ends[simple], frac_len)
-    values = np.empty(len(starts), np.float32)
-    values[simple] = (mantissa / _POW10[frac_len]).astype(np.float32)
-    hard = np.flatnonzero(hard)
-    if len(hard):
-        texts = [blob[a + 1:b] for a, b in zip(colons[hard].tolist(), ends[hard].tolist())]
-        if not all(map(_VALUE_RE.fullmatch, texts)):
-            return None
-        values[hard] = _to_float32([float(t) for t in texts])
-    return ids, values
 
 
 def _first_row(bad: np.ndarray, indptr: np.ndarray) -> int | None:
@@ -378,8 +129,8 @@ def _parse_chunk(lines: list[bytes], num_features: int, num_labels: int, path: s
     parsed = None
     if all(lines):
         label_parts, _, feature_parts = zip(*map(bytes.partition, lines, repeat(b" ")))
-        label_ids = _parse_labels(b",".join(filter(None, label_parts)))
-        features = _parse_features(b" ".join(filter(None, feature_parts)))
+        label_ids = parse_labels(b",".join(filter(None, label_parts)))
+        features = parse_features(b" ".join(filter(None, feature_parts)))
         if label_ids is not None and features is not None:
             parsed = label_ids, *features
     if parsed is None:  # malformed structure somewhere: the slow path finds the first bad line
@@ -573,7 +324,7 @@ def _format_values(values: np.ndarray) -> np.ndarray:
     texts[whole] = np.strings.slice(texts[whole], 0, -2)
     # Reading goes through float64, so a rare double rounding can miss the shortest float32
     # text; the float64 repr of the value is always exact.
-    for i in np.flatnonzero(_to_float32(texts.astype(np.float64)) != uniq).tolist():
+    for i in np.flatnonzero(to_float32(texts.astype(np.float64)) != uniq).tolist():
         texts[i] = repr(float(uniq[i])).encode()
     return texts[inverse.reshape(-1)]
 
@@ -602,30 +353,3 @@ def write_xc(path: str | os.PathLike, dataset: XCDataset) -> None:
         data = gzip.compress(data, mtime=0)
     with open(path, "wb") as f:
         f.write(data)
-
-
-def from_rows(feature_rows, label_rows, num_features: int, num_labels: int,
-              source: str = "<memory>") -> XCDataset:
-    """Builds a dataset from Python rows (for tests and small examples).
-
-    Args:
-      feature_rows: N dicts {feature id: value}.
-      label_rows: N lists of distinct label ids.
-      num_features: D.
-      num_labels: L.
-      source: description stored in the dataset.
-
-    Returns:
-      The dataset with features [N, D] and labels [N, L], ids in the given order.
-    """
-    if len(feature_rows) != len(label_rows):
-        raise ValueError(f"{len(feature_rows)} feature rows but {len(label_rows)} label rows")
-    if any(len(set(row)) != len(row) for row in label_rows):
-        raise ValueError("a label row repeats a label id")
-    fptr = np.cumsum([0] + [len(row) for row in feature_rows])
-    lptr = np.cumsum([0] + [len(row) for row in label_rows])
-    features = CsrMatrix(fptr, np.array([k for row in feature_rows for k in row], np.int64),
-                         [v for row in feature_rows for v in row.values()], num_features)
-    label_ids = np.array([k for row in label_rows for k in row], np.int64)
-    labels = CsrMatrix(lptr, label_ids, np.ones(len(label_ids), np.float32), num_labels)
-    return XCDataset(features, labels, source)

@@ -58,3 +58,28 @@ def test_training_lowers_the_loss(tmp_path, data):
     trainer.train(TINY.replace(train={"epochs": 4}), tmp_path / "run", train, progress=False)
     losses = [json.loads(line)["loss"] for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
     assert losses[-1] < 0.9 * losses[0]
+
+
+def test_train_step_compiles_once_across_epochs_and_the_partial_last_batch(tmp_path, data):
+    import logging
+
+    train, _ = data
+    assert train.num_points % TINY.train.batch_size != 0  # the last batch is partial
+    compiled = []
+
+    class Recorder(logging.Handler):
+        def emit(self, record):
+            if record.getMessage().startswith("Compiling jit(train_step)"):
+                compiled.append(record.getMessage())
+
+    logger = logging.getLogger("jax")
+    handler, level = Recorder(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    try:
+        with jax.log_compiles():
+            trainer.train(TINY.replace(train={"epochs": 3}), tmp_path / "run", train, progress=False)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    assert len(compiled) == 1
