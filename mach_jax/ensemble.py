@@ -56,9 +56,12 @@ class MachEnsemble:
         self.inv_propensity = jnp.asarray(metrics.inverse_propensity(
             label_counts, info.num_train_points, config.eval.propensity_a, config.eval.propensity_b))
         self._graphdef = model.member_graphdef(config.model, info.num_features, info.max_nnz)
-        self._predict_kwargs = dict(graphdef=self._graphdef, loss_name=config.train.loss,
-                                    aggregation=config.eval.aggregation,
-                                    chunk_size=config.eval.class_chunk_size)
+        read_out = dict(graphdef=self._graphdef, loss_name=config.train.loss,
+                        aggregation=config.eval.aggregation, chunk_size=config.eval.class_chunk_size)
+        # Jitted once per ensemble: each batch shape (and k) compiles once, then is reused.
+        self._predict_step = jax.jit(functools.partial(steps.predict_step, **read_out),
+                                     static_argnames=("k",))
+        self._eval_step = jax.jit(functools.partial(steps.eval_step, k=config.eval.top_k, **read_out))
 
     @classmethod
     def load(cls, workdir: str | Path, **eval_overrides) -> "MachEnsemble":
@@ -85,9 +88,12 @@ class MachEnsemble:
                                   f"the model was trained with D={self.info.num_features}")
 
     def _batch_shape(self, features: CsrMatrix, labels: CsrMatrix | None) -> input_pipeline.BatchShape:
+        # Widths rounded up to a power of two: inputs of similar width reuse one compilation.
         widest = input_pipeline.widest_row(features)
-        max_nnz = min(self.config.data.max_nnz or widest, widest) or 1
-        max_labels = max(input_pipeline.widest_row(labels), 1) if labels is not None else 1
+        max_nnz = _next_power_of_two(widest)
+        if self.config.data.max_nnz:
+            max_nnz = min(max_nnz, self.config.data.max_nnz)
+        max_labels = _next_power_of_two(input_pipeline.widest_row(labels)) if labels is not None else 1
         return input_pipeline.BatchShape(self.config.eval.eval_batch_size, max_nnz, max_labels)
 
     def _capped(self, features: CsrMatrix, source: str, width: int) -> CsrMatrix:
@@ -106,12 +112,11 @@ class MachEnsemble:
         dataset = XCDataset(self._capped(features, source, shape.max_nnz),
                             CsrMatrix(np.zeros(features.num_rows + 1, np.int64), np.zeros(0, np.int32),
                                       np.zeros(0, np.float32), self.info.num_labels), source)
-        step = jax.jit(functools.partial(steps.predict_step, k=k, **self._predict_kwargs))
         scores, ids = [], []
         for batch in tqdm(input_pipeline.eval_batches(dataset, shape), disable=not progress,
                           total=input_pipeline.num_batches(dataset.num_points, shape.batch_size),
                           desc="predict"):
-            batch_scores, batch_ids = step(self.params, _device_batch(batch), self.tables)
+            batch_scores, batch_ids = self._predict_step(self.params, _device_batch(batch), self.tables, k=k)
             scores.append(batch_scores)
             ids.append(batch_ids)
         scores, ids = jax.device_get((scores, ids))
@@ -126,18 +131,20 @@ class MachEnsemble:
         shape = self._batch_shape(dataset.features, dataset.labels)
         dataset = dataclasses.replace(dataset, features=self._capped(dataset.features, dataset.source,
                                                                      shape.max_nnz))
-        step = jax.jit(functools.partial(steps.eval_step, k=self.config.eval.top_k,
-                                         **self._predict_kwargs))
         totals = None
         for batch in tqdm(input_pipeline.eval_batches(dataset, shape), disable=not progress,
                           total=input_pipeline.num_batches(dataset.num_points, shape.batch_size),
                           desc="evaluate"):
-            sums = step(self.params, _device_batch(batch), self.tables, self.inv_propensity)
+            sums = self._eval_step(self.params, _device_batch(batch), self.tables, self.inv_propensity)
             totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
         result = metrics.finalize(jax.device_get(totals))
         result["num_repetitions"] = int(jax.tree.leaves(self.params)[0].shape[0])
         result["aggregation"] = self.config.eval.aggregation
         return result
+
+
+def _next_power_of_two(width: int) -> int:
+    return 1 << max(int(width) - 1, 0).bit_length()
 
 
 def _device_batch(batch: input_pipeline.Batch) -> dict[str, jax.Array]:

@@ -7,11 +7,13 @@ function of (seed, epoch), so the resumed run sees exactly the batches it would 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
 import time
 from pathlib import Path
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -106,6 +108,50 @@ class _LossLog:
         self.window_start = time.perf_counter()
 
 
+@dataclasses.dataclass(frozen=True)
+class TrainingProgram:
+    """Everything a training loop (or a benchmark) needs, built once per config and data.
+
+    Attributes:
+      mesh: the device mesh, R split over its ``reps`` axis.
+      abstract_state: the state's shapes, dtypes and shardings (for restoring checkpoints).
+      create_state: () -> a freshly initialised state, created directly with its shardings.
+      train_step: the jitted, donating ``steps.train_step``: (state, batch, tables) -> (state, metrics).
+      tables: device hash tables, ``labels`` [R, L] (and ``features`` [R, D] when hashing).
+    """
+
+    mesh: Any
+    abstract_state: Any
+    create_state: Callable[[], steps.State]
+    train_step: Callable
+    tables: dict[str, jax.Array]
+
+
+def build_program(config: Config, info: wd.RunInfo) -> TrainingProgram:
+    """Builds the mesh, shardings, hash tables and the one jitted step for all R members."""
+    mesh = mesh_lib.make_mesh(config.model.num_repetitions)
+    graphdef = model.member_graphdef(config.model, info.num_features, info.max_nnz)
+    optimizer = steps.make_optimizer(config.train.learning_rate)
+    init_state = functools.partial(_init_state, config, info.num_features, optimizer)
+    abstract_state = jax.eval_shape(init_state)
+    state_shardings = mesh_lib.tree_shardings(abstract_state, mesh)
+    tables = hash_tables(config, info, config.model.num_repetitions, mesh)
+    train_step = jax.jit(
+        functools.partial(steps.train_step, graphdef=graphdef, optimizer=optimizer,
+                          loss_name=config.train.loss),
+        in_shardings=(state_shardings, mesh_lib.replicated(mesh), mesh_lib.tree_shardings(tables, mesh)),
+        out_shardings=(state_shardings, {"member_loss": mesh_lib.stacked(mesh)}),
+        donate_argnums=0)
+    return TrainingProgram(
+        mesh=mesh,
+        abstract_state=jax.tree.map(
+            lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
+            abstract_state, state_shardings),
+        create_state=jax.jit(init_state, out_shardings=state_shardings),
+        train_step=train_step,
+        tables=tables)
+
+
 def train(config: Config, workdir: str | Path, train_data: XCDataset,
           progress: bool = True) -> tuple[model.Params, wd.RunInfo]:
     """Trains (or resumes training of) the ensemble in ``workdir``.
@@ -117,35 +163,16 @@ def train(config: Config, workdir: str | Path, train_data: XCDataset,
     workdir = Path(workdir)
     train_data, info = prepare_train_data(config, train_data)
     wd.write_run(workdir, config, info, label_counts(train_data))
-    num_reps = config.model.num_repetitions
     if config.model.num_buckets >= info.num_labels:
         log.warning("B=%d buckets >= L=%d labels: hashing compresses nothing; use B < L",
                     config.model.num_buckets, info.num_labels)
-    mesh = mesh_lib.make_mesh(num_reps)
-
-    # Model and state, created directly with their shardings (or restored onto them).
-    graphdef = model.member_graphdef(config.model, info.num_features, info.max_nnz)
-    optimizer = steps.make_optimizer(config.train.learning_rate)
-    init_state = functools.partial(_init_state, config, info.num_features, optimizer)
-    abstract_state = jax.eval_shape(init_state)
-    state_shardings = mesh_lib.tree_shardings(abstract_state, mesh)
+    program = build_program(config, info)
     manager = wd.checkpoint_manager(workdir, config.train.keep_checkpoints)
-    state = wd.restore_latest(manager, jax.tree.map(
-        lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
-        abstract_state, state_shardings))
+    state = wd.restore_latest(manager, program.abstract_state)
     if state is None:
-        state = jax.jit(init_state, out_shardings=state_shardings)()
+        state = program.create_state()
     else:
         log.info("resuming from the checkpoint at step %d in %s", int(state["step"]), workdir)
-    tables = hash_tables(config, info, num_reps, mesh)
-
-    # One jitted step for all R members: buffers donated, shapes fixed, compiled once.
-    train_step = jax.jit(
-        functools.partial(steps.train_step, graphdef=graphdef, optimizer=optimizer,
-                          loss_name=config.train.loss),
-        in_shardings=(state_shardings, mesh_lib.replicated(mesh), mesh_lib.tree_shardings(tables, mesh)),
-        out_shardings=(state_shardings, {"member_loss": mesh_lib.stacked(mesh)}),
-        donate_argnums=0)
 
     shape = input_pipeline.BatchShape(config.train.batch_size, info.max_nnz, info.max_labels)
     steps_per_epoch = input_pipeline.num_batches(train_data.num_points, shape.batch_size)
@@ -153,13 +180,12 @@ def train(config: Config, workdir: str | Path, train_data: XCDataset,
     checkpoint_every = config.train.checkpoint_every_steps or steps_per_epoch
     step = int(state["step"])
     bar = tqdm(total=total_steps, initial=step, disable=not progress, desc="train", unit="step")
-    loss_log = _LossLog(workdir / TRAIN_LOG_FILE,
-                        shape.batch_size, bar)
+    loss_log = _LossLog(workdir / TRAIN_LOG_FILE, shape.batch_size, bar)
     while step < total_steps:
         epoch = step // steps_per_epoch
         for batch in input_pipeline.train_batches(train_data, shape, config.train.seed, epoch,
                                                   start_batch=step % steps_per_epoch):
-            state, step_metrics = train_step(state, batch, tables)
+            state, step_metrics = program.train_step(state, batch, program.tables)
             step += 1
             bar.update()
             loss_log.add(step, step_metrics["member_loss"])
