@@ -13,7 +13,8 @@ import logging
 import sys
 from typing import Any, Callable
 
-from mach_jax.config import Config, ConfigError, PRESETS, get_preset
+from mach_jax.config import (AGGREGATIONS, INPUT_LAYERS, LOSSES, OVERFLOW_POLICIES, PRESETS, Config,
+                             ConfigError, get_preset)
 
 _ALIASES = {
     "data.train_path": ["--train"],
@@ -23,6 +24,13 @@ _ALIASES = {
     "model.hidden_sizes": ["--hidden"],
     "train.learning_rate": ["--lr"],
     "eval.eval_repetitions": ["--eval-reps"],
+}
+
+_CHOICES = {
+    "data.overflow": OVERFLOW_POLICIES,
+    "model.input_layer": INPUT_LAYERS,
+    "train.loss": LOSSES,
+    "eval.aggregation": AGGREGATIONS,
 }
 
 
@@ -54,9 +62,10 @@ def _config_fields(cls, path: str, prefix: str = ""):
             yield f"{path}.{field.name}", prefix + field.name.replace("_", "-"), field
 
 
-def add_config_flags(parser: argparse.ArgumentParser, sections: tuple[str, ...]) -> None:
-    """Adds ``--preset`` and one flag per field of the named config sections."""
-    if "preset" not in {action.dest for action in parser._actions}:
+def add_config_flags(parser: argparse.ArgumentParser, sections: tuple[str, ...],
+                     with_preset: bool = True) -> None:
+    """Adds ``--preset`` (optional) and one flag per field of the named config sections."""
+    if with_preset:
         parser.add_argument("--preset", default="default", choices=sorted(PRESETS),
                             help="named settings to start from (default: %(default)s)")
     for section in sections:
@@ -67,7 +76,8 @@ def add_config_flags(parser: argparse.ArgumentParser, sections: tuple[str, ...])
             for part in path.split(".")[1:]:
                 default = getattr(default, part)
             group.add_argument(f"--{flag}", *_ALIASES.get(path, []), dest=path, default=None,
-                               type=_converter(field.type), metavar=field.name.split("_")[-1].upper(),
+                               type=_converter(field.type), choices=_CHOICES.get(path),
+                               metavar=None if path in _CHOICES else field.name.split("_")[-1].upper(),
                                help=f"{path} (default preset: {default})")
 
 
@@ -82,7 +92,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         for part in rest[:-1]:
             node = node.setdefault(part, {})
         node[rest[-1]] = value
-    return get_preset(args.preset).replace(**overrides)
+    return get_preset(getattr(args, "preset", "default")).replace(**overrides)
 
 
 def run_cli(main: Callable[[], int]) -> None:

@@ -20,7 +20,7 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workdir", required=True, help="a workdir written by mach_jax.train")
     parser.add_argument("--test", default=None, help="test file in XC format (plain or .gz)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    cli.add_config_flags(parser, ("eval",))
+    cli.add_config_flags(parser, ("eval",), with_preset=False)
     return parser.parse_args(argv)
 
 

@@ -83,3 +83,21 @@ def test_train_step_compiles_once_across_epochs_and_the_partial_last_batch(tmp_p
         logger.removeHandler(handler)
         logger.setLevel(level)
     assert len(compiled) == 1
+
+
+def test_feature_hashing_uses_per_member_tables(tmp_path, data):
+    import mmh3
+
+    from mach_jax.ensemble import hash_tables
+
+    train, test = data
+    config = TINY.replace(model={"feat_hash_dim": 64})
+    params, info = trainer.train(config, tmp_path / "run", train, progress=False)
+    assert jax.tree.leaves(params["embedding"])[0].shape == (4, 64, 32)  # [R, feat_hash_dim, H]
+    ensemble = MachEnsemble(config, info, params, trainer.label_counts(train))
+    features = np.asarray(ensemble.tables["features"])
+    seed = config.model.feature_hash_seed
+    for r in range(4):
+        expected = [mmh3.hash(f.to_bytes(4, "little"), seed + r, signed=False) % 64 for f in range(400)]
+        np.testing.assert_array_equal(features[r], expected)
+    assert ensemble.evaluate(test, progress=False)["P@1"] > 0.1
