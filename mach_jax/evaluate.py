@@ -42,10 +42,7 @@ def do_evaluate(args: argparse.Namespace) -> int:
     metrics = ensemble.evaluate(test, progress=not args.quiet)
     metrics["test_source"] = test.source
     path = wd.write_metrics(Path(args.workdir), metrics)
-    print(f"test metrics on {metrics['num_points']} points ({test.source}), "
-          f"{metrics['num_repetitions']} repetitions, {metrics['aggregation']} aggregation:")
-    print(format_metrics(metrics))
-    print(f"written to {path}")
+    print(f"{format_metrics(metrics)}\nwritten to {path}")
     return 0
 
 

@@ -78,8 +78,9 @@ def finalize(totals: dict[str, float]) -> dict[str, float]:
 
 
 def format_metrics(metrics: dict[str, float]) -> str:
-    """One line per family, in percent: 'P@1 64.53  P@3 38.56  P@5 27.94'."""
-    lines = []
+    """A heading, then one line per family in percent: 'P@1  64.53  P@3  38.56  P@5  27.94'."""
+    lines = [f"test metrics on {metrics['num_points']} points ({metrics.get('test_source', '?')}), "
+             f"{metrics['num_repetitions']} repetitions, {metrics['aggregation']} aggregation:"]
     for family in ("P", "nDCG", "PSP"):
         lines.append("  ".join(f"{family}@{k} {100 * metrics[f'{family}@{k}']:6.2f}" for k in KS))
     return "\n".join(lines)

@@ -41,10 +41,7 @@ def do_train(args: argparse.Namespace) -> int:
     print(f"mach_jax: R={model.num_repetitions} members, B={model.num_buckets} buckets, "
           f"hidden={list(model.hidden_sizes)}, loss={config.train.loss}, workdir={workdir}")
     metrics = train_and_evaluate(config, workdir, progress=not args.quiet)
-    print(f"test metrics on {metrics['num_points']} points ({metrics['test_source']}), "
-          f"{metrics['num_repetitions']} repetitions, {metrics['aggregation']} aggregation:")
-    print(format_metrics(metrics))
-    print(f"written to {workdir / 'metrics.json'}")
+    print(f"{format_metrics(metrics)}\nwritten to {workdir / 'metrics.json'}")
     return 0
 
 
