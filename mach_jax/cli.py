@@ -81,6 +81,15 @@ def add_config_flags(parser: argparse.ArgumentParser, sections: tuple[str, ...],
                                help=f"{path} (default preset: {default})")
 
 
+def flag_of(field: str) -> str | None:
+    """The command-line flag of a dotted config field: ``model.num_buckets`` -> ``--num-buckets``."""
+    section, _, _ = field.partition(".")
+    if section not in {f.name for f in dataclasses.fields(Config)}:
+        return None
+    flags = {path: flag for path, flag, _ in _config_fields(type(getattr(Config(), section)), section)}
+    return f"--{flags[field]}" if field in flags else None
+
+
 def config_from_args(args: argparse.Namespace) -> Config:
     """The preset, with every flag the user gave written over it."""
     overrides: dict[str, dict] = {}
@@ -97,6 +106,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
 
 def run_cli(main: Callable[[], int]) -> None:
     """Runs a CLI body: expected errors print one clear line and exit 2, no traceback."""
+    from mach_jax.trainer import TrainingDivergedError, TrainingInterrupted
     from mach_jax.workdir import WorkdirError
     from mach_jax.dataset import DataFormatError
 
@@ -109,6 +119,16 @@ def run_cli(main: Callable[[], int]) -> None:
         logger.propagate = False
     try:
         sys.exit(main())
-    except (ConfigError, DataFormatError, WorkdirError, FileNotFoundError) as error:
+    except ConfigError as error:
+        flag = flag_of(error.field) if error.field else None
+        print(f"error: {flag + ': ' if flag else ''}{error}", file=sys.stderr)
+        sys.exit(2)
+    except (DataFormatError, WorkdirError, FileNotFoundError, TrainingDivergedError) as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
+    except TrainingInterrupted as interrupted:
+        print(f"stopped: {interrupted}", file=sys.stderr)
+        sys.exit(128 + interrupted.signum)
+    except KeyboardInterrupt:  # before training started: nothing to save
+        print("stopped: interrupted before training started", file=sys.stderr)
+        sys.exit(130)

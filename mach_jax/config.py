@@ -20,12 +20,20 @@ INPUT_LAYERS = ("auto", "sparse", "dense")
 
 
 class ConfigError(ValueError):
-    """A configuration value is out of range; the message names the field and the value."""
+    """A configuration value is out of range; the message names the field and the value.
+
+    Attributes:
+      field: the dotted config path (``model.num_buckets``), or None when no single field is at fault.
+    """
+
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(message)
+        self.field = field
 
 
 def _require(condition: bool, field: str, value: Any, why: str) -> None:
     if not condition:
-        raise ConfigError(f"{field}={value!r}: {why}")
+        raise ConfigError(f"{field}={value!r}: {why}", field=field)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,11 +52,11 @@ class SyntheticConfig:
 
     def validate(self) -> None:
         for name in ("num_labels", "num_features", "num_train", "num_test", "signature_features"):
-            _require(getattr(self, name) >= 1, f"synthetic.{name}", getattr(self, name), "must be >= 1")
-        _require(self.noise_features >= 0, "synthetic.noise_features", self.noise_features, "must be >= 0")
-        _require(self.mean_labels_per_point >= 1.0, "synthetic.mean_labels_per_point",
+            _require(getattr(self, name) >= 1, f"data.synthetic.{name}", getattr(self, name), "must be >= 1")
+        _require(self.noise_features >= 0, "data.synthetic.noise_features", self.noise_features, "must be >= 0")
+        _require(self.mean_labels_per_point >= 1.0, "data.synthetic.mean_labels_per_point",
                  self.mean_labels_per_point, "must be >= 1")
-        _require(self.label_zipf_exponent > 0, "synthetic.label_zipf_exponent",
+        _require(self.label_zipf_exponent > 0, "data.synthetic.label_zipf_exponent",
                  self.label_zipf_exponent, "must be > 0")
 
 

@@ -79,7 +79,7 @@ class MachEnsemble:
         step = manager.latest_step()
         if step is None:
             raise wd.WorkdirError(f"{workdir}: no checkpoint found under {wd.CHECKPOINT_DIR}/")
-        restored = manager.restore(step, args=_partial_restore_args(abstract))
+        restored = wd.restore_checkpoint(manager, step, _partial_restore_args(abstract))
         return cls(config, info, restored["params"], wd.read_label_counts(workdir))
 
     def _check_features(self, dataset_source: str, features: CsrMatrix) -> None:

@@ -11,6 +11,8 @@ import dataclasses
 import functools
 import json
 import logging
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -34,6 +36,46 @@ TRAIN_LOG_FILE = "train_log.jsonl"
 
 class TrainingDivergedError(FloatingPointError):
     """A member's loss became NaN or infinite; the newest checkpoint predates it."""
+
+
+class TrainingInterrupted(Exception):
+    """SIGINT or SIGTERM arrived; a checkpoint of the current step was saved first."""
+
+    def __init__(self, signum: int, step: int, workdir: Path):
+        self.signum, self.step, self.workdir = signum, step, workdir
+        super().__init__(f"{signal.Signals(signum).name} at step {step}: checkpoint saved in "
+                         f"{workdir}; run the same command again to resume")
+
+
+class _StopOnSignals:
+    """Turns SIGINT/SIGTERM into a request to stop at the next step boundary.
+
+    Only the first signal is caught: the previous handlers are back in place at once, so a
+    second Ctrl-C stops the process the usual way. Outside the main thread it does nothing.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum, frame) -> None:
+        self.signum = signum
+        self._restore()
+
+    def _restore(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()
+
+    def __enter__(self) -> "_StopOnSignals":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {signum: signal.signal(signum, self._handle) for signum in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._restore()
 
 
 def load_datasets(config: DataConfig) -> tuple[XCDataset, XCDataset]:
@@ -181,23 +223,36 @@ def train(config: Config, workdir: str | Path, train_data: XCDataset,
     step = int(state["step"])
     bar = tqdm(total=total_steps, initial=step, disable=not progress, desc="train", unit="step")
     loss_log = _LossLog(workdir / TRAIN_LOG_FILE, shape.batch_size, bar)
-    while step < total_steps:
-        epoch = step // steps_per_epoch
-        for batch in input_pipeline.train_batches(train_data, shape, config.train.seed, epoch,
-                                                  start_batch=step % steps_per_epoch):
-            state, step_metrics = program.train_step(state, batch, program.tables)
-            step += 1
-            bar.update()
-            loss_log.add(step, step_metrics["member_loss"])
-            if step % config.train.log_every_steps == 0:
-                loss_log.flush(epoch)
-            if step % checkpoint_every == 0 or step == total_steps:
-                loss_log.flush(epoch)  # never checkpoint a state whose loss went non-finite
-                wd.save_state(manager, step, state)
-    loss_log.flush(step // max(steps_per_epoch, 1))
-    bar.close()
-    manager.wait_until_finished()
+    try:
+        with _StopOnSignals() as stop:
+            for epoch, batch in _batches_from(train_data, shape, config.train.seed, step,
+                                              config.train.epochs):
+                state, step_metrics = program.train_step(state, batch, program.tables)
+                step += 1
+                bar.update()
+                loss_log.add(step, step_metrics["member_loss"])
+                if step % config.train.log_every_steps == 0:
+                    loss_log.flush(epoch)
+                if step % checkpoint_every == 0 or step == total_steps or stop.signum:
+                    loss_log.flush(epoch)  # never checkpoint a state whose loss went non-finite
+                    wd.save_state(manager, step, state)
+                if stop.signum:
+                    raise TrainingInterrupted(stop.signum, step, workdir)
+        loss_log.flush(step // max(steps_per_epoch, 1))
+    finally:
+        bar.close()
+        manager.wait_until_finished()  # an async save in flight completes before we leave
     return state["params"], info
+
+
+def _batches_from(data: XCDataset, shape: input_pipeline.BatchShape, seed: int, start_step: int,
+                  epochs: int):
+    """Yields ``(epoch, batch)`` from global step ``start_step`` to the end of the last epoch."""
+    steps_per_epoch = input_pipeline.num_batches(data.num_points, shape.batch_size)
+    for epoch in range(start_step // steps_per_epoch, epochs):
+        skip = start_step - epoch * steps_per_epoch if epoch == start_step // steps_per_epoch else 0
+        for batch in input_pipeline.train_batches(data, shape, seed, epoch, start_batch=skip):
+            yield epoch, batch
 
 
 def _init_state(config: Config, num_features: int, optimizer) -> steps.State:

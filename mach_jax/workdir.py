@@ -89,12 +89,27 @@ def write_metrics(workdir: Path, metrics: dict[str, Any]) -> Path:
 
 
 def checkpoint_manager(workdir: Path, keep: int = 2) -> ocp.CheckpointManager:
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
+    """Orbax manager of ``workdir/checkpoints``; leftovers of an interrupted save are removed."""
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, cleanup_tmp_directories=True)
     return ocp.CheckpointManager(Path(workdir).absolute() / CHECKPOINT_DIR, options=options)
 
 
 def save_state(manager: ocp.CheckpointManager, step: int, state: Any) -> None:
-    manager.save(step, args=ocp.args.StandardSave(state))
+    """Saves (asynchronously) unless this step is already saved."""
+    if manager.latest_step() != step:
+        manager.save(step, args=ocp.args.StandardSave(state))
+
+
+def restore_checkpoint(manager: ocp.CheckpointManager, step: int, args: Any) -> Any:
+    """Restores one step; a checkpoint that does not fit the config is a WorkdirError."""
+    try:
+        return manager.restore(step, args=args)
+    except Exception as error:  # Orbax raises many types; the user needs one clear message.
+        detail = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        raise WorkdirError(
+            f"{manager.directory}/{step}: the checkpoint cannot be restored for this config "
+            f"({type(error).__name__}: {detail[:300]}); was config.json edited, or the checkpoint "
+            "written by another run?") from error
 
 
 def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any) -> Any | None:
@@ -110,7 +125,7 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any) -> Any |
     step = manager.latest_step()
     if step is None:
         return None
-    return manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
+    return restore_checkpoint(manager, step, ocp.args.StandardRestore(abstract_state))
 
 
 def _check_resumable(workdir: Path, saved: Config, saved_info: RunInfo, config: Config,

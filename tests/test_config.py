@@ -1,0 +1,71 @@
+"""Config tree: validation names the field (and the CLI its flag), round trips, presets."""
+
+import pytest
+
+from mach_jax import cli
+from mach_jax.config import PRESETS, Config, ConfigError, get_preset
+from mach_jax.train import parse_arguments
+
+BAD_VALUES = [
+    ("model", "num_buckets", 1, "--num-buckets"),
+    ("model", "num_repetitions", 0, "--num-repetitions"),
+    ("model", "hidden_sizes", (), "--hidden-sizes"),
+    ("model", "hidden_sizes", (64, 0), "--hidden-sizes"),
+    ("model", "feat_hash_dim", -1, "--feat-hash-dim"),
+    ("model", "input_layer", "conv", "--input-layer"),
+    ("train", "batch_size", 0, "--batch-size"),
+    ("train", "epochs", 0, "--epochs"),
+    ("train", "learning_rate", 0.0, "--learning-rate"),
+    ("train", "loss", "hinge", "--loss"),
+    ("eval", "aggregation", "max", "--aggregation"),
+    ("eval", "eval_repetitions", 99, "--eval-repetitions"),
+    ("eval", "top_k", 3, "--top-k"),
+    ("data", "max_nnz", 0, "--max-nnz"),
+    ("data", "overflow", "drop", "--overflow"),
+]
+
+
+@pytest.mark.parametrize("section, field, value, flag", BAD_VALUES)
+def test_bad_values_name_field_value_and_flag(section, field, value, flag):
+    with pytest.raises(ConfigError) as caught:
+        Config().replace(**{section: {field: value}}).validate()
+    assert caught.value.field == f"{section}.{field}"
+    assert f"{section}.{field}={value!r}" in str(caught.value)
+    assert cli.flag_of(caught.value.field) == flag
+
+
+def test_synthetic_fields_have_prefixed_flags():
+    with pytest.raises(ConfigError) as caught:
+        Config().replace(data={"synthetic": {"num_labels": 0}}).validate()
+    assert cli.flag_of(caught.value.field) == "--synthetic-num-labels"
+
+
+def test_round_trip_through_dict_and_json():
+    import json
+
+    for name, config in PRESETS.items():
+        assert Config.from_dict(json.loads(config.to_json())) == config, name
+
+
+def test_unknown_fields_and_presets_are_refused():
+    with pytest.raises(ConfigError, match="unknown config field model.num_bucket"):
+        Config().replace(model={"num_bucket": 3})
+    with pytest.raises(ConfigError, match="unknown config field"):
+        Config.from_dict({"model": {"bogus": 1}})
+    with pytest.raises(ConfigError, match="known presets"):
+        get_preset("nope")
+
+
+def test_every_preset_is_valid():
+    for config in PRESETS.values():
+        config.validate()
+
+
+def test_flags_override_only_what_is_given():
+    args = parse_arguments(["--preset", "bibtex", "-B", "64", "--hidden", "128,64", "--lr", "0.01"])
+    config = cli.config_from_args(args)
+    assert config.model.num_buckets == 64 and config.model.hidden_sizes == (128, 64)
+    assert config.train.learning_rate == 0.01
+    assert config.model.num_repetitions == get_preset("bibtex").model.num_repetitions
+    args = parse_arguments(["--max-nnz", "none"])
+    assert cli.config_from_args(args).data.max_nnz is None

@@ -1,0 +1,176 @@
+"""Crashes, interruptions, divergence and mismatches: never lost work, never silent wrong answers."""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from mach_jax import MachEnsemble, get_preset, trainer
+from mach_jax.dataset import CsrMatrix, DataFormatError, XCDataset
+from mach_jax.synthetic import make_synthetic
+from mach_jax.workdir import WorkdirError
+from mach_jax.xc_format import write_xc
+
+# 100 epochs of 10 steps with a checkpoint every 50 steps: long enough to interrupt.
+LONG = ["--preset", "tiny", "--quiet", "--epochs", "100", "--checkpoint-every-steps", "50",
+        "--keep-checkpoints", "50"]
+
+
+def command(workdir):
+    return [sys.executable, "-m", "mach_jax.train", *LONG, "--workdir", str(workdir)]
+
+
+def environment(tmp_path):
+    return dict(os.environ, JAX_PLATFORMS="cpu", MACH_JAX_CACHE_DIR=str(tmp_path / "cache"))
+
+
+def saved_steps(workdir):
+    folder = Path(workdir) / "checkpoints"
+    return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit()) if folder.exists() else []
+
+
+def start_and_signal_after_first_checkpoint(workdir, env, signum):
+    process = subprocess.Popen(command(workdir), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    deadline = time.time() + 120
+    while not [s for s in saved_steps(workdir) if s >= 100] and time.time() < deadline:
+        time.sleep(0.01)
+    process.send_signal(signum)
+    stdout, stderr = process.communicate(timeout=120)
+    return process.returncode, stdout, stderr
+
+
+def final_state(workdir):
+    params = MachEnsemble.load(workdir).params
+    metrics = json.loads((Path(workdir) / "metrics.json").read_text())
+    return [np.asarray(leaf) for leaf in jax.tree.leaves(params)], metrics
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    root = tmp_path_factory.mktemp("reference")
+    subprocess.run(command(root / "work"), env=environment(root), check=True, capture_output=True)
+    return final_state(root / "work")
+
+
+def assert_same_run(workdir, reference):
+    params, metrics = final_state(workdir)
+    ref_params, ref_metrics = reference
+    for leaf, ref_leaf in zip(params, ref_params):
+        np.testing.assert_array_equal(leaf, ref_leaf)  # exact: XLA on CPU is deterministic
+    for key in ("P@1", "P@3", "P@5", "nDCG@5", "PSP@5"):
+        assert metrics[key] == ref_metrics[key]
+
+
+def test_sigkill_mid_run_then_rerun_equals_an_uninterrupted_run(tmp_path, uninterrupted):
+    env, work = environment(tmp_path), tmp_path / "work"
+    code, _, _ = start_and_signal_after_first_checkpoint(work, env, signal.SIGKILL)
+    assert code == -signal.SIGKILL
+    survivors = saved_steps(work)
+    assert survivors and survivors[-1] < 1000  # killed before the end
+    result = subprocess.run(command(work), env=env, capture_output=True, text=True, check=True)
+    assert f"resuming from the checkpoint at step {survivors[-1]}" in result.stderr
+    assert_same_run(work, uninterrupted)
+
+
+def test_sigterm_saves_the_current_step_and_exits_cleanly(tmp_path, uninterrupted):
+    env, work = environment(tmp_path), tmp_path / "work"
+    code, _, stderr = start_and_signal_after_first_checkpoint(work, env, signal.SIGTERM)
+    assert code == 128 + signal.SIGTERM and "Traceback" not in stderr
+    stopped_at = int(re.search(r"SIGTERM at step (\d+): checkpoint saved", stderr).group(1))
+    assert saved_steps(work)[-1] == stopped_at < 1000
+    subprocess.run(command(work), env=env, capture_output=True, check=True)
+    assert_same_run(work, uninterrupted)
+
+
+def test_a_partially_written_checkpoint_is_never_restored(tmp_path):
+    config = get_preset("tiny")
+    train, _ = make_synthetic(config.data.synthetic)
+    trainer.train(config, tmp_path, train, progress=False)
+    partial = tmp_path / "checkpoints" / "999.orbax-checkpoint-tmp-1700000000"
+    partial.mkdir()
+    (partial / "garbage").write_text("half a checkpoint")
+    ensemble = MachEnsemble.load(tmp_path)  # restores step 20, ignores the partial step 999
+    assert saved_steps(tmp_path)[-1] == 20 and ensemble.params["embedding"].shape[0] == 4
+    trainer.train(config, tmp_path, train, progress=False)  # resuming cleans the leftover up
+    assert not partial.exists()
+
+
+def test_non_finite_loss_stops_naming_step_and_member_and_keeps_the_last_good_checkpoint(tmp_path):
+    # Step 1 moves every weight by ~1e30 (Adam's first step is ~lr); step 2's logits overflow.
+    config = get_preset("tiny").replace(
+        train={"learning_rate": 1e30, "checkpoint_every_steps": 1, "log_every_steps": 1})
+    train, _ = make_synthetic(config.data.synthetic)
+    with pytest.raises(trainer.TrainingDivergedError, match=r"non-finite loss at step 2 in member\(s\) \[0, 1, 2, 3\]"):
+        trainer.train(config, tmp_path, train, progress=False)
+    assert saved_steps(tmp_path) == [1]
+
+
+def test_evaluating_against_data_of_another_shape_is_refused(tmp_path):
+    config = get_preset("tiny")
+    train, test = make_synthetic(config.data.synthetic)
+    trainer.train_and_evaluate(config, tmp_path / "work", progress=False)
+    other_d = XCDataset(CsrMatrix(test.features.indptr, test.features.indices, test.features.values, 500),
+                        test.labels, "")
+    write_xc(tmp_path / "other_d.txt", other_d)
+    env = environment(tmp_path)
+    result = subprocess.run([sys.executable, "-m", "mach_jax.evaluate", "--workdir", "work", "--test",
+                             "other_d.txt", "--quiet"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "other_d.txt:1: the data has D=500 features, the model was trained with D=400" in result.stderr
+    other_l = XCDataset(test.features, CsrMatrix(test.labels.indptr, test.labels.indices,
+                                                 test.labels.values, 301), "other_l.txt")
+    with pytest.raises(DataFormatError, match="L=301 labels, the model was trained with L=300"):
+        MachEnsemble.load(tmp_path / "work").evaluate(other_l, progress=False)
+
+
+def test_a_workdir_of_another_format_version_or_edited_config_is_refused(tmp_path):
+    config = get_preset("tiny")
+    train, _ = make_synthetic(config.data.synthetic)
+    trainer.train(config, tmp_path, train, progress=False)
+    path = tmp_path / "config.json"
+    original = json.loads(path.read_text())
+    edited = json.loads(path.read_text())
+    edited["config"]["model"]["hidden_sizes"] = [16]
+    path.write_text(json.dumps(edited))
+    with pytest.raises(WorkdirError, match="cannot be restored for this config"):
+        MachEnsemble.load(tmp_path)
+    original["format_version"] = 999
+    path.write_text(json.dumps(original))
+    with pytest.raises(WorkdirError, match="format_version 999"):
+        MachEnsemble.load(tmp_path)
+
+
+def test_no_pickle_on_any_load_path(tmp_path, monkeypatch):
+    import ast
+    import pickle
+
+    package = Path(trainer.__file__).parent
+    for source in package.glob("*.py"):
+        tree = ast.parse(source.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                names = [alias.name for alias in node.names] + [getattr(node, "module", None) or ""]
+                assert not any("pickle" in name for name in names), source.name
+            if isinstance(node, ast.Call) and ast.unparse(node.func) == "np.load":
+                keywords = {k.arg: ast.unparse(k.value) for k in node.keywords}
+                assert keywords.get("allow_pickle") == "False", f"{source.name}:{node.lineno}"
+
+    config = get_preset("tiny")
+    train, test = make_synthetic(config.data.synthetic)
+    trainer.train(config, tmp_path, train, progress=False)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("unpickling on a load path")
+
+    for name in ("load", "loads", "Unpickler"):
+        monkeypatch.setattr(pickle, name, refuse)
+    MachEnsemble.load(tmp_path).evaluate(test, progress=False)
