@@ -19,7 +19,8 @@ from mach_jax.config import (AGGREGATIONS, INPUT_LAYERS, LOSSES, OVERFLOW_POLICI
 _ALIASES = {
     "data.train_path": ["--train"],
     "data.test_path": ["--test"],
-    "model.num_repetitions": ["-R", "--reps"],
+    "model.num_repetitions": ["-R"],
+    "parallel.rep_range": ["--reps"],
     "model.num_buckets": ["-B", "--buckets"],
     "model.hidden_sizes": ["--hidden"],
     "train.learning_rate": ["--lr"],
@@ -41,13 +42,26 @@ def _parse_int_tuple(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
+def _parse_rep_range(text: str) -> tuple[int, ...]:
+    """'START:STOP' -> (START, STOP); '' or 'all' -> () (every member)."""
+    if text.strip().lower() in ("", "all"):
+        return ()
+    try:
+        start, stop = (int(part) for part in text.split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected START:STOP (e.g. 0:8), got {text!r}") from None
+    return start, stop
+
+
 def _optional(convert: Callable[[str], Any]) -> Callable[[str], Any]:
     def parse(text: str):
         return None if text.lower() == "none" else convert(text)
     return parse
 
 
-def _converter(annotation: str) -> Callable[[str], Any]:
+def _converter(path: str, annotation: str) -> Callable[[str], Any]:
+    if path == "parallel.rep_range":
+        return _parse_rep_range
     base = annotation.replace(" | None", "")
     convert = {"int": int, "float": float, "str": str, "tuple[int, ...]": _parse_int_tuple}[base]
     return _optional(convert) if "None" in annotation else convert
@@ -76,7 +90,7 @@ def add_config_flags(parser: argparse.ArgumentParser, sections: tuple[str, ...],
             for part in path.split(".")[1:]:
                 default = getattr(default, part)
             group.add_argument(f"--{flag}", *_ALIASES.get(path, []), dest=path, default=None,
-                               type=_converter(field.type), choices=_CHOICES.get(path),
+                               type=_converter(path, field.type), choices=_CHOICES.get(path),
                                metavar=None if path in _CHOICES else field.name.split("_")[-1].upper(),
                                help=f"{path} (default preset: {default})")
 
@@ -106,7 +120,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
 
 def run_cli(main: Callable[[], int]) -> None:
     """Runs a CLI body: expected errors print one clear line and exit 2, no traceback."""
-    from mach_jax.trainer import TrainingDivergedError, TrainingInterrupted
+    from mach_jax.monitoring import TrainingDivergedError, TrainingInterrupted
     from mach_jax.workdir import WorkdirError
     from mach_jax.dataset import DataFormatError
 

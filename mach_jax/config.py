@@ -170,6 +170,47 @@ class EvalConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class ParallelConfig:
+    """Which members this process trains, and how they are laid over the devices.
+
+    ``rep_range`` = (start, stop) trains only members start..stop-1 (an independent group; groups
+    merge at evaluation); () trains all R. The mesh is ``rep_devices`` x ``data_devices``: members
+    split over the first axis (0: the most devices that divide the group evenly), each batch
+    split over the second (1: no data parallelism; members never communicate either way).
+    """
+
+    rep_range: tuple[int, ...] = ()
+    rep_devices: int = 0
+    data_devices: int = 1
+
+    def validate(self, num_repetitions: int | None = None, batch_size: int | None = None) -> None:
+        _require(len(self.rep_range) in (0, 2), "parallel.rep_range", self.rep_range,
+                 "give START:STOP, or nothing for all members")
+        if self.rep_range:
+            start, stop = self.rep_range
+            limit = num_repetitions if num_repetitions is not None else stop
+            _require(0 <= start < stop <= limit, "parallel.rep_range", self.rep_range,
+                     f"need 0 <= START < STOP <= R = {limit}")
+        _require(self.rep_devices >= 0, "parallel.rep_devices", self.rep_devices,
+                 "must be >= 0 (0: as many as divide the members evenly)")
+        _require(self.data_devices >= 1, "parallel.data_devices", self.data_devices, "must be >= 1")
+        if self.rep_devices and num_repetitions is not None:
+            group = self.num_members(num_repetitions)
+            _require(group % self.rep_devices == 0, "parallel.rep_devices", self.rep_devices,
+                     f"the {group} members of this run cannot be split evenly over it")
+        if batch_size is not None:
+            _require(batch_size % self.data_devices == 0, "parallel.data_devices", self.data_devices,
+                     f"must divide train.batch_size = {batch_size}")
+
+    def rep_ids(self, num_repetitions: int) -> tuple[int, ...]:
+        """The repetition ids this process trains."""
+        return tuple(range(*self.rep_range)) if self.rep_range else tuple(range(num_repetitions))
+
+    def num_members(self, num_repetitions: int) -> int:
+        return len(self.rep_ids(num_repetitions))
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     """The whole tree. ``validate()`` checks every section before anything is compiled."""
 
@@ -177,12 +218,14 @@ class Config:
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
+    parallel: ParallelConfig = ParallelConfig()
 
     def validate(self) -> "Config":
         self.data.validate()
         self.model.validate()
         self.train.validate()
         self.eval.validate(self.model.num_repetitions)
+        self.parallel.validate(self.model.num_repetitions, self.train.batch_size)
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -22,15 +22,15 @@ from mach_jax.config import Config
 from mach_jax.dataset import CsrMatrix, DataFormatError, XCDataset
 
 
-def hash_tables(config: Config, info: wd.RunInfo, num_reps: int, mesh) -> dict[str, jax.Array]:
-    """Device hash tables of the first ``num_reps`` members: labels [R, L], features [R, D]."""
-    rep_ids = np.arange(num_reps)
+def hash_tables(config: Config, info: wd.RunInfo, rep_ids, mesh) -> dict[str, jax.Array]:
+    """Device hash tables of the members ``rep_ids`` [R]: labels [R, L], features [R, D]."""
+    rep_ids = np.asarray(rep_ids)
     tables = {"labels": hashing.bucket_lookup(info.num_labels, config.model.num_buckets,
                                               config.model.label_hash_seed, rep_ids)}
     if config.model.feat_hash_dim:
         tables["features"] = hashing.feature_lookup(info.num_features, config.model.feat_hash_dim,
                                                     config.model.feature_hash_seed, rep_ids)
-    return jax.device_put(tables, mesh_lib.stacked(mesh))
+    return mesh_lib.put(tables, mesh_lib.stacked(mesh))
 
 
 class MachEnsemble:
@@ -39,48 +39,57 @@ class MachEnsemble:
     Args:
       config: the run's config (its ``eval`` section sets the read-out).
       info: what the training data fixed (D, L, widths).
-      params: stacked parameters, leaves [R, ...].
+      params: stacked parameters, leaves [R, ...] (device or host arrays).
       label_counts: int [L] training label counts, for PSP@k.
+      rep_ids: the repetition id of each member (default 0..R-1).
     """
 
     def __init__(self, config: Config, info: wd.RunInfo, params: model.Params,
-                 label_counts: np.ndarray):
-        config.eval.validate(config.model.num_repetitions)
+                 label_counts: np.ndarray, rep_ids: tuple[int, ...] | None = None):
+        num_members = jax.tree.leaves(params)[0].shape[0]
+        config.eval.validate(num_members)
         self.config, self.info = config, info
-        num_reps = config.eval.eval_repetitions or config.model.num_repetitions
-        self.mesh = mesh_lib.make_mesh(num_reps)
         # The first r <= R members: a count-min sketch read with fewer rows.
+        num_reps = config.eval.eval_repetitions or num_members
+        self.rep_ids = tuple(rep_ids if rep_ids is not None else range(num_members))[:num_reps]
+        self.mesh = mesh_lib.make_mesh(num_reps)
         params = jax.tree.map(lambda leaf: leaf[:num_reps], params)
-        self.params = jax.device_put(params, mesh_lib.stacked(self.mesh))
-        self.tables = hash_tables(config, info, num_reps, self.mesh)
-        self.inv_propensity = jnp.asarray(metrics.inverse_propensity(
-            label_counts, info.num_train_points, config.eval.propensity_a, config.eval.propensity_b))
+        if all(isinstance(leaf, jax.Array) for leaf in jax.tree.leaves(params)):
+            self.params = jax.device_put(params, mesh_lib.stacked(self.mesh))  # resharding on device
+        else:
+            self.params = mesh_lib.put(params, mesh_lib.stacked(self.mesh))
+        self.tables = hash_tables(config, info, self.rep_ids, self.mesh)
+        self.inv_propensity = mesh_lib.put(metrics.inverse_propensity(
+            label_counts, info.num_train_points, config.eval.propensity_a, config.eval.propensity_b),
+            mesh_lib.replicated(self.mesh))
         self._graphdef = model.member_graphdef(config.model, info.num_features, info.max_nnz)
         read_out = dict(graphdef=self._graphdef, loss_name=config.train.loss,
                         aggregation=config.eval.aggregation, chunk_size=config.eval.class_chunk_size)
-        # Jitted once per ensemble: each batch shape (and k) compiles once, then is reused.
+        # Jitted once per ensemble: each batch shape (and k) compiles once, then is reused. Each
+        # device reads out its members; the take-and-sum reduces over R into replicated results.
+        everywhere = mesh_lib.replicated(self.mesh)
         self._predict_step = jax.jit(functools.partial(steps.predict_step, **read_out),
-                                     static_argnames=("k",))
-        self._eval_step = jax.jit(functools.partial(steps.eval_step, k=config.eval.top_k, **read_out))
+                                     static_argnames=("k",), out_shardings=everywhere)
+        self._eval_step = jax.jit(functools.partial(steps.eval_step, k=config.eval.top_k, **read_out),
+                                  out_shardings=everywhere)
 
     @classmethod
-    def load(cls, workdir: str | Path, **eval_overrides) -> "MachEnsemble":
-        """Restores the latest checkpoint of a workdir; ``eval_overrides`` edit the eval section."""
-        workdir = Path(workdir)
-        config, info = wd.read_run(workdir)
+    def load(cls, *workdirs: str | Path, **eval_overrides) -> "MachEnsemble":
+        """Restores the newest checkpoints of one workdir, or merges independently trained groups.
+
+        Args:
+          *workdirs: one workdir, or several (groups trained on separate machines); a workdir
+            may itself hold groups ``reps-START-STOP/`` (see ``workdir.find_groups``).
+          **eval_overrides: fields of the eval section to change (e.g. ``eval_repetitions=4``).
+        """
+        config, info, groups = wd.find_groups([Path(w) for w in workdirs])
         config = config.replace(eval=eval_overrides) if eval_overrides else config
-        manager = wd.checkpoint_manager(workdir)
-        mesh = mesh_lib.make_mesh(config.model.num_repetitions)
-        abstract = jax.eval_shape(functools.partial(
-            model.init_params, config.model, info.num_features,
-            jnp.arange(config.model.num_repetitions), 0))
-        abstract = jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(
-            leaf.shape, leaf.dtype, sharding=mesh_lib.stacked(mesh)), abstract)
-        step = manager.latest_step()
-        if step is None:
-            raise wd.WorkdirError(f"{workdir}: no checkpoint found under {wd.CHECKPOINT_DIR}/")
-        restored = wd.restore_checkpoint(manager, step, _partial_restore_args(abstract))
-        return cls(config, info, restored["params"], wd.read_label_counts(workdir))
+        parts = [_restore_params(group, config, info) for group in groups]
+        params = jax.tree.map(lambda *leaves: np.concatenate(leaves), *parts)
+        return cls(config, info, params, wd.read_label_counts(groups[0].path))
+
+    def _put(self, batch: input_pipeline.Batch) -> dict[str, jax.Array]:
+        return mesh_lib.put(batch, mesh_lib.replicated(self.mesh))
 
     def _check_features(self, dataset_source: str, features: CsrMatrix) -> None:
         if features.num_cols != self.info.num_features:
@@ -116,10 +125,10 @@ class MachEnsemble:
         for batch in tqdm(input_pipeline.eval_batches(dataset, shape), disable=not progress,
                           total=input_pipeline.num_batches(dataset.num_points, shape.batch_size),
                           desc="predict"):
-            batch_scores, batch_ids = self._predict_step(self.params, _device_batch(batch), self.tables, k=k)
+            batch_scores, batch_ids = self._predict_step(self.params, self._put(batch), self.tables, k=k)
             scores.append(batch_scores)
             ids.append(batch_ids)
-        scores, ids = jax.device_get((scores, ids))
+        scores, ids = mesh_lib.fetch_replicated((scores, ids))
         return (np.concatenate(scores)[:dataset.num_points], np.concatenate(ids)[:dataset.num_points])
 
     def evaluate(self, dataset: XCDataset, progress: bool = True) -> dict[str, float]:
@@ -135,9 +144,9 @@ class MachEnsemble:
         for batch in tqdm(input_pipeline.eval_batches(dataset, shape), disable=not progress,
                           total=input_pipeline.num_batches(dataset.num_points, shape.batch_size),
                           desc="evaluate"):
-            sums = self._eval_step(self.params, _device_batch(batch), self.tables, self.inv_propensity)
+            sums = self._eval_step(self.params, self._put(batch), self.tables, self.inv_propensity)
             totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-        result = metrics.finalize(jax.device_get(totals))
+        result = metrics.finalize(mesh_lib.fetch_replicated(totals))
         result["num_repetitions"] = int(jax.tree.leaves(self.params)[0].shape[0])
         result["aggregation"] = self.config.eval.aggregation
         return result
@@ -147,14 +156,22 @@ def _next_power_of_two(width: int) -> int:
     return 1 << max(int(width) - 1, 0).bit_length()
 
 
-def _device_batch(batch: input_pipeline.Batch) -> dict[str, jax.Array]:
-    return {name: jnp.asarray(value) for name, value in batch.items()}
-
-
-def _partial_restore_args(abstract_params):
-    """Restore only the parameters of a training checkpoint (the optimizer state is skipped)."""
-    return ocp.args.PyTreeRestore(
-        item={"params": abstract_params},
-        restore_args=jax.tree.map(lambda leaf: ocp.ArrayRestoreArgs(sharding=leaf.sharding),
-                                  {"params": abstract_params}),
-        partial_restore=True)
+def _restore_params(group: wd.Group, config: Config, info: wd.RunInfo) -> model.Params:
+    """The parameters (not the optimizer state) of a group's newest checkpoint, as host arrays."""
+    manager = wd.checkpoint_manager(group.path)
+    step = manager.latest_step()
+    if step is None:
+        raise wd.WorkdirError(f"{group.path}: no checkpoint found under {wd.CHECKPOINT_DIR}/")
+    abstract = {"params": jax.eval_shape(functools.partial(
+        model.init_params, config.model, info.num_features, jnp.asarray(group.rep_ids), 0))}
+    args = ocp.args.PyTreeRestore(
+        item=abstract, partial_restore=True,
+        restore_args=jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), abstract))
+    params = wd.restore_checkpoint(manager, step, args)["params"]
+    expected = jax.tree.map(lambda leaf: leaf.shape, abstract["params"])
+    found = jax.tree.map(lambda leaf: leaf.shape, params)
+    if found != expected:
+        raise wd.WorkdirError(
+            f"{manager.directory}/{step}: the checkpoint cannot be restored for this config: its "
+            f"parameter shapes {found} differ from {expected}; was config.json edited?")
+    return params

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from mach_jax import cli
+from mach_jax import cli, distributed
 from mach_jax.metrics import format_metrics
 
 
@@ -21,7 +21,8 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
                         help="checkpoints, config.json and metrics.json go here "
                              "(default: runs/<preset>, or runs/<folder of --train>)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    cli.add_config_flags(parser, ("data", "model", "train", "eval"))
+    distributed.add_flags(parser)
+    cli.add_config_flags(parser, ("data", "model", "train", "eval", "parallel"))
     return parser.parse_args(argv)
 
 
@@ -36,6 +37,7 @@ def do_train(args: argparse.Namespace) -> int:
     from mach_jax.trainer import train_and_evaluate  # after flag parsing: --help stays instant
 
     config = cli.config_from_args(args).validate()
+    distributed.initialize_from_args(args)  # before any device is touched
     workdir = Path(args.workdir) if args.workdir else default_workdir(args)
     model = config.model
     print(f"mach_jax: R={model.num_repetitions} members, B={model.num_buckets} buckets, "

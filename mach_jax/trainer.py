@@ -9,10 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import logging
-import signal
-import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -24,58 +21,20 @@ from tqdm.auto import tqdm
 
 from mach_jax import input_pipeline, mesh as mesh_lib, model, steps, workdir as wd
 from mach_jax.config import Config, DataConfig
-from mach_jax.ensemble import MachEnsemble, hash_tables
-from mach_jax.synthetic import make_synthetic
 from mach_jax.dataset import DataFormatError, XCDataset
+from mach_jax.ensemble import MachEnsemble, hash_tables
+from mach_jax.monitoring import LossLog, StopOnSignals, TrainingInterrupted
+from mach_jax.synthetic import make_synthetic
 from mach_jax.xc_format import read_xc
 
 log = logging.getLogger("mach_jax")
 
-TRAIN_LOG_FILE = "train_log.jsonl"
 
 
-class TrainingDivergedError(FloatingPointError):
-    """A member's loss became NaN or infinite; the newest checkpoint predates it."""
-
-
-class TrainingInterrupted(Exception):
-    """SIGINT or SIGTERM arrived; a checkpoint of the current step was saved first."""
-
-    def __init__(self, signum: int, step: int, workdir: Path):
-        self.signum, self.step, self.workdir = signum, step, workdir
-        super().__init__(f"{signal.Signals(signum).name} at step {step}: checkpoint saved in "
-                         f"{workdir}; run the same command again to resume")
-
-
-class _StopOnSignals:
-    """Turns SIGINT/SIGTERM into a request to stop at the next step boundary.
-
-    Only the first signal is caught: the previous handlers are back in place at once, so a
-    second Ctrl-C stops the process the usual way. Outside the main thread it does nothing.
-    """
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self):
-        self.signum: int | None = None
-        self._previous: dict[int, Any] = {}
-
-    def _handle(self, signum, frame) -> None:
-        self.signum = signum
-        self._restore()
-
-    def _restore(self) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-        self._previous.clear()
-
-    def __enter__(self) -> "_StopOnSignals":
-        if threading.current_thread() is threading.main_thread():
-            self._previous = {signum: signal.signal(signum, self._handle) for signum in self.SIGNALS}
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self._restore()
+def train_log_file(workdir: Path) -> Path:
+    """Process 0 logs to ``train_log.jsonl``; other processes (multi-host) to their own file."""
+    index = jax.process_index()
+    return workdir / ("train_log.jsonl" if index == 0 else f"train_log.process{index}.jsonl")
 
 
 def load_datasets(config: DataConfig) -> tuple[XCDataset, XCDataset]:
@@ -117,92 +76,69 @@ def prepare_train_data(config: Config, train: XCDataset) -> tuple[XCDataset, wd.
     return XCDataset(features, labels, train.source), info
 
 
-class _LossLog:
-    """Keeps step metrics on device and fetches them only every ``log_every_steps``."""
-
-    def __init__(self, path: Path, batch_size: int, bar):
-        self.path, self.batch_size, self.bar = path, batch_size, bar
-        self.pending: list[tuple[int, jax.Array]] = []
-        self.window_start = time.perf_counter()
-
-    def add(self, step: int, member_loss: jax.Array) -> None:
-        self.pending.append((step, member_loss))
-
-    def flush(self, epoch: int) -> None:
-        if not self.pending:
-            return
-        steps_done = [step for step, _ in self.pending]
-        losses = np.asarray(jax.device_get([loss for _, loss in self.pending]))  # a host sync point
-        for step, member_loss in zip(steps_done, losses):
-            bad = np.flatnonzero(~np.isfinite(member_loss))
-            if bad.size:
-                raise TrainingDivergedError(
-                    f"non-finite loss at step {step} in member(s) {bad.tolist()}: {member_loss[bad]}; "
-                    "lower --learning-rate; the last checkpoint predates this step")
-        elapsed = time.perf_counter() - self.window_start
-        rate = len(self.pending) * self.batch_size / max(elapsed, 1e-9)
-        record = {"step": steps_done[-1], "epoch": epoch, "loss": float(losses[-1].mean()),
-                  "member_loss": losses[-1].tolist(), "examples_per_sec": rate}
-        with open(self.path, "a") as log_file:
-            log_file.write(json.dumps(record) + "\n")
-        self.bar.set_postfix(loss=f"{record['loss']:.4f}", ex_per_s=f"{rate:,.0f}")
-        self.pending.clear()
-        self.window_start = time.perf_counter()
-
-
 @dataclasses.dataclass(frozen=True)
 class TrainingProgram:
     """Everything a training loop (or a benchmark) needs, built once per config and data.
 
     Attributes:
-      mesh: the device mesh, R split over its ``reps`` axis.
+      mesh: the (reps, data) device mesh.
+      rep_ids: the repetition ids of the R members trained here.
       abstract_state: the state's shapes, dtypes and shardings (for restoring checkpoints).
       create_state: () -> a freshly initialised state, created directly with its shardings.
       train_step: the jitted, donating ``steps.train_step``: (state, batch, tables) -> (state, metrics).
+      batch_sharding: where a host batch goes (split over ``data``, replicated over ``reps``).
       tables: device hash tables, ``labels`` [R, L] (and ``features`` [R, D] when hashing).
     """
 
     mesh: Any
+    rep_ids: tuple[int, ...]
     abstract_state: Any
     create_state: Callable[[], steps.State]
     train_step: Callable
+    batch_sharding: Any
     tables: dict[str, jax.Array]
 
 
 def build_program(config: Config, info: wd.RunInfo) -> TrainingProgram:
     """Builds the mesh, shardings, hash tables and the one jitted step for all R members."""
-    mesh = mesh_lib.make_mesh(config.model.num_repetitions)
+    rep_ids = config.parallel.rep_ids(config.model.num_repetitions)
+    mesh = mesh_lib.make_mesh(len(rep_ids), config.parallel.rep_devices, config.parallel.data_devices)
     graphdef = model.member_graphdef(config.model, info.num_features, info.max_nnz)
     optimizer = steps.make_optimizer(config.train.learning_rate)
-    init_state = functools.partial(_init_state, config, info.num_features, optimizer)
+    init_state = functools.partial(_init_state, config, info.num_features, rep_ids, optimizer)
     abstract_state = jax.eval_shape(init_state)
     state_shardings = mesh_lib.tree_shardings(abstract_state, mesh)
-    tables = hash_tables(config, info, config.model.num_repetitions, mesh)
+    tables = hash_tables(config, info, rep_ids, mesh)
     train_step = jax.jit(
         functools.partial(steps.train_step, graphdef=graphdef, optimizer=optimizer,
                           loss_name=config.train.loss),
-        in_shardings=(state_shardings, mesh_lib.replicated(mesh), mesh_lib.tree_shardings(tables, mesh)),
+        in_shardings=(state_shardings, mesh_lib.batched(mesh), mesh_lib.tree_shardings(tables, mesh)),
         out_shardings=(state_shardings, {"member_loss": mesh_lib.stacked(mesh)}),
         donate_argnums=0)
     return TrainingProgram(
         mesh=mesh,
+        rep_ids=rep_ids,
         abstract_state=jax.tree.map(
             lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
             abstract_state, state_shardings),
         create_state=jax.jit(init_state, out_shardings=state_shardings),
         train_step=train_step,
+        batch_sharding=mesh_lib.batched(mesh),
         tables=tables)
 
 
 def train(config: Config, workdir: str | Path, train_data: XCDataset,
           progress: bool = True) -> tuple[model.Params, wd.RunInfo]:
-    """Trains (or resumes training of) the ensemble in ``workdir``.
+    """Trains (or resumes training of) the ensemble, or of the group ``parallel.rep_range``.
+
+    A group's files go to ``workdir/reps-START-STOP`` (see ``workdir.group_dir``), so groups
+    trained by independent processes can share one workdir.
 
     Returns:
       ``(params, info)``: stacked parameters [R, ...] after the last step, and the RunInfo.
     """
     config.validate()
-    workdir = Path(workdir)
+    workdir = wd.group_dir(Path(workdir), config.parallel.rep_range)
     train_data, info = prepare_train_data(config, train_data)
     wd.write_run(workdir, config, info, label_counts(train_data))
     if config.model.num_buckets >= info.num_labels:
@@ -222,11 +158,12 @@ def train(config: Config, workdir: str | Path, train_data: XCDataset,
     checkpoint_every = config.train.checkpoint_every_steps or steps_per_epoch
     step = int(state["step"])
     bar = tqdm(total=total_steps, initial=step, disable=not progress, desc="train", unit="step")
-    loss_log = _LossLog(workdir / TRAIN_LOG_FILE, shape.batch_size, bar)
+    loss_log = LossLog(train_log_file(workdir), program.rep_ids, shape.batch_size, bar)
     try:
-        with _StopOnSignals() as stop:
+        with StopOnSignals() as stop:
             for epoch, batch in _batches_from(train_data, shape, config.train.seed, step,
                                               config.train.epochs):
+                batch = mesh_lib.put(batch, program.batch_sharding)
                 state, step_metrics = program.train_step(state, batch, program.tables)
                 step += 1
                 bar.update()
@@ -255,9 +192,9 @@ def _batches_from(data: XCDataset, shape: input_pipeline.BatchShape, seed: int, 
             yield epoch, batch
 
 
-def _init_state(config: Config, num_features: int, optimizer) -> steps.State:
-    rep_ids = jnp.arange(config.model.num_repetitions, dtype=jnp.int32)
-    params = model.init_params(config.model, num_features, rep_ids, config.train.seed)
+def _init_state(config: Config, num_features: int, rep_ids: tuple[int, ...], optimizer) -> steps.State:
+    params = model.init_params(config.model, num_features, jnp.asarray(rep_ids, jnp.int32),
+                               config.train.seed)
     return steps.create_state(params, optimizer)
 
 
@@ -272,8 +209,10 @@ def train_and_evaluate(config: Config, workdir: str | Path, progress: bool = Tru
     start = time.perf_counter()
     params, info = train(config, workdir, train_data, progress)
     train_seconds = time.perf_counter() - start
-    ensemble = MachEnsemble(config, info, params, label_counts(train_data))
+    rep_ids = config.parallel.rep_ids(config.model.num_repetitions)
+    ensemble = MachEnsemble(config, info, params, label_counts(train_data), rep_ids=rep_ids)
     metrics = ensemble.evaluate(test_data, progress=progress)
     metrics.update(test_source=test_data.source, train_seconds=round(train_seconds, 2))
-    wd.write_metrics(workdir, metrics)
+    if jax.process_index() == 0:
+        wd.write_metrics(wd.group_dir(Path(workdir), config.parallel.rep_range), metrics)
     return metrics

@@ -14,8 +14,10 @@ import os
 from pathlib import Path
 from typing import Any
 
+import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 from mach_jax.config import FORMAT_VERSION, Config
 
@@ -29,7 +31,9 @@ CHECKPOINT_DIR = "checkpoints"
 _RESUMABLE_FIELDS = {
     "train.epochs", "train.log_every_steps", "train.checkpoint_every_steps", "train.keep_checkpoints",
     "data.cache_dir", "data.train_path", "data.test_path",
+    "parallel.rep_devices", "parallel.data_devices",  # a checkpoint restores onto any topology
 }
+GROUP_PREFIX = "reps-"
 
 
 class WorkdirError(ValueError):
@@ -48,18 +52,96 @@ class RunInfo:
     train_source: str
 
 
+def group_dir(workdir: Path, rep_range: tuple[int, ...]) -> Path:
+    """Where a run keeps its files: the workdir itself, or ``reps-START-STOP`` for a group."""
+    return Path(workdir) / f"{GROUP_PREFIX}{rep_range[0]}-{rep_range[1]}" if rep_range else Path(workdir)
+
+
 def write_run(workdir: Path, config: Config, info: RunInfo, label_counts: np.ndarray) -> None:
-    """Writes config.json and label_counts.npy, or checks them against an earlier run."""
-    workdir.mkdir(parents=True, exist_ok=True)
+    """Writes config.json and label_counts.npy, or checks them against an earlier run.
+
+    With several processes (multi-host), process 0 writes and the others wait for it.
+    """
     path = workdir / CONFIG_FILE
     if path.exists():
         saved_config, saved_info = read_run(workdir)
         _check_resumable(workdir, saved_config, saved_info, config, info)
-        return
-    np.save(workdir / LABEL_COUNTS_FILE, label_counts.astype(np.int64), allow_pickle=False)
-    payload = {"format_version": FORMAT_VERSION, "config": config.to_dict(),
-               "run_info": dataclasses.asdict(info)}
-    _write_json_atomically(path, payload)
+    elif jax.process_index() == 0:
+        workdir.mkdir(parents=True, exist_ok=True)
+        np.save(workdir / LABEL_COUNTS_FILE, label_counts.astype(np.int64), allow_pickle=False)
+        payload = {"format_version": FORMAT_VERSION, "config": config.to_dict(),
+                   "run_info": dataclasses.asdict(info)}
+        _write_json_atomically(path, payload)
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(f"mach_jax.write_run:{workdir}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Group:
+    """One trained group of members: its folder and the repetition ids it holds."""
+
+    path: Path
+    rep_ids: tuple[int, ...]
+
+
+def find_groups(workdirs: list[Path]) -> tuple[Config, RunInfo, list[Group]]:
+    """Finds every trained group under the workdirs and checks they form one ensemble.
+
+    A workdir is either one run (it has config.json) or holds groups ``reps-START-STOP/``
+    trained by independent processes. Groups must agree on everything but their members
+    (B, L, D, seeds, hidden sizes, loss, data, ...), must not overlap, and must together hold
+    members 0..R-1.
+
+    Returns:
+      ``(config, info, groups)``: the shared config (``parallel.rep_range`` cleared), the shared
+      RunInfo, and the groups ordered by their first member.
+    """
+    folders = []
+    for workdir in map(Path, workdirs):
+        if (workdir / CONFIG_FILE).exists():
+            folders.append(workdir)
+            continue
+        found = sorted(p for p in workdir.glob(f"{GROUP_PREFIX}*") if (p / CONFIG_FILE).exists())
+        if not found:
+            raise WorkdirError(f"{workdir}: no {CONFIG_FILE} and no trained {GROUP_PREFIX}START-STOP "
+                               "groups; is it a workdir written by mach_jax.train?")
+        folders.extend(found)
+    runs = [(folder, *read_run(folder)) for folder in folders]
+    first_folder, first_config, first_info = runs[0]
+    groups, owner = [], {}
+    for folder, config, info in runs:
+        difference = _first_difference(first_config, config, frozenset({"parallel.rep_range"}))
+        if difference:
+            key, first_value, value = difference
+            raise WorkdirError(f"inconsistent groups: {folder} has {key}={value!r} but {first_folder} "
+                               f"has {first_value!r}; they are not one ensemble")
+        if dataclasses.replace(info, train_source=first_info.train_source) != first_info:
+            raise WorkdirError(f"inconsistent groups: {folder} was trained on data with {info}, "
+                               f"{first_folder} on {first_info}")
+        if not np.array_equal(read_label_counts(folder), read_label_counts(first_folder)):
+            raise WorkdirError(f"{folder}: trained on other data than {first_folder} (label counts differ)")
+        rep_ids = config.parallel.rep_ids(config.model.num_repetitions)
+        for rep in rep_ids:
+            if rep in owner:
+                raise WorkdirError(f"{folder} and {owner[rep]} both hold member {rep}: overlapping groups")
+            owner[rep] = folder
+        groups.append(Group(folder, rep_ids))
+    num_reps = first_config.model.num_repetitions
+    missing = sorted(set(range(num_reps)) - set(owner))
+    if missing:
+        raise WorkdirError(f"members {_ranges(missing)} of the R={num_reps} ensemble are in none of "
+                           f"{[str(w) for w in workdirs]}; train them (--reps) or pass their workdirs")
+    merged = first_config.replace(parallel={"rep_range": ()})
+    return merged, first_info, sorted(groups, key=lambda group: group.rep_ids[0])
+
+
+def _ranges(ids: list[int]) -> str:
+    spans, start = [], ids[0]
+    for previous, current in zip(ids, ids[1:] + [None]):
+        if current != previous + 1:
+            spans.append(f"{start}:{previous + 1}")
+            start = current
+    return ", ".join(spans)
 
 
 def read_run(workdir: Path) -> tuple[Config, RunInfo]:
@@ -130,17 +212,25 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any) -> Any |
 
 def _check_resumable(workdir: Path, saved: Config, saved_info: RunInfo, config: Config,
                      info: RunInfo) -> None:
-    saved_flat, new_flat = _flatten(saved.to_dict()), _flatten(config.to_dict())
-    for key in sorted(saved_flat):
-        if key.startswith("eval.") or key in _RESUMABLE_FIELDS:
-            continue
-        if saved_flat[key] != new_flat.get(key):
-            raise WorkdirError(
-                f"{workdir} was trained with {key}={saved_flat[key]!r}, this run asks for "
-                f"{new_flat.get(key)!r}; use another --workdir or the same settings")
+    difference = _first_difference(saved, config)
+    if difference:
+        key, saved_value, new_value = difference
+        raise WorkdirError(f"{workdir} was trained with {key}={saved_value!r}, this run asks for "
+                           f"{new_value!r}; use another --workdir or the same settings")
     if dataclasses.replace(saved_info, train_source=info.train_source) != info:
         raise WorkdirError(f"{workdir} was trained on data with {saved_info}, this run's data gives "
                            f"{info}; use another --workdir")
+
+
+def _first_difference(saved: Config, config: Config, ignore: frozenset[str] = frozenset()):
+    """The first (field, saved value, new value) that a resumed run or a group may not change."""
+    saved_flat, new_flat = _flatten(saved.to_dict()), _flatten(config.to_dict())
+    for key in sorted(saved_flat):
+        if key.startswith("eval.") or key in _RESUMABLE_FIELDS or key in ignore:
+            continue
+        if saved_flat[key] != new_flat.get(key):
+            return key, saved_flat[key], new_flat.get(key)
+    return None
 
 
 def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:

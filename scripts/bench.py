@@ -25,7 +25,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from mach_jax import get_preset, input_pipeline, trainer
+from mach_jax import get_preset, input_pipeline, mesh as mesh_lib, trainer
 from mach_jax.ensemble import MachEnsemble
 from mach_jax.synthetic import make_synthetic
 from mach_jax.xc_format import read_xc, write_xc
@@ -68,7 +68,7 @@ def bench_train(config, train, steps: int) -> tuple:
     shape = input_pipeline.BatchShape(config.train.batch_size, info.max_nnz, info.max_labels)
     batches = [input_pipeline.make_batch(data, rows, shape) for rows in np.array_split(
         np.arange(min(data.num_points, 8 * shape.batch_size)), 8)]
-    batches = [jax.device_put(b) for b in batches]
+    batches = [mesh_lib.put(b, program.batch_sharding) for b in batches]
     start = time.perf_counter()
     state, metrics = program.train_step(state, batches[0], program.tables)
     jax.block_until_ready(metrics)

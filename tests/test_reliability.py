@@ -15,6 +15,7 @@ import pytest
 
 from mach_jax import MachEnsemble, get_preset, trainer
 from mach_jax.dataset import CsrMatrix, DataFormatError, XCDataset
+from mach_jax.monitoring import TrainingDivergedError
 from mach_jax.synthetic import make_synthetic
 from mach_jax.workdir import WorkdirError
 from mach_jax.xc_format import write_xc
@@ -109,7 +110,7 @@ def test_non_finite_loss_stops_naming_step_and_member_and_keeps_the_last_good_ch
     config = get_preset("tiny").replace(
         train={"learning_rate": 1e30, "checkpoint_every_steps": 1, "log_every_steps": 1})
     train, _ = make_synthetic(config.data.synthetic)
-    with pytest.raises(trainer.TrainingDivergedError, match=r"non-finite loss at step 2 in member\(s\) \[0, 1, 2, 3\]"):
+    with pytest.raises(TrainingDivergedError, match=r"non-finite loss at step 2 in member\(s\) \[0, 1, 2, 3\]"):
         trainer.train(config, tmp_path, train, progress=False)
     assert saved_steps(tmp_path) == [1]
 

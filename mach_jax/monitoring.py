@@ -1,0 +1,104 @@
+"""Watching a training run: the loss log (fetched every few steps), divergence, stop signals.
+
+Step metrics stay on device until ``LossLog.flush``; only this process's members are read, so
+logging needs no communication between processes. A non-finite member loss raises
+``TrainingDivergedError`` before the next checkpoint; SIGINT/SIGTERM ask the loop to save and stop.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from mach_jax import mesh as mesh_lib
+
+
+class TrainingDivergedError(FloatingPointError):
+    """A member's loss became NaN or infinite; the newest checkpoint predates it."""
+
+
+class TrainingInterrupted(Exception):
+    """SIGINT or SIGTERM arrived; a checkpoint of the current step was saved first."""
+
+    def __init__(self, signum: int, step: int, workdir: Path):
+        self.signum, self.step, self.workdir = signum, step, workdir
+        super().__init__(f"{signal.Signals(signum).name} at step {step}: checkpoint saved in "
+                         f"{workdir}; run the same command again to resume")
+
+
+class StopOnSignals:
+    """Turns SIGINT/SIGTERM into a request to stop at the next step boundary.
+
+    Only the first signal is caught: the previous handlers are back in place at once, so a
+    second Ctrl-C stops the process the usual way. Outside the main thread it does nothing.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum, frame) -> None:
+        self.signum = signum
+        self._restore()
+
+    def _restore(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()
+
+    def __enter__(self) -> "StopOnSignals":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {signum: signal.signal(signum, self._handle) for signum in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._restore()
+
+
+class LossLog:
+    """Keeps step metrics on device and fetches them only at ``flush`` (a host sync point).
+
+    Args:
+      path: the JSON-lines file to append to.
+      rep_ids: the repetition id of each member of this run, [R].
+      batch_size: points per step, for examples/s.
+      bar: the tqdm progress bar to annotate.
+    """
+
+    def __init__(self, path: Path, rep_ids: tuple[int, ...], batch_size: int, bar):
+        self.path, self.rep_ids, self.batch_size, self.bar = path, rep_ids, batch_size, bar
+        self.pending: list[tuple[int, jax.Array]] = []
+        self.window_start = time.perf_counter()
+
+    def add(self, step: int, member_loss: jax.Array) -> None:
+        self.pending.append((step, member_loss))
+
+    def flush(self, epoch: int) -> None:
+        if not self.pending:
+            return
+        for step, member_loss in self.pending:
+            local = mesh_lib.local_rows(member_loss)  # {member index: loss}, this process only
+            bad = [self.rep_ids[i] for i, value in local.items() if not np.isfinite(value)]
+            if bad:
+                raise TrainingDivergedError(
+                    f"non-finite loss at step {step} in member(s) {bad}; lower --learning-rate; "
+                    "the last checkpoint predates this step")
+        elapsed = time.perf_counter() - self.window_start
+        rate = len(self.pending) * self.batch_size / max(elapsed, 1e-9)
+        losses = {self.rep_ids[i]: float(value) for i, value in local.items()}
+        record = {"step": step, "epoch": epoch, "loss": float(np.mean(list(losses.values()))),
+                  "member_loss": losses, "examples_per_sec": rate}
+        with open(self.path, "a") as log_file:
+            log_file.write(json.dumps(record) + "\n")
+        self.bar.set_postfix(loss=f"{record['loss']:.4f}", ex_per_s=f"{rate:,.0f}")
+        self.pending.clear()
+        self.window_start = time.perf_counter()

@@ -1,0 +1,169 @@
+"""R sharded over devices, groups trained by independent processes, multi-process ensembles.
+
+Multi-device cases run in subprocesses with ``--xla_force_host_platform_device_count`` so that
+the rest of the suite keeps one CPU device.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from mach_jax import MachEnsemble, get_preset, mesh as mesh_lib
+from mach_jax.synthetic import make_synthetic
+from mach_jax.config import Config, ConfigError
+from mach_jax.workdir import WorkdirError
+
+TINY = ["--preset", "tiny", "--quiet"]
+COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
+
+
+def environment(tmp_path, devices):
+    return dict(os.environ, JAX_PLATFORMS="cpu", MACH_JAX_CACHE_DIR=str(tmp_path / "cache"),
+                XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+
+
+def run(args, tmp_path, devices=1, check=True):
+    result = subprocess.run([sys.executable, *args], cwd=tmp_path, env=environment(tmp_path, devices),
+                            capture_output=True, text=True, timeout=600)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{args} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def train(tmp_path, workdir, *flags, devices=1):
+    return run(["-m", "mach_jax.train", *TINY, "--workdir", str(workdir), *flags], tmp_path, devices)
+
+
+def leaves(workdir):
+    return [np.asarray(leaf) for leaf in jax.tree.leaves(MachEnsemble.load(workdir).params)]
+
+
+def metrics(workdir):
+    return json.loads((Path(workdir) / "metrics.json").read_text())
+
+
+def assert_same_ensemble(workdir, reference, atol=1e-5):
+    for leaf, ref in zip(leaves(workdir), leaves(reference)):
+        np.testing.assert_allclose(leaf, ref, rtol=0, atol=atol)
+    for key in ("P@1", "P@3", "P@5"):
+        assert metrics(workdir)[key] == pytest.approx(metrics(reference)[key], abs=1e-9), key
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """All four members trained in one single-device process."""
+    root = tmp_path_factory.mktemp("reference")
+    train(root, root / "work")
+    return root / "work"
+
+
+HLO_SCRIPT = textwrap.dedent("""
+    import sys
+    from mach_jax import get_preset, input_pipeline, trainer
+    from mach_jax.synthetic import make_synthetic
+    config = get_preset("tiny").replace(model={"num_repetitions": 8},
+                                        parallel={"data_devices": int(sys.argv[1])})
+    data, info = trainer.prepare_train_data(config, make_synthetic(config.data.synthetic)[0])
+    program = trainer.build_program(config, info)
+    shape = input_pipeline.BatchShape(config.train.batch_size, info.max_nnz, info.max_labels)
+    batch = input_pipeline.make_batch(data, __import__("numpy").arange(64), shape)
+    print(dict(program.mesh.shape))
+    print(program.train_step.lower(program.abstract_state, batch, program.tables).compile().as_text())
+""")
+
+
+def test_train_step_on_8_devices_has_no_collectives(tmp_path):
+    hlo = run(["-c", HLO_SCRIPT, "1"], tmp_path, devices=8).stdout
+    assert "{'reps': 8, 'data': 1}" in hlo
+    found = [op for op in COLLECTIVES if op in hlo]
+    assert not found, f"collectives in the train step: {found}"
+    # The same check sees the gradient all-reduce once the batch is split over a data axis.
+    data_parallel = run(["-c", HLO_SCRIPT, "2"], tmp_path, devices=8).stdout
+    assert "{'reps': 4, 'data': 2}" in data_parallel and "all-reduce" in data_parallel
+
+
+def test_sharded_and_unsharded_training_agree(tmp_path, reference):
+    train(tmp_path, tmp_path / "sharded", "--rep-devices", "4", devices=4)
+    assert_same_ensemble(tmp_path / "sharded", reference)
+    train(tmp_path, tmp_path / "data_parallel", "--rep-devices", "2", "--data-devices", "2", devices=4)
+    assert_same_ensemble(tmp_path / "data_parallel", reference)
+
+
+def test_a_bad_mesh_is_refused_before_compiling(tmp_path):
+    devices = jax.devices() * 4  # stands in for 4 devices: make_mesh only counts them here
+    with pytest.raises(ConfigError, match="cannot be split evenly") as caught:
+        mesh_lib.make_mesh(4, rep_devices=3, devices=devices)
+    assert caught.value.field == "parallel.rep_devices"
+    with pytest.raises(ConfigError, match="needs 8 devices, only 4"):
+        mesh_lib.make_mesh(8, rep_devices=8, devices=devices)
+    with pytest.raises(ConfigError, match="parallel.data_devices=3: must divide train.batch_size"):
+        Config().replace(parallel={"data_devices": 3}).validate()
+    result = run(["-m", "mach_jax.train", *TINY, "--rep-devices", "8", "--workdir", "w"], tmp_path,
+                 devices=2, check=False)
+    assert result.returncode == 2 and "--rep-devices" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_two_concurrent_groups_merge_into_the_single_process_ensemble(tmp_path, reference):
+    env = environment(tmp_path, 1)
+    groups = [subprocess.Popen([sys.executable, "-m", "mach_jax.train", *TINY, "--workdir", "shared",
+                                "--reps", reps], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True) for reps in ("0:2", "2:4")]
+    for process in groups:
+        _, stderr = process.communicate(timeout=600)
+        assert process.returncode == 0, stderr
+    assert sorted(p.name for p in (tmp_path / "shared").iterdir()) == ["reps-0-2", "reps-2-4"]
+    result = run(["-m", "mach_jax.evaluate", "--workdir", "shared", "--quiet"], tmp_path)
+    assert "4 repetitions" in result.stdout
+    assert_same_ensemble(tmp_path / "shared", reference)
+
+
+def test_inconsistent_groups_are_refused(tmp_path):
+    train(tmp_path, tmp_path / "a", "--reps", "0:2")
+    with pytest.raises(WorkdirError, match=r"members 2:4 of the R=4 ensemble are in none"):
+        MachEnsemble.load(tmp_path / "a")
+    train(tmp_path, tmp_path / "b", "--reps", "1:4")
+    with pytest.raises(WorkdirError, match="both hold member 1: overlapping groups"):
+        MachEnsemble.load(tmp_path / "a", tmp_path / "b")
+    train(tmp_path, tmp_path / "c", "--reps", "2:4", "-B", "16")
+    with pytest.raises(WorkdirError, match="has model.num_buckets=16 but .* has 32"):
+        MachEnsemble.load(tmp_path / "a", tmp_path / "c")
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_two_processes_with_two_devices_each_form_one_ensemble(tmp_path, reference):
+    env, port = environment(tmp_path, 2), free_port()
+    processes = [subprocess.Popen(
+        [sys.executable, "-m", "mach_jax.train", *TINY, "--workdir", "multi", "--num-processes", "2",
+         "--process-id", str(index), "--coordinator-address", f"127.0.0.1:{port}"],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for index in (0, 1)]
+    for process in processes:
+        _, stderr = process.communicate(timeout=600)
+        assert process.returncode == 0, stderr
+    assert (tmp_path / "multi" / "train_log.process1.jsonl").exists()
+    assert_same_ensemble(tmp_path / "multi", reference)
+
+
+def test_checkpoint_saved_on_4_devices_restores_on_1_and_2(tmp_path, reference):
+    train(tmp_path, tmp_path / "work", "--epochs", "1", devices=4)
+    result = run(["-m", "mach_jax.evaluate", "--workdir", "work", "--quiet"], tmp_path, devices=2)
+    assert "4 repetitions" in result.stdout
+    _, test = make_synthetic(get_preset("tiny").data.synthetic)
+    on_one_device = MachEnsemble.load(tmp_path / "work").evaluate(test, progress=False)
+    assert on_one_device["P@1"] == pytest.approx(metrics(tmp_path / "work")["P@1"], abs=1e-9)
+    # Resume the remaining epoch on 2 devices: the same ensemble as training throughout on 1.
+    train(tmp_path, tmp_path / "work", "--rep-devices", "2", devices=2)
+    assert_same_ensemble(tmp_path / "work", reference)
