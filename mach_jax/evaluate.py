@@ -17,7 +17,9 @@ from mach_jax.metrics import format_metrics
 def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m mach_jax.evaluate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workdir", required=True, help="a workdir written by mach_jax.train")
+    parser.add_argument("--workdir", required=True, action="append",
+                        help="a workdir written by mach_jax.train; repeat it to merge repetition "
+                             "groups trained in separate workdirs")
     parser.add_argument("--test", default=None, help="test file in XC format (plain or .gz)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     cli.add_config_flags(parser, ("eval",), with_preset=False)
@@ -31,7 +33,7 @@ def do_evaluate(args: argparse.Namespace) -> int:
 
     overrides = {key.split(".", 1)[1]: value for key, value in vars(args).items()
                  if key.startswith("eval.") and value is not None}
-    ensemble = MachEnsemble.load(args.workdir, **overrides)
+    ensemble = MachEnsemble.load(*args.workdir, **overrides)
     data_config = ensemble.config.data
     if args.test:
         test = read_xc(args.test, cache_dir=data_config.cache_dir)
@@ -41,7 +43,7 @@ def do_evaluate(args: argparse.Namespace) -> int:
         test = trainer.load_datasets(data_config)[1]
     metrics = ensemble.evaluate(test, progress=not args.quiet)
     metrics["test_source"] = test.source
-    path = wd.write_metrics(Path(args.workdir), metrics)
+    path = wd.write_metrics(Path(args.workdir[0]), metrics)
     print(f"{format_metrics(metrics)}\nwritten to {path}")
     return 0
 

@@ -205,7 +205,8 @@ def parse_xc_bytes(data: bytes, path: str = "<bytes>") -> XCDataset:
     lines = data.split(b"\n")
     if lines[-1] == b"":
         lines.pop()
-    header = lines[0].split()
+    # Only spaces and tabs separate header fields (as on data lines): no VT, FF or lone CR.
+    header = lines[0].split() if not lines[0].translate(None, b"0123456789 \t") else []
     if len(header) != 3 or not all(h.isdigit() for h in header):
         raise DataFormatError(path, 1, "header must be three non-negative integers 'num_points "
                               f"num_features num_labels', got {_show(lines[0])}")
@@ -318,7 +319,9 @@ def read_xc(path: str | os.PathLike, *, cache_dir: str | os.PathLike | None = No
 
 def _format_values(values: np.ndarray) -> np.ndarray:
     """Shortest text bytes [nnz] of each float32 value that reads back to the same float32."""
-    uniq, inverse = np.unique(values, return_inverse=True)
+    # Unique by bit pattern, not by value: 0.0 and -0.0 compare equal but must both survive.
+    bits, inverse = np.unique(values.view(np.uint32), return_inverse=True)
+    uniq = bits.view(np.float32)
     texts = uniq.astype(bytes)  # numpy's shortest float32 repr, e.g. b"0.1", b"1e-06"
     whole = np.strings.endswith(texts, b".0")
     texts[whole] = np.strings.slice(texts[whole], 0, -2)

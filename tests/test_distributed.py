@@ -125,8 +125,14 @@ def test_two_concurrent_groups_merge_into_the_single_process_ensemble(tmp_path, 
     assert_same_ensemble(tmp_path / "shared", reference)
 
 
-def test_inconsistent_groups_are_refused(tmp_path):
+def test_groups_in_separate_workdirs_merge_and_inconsistent_groups_are_refused(tmp_path, reference):
     train(tmp_path, tmp_path / "a", "--reps", "0:2")
+    train(tmp_path, tmp_path / "d", "--reps", "2:4")
+    result = run(["-m", "mach_jax.evaluate", "--workdir", "a", "--workdir", "d", "--quiet"], tmp_path)
+    assert "4 repetitions" in result.stdout
+    merged = MachEnsemble.load(tmp_path / "a", tmp_path / "d")
+    for leaf, ref in zip(jax.tree.leaves(merged.params), leaves(reference)):
+        np.testing.assert_allclose(np.asarray(leaf), ref, rtol=0, atol=1e-5)
     with pytest.raises(WorkdirError, match=r"members 2:4 of the R=4 ensemble are in none"):
         MachEnsemble.load(tmp_path / "a")
     train(tmp_path, tmp_path / "b", "--reps", "1:4")

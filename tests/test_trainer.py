@@ -88,8 +88,6 @@ def test_train_step_compiles_once_across_epochs_and_the_partial_last_batch(tmp_p
 def test_feature_hashing_uses_per_member_tables(tmp_path, data):
     import mmh3
 
-    from mach_jax.ensemble import hash_tables
-
     train, test = data
     config = TINY.replace(model={"feat_hash_dim": 64})
     params, info = trainer.train(config, tmp_path / "run", train, progress=False)

@@ -36,6 +36,8 @@ def _reference_parse(text: bytes):
     if not "".join(lines).strip(" \t\n\r\x0b\x0c"):
         raise _RefError(None)
     header = lines[0].encode("latin-1").split()  # bytes: ASCII whitespace only
+    if re.search("[^0-9 \t]", lines[0]):  # only spaces and tabs separate header fields
+        raise _RefError(1)
     if len(header) != 3 or not all(re.fullmatch(b"[0-9]+", h) for h in header):
         raise _RefError(1)
     n, d, l = map(int, header)
