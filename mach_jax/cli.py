@@ -13,8 +13,8 @@ import logging
 import sys
 from typing import Any, Callable
 
-from mach_jax.config import (AGGREGATIONS, INPUT_LAYERS, LOSSES, OVERFLOW_POLICIES, PRESETS, Config,
-                             ConfigError, get_preset)
+from mach_jax.config import (AGGREGATIONS, EMBEDDING_UPDATES, INPUT_LAYERS, LOSSES, OVERFLOW_POLICIES,
+                             PRESETS, Config, ConfigError, get_preset)
 
 _ALIASES = {
     "data.train_path": ["--train"],
@@ -31,6 +31,7 @@ _CHOICES = {
     "data.overflow": OVERFLOW_POLICIES,
     "model.input_layer": INPUT_LAYERS,
     "train.loss": LOSSES,
+    "train.embedding_update": EMBEDDING_UPDATES,
     "eval.aggregation": AGGREGATIONS,
 }
 

@@ -22,15 +22,25 @@ from mach_jax.config import Config
 from mach_jax.dataset import CsrMatrix, DataFormatError, XCDataset
 
 
-def hash_tables(config: Config, info: wd.RunInfo, rep_ids, mesh) -> dict[str, jax.Array]:
-    """Device hash tables of the members ``rep_ids`` [R]: labels [R, L], features [R, D]."""
-    rep_ids = np.asarray(rep_ids)
-    tables = {"labels": hashing.bucket_lookup(info.num_labels, config.model.num_buckets,
-                                              config.model.label_hash_seed, rep_ids)}
+def member_seeds(config: Config, rep_ids, mesh) -> dict[str, jax.Array]:
+    """Device hash seeds of the members ``rep_ids``: labels uint32 [R] (features [R] if hashed).
+
+    Buckets and hashed feature slots are computed from them on device (``hashing.hash_to_range``).
+    """
+    seeds = {"labels": hashing.repetition_seeds(config.model.label_hash_seed, np.asarray(rep_ids))}
     if config.model.feat_hash_dim:
-        tables["features"] = hashing.feature_lookup(info.num_features, config.model.feat_hash_dim,
-                                                    config.model.feature_hash_seed, rep_ids)
-    return mesh_lib.put(tables, mesh_lib.stacked(mesh))
+        seeds["features"] = hashing.repetition_seeds(config.model.feature_hash_seed, np.asarray(rep_ids))
+    return mesh_lib.put(seeds, mesh_lib.stacked(mesh))
+
+
+def step_spec(config: Config, info: wd.RunInfo) -> steps.StepSpec:
+    """The static side of the train/predict steps for this config and data."""
+    return steps.StepSpec(
+        graphdef=model.member_graphdef(config.model, info.num_features, info.max_nnz),
+        loss_name=config.train.loss, num_buckets=config.model.num_buckets,
+        feat_hash_dim=config.model.feat_hash_dim, learning_rate=config.train.learning_rate,
+        lazy_embedding=model.uses_lazy_update(config.model, config.train.embedding_update,
+                                              info.num_features, info.max_nnz))
 
 
 class MachEnsemble:
@@ -58,13 +68,13 @@ class MachEnsemble:
             self.params = jax.device_put(params, mesh_lib.stacked(self.mesh))  # resharding on device
         else:
             self.params = mesh_lib.put(params, mesh_lib.stacked(self.mesh))
-        self.tables = hash_tables(config, info, self.rep_ids, self.mesh)
+        self.seeds = member_seeds(config, self.rep_ids, self.mesh)
         self.inv_propensity = mesh_lib.put(metrics.inverse_propensity(
             label_counts, info.num_train_points, config.eval.propensity_a, config.eval.propensity_b),
             mesh_lib.replicated(self.mesh))
-        self._graphdef = model.member_graphdef(config.model, info.num_features, info.max_nnz)
-        read_out = dict(graphdef=self._graphdef, loss_name=config.train.loss,
-                        aggregation=config.eval.aggregation, chunk_size=config.eval.class_chunk_size)
+        self._read_out = read_out = dict(
+            spec=step_spec(config, info), aggregation=config.eval.aggregation,
+            num_labels=info.num_labels, chunk_size=config.eval.class_chunk_size)
         # Jitted once per ensemble: each batch shape (and k) compiles once, then is reused. Each
         # device reads out its members; the take-and-sum reduces over R into replicated results.
         everywhere = mesh_lib.replicated(self.mesh)
@@ -125,7 +135,7 @@ class MachEnsemble:
         for batch in tqdm(input_pipeline.eval_batches(dataset, shape), disable=not progress,
                           total=input_pipeline.num_batches(dataset.num_points, shape.batch_size),
                           desc="predict"):
-            batch_scores, batch_ids = self._predict_step(self.params, self._put(batch), self.tables, k=k)
+            batch_scores, batch_ids = self._predict_step(self.params, self._put(batch), self.seeds, k=k)
             scores.append(batch_scores)
             ids.append(batch_ids)
         scores, ids = mesh_lib.fetch_replicated((scores, ids))
@@ -144,7 +154,7 @@ class MachEnsemble:
         for batch in tqdm(input_pipeline.eval_batches(dataset, shape), disable=not progress,
                           total=input_pipeline.num_batches(dataset.num_points, shape.batch_size),
                           desc="evaluate"):
-            sums = self._eval_step(self.params, self._put(batch), self.tables, self.inv_propensity)
+            sums = self._eval_step(self.params, self._put(batch), self.seeds, self.inv_propensity)
             totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
         result = metrics.finalize(mesh_lib.fetch_replicated(totals))
         result["num_repetitions"] = int(jax.tree.leaves(self.params)[0].shape[0])

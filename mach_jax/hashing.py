@@ -2,8 +2,9 @@
 
 Repetition r maps class c to bucket ``h_r(c) = murmur3_x86_32(le32(c), seed=base_seed + r) mod B``
 (unsigned), exactly as ``mmh3.hash(c.to_bytes(4, "little"), base_seed + r, signed=False) % B``.
-The hash is written once over an array namespace ``xp`` (numpy here, ``jax.numpy`` on device),
-so that every table can be rebuilt bit-for-bit from ``(base_seed, R, B, L)`` alone.
+The hash is written once over an array namespace ``xp``: numpy for host tables, ``jax.numpy``
+on device, where buckets are computed on the fly from the R seeds (``hash_to_range``), so no
+[R, L] or [R, D] table has to live in device memory.
 """
 
 from __future__ import annotations
@@ -54,6 +55,23 @@ def repetition_seeds(base_seed: int, repetitions) -> np.ndarray:
     return ((int(base_seed) + reps.astype(np.int64)) & _MASK32).astype(np.uint32)
 
 
+def hash_to_range(ids, seeds, size: int, xp=np):
+    """Hashes ids under every repetition's seed into [0, size).
+
+    Args:
+      ids: non-negative integer ids, any shape S (class or feature ids).
+      seeds: uint32 [R] per-repetition seeds (``repetition_seeds``).
+      size: B for classes, feat_hash_dim for features.
+      xp: ``numpy`` or ``jax.numpy``.
+
+    Returns:
+      int32 [R, *S]: entry [r, ...] is ``murmur3(id, seeds[r]) mod size``.
+    """
+    ids = xp.asarray(ids)
+    seeds = xp.asarray(seeds).reshape((-1,) + (1,) * ids.ndim)
+    return (murmur3_32_of_uint32(ids[None], seeds, xp) % xp.uint32(size)).astype(xp.int32)
+
+
 def bucket_lookup(num_labels: int, num_buckets: int, base_seed: int, repetitions) -> np.ndarray:
     """Class -> bucket table of every repetition.
 
@@ -66,10 +84,8 @@ def bucket_lookup(num_labels: int, num_buckets: int, base_seed: int, repetitions
     Returns:
       int32 [R, L]: entry [r, c] is ``h_r(c)`` in [0, B).
     """
-    seeds = repetition_seeds(base_seed, repetitions)
-    classes = np.arange(num_labels, dtype=np.uint32)
-    hashes = murmur3_32_of_uint32(classes[None, :], seeds[:, None])
-    return (hashes % np.uint32(num_buckets)).astype(np.int32)
+    return hash_to_range(np.arange(num_labels, dtype=np.uint32),
+                         repetition_seeds(base_seed, repetitions), num_buckets)
 
 
 def feature_lookup(num_features: int, hash_dim: int, base_seed: int, repetitions) -> np.ndarray:

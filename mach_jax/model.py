@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from mach_jax.config import ModelConfig
+from mach_jax.config import ConfigError, ModelConfig
 
 _DENSE_INPUT_RATIO = 16
 
@@ -69,6 +69,19 @@ def uses_dense_input(config: ModelConfig, num_features: int, max_nnz: int) -> bo
     if config.input_layer != "auto":
         return config.input_layer == "dense"
     return member_input_dim(config, num_features) <= _DENSE_INPUT_RATIO * max_nnz
+
+
+def uses_lazy_update(config: ModelConfig, embedding_update: str, num_features: int, max_nnz: int) -> bool:
+    """Whether the embedding tables get row-sparse Adam (``train.embedding_update``).
+
+    Lazy updates need the gathering (sparse) embedding bag; "auto" picks them whenever it runs.
+    """
+    sparse_input = not uses_dense_input(config, num_features, max_nnz)
+    if embedding_update == "lazy" and not sparse_input:
+        raise ConfigError("train.embedding_update='lazy' needs the sparse input layer, but "
+                          f"model.input_layer={config.input_layer!r} resolves to dense here "
+                          "(set --input-layer sparse)", field="train.embedding_update")
+    return sparse_input if embedding_update == "auto" else embedding_update == "lazy"
 
 
 def _build_member(config: ModelConfig, num_features: int, key: jax.Array,
@@ -131,13 +144,3 @@ def apply_ensemble(graphdef: nnx.GraphDef, params: Params, feat_ids: jax.Array,
 
     ids_axis = 0 if feat_ids.ndim == 3 else None
     return jax.vmap(apply_one, in_axes=(0, ids_axis))(params, feat_ids)
-
-
-def member_feature_ids(feat_ids: jax.Array, feature_lookup: jax.Array | None) -> jax.Array:
-    """Maps raw feature ids [N, K] through the per-member hash table [R, D] -> [R, N, K].
-
-    Without feature hashing (``feature_lookup is None``) the ids are returned unchanged.
-    """
-    if feature_lookup is None:
-        return feat_ids
-    return jax.vmap(lambda table: jnp.take(table, feat_ids, axis=0))(feature_lookup)

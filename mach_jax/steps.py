@@ -1,41 +1,88 @@
 """Pure, module-level step functions, jitted once by the trainer and the predictor.
 
-``train_step(state, batch, tables) -> (state, metrics)`` updates all R members in one step;
+``train_step(state, batch, seeds) -> (state, metrics)`` updates all R members in one step;
 ``predict_step`` and ``eval_step`` read the ensemble out through the count-min take-and-sum.
-``state`` is a dict ``{"step": int32 [], "params": [R, ...] pytree, "opt_state": optax state}``;
-``tables`` is a dict ``{"labels": int32 [R, L], "features": int32 [R, D] or absent}``.
+``state`` is ``{"step": int32 [], "params": [R, ...] pytree, "opt_state": ...}``; ``seeds`` is
+``{"labels": uint32 [R]}`` plus ``"features": uint32 [R]`` with feature hashing: every bucket
+and hashed feature slot is computed on device from them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
+from flax import nnx
 
-from mach_jax import decode, losses, metrics, model
+from mach_jax import decode, hashing, losses, metrics, model, sparse_update
 
 State = dict[str, Any]
 Batch = dict[str, jax.Array]
+Seeds = dict[str, jax.Array]
 
 
-def make_optimizer(learning_rate: float) -> optax.GradientTransformation:
-    """Adam, elementwise over the stacked R axis: nothing couples the members."""
-    return optax.adam(learning_rate)
+@dataclasses.dataclass(frozen=True)
+class StepSpec:
+    """The static side of a step: what is compiled in, not passed as arrays.
+
+    Attributes:
+      graphdef: one member's structure (``model.member_graphdef``).
+      loss_name: "softmax" or "sigmoid".
+      num_buckets: B.
+      feat_hash_dim: slots of the hashed input (0: features are not hashed).
+      learning_rate: Adam's step size.
+      lazy_embedding: update the embedding tables row-sparsely (``sparse_update``).
+    """
+
+    graphdef: nnx.GraphDef
+    loss_name: str
+    num_buckets: int
+    feat_hash_dim: int = 0
+    learning_rate: float = 1e-3
+    lazy_embedding: bool = False
+
+    @property
+    def optimizer(self) -> optax.GradientTransformation:
+        """Adam, elementwise over the stacked R axis: nothing couples the members."""
+        return optax.adam(self.learning_rate, b1=sparse_update.B1, b2=sparse_update.B2,
+                          eps=sparse_update.EPS)
 
 
-def create_state(params: model.Params, optimizer: optax.GradientTransformation) -> State:
-    return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": optimizer.init(params)}
+def create_state(params: model.Params, spec: StepSpec) -> State:
+    """Step 0: Adam moments at zero (for the embedding kept apart when it is updated lazily)."""
+    if not spec.lazy_embedding:
+        return {"step": jnp.zeros((), jnp.int32), "params": params,
+                "opt_state": spec.optimizer.init(params)}
+    rest = {name: value for name, value in params.items() if name != "embedding"}
+    zeros = jnp.zeros_like(params["embedding"])
+    return {"step": jnp.zeros((), jnp.int32), "params": params,
+            "opt_state": {"rest": spec.optimizer.init(rest), "embedding_mu": zeros, "embedding_nu": zeros}}
 
 
-def _logits(graphdef, params, batch: Batch, tables: dict[str, jax.Array]) -> jax.Array:
-    feat_ids = model.member_feature_ids(batch["feat_ids"], tables.get("features"))
-    return model.apply_ensemble(graphdef, params, feat_ids, batch["feat_vals"])  # [R, N, B]
+def member_feature_ids(batch: Batch, seeds: Seeds, spec: StepSpec) -> jax.Array:
+    """Input ids [N, K] shared by the members, or [R, N, K] hashed per member."""
+    if not spec.feat_hash_dim:
+        return batch["feat_ids"]
+    return hashing.hash_to_range(batch["feat_ids"], seeds["features"], spec.feat_hash_dim, xp=jnp)
 
 
-def train_step(state: State, batch: Batch, tables: dict[str, jax.Array], *, graphdef,
-               optimizer: optax.GradientTransformation, loss_name: str) -> tuple[State, dict]:
+def logits(params: model.Params, batch: Batch, seeds: Seeds, spec: StepSpec) -> jax.Array:
+    """[R, N, B] bucket logits of every member."""
+    ids = member_feature_ids(batch, seeds, spec)
+    return model.apply_ensemble(spec.graphdef, params, ids, batch["feat_vals"])
+
+
+def _member_losses(params, feat_ids, batch: Batch, buckets: jax.Array, spec: StepSpec):
+    member_logits = model.apply_ensemble(spec.graphdef, params, feat_ids, batch["feat_vals"])
+    member_loss = losses.member_losses(spec.loss_name, member_logits, buckets, batch["label_mask"],
+                                       batch["point_mask"])
+    return member_loss.sum(), member_loss
+
+
+def train_step(state: State, batch: Batch, seeds: Seeds, *, spec: StepSpec) -> tuple[State, dict]:
     """One Adam step of every member on the same batch.
 
     The objective is the sum of the R member losses; member r's loss depends only on member r's
@@ -44,32 +91,47 @@ def train_step(state: State, batch: Batch, tables: dict[str, jax.Array], *, grap
     Returns:
       ``(new_state, {"member_loss": float32 [R]})``.
     """
-    buckets = jnp.take(tables["labels"], batch["label_ids"], axis=1)  # [R, N, M]
+    buckets = hashing.hash_to_range(batch["label_ids"], seeds["labels"], spec.num_buckets, xp=jnp)
+    feat_ids = member_feature_ids(batch, seeds, spec)  # [N, K] or [R, N, K]
+    params, step = state["params"], state["step"] + 1
+    if not spec.lazy_embedding:
+        grads, member_loss = jax.grad(_member_losses, has_aux=True)(params, feat_ids, batch, buckets, spec)
+        updates, opt_state = spec.optimizer.update(grads, state["opt_state"], params)
+        return ({"step": step, "params": optax.apply_updates(params, updates), "opt_state": opt_state},
+                {"member_loss": member_loss})
 
-    def objective(params):
-        logits = _logits(graphdef, params, batch, tables)
-        member_loss = losses.member_losses(loss_name, logits, buckets, batch["label_mask"],
-                                           batch["point_mask"])
-        return member_loss.sum(), member_loss
+    # Lazy: differentiate through the touched rows [R, U, H] only, then update just those rows.
+    table = params["embedding"]
+    if feat_ids.ndim == 3:  # hashed features: each member touches its own rows
+        rows, local_ids = jax.vmap(sparse_update.touched_rows, in_axes=(0, None, None))(
+            feat_ids, batch["feat_vals"], table.shape[1])
+    else:
+        rows, local_ids = sparse_update.touched_rows(feat_ids, batch["feat_vals"], table.shape[1])
+        rows = jnp.broadcast_to(rows, (table.shape[0],) + rows.shape)
+    local = dict(params, embedding=jax.vmap(sparse_update.gather_rows)(table, rows))
+    grads, member_loss = jax.grad(_member_losses, has_aux=True)(local, local_ids, batch, buckets, spec)
+    rest_grads = {name: value for name, value in grads.items() if name != "embedding"}
+    rest = {name: value for name, value in params.items() if name != "embedding"}
+    updates, rest_state = spec.optimizer.update(rest_grads, state["opt_state"]["rest"], rest)
+    opt = state["opt_state"]
+    table, mu, nu = jax.vmap(sparse_update.lazy_adam, in_axes=(0, 0, 0, 0, 0, None, None))(
+        table, opt["embedding_mu"], opt["embedding_nu"], rows, grads["embedding"], step,
+        spec.learning_rate)
+    new_params = dict(optax.apply_updates(rest, updates), embedding=table)
+    new_opt = {"rest": rest_state, "embedding_mu": mu, "embedding_nu": nu}
+    return {"step": step, "params": new_params, "opt_state": new_opt}, {"member_loss": member_loss}
 
-    grads, member_loss = jax.grad(objective, has_aux=True)(state["params"])
-    updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
-    new_state = {"step": state["step"] + 1, "params": optax.apply_updates(state["params"], updates),
-                 "opt_state": opt_state}
-    return new_state, {"member_loss": member_loss}
 
-
-def predict_step(params: model.Params, batch: Batch, tables: dict[str, jax.Array], *, graphdef,
-                 loss_name: str, aggregation: str, k: int, chunk_size: int) -> tuple[jax.Array, jax.Array]:
+def predict_step(params: model.Params, batch: Batch, seeds: Seeds, *, spec: StepSpec,
+                 aggregation: str, num_labels: int, k: int, chunk_size: int) -> tuple[jax.Array, jax.Array]:
     """Top-k classes of a batch. Returns ``(scores, ids)``, [N, k] each, best first."""
-    logits = _logits(graphdef, params, batch, tables)
-    scores = decode.bucket_scores_to_probs(logits, loss_name, aggregation)
-    return decode.decode_topk(scores, tables["labels"], k, chunk_size)
+    scores = decode.bucket_scores_to_probs(logits(params, batch, seeds, spec), spec.loss_name, aggregation)
+    return decode.decode_topk(scores, seeds["labels"], num_labels, k, chunk_size)
 
 
-def eval_step(params: model.Params, batch: Batch, tables: dict[str, jax.Array],
-              inv_propensity: jax.Array, **predict_kwargs) -> dict[str, jax.Array]:
+def eval_step(params: model.Params, batch: Batch, seeds: Seeds, inv_propensity: jax.Array,
+              **predict_kwargs) -> dict[str, jax.Array]:
     """Metric sums of a batch (see ``metrics.metric_sums``); the host adds and divides."""
-    _, topk_ids = predict_step(params, batch, tables, **predict_kwargs)
+    _, topk_ids = predict_step(params, batch, seeds, **predict_kwargs)
     return metrics.metric_sums(topk_ids, batch["label_ids"], batch["label_mask"],
                                batch["point_mask"], inv_propensity)

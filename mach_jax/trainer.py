@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from mach_jax import input_pipeline, mesh as mesh_lib, model, steps, workdir as wd
 from mach_jax.config import Config, DataConfig
 from mach_jax.dataset import DataFormatError, XCDataset
-from mach_jax.ensemble import MachEnsemble, hash_tables
+from mach_jax.ensemble import MachEnsemble, member_seeds, step_spec
 from mach_jax.monitoring import LossLog, StopOnSignals, TrainingInterrupted
 from mach_jax.synthetic import make_synthetic
 from mach_jax.xc_format import read_xc
@@ -85,9 +85,10 @@ class TrainingProgram:
       rep_ids: the repetition ids of the R members trained here.
       abstract_state: the state's shapes, dtypes and shardings (for restoring checkpoints).
       create_state: () -> a freshly initialised state, created directly with its shardings.
-      train_step: the jitted, donating ``steps.train_step``: (state, batch, tables) -> (state, metrics).
+      train_step: the jitted, donating ``steps.train_step``: (state, batch, seeds) -> (state, metrics).
       batch_sharding: where a host batch goes (split over ``data``, replicated over ``reps``).
-      tables: device hash tables, ``labels`` [R, L] (and ``features`` [R, D] when hashing).
+      seeds: the members' hash seeds on device, uint32 [R] each.
+      spec: the static side of the step (graphdef, loss, B, lazy embedding update, ...).
     """
 
     mesh: Any
@@ -96,23 +97,22 @@ class TrainingProgram:
     create_state: Callable[[], steps.State]
     train_step: Callable
     batch_sharding: Any
-    tables: dict[str, jax.Array]
+    seeds: dict[str, jax.Array]
+    spec: steps.StepSpec
 
 
 def build_program(config: Config, info: wd.RunInfo) -> TrainingProgram:
-    """Builds the mesh, shardings, hash tables and the one jitted step for all R members."""
+    """Builds the mesh, shardings, hash seeds and the one jitted step for all R members."""
     rep_ids = config.parallel.rep_ids(config.model.num_repetitions)
     mesh = mesh_lib.make_mesh(len(rep_ids), config.parallel.rep_devices, config.parallel.data_devices)
-    graphdef = model.member_graphdef(config.model, info.num_features, info.max_nnz)
-    optimizer = steps.make_optimizer(config.train.learning_rate)
-    init_state = functools.partial(_init_state, config, info.num_features, rep_ids, optimizer)
+    spec = step_spec(config, info)
+    init_state = functools.partial(_init_state, config, info.num_features, rep_ids, spec)
     abstract_state = jax.eval_shape(init_state)
     state_shardings = mesh_lib.tree_shardings(abstract_state, mesh)
-    tables = hash_tables(config, info, rep_ids, mesh)
+    seeds = member_seeds(config, rep_ids, mesh)
     train_step = jax.jit(
-        functools.partial(steps.train_step, graphdef=graphdef, optimizer=optimizer,
-                          loss_name=config.train.loss),
-        in_shardings=(state_shardings, mesh_lib.batched(mesh), mesh_lib.tree_shardings(tables, mesh)),
+        functools.partial(steps.train_step, spec=spec),
+        in_shardings=(state_shardings, mesh_lib.batched(mesh), mesh_lib.tree_shardings(seeds, mesh)),
         out_shardings=(state_shardings, {"member_loss": mesh_lib.stacked(mesh)}),
         donate_argnums=0)
     return TrainingProgram(
@@ -124,7 +124,8 @@ def build_program(config: Config, info: wd.RunInfo) -> TrainingProgram:
         create_state=jax.jit(init_state, out_shardings=state_shardings),
         train_step=train_step,
         batch_sharding=mesh_lib.batched(mesh),
-        tables=tables)
+        seeds=seeds,
+        spec=spec)
 
 
 def train(config: Config, workdir: str | Path, train_data: XCDataset,
@@ -164,7 +165,7 @@ def train(config: Config, workdir: str | Path, train_data: XCDataset,
             for epoch, batch in _batches_from(train_data, shape, config.train.seed, step,
                                               config.train.epochs):
                 batch = mesh_lib.put(batch, program.batch_sharding)
-                state, step_metrics = program.train_step(state, batch, program.tables)
+                state, step_metrics = program.train_step(state, batch, program.seeds)
                 step += 1
                 bar.update()
                 loss_log.add(step, step_metrics["member_loss"])
@@ -192,10 +193,11 @@ def _batches_from(data: XCDataset, shape: input_pipeline.BatchShape, seed: int, 
             yield epoch, batch
 
 
-def _init_state(config: Config, num_features: int, rep_ids: tuple[int, ...], optimizer) -> steps.State:
+def _init_state(config: Config, num_features: int, rep_ids: tuple[int, ...],
+                spec: steps.StepSpec) -> steps.State:
     params = model.init_params(config.model, num_features, jnp.asarray(rep_ids, jnp.int32),
                                config.train.seed)
-    return steps.create_state(params, optimizer)
+    return steps.create_state(params, spec)
 
 
 def train_and_evaluate(config: Config, workdir: str | Path, progress: bool = True) -> dict:

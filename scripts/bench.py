@@ -70,15 +70,15 @@ def bench_train(config, train, steps: int) -> tuple:
         np.arange(min(data.num_points, 8 * shape.batch_size)), 8)]
     batches = [mesh_lib.put(b, program.batch_sharding) for b in batches]
     start = time.perf_counter()
-    state, metrics = program.train_step(state, batches[0], program.tables)
+    state, metrics = program.train_step(state, batches[0], program.seeds)
     jax.block_until_ready(metrics)
     compile_s = time.perf_counter() - start
     for i in range(3):  # warm-up
-        state, metrics = program.train_step(state, batches[i % 8], program.tables)
+        state, metrics = program.train_step(state, batches[i % 8], program.seeds)
     jax.block_until_ready(metrics)
     start = time.perf_counter()
     for i in range(steps):
-        state, metrics = program.train_step(state, batches[i % 8], program.tables)
+        state, metrics = program.train_step(state, batches[i % 8], program.seeds)
     jax.block_until_ready((state, metrics))
     step_s = (time.perf_counter() - start) / steps
     model = config.model

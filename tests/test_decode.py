@@ -24,33 +24,34 @@ def test_chunked_topk_matches_numpy(num_labels, chunk_size):
     rng = np.random.default_rng(num_labels)
     num_reps, num_points, num_buckets, k = 4, 9, 50, 5
     bucket_scores = rng.standard_normal((num_reps, num_points, num_buckets)).astype(np.float32)
-    lookup = hashing.bucket_lookup(num_labels, num_buckets, 3, num_reps)
+    lookup = hashing.bucket_lookup(num_labels, num_buckets, 3, num_reps)  # mmh3-tested host table
     expected_scores, expected_ids = numpy_topk(bucket_scores, lookup, k)
-    scores, ids = jax.jit(decode.decode_topk, static_argnums=(2, 3))(
-        jnp.asarray(bucket_scores), jnp.asarray(lookup), k, chunk_size)
+    seeds = hashing.repetition_seeds(3, num_reps)
+    scores, ids = jax.jit(decode.decode_topk, static_argnums=(2, 3, 4))(
+        jnp.asarray(bucket_scores), jnp.asarray(seeds), num_labels, k, chunk_size)
     np.testing.assert_array_equal(np.asarray(ids), expected_ids)
     np.testing.assert_allclose(np.asarray(scores), expected_scores, rtol=1e-5, atol=1e-5)
 
 
 def test_ties_go_to_the_lower_class_id():
     # One bucket per repetition: every class has the same score.
-    lookup = np.zeros((2, 20), dtype=np.int32)
     bucket_scores = np.ones((2, 3, 1), dtype=np.float32)
-    _, ids = decode.decode_topk(jnp.asarray(bucket_scores), jnp.asarray(lookup), 5, 6)
+    _, ids = decode.decode_topk(jnp.asarray(bucket_scores), jnp.arange(2, dtype=jnp.uint32), 20, 5, 6)
     np.testing.assert_array_equal(np.asarray(ids), np.tile(np.arange(5), (3, 1)))
 
 
 def test_k_larger_than_l_is_refused():
     with pytest.raises(ValueError, match="only L=3"):
-        decode.decode_topk(jnp.zeros((1, 2, 4)), jnp.zeros((1, 3), jnp.int32), 5, 2)
+        decode.decode_topk(jnp.zeros((1, 2, 4)), jnp.zeros((1,), jnp.uint32), 3, 5, 2)
 
 
 def test_class_scores_is_a_sum_over_repetitions():
     rng = np.random.default_rng(1)
     bucket_scores = rng.random((3, 2, 8)).astype(np.float32)
     lookup = rng.integers(0, 8, size=(3, 5)).astype(np.int32)
-    expected = sum(bucket_scores[r][:, lookup[r]] for r in range(3))
-    np.testing.assert_allclose(np.asarray(decode.class_scores(bucket_scores, lookup)), expected, rtol=1e-6)
+    expected = sum(bucket_scores[r][:, lookup[r]] for r in range(3))  # [N, C]
+    ours = decode.class_scores(jnp.transpose(bucket_scores, (0, 2, 1)), lookup)  # [C, N]
+    np.testing.assert_allclose(np.asarray(ours).T, expected, rtol=1e-6)
 
 
 def test_prob_aggregation_ranks_like_the_unbiased_estimator():
@@ -60,6 +61,6 @@ def test_prob_aggregation_ranks_like_the_unbiased_estimator():
     lookup = hashing.bucket_lookup(200, num_buckets, 0, num_reps)
     probs = np.asarray(decode.bucket_scores_to_probs(jnp.asarray(logits), "softmax", "prob"))
     np.testing.assert_allclose(probs.sum(-1), 1.0, rtol=1e-5)
-    summed = np.asarray(decode.class_scores(probs, lookup))
+    summed = np.asarray(decode.class_scores(np.transpose(probs, (0, 2, 1)), lookup)).T
     unbiased = num_buckets / (num_buckets - 1) * (summed / num_reps - 1 / num_buckets)
     np.testing.assert_array_equal(np.argsort(-summed, 1, kind="stable"), np.argsort(-unbiased, 1, kind="stable"))

@@ -76,7 +76,7 @@ HLO_SCRIPT = textwrap.dedent("""
     shape = input_pipeline.BatchShape(config.train.batch_size, info.max_nnz, info.max_labels)
     batch = input_pipeline.make_batch(data, __import__("numpy").arange(64), shape)
     print(dict(program.mesh.shape))
-    print(program.train_step.lower(program.abstract_state, batch, program.tables).compile().as_text())
+    print(program.train_step.lower(program.abstract_state, batch, program.seeds).compile().as_text())
 """)
 
 

@@ -26,18 +26,22 @@ def make_batch(seed=0, num_points=8, width=5, max_labels=3):
     }
 
 
-def tables_for(rep_ids):
-    return {"labels": jnp.asarray(hashing.bucket_lookup(NUM_LABELS, CONFIG.num_buckets, 0, rep_ids))}
+def seeds_for(rep_ids):
+    return {"labels": jnp.asarray(hashing.repetition_seeds(0, np.asarray(rep_ids)))}
 
 
-def run_steps(rep_ids, batches, tables, loss_name="softmax"):
-    optimizer = steps.make_optimizer(1e-2)
-    params = model.init_params(CONFIG, NUM_FEATURES, jnp.asarray(rep_ids), seed=3)
-    state = steps.create_state(params, optimizer)
-    step = jax.jit(functools.partial(steps.train_step, graphdef=model.member_graphdef(CONFIG, NUM_FEATURES, max_nnz=5),
-                                     optimizer=optimizer, loss_name=loss_name))
+def spec_for(loss_name="softmax", config=CONFIG, lazy=False, feat_hash_dim=0):
+    return steps.StepSpec(graphdef=model.member_graphdef(config, NUM_FEATURES, max_nnz=5),
+                          loss_name=loss_name, num_buckets=config.num_buckets,
+                          feat_hash_dim=feat_hash_dim, learning_rate=1e-2, lazy_embedding=lazy)
+
+
+def run_steps(rep_ids, batches, seeds, loss_name="softmax"):
+    spec = spec_for(loss_name)
+    state = steps.create_state(model.init_params(CONFIG, NUM_FEATURES, jnp.asarray(rep_ids), seed=3), spec)
+    step = jax.jit(functools.partial(steps.train_step, spec=spec))
     for batch in batches:
-        state, _ = step(state, batch, tables)
+        state, _ = step(state, batch, seeds)
     return state["params"]
 
 
@@ -54,10 +58,10 @@ def assert_trees_equal(a, b, **tolerance):
 def test_changing_member_s_data_changes_no_parameter_of_member_r(loss_name):
     reps = np.arange(4)
     batches = [make_batch(i) for i in range(3)]
-    base_tables = tables_for(reps)
-    changed = np.asarray(base_tables["labels"]).copy()
-    changed[2] = (changed[2] + 5) % CONFIG.num_buckets  # member 2's targets change
-    base = run_steps(reps, batches, base_tables, loss_name)
+    base_seeds = seeds_for(reps)
+    changed = np.asarray(base_seeds["labels"]).copy()
+    changed[2] += 1000  # member 2's hash, so its bucket targets, change
+    base = run_steps(reps, batches, base_seeds, loss_name)
     other = run_steps(reps, batches, {"labels": jnp.asarray(changed)}, loss_name)
     for r in (0, 1, 3):
         assert_trees_equal(member(base, r), member(other, r), rtol=0, atol=0)
@@ -70,8 +74,8 @@ def test_gradient_of_member_r_ignores_member_s_parameters():
     params = model.init_params(CONFIG, NUM_FEATURES, reps, seed=0)
     graphdef = model.member_graphdef(CONFIG, NUM_FEATURES, max_nnz=5)
     batch = make_batch(1)
-    tables = tables_for(np.arange(4))
-    buckets = jnp.take(tables["labels"], batch["label_ids"], axis=1)
+    buckets = jnp.take(jnp.asarray(hashing.bucket_lookup(NUM_LABELS, CONFIG.num_buckets, 0, 4)),
+                       batch["label_ids"], axis=1)
 
     def objective(p):
         logits = model.apply_ensemble(graphdef, p, batch["feat_ids"], batch["feat_vals"])
@@ -86,8 +90,8 @@ def test_gradient_of_member_r_ignores_member_s_parameters():
 
 def test_member_trained_in_the_ensemble_equals_member_trained_alone():
     batches = [make_batch(i) for i in range(4)]
-    together = run_steps(np.arange(4), batches, tables_for(np.arange(4)))
-    alone = run_steps(np.array([2]), batches, tables_for(np.array([2])))
+    together = run_steps(np.arange(4), batches, seeds_for(np.arange(4)))
+    alone = run_steps(np.array([2]), batches, seeds_for(np.array([2])))
     assert_trees_equal(member(together, 2), member(alone, 0), rtol=1e-6, atol=1e-7)
 
 

@@ -85,17 +85,20 @@ def test_train_step_compiles_once_across_epochs_and_the_partial_last_batch(tmp_p
     assert len(compiled) == 1
 
 
-def test_feature_hashing_uses_per_member_tables(tmp_path, data):
+def test_feature_hashing_uses_per_member_seeds(tmp_path, data):
     import mmh3
+
+    from mach_jax import steps
 
     train, test = data
     config = TINY.replace(model={"feat_hash_dim": 64})
     params, info = trainer.train(config, tmp_path / "run", train, progress=False)
     assert jax.tree.leaves(params["embedding"])[0].shape == (4, 64, 32)  # [R, feat_hash_dim, H]
     ensemble = MachEnsemble(config, info, params, trainer.label_counts(train))
-    features = np.asarray(ensemble.tables["features"])
+    batch = {"feat_ids": np.arange(400, dtype=np.int32)[None, :]}
+    slots = np.asarray(steps.member_feature_ids(batch, ensemble.seeds, ensemble._read_out["spec"]))
     seed = config.model.feature_hash_seed
     for r in range(4):
         expected = [mmh3.hash(f.to_bytes(4, "little"), seed + r, signed=False) % 64 for f in range(400)]
-        np.testing.assert_array_equal(features[r], expected)
+        np.testing.assert_array_equal(slots[r, 0], expected)
     assert ensemble.evaluate(test, progress=False)["P@1"] > 0.1

@@ -1,0 +1,131 @@
+"""Row-sparse (lazy) Adam on the embedding tables against a numpy reference of the same rule."""
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mach_jax import hashing, model, sparse_update, steps
+from mach_jax.config import ModelConfig
+
+CONFIG = ModelConfig(num_repetitions=2, num_buckets=8, hidden_sizes=(12,), input_layer="sparse")
+NUM_FEATURES, NUM_LABELS, LR = 40, 30, 1e-2
+
+
+def make_batch(rng, num_features=NUM_FEATURES, width=5, num_points=6):
+    vals = rng.random((num_points, width)).astype(np.float32)
+    vals[:, -1] = 0  # padding slots: they touch nothing
+    vals[0, 0] = 0   # an explicit zero value: also nothing
+    return {
+        "feat_ids": rng.integers(0, num_features, size=(num_points, width)).astype(np.int32),
+        "feat_vals": vals,
+        "label_ids": rng.integers(0, NUM_LABELS, size=(num_points, 2)).astype(np.int32),
+        "label_mask": np.ones((num_points, 2), np.float32),
+        "point_mask": np.ones(num_points, np.float32),
+    }
+
+
+def spec(lazy, config=CONFIG, num_features=NUM_FEATURES):
+    return steps.StepSpec(graphdef=model.member_graphdef(config, num_features, max_nnz=5), loss_name="softmax",
+                          num_buckets=config.num_buckets, learning_rate=LR, lazy_embedding=lazy)
+
+
+def numpy_adam(param, m, v, grad, t):
+    m = sparse_update.B1 * m + (1 - sparse_update.B1) * grad
+    v = sparse_update.B2 * v + (1 - sparse_update.B2) * grad * grad
+    m_hat, v_hat = m / (1 - sparse_update.B1 ** t), v / (1 - sparse_update.B2 ** t)
+    return param - LR * m_hat / (np.sqrt(v_hat) + sparse_update.EPS), m, v
+
+
+def reference_run(params, batches, seeds):
+    """Numpy: dense gradients from jax.grad of the plain loss, then Adam per leaf, the embedding
+    updated (values and moments) only on rows that carry a nonzero feature in the batch."""
+    params = jax.tree.map(lambda x: np.asarray(x, np.float64), params)
+    moments = jax.tree.map(lambda x: (np.zeros_like(x), np.zeros_like(x)), params)
+    dense_spec = spec(lazy=False)
+    for t, batch in enumerate(batches, start=1):
+        buckets = hashing.hash_to_range(batch["label_ids"], seeds["labels"], CONFIG.num_buckets, xp=jnp)
+        grads, _ = jax.grad(steps._member_losses, has_aux=True)(
+            jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params), batch["feat_ids"], batch,
+            buckets, dense_spec)
+        grads = jax.tree.map(lambda x: np.asarray(x, np.float64), grads)
+        touched = np.unique(batch["feat_ids"][batch["feat_vals"] != 0])
+        for name in params:
+            if name == "embedding":
+                table, (m, v) = params[name], moments[name]
+                new_rows, m[:, touched], v[:, touched] = numpy_adam(
+                    table[:, touched], m[:, touched], v[:, touched], grads[name][:, touched], t)
+                table[:, touched] = new_rows
+            else:
+                leaves, tree = jax.tree.flatten(params[name])
+                new = [numpy_adam(p, *mv, g, t) for p, mv, g in zip(
+                    leaves, jax.tree.leaves(moments[name], is_leaf=lambda x: isinstance(x, tuple)),
+                    jax.tree.leaves(grads[name]))]
+                params[name] = jax.tree.unflatten(tree, [p for p, _, _ in new])
+                moments[name] = jax.tree.unflatten(tree, [(m, v) for _, m, v in new])
+    return params
+
+
+def run(lazy, params, batches, seeds, config=CONFIG, num_features=NUM_FEATURES):
+    step_spec = spec(lazy, config, num_features)
+    state = steps.create_state(params, step_spec)
+    step = jax.jit(functools.partial(steps.train_step, spec=step_spec))
+    for batch in batches:
+        state, _ = step(state, batch, seeds)
+    return state
+
+
+def test_lazy_adam_matches_the_numpy_reference():
+    rng = np.random.default_rng(0)
+    params = model.init_params(CONFIG, NUM_FEATURES, jnp.arange(2), seed=0)
+    batches = [make_batch(rng) for _ in range(3)]
+    seeds = {"labels": jnp.asarray(hashing.repetition_seeds(0, 2))}
+    ours = run(True, params, batches, seeds)["params"]
+    expected = reference_run(params, batches, seeds)
+    for path, leaf in jax.tree_util.tree_leaves_with_path(ours):
+        ref = jax.tree_util.tree_leaves_with_path(expected)
+        np.testing.assert_allclose(np.asarray(leaf), dict(ref)[path], rtol=1e-4, atol=1e-6, err_msg=str(path))
+    untouched = np.setdiff1d(np.arange(NUM_FEATURES),
+                             np.concatenate([b["feat_ids"][b["feat_vals"] != 0] for b in batches]))
+    assert untouched.size  # some rows were never touched: they must not have moved at all
+    np.testing.assert_array_equal(np.asarray(ours["embedding"])[:, untouched],
+                                  np.asarray(params["embedding"])[:, untouched])
+
+
+def test_lazy_equals_dense_when_every_row_is_touched_every_step():
+    rng = np.random.default_rng(1)
+    num_features = 5
+    config = dataclasses.replace(CONFIG, input_layer="sparse")
+    params = model.init_params(config, num_features, jnp.arange(2), seed=1)
+    batches = []
+    for _ in range(3):
+        batch = make_batch(rng, num_features=num_features)
+        batch["feat_ids"][:, :num_features] = np.arange(num_features)  # all rows, nonzero values
+        batch["feat_vals"] = rng.random(batch["feat_vals"].shape).astype(np.float32) + 0.1
+        batches.append(batch)
+    seeds = {"labels": jnp.asarray(hashing.repetition_seeds(0, 2))}
+    lazy = run(True, params, batches, seeds, config, num_features)["params"]
+    dense = run(False, params, batches, seeds, config, num_features)["params"]
+    for a, b in zip(jax.tree.leaves(lazy), jax.tree.leaves(dense)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+
+
+def test_touched_rows_are_distinct_sorted_and_skip_zero_values():
+    ids = jnp.asarray([[3, 1, 3, 0], [7, 1, 2, 0]], jnp.int32)
+    vals = jnp.asarray([[1.0, 2.0, 1.0, 0.0], [0.5, 1.0, 0.0, 0.0]])
+    rows, local = sparse_update.touched_rows(ids, vals, num_rows=10)
+    assert np.asarray(rows).tolist() == [1, 3, 7] + [10] * 5
+    np.testing.assert_array_equal(np.asarray(rows)[np.asarray(local)][np.asarray(vals) != 0],
+                                  np.asarray(ids)[np.asarray(vals) != 0])
+
+
+def test_lazy_update_needs_the_sparse_input_layer():
+    from mach_jax.config import ConfigError
+
+    with pytest.raises(ConfigError, match="needs the sparse input layer"):
+        model.uses_lazy_update(dataclasses.replace(CONFIG, input_layer="dense"), "lazy", 40, 5)
+    assert model.uses_lazy_update(CONFIG, "auto", 40, 5)
+    assert not model.uses_lazy_update(dataclasses.replace(CONFIG, input_layer="auto"), "auto", 40, 5)
