@@ -8,11 +8,14 @@ Every batch of a run has the same shapes, so the jitted step compiles once:
 - ``point_mask`` float32 [N]: 0 for the padding points of the last, partial batch.
 
 Rows wider than the cap K (or M) are cut once, before batching, by ``cap_row_width``.
+``Prefetcher`` builds and transfers batches on a background thread, ahead of the step.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import queue
+import threading
 from typing import Iterator
 
 import numpy as np
@@ -134,3 +137,66 @@ def eval_batches(dataset: XCDataset, shape: BatchShape) -> Iterator[Batch]:
 
 def widest_row(matrix: CsrMatrix) -> int:
     return int(matrix.row_nnz().max(initial=0))
+
+
+class Prefetcher:
+    """Builds batches on a background thread and transfers them ahead of the step.
+
+    Up to ``depth`` batches wait on the device while the current step runs (double buffering for
+    depth 2), so host batch assembly and the host-to-device copy overlap device compute. An error
+    in the producer is raised in the consumer; closing (or leaving a ``with`` block) stops it.
+
+    Args:
+      batches: an iterator of host items (e.g. ``(epoch, batch)`` pairs).
+      place: applied on the background thread to each item, e.g. a ``jax.device_put`` with the
+        mesh's batch sharding.
+      depth: how many placed items may wait.
+    """
+
+    _DONE = object()
+
+    def __init__(self, batches: Iterator, place, depth: int = 2):
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._produce, args=(batches, place), daemon=True,
+                                        name="mach_jax-prefetch")
+        self._thread.start()
+
+    def _produce(self, batches: Iterator, place) -> None:
+        try:
+            for item in batches:
+                if self._stop.is_set():
+                    return
+                self._put(place(item))
+            self._put(self._DONE)
+        except BaseException as error:  # handed to the consumer, which raises it
+            self._put(error)
+
+    def _put(self, item) -> None:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        item = self._queue.get()
+        if item is self._DONE:
+            raise StopIteration
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def __enter__(self) -> "Prefetcher":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()

@@ -161,10 +161,10 @@ def train(config: Config, workdir: str | Path, train_data: XCDataset,
     bar = tqdm(total=total_steps, initial=step, disable=not progress, desc="train", unit="step")
     loss_log = LossLog(train_log_file(workdir), program.rep_ids, shape.batch_size, bar)
     try:
-        with StopOnSignals() as stop:
-            for epoch, batch in _batches_from(train_data, shape, config.train.seed, step,
-                                              config.train.epochs):
-                batch = mesh_lib.put(batch, program.batch_sharding)
+        batches = _batches_from(train_data, shape, config.train.seed, step, config.train.epochs)
+        place = functools.partial(_place, sharding=program.batch_sharding)
+        with StopOnSignals() as stop, input_pipeline.Prefetcher(batches, place) as prefetched:
+            for epoch, batch in prefetched:
                 state, step_metrics = program.train_step(state, batch, program.seeds)
                 step += 1
                 bar.update()
@@ -181,6 +181,11 @@ def train(config: Config, workdir: str | Path, train_data: XCDataset,
         bar.close()
         manager.wait_until_finished()  # an async save in flight completes before we leave
     return state["params"], info
+
+
+def _place(item: tuple[int, input_pipeline.Batch], sharding) -> tuple[int, dict[str, jax.Array]]:
+    epoch, batch = item
+    return epoch, mesh_lib.put(batch, sharding)
 
 
 def _batches_from(data: XCDataset, shape: input_pipeline.BatchShape, seed: int, start_step: int,
