@@ -126,8 +126,9 @@ class TrainConfig:
     """Optimisation: Adam over the stacked R axis, one jitted step for all members.
 
     ``embedding_update``: "lazy" updates only the embedding rows a batch touches (row-sparse Adam,
-    see ``sparse_update``), "dense" updates every row, "auto" is lazy whenever the embedding bag
-    gathers rows (``model.input_layer`` resolves to sparse), where it was measured faster.
+    see ``sparse_update``), "dense" updates every row, "auto" is lazy where it was measured
+    faster: a gathering embedding bag and a table of at least 4 N K rows
+    (``model.uses_lazy_update``).
     """
 
     epochs: int = 5

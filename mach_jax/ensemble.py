@@ -40,7 +40,7 @@ def step_spec(config: Config, info: wd.RunInfo) -> steps.StepSpec:
         loss_name=config.train.loss, num_buckets=config.model.num_buckets,
         feat_hash_dim=config.model.feat_hash_dim, learning_rate=config.train.learning_rate,
         lazy_embedding=model.uses_lazy_update(config.model, config.train.embedding_update,
-                                              info.num_features, info.max_nnz))
+                                              info.num_features, info.max_nnz, config.train.batch_size))
 
 
 class MachEnsemble:

@@ -18,6 +18,7 @@ from flax import nnx
 from mach_jax.config import ConfigError, ModelConfig
 
 _DENSE_INPUT_RATIO = 16
+_LAZY_MIN_RATIO = 4
 
 Params = Any  # a pure dict of arrays (nnx.to_pure_dict), every leaf [R, ...]
 
@@ -71,17 +72,24 @@ def uses_dense_input(config: ModelConfig, num_features: int, max_nnz: int) -> bo
     return member_input_dim(config, num_features) <= _DENSE_INPUT_RATIO * max_nnz
 
 
-def uses_lazy_update(config: ModelConfig, embedding_update: str, num_features: int, max_nnz: int) -> bool:
+def uses_lazy_update(config: ModelConfig, embedding_update: str, num_features: int, max_nnz: int,
+                     batch_size: int) -> bool:
     """Whether the embedding tables get row-sparse Adam (``train.embedding_update``).
 
-    Lazy updates need the gathering (sparse) embedding bag; "auto" picks them whenever it runs.
+    Lazy updates need the gathering (sparse) embedding bag. "auto" picks them when the table has
+    at least ``_LAZY_MIN_RATIO`` times more rows than a batch can touch (N K): measured on a
+    2-core CPU at N K ~ 36,000, lazy/dense step time was 0.42x at D = 30,000, 1.0x at 100,000
+    and 2.5x at 300,000, since a gathered row costs several times a streamed one.
     """
     sparse_input = not uses_dense_input(config, num_features, max_nnz)
     if embedding_update == "lazy" and not sparse_input:
         raise ConfigError("train.embedding_update='lazy' needs the sparse input layer, but "
                           f"model.input_layer={config.input_layer!r} resolves to dense here "
                           "(set --input-layer sparse)", field="train.embedding_update")
-    return sparse_input if embedding_update == "auto" else embedding_update == "lazy"
+    if embedding_update == "auto":
+        rows = member_input_dim(config, num_features)
+        return sparse_input and rows >= _LAZY_MIN_RATIO * batch_size * max_nnz
+    return embedding_update == "lazy"
 
 
 def _build_member(config: ModelConfig, num_features: int, key: jax.Array,

@@ -1,124 +1,273 @@
-"""Benchmarks: one JSON object per line on stdout.
+"""Benchmarks: one JSON object per line on stdout, each with the hardware it ran on.
 
-    python scripts/bench.py                      # parse + train + decode on the default preset
-    python scripts/bench.py --preset tiny        # seconds, for a smoke run
-    python scripts/bench.py --only parse
+    python scripts/bench.py                              # the CPU preset: under a minute on 2 cores
+    python scripts/bench.py --preset amazon670k --scale 0.1
+    python scripts/bench.py --only train                 # parse | train | pipeline | decode
 
 Records:
-  parse   MB/s of the XC text reader (cold, no cache) and the cached reload time, on the preset's
-          synthetic data written as a file, and on ../shared/data when present;
-  train   compile time of the one jitted step (all R members), steady-state examples/s and
-          step time (timed with block_until_ready after warm-up);
-  decode  exact top-k queries/s of the count-min read-out (all L classes, chunked).
+  parse     MB/s of the XC text reader (cold) and the cached reload time;
+  train     per embedding update ("dense" Adam, the baseline, and "lazy" row-sparse Adam): compile
+            time, device step time with pre-staged batches, examples/s, XLA's FLOP count of the
+            step and the achieved FLOP/s next to a plain dense matmul's (the roofline ratio);
+            then the lazy/dense speed-up;
+  pipeline  host time to build and transfer one batch, the step time fed by the background
+            prefetcher, and its ratio to the device compute alone;
+  decode    exact top-k: queries/s of the on-device chunked decoder and of the straightforward
+            numpy baseline (a loop over R adding probs[r][:, lookup[r]] into [N, L], then
+            argpartition), their ratio, and the decoder's compiled peak memory;
+  memory    peak host RSS (and device memory where the backend reports it).
 """
 
 from __future__ import annotations
 
 import argparse
-import gzip
+import dataclasses
+import functools
 import json
+import os
 import platform
+import resource
 import tempfile
 import time
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
-from mach_jax import get_preset, input_pipeline, mesh as mesh_lib, trainer
-from mach_jax.ensemble import MachEnsemble
+from mach_jax import decode, hashing, input_pipeline, mesh as mesh_lib, trainer
+from mach_jax.config import Config
 from mach_jax.synthetic import make_synthetic
 from mach_jax.xc_format import read_xc, write_xc
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+@dataclasses.dataclass(frozen=True)
+class BenchPreset:
+    """Sizes of one benchmark: the train step's data and model, and the decoder's."""
+
+    num_features: int
+    num_labels: int
+    num_buckets: int
+    num_repetitions: int
+    hidden: int
+    batch_size: int
+    mean_labels: float
+    signature_features: int
+    noise_features: int
+    decode_labels: int
+    decode_repetitions: int
+    decode_buckets: int
+    decode_batch: int
+    train_points: int = 8_192
+
+    def scaled(self, scale: float) -> "BenchPreset":
+        def shrink(value: int, floor: int) -> int:
+            return max(floor, int(round(value * scale)))
+
+        return dataclasses.replace(
+            self, num_features=shrink(self.num_features, 1_000), num_labels=shrink(self.num_labels, 1_000),
+            num_buckets=shrink(self.num_buckets, 64), decode_labels=shrink(self.decode_labels, 1_000),
+            decode_buckets=shrink(self.decode_buckets, 64))
+
+
+PRESETS = {
+    # The issue's CPU acceptance sizes: training at D = 100,000, H = 256, R = 8 (about 75 nonzeros
+    # and 5.5 labels per point, as Amazon-670K); decoding at L = 670,091, R = 16, B = 4,096.
+    "cpu": BenchPreset(num_features=100_000, num_labels=50_000, num_buckets=1_000, num_repetitions=8,
+                       hidden=256, batch_size=256, mean_labels=5.5, signature_features=10,
+                       noise_features=36, decode_labels=670_091, decode_repetitions=16,
+                       decode_buckets=4_096, decode_batch=64),
+    # Amazon-670K's shape (D = 135,909, L = 670,091) with the reference code's model (B = 10,000,
+    # R = 32, hidden 500): for GPUs and TPUs, or --scale it down for a CPU.
+    "amazon670k": BenchPreset(num_features=135_909, num_labels=670_091, num_buckets=10_000,
+                              num_repetitions=32, hidden=500, batch_size=256, mean_labels=5.5,
+                              signature_features=10, noise_features=36, decode_labels=670_091,
+                              decode_repetitions=32, decode_buckets=10_000, decode_batch=64),
+}
 
 
 def emit(record: dict) -> None:
-    record.update(backend=jax.default_backend(), devices=jax.device_count(), machine=platform.machine())
+    device = jax.devices()[0]
+    record.update(backend=jax.default_backend(), device=device.device_kind, devices=jax.device_count(),
+                  machine=platform.machine(), cpus=os.cpu_count())
     print(json.dumps(record), flush=True)
 
 
+def timed(fn, *args, repeats: int = 1):
+    """Best wall time of ``repeats`` calls of fn(*args), results blocked on."""
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def make_config(preset: BenchPreset, embedding_update: str) -> Config:
+    return Config().replace(
+        data={"synthetic": {"num_labels": preset.num_labels, "num_features": preset.num_features,
+                            "num_train": preset.train_points, "num_test": 256,
+                            "mean_labels_per_point": preset.mean_labels,
+                            "signature_features": preset.signature_features,
+                            "noise_features": preset.noise_features}},
+        model={"num_repetitions": preset.num_repetitions, "num_buckets": preset.num_buckets,
+               "hidden_sizes": [preset.hidden], "input_layer": "sparse"},
+        train={"batch_size": preset.batch_size, "embedding_update": embedding_update})
+
+
 def bench_parse(train, workdir: Path) -> None:
-    files = [workdir / "synthetic_train.txt"]
-    write_xc(files[0], train)
-    if SHARED_DATA.is_dir():
-        files += sorted(SHARED_DATA.glob("*/train.txt.gz"))
-    for path in files:
-        cache = workdir / "cache"
-        start = time.perf_counter()
-        dataset = read_xc(path, use_cache=False)
-        cold = time.perf_counter() - start
-        read_xc(path, cache_dir=cache)  # writes the cache
-        start = time.perf_counter()
-        read_xc(path, cache_dir=cache)
-        cached = time.perf_counter() - start
-        with open(path, "rb") as raw:
-            head = raw.read(2)
-        text_bytes = len(gzip.open(path).read()) if head == b"\x1f\x8b" else path.stat().st_size
-        emit({"bench": "parse", "file": str(path.name if path.parent == workdir else path),
-              "points": dataset.num_points, "text_mb": round(text_bytes / 1e6, 3),
-              "parse_mb_per_s": round(text_bytes / 1e6 / cold, 1), "parse_s": round(cold, 4),
-              "cached_load_s": round(cached, 4)})
+    path = workdir / "train.txt"
+    write_xc(path, train)
+    start = time.perf_counter()
+    read_xc(path, use_cache=False)
+    cold = time.perf_counter() - start
+    read_xc(path, cache_dir=workdir / "cache")
+    start = time.perf_counter()
+    read_xc(path, cache_dir=workdir / "cache")
+    cached = time.perf_counter() - start
+    size = path.stat().st_size
+    emit({"bench": "parse", "points": train.num_points, "text_mb": round(size / 1e6, 2),
+          "parse_mb_per_s": round(size / 1e6 / cold, 1), "cached_load_s": round(cached, 4)})
 
 
-def bench_train(config, train, steps: int) -> tuple:
+def matmul_flops_per_s(preset: BenchPreset) -> float:
+    """FLOP/s of a plain float32 matmul of the step's largest layer: [N, H] x [H, R * B]."""
+    rng = np.random.default_rng(0)
+    a = jnp.asarray(rng.standard_normal((preset.batch_size, preset.hidden)), jnp.float32)
+    b = jnp.asarray(rng.standard_normal((preset.hidden, preset.num_repetitions * preset.num_buckets)),
+                    jnp.float32)
+    matmul = jax.jit(jnp.dot)
+    seconds = timed(matmul, a, b, repeats=5)
+    return 2 * a.shape[0] * a.shape[1] * b.shape[1] / seconds
+
+
+def bench_train(preset: BenchPreset, train, steps: int) -> dict[str, float]:
+    step_ms = {}
+    roofline = matmul_flops_per_s(preset)
+    for update in ("dense", "lazy"):
+        config = make_config(preset, update)
+        data, info = trainer.prepare_train_data(config, train)
+        program = trainer.build_program(config, info)
+        state = program.create_state()
+        shape = input_pipeline.BatchShape(config.train.batch_size, info.max_nnz, info.max_labels)
+        batches = [mesh_lib.put(batch, program.batch_sharding) for batch, _ in
+                   zip(input_pipeline.train_batches(data, shape, seed=0, epoch=0), range(4))]
+        start = time.perf_counter()
+        compiled = program.train_step.lower(state, batches[0], program.seeds).compile()
+        compile_s = time.perf_counter() - start
+        flops = (compiled.cost_analysis() or {}).get("flops", float("nan"))
+        state, metrics = program.train_step(state, batches[0], program.seeds)  # warm-up
+        jax.block_until_ready(metrics)
+        start = time.perf_counter()
+        for i in range(steps):
+            state, metrics = program.train_step(state, batches[i % len(batches)], program.seeds)
+        jax.block_until_ready((state, metrics))
+        seconds = (time.perf_counter() - start) / steps
+        step_ms[update] = 1e3 * seconds
+        emit({"bench": "train", "embedding_update": update, "D": info.num_features, "L": info.num_labels,
+              "R": preset.num_repetitions, "B": preset.num_buckets, "H": preset.hidden,
+              "K": info.max_nnz, "batch_size": preset.batch_size, "compile_s": round(compile_s, 2),
+              "step_ms": round(1e3 * seconds, 2), "examples_per_s": round(preset.batch_size / seconds, 1),
+              "step_gflop": round(flops / 1e9, 3), "achieved_gflop_per_s": round(flops / seconds / 1e9, 2),
+              "matmul_gflop_per_s": round(roofline / 1e9, 2),
+              "roofline_ratio": round(flops / seconds / roofline, 3)})
+        del state, batches
+    emit({"bench": "train_speedup", "lazy_over_dense": round(step_ms["dense"] / step_ms["lazy"], 2)})
+    return step_ms
+
+
+def bench_pipeline(preset: BenchPreset, train, steps: int) -> None:
+    config = make_config(preset, "auto")
     data, info = trainer.prepare_train_data(config, train)
     program = trainer.build_program(config, info)
     state = program.create_state()
     shape = input_pipeline.BatchShape(config.train.batch_size, info.max_nnz, info.max_labels)
-    batches = [input_pipeline.make_batch(data, rows, shape) for rows in np.array_split(
-        np.arange(min(data.num_points, 8 * shape.batch_size)), 8)]
-    batches = [mesh_lib.put(b, program.batch_sharding) for b in batches]
+    host = list(zip(input_pipeline.train_batches(data, shape, seed=0, epoch=0), range(steps)))
     start = time.perf_counter()
-    state, metrics = program.train_step(state, batches[0], program.seeds)
-    jax.block_until_ready(metrics)
-    compile_s = time.perf_counter() - start
-    for i in range(3):  # warm-up
-        state, metrics = program.train_step(state, batches[i % 8], program.seeds)
+    for batch, _ in host:
+        jax.block_until_ready(mesh_lib.put(batch, program.batch_sharding))
+    host_ms = 1e3 * (time.perf_counter() - start) / len(host)
+    staged = [mesh_lib.put(batch, program.batch_sharding) for batch, _ in host]
+    state, metrics = program.train_step(state, staged[0], program.seeds)  # compile
     jax.block_until_ready(metrics)
     start = time.perf_counter()
-    for i in range(steps):
-        state, metrics = program.train_step(state, batches[i % 8], program.seeds)
+    for batch in staged:
+        state, metrics = program.train_step(state, batch, program.seeds)
     jax.block_until_ready((state, metrics))
-    step_s = (time.perf_counter() - start) / steps
-    model = config.model
-    emit({"bench": "train", "R": model.num_repetitions, "B": model.num_buckets,
-          "hidden": list(model.hidden_sizes), "D": info.num_features, "L": info.num_labels,
-          "K": info.max_nnz, "batch_size": shape.batch_size, "loss": config.train.loss,
-          "first_step_s_incl_compile": round(compile_s, 3), "step_ms": round(1e3 * step_s, 2),
-          "examples_per_s": round(shape.batch_size / step_s, 1)})
-    return state["params"], info, data
-
-
-def bench_decode(config, params, info, train, test, repeats: int) -> None:
-    ensemble = MachEnsemble(config, info, params, trainer.label_counts(train))
-    queries = test.features[:min(test.num_points, repeats * config.eval.eval_batch_size)]
-    ensemble.predict(queries, k=5)  # compiles
+    compute_ms = 1e3 * (time.perf_counter() - start) / len(staged)
+    fresh = input_pipeline.train_batches(data, shape, seed=0, epoch=1)
+    place = functools.partial(mesh_lib.put, sharding=program.batch_sharding)
     start = time.perf_counter()
-    ensemble.predict(queries, k=5)
-    elapsed = time.perf_counter() - start
-    emit({"bench": "decode", "exact": True, "R": config.model.num_repetitions, "L": info.num_labels,
-          "B": config.model.num_buckets, "batch_size": config.eval.eval_batch_size,
-          "class_chunk": config.eval.class_chunk_size, "queries": queries.num_rows,
-          "queries_per_s": round(queries.num_rows / elapsed, 1)})
+    with input_pipeline.Prefetcher((b for b, _ in zip(fresh, range(steps))), place) as prefetched:
+        for batch in prefetched:
+            state, metrics = program.train_step(state, batch, program.seeds)
+    jax.block_until_ready((state, metrics))
+    fed_ms = 1e3 * (time.perf_counter() - start) / steps
+    emit({"bench": "pipeline", "embedding_update": "lazy" if program.spec.lazy_embedding else "dense",
+          "host_input_ms_per_batch": round(host_ms, 2), "device_compute_ms": round(compute_ms, 2),
+          "prefetched_step_ms": round(fed_ms, 2), "prefetched_over_compute": round(fed_ms / compute_ms, 3)})
+
+
+def numpy_decode(probs: np.ndarray, lookup: np.ndarray, k: int) -> np.ndarray:
+    """The straightforward baseline: dense [N, L] scores, summed over R, then argpartition."""
+    scores = np.zeros((probs.shape[1], lookup.shape[1]), np.float32)
+    for r in range(lookup.shape[0]):
+        scores += probs[r][:, lookup[r]]
+    return np.argpartition(-scores, k, axis=1)[:, :k]
+
+
+def bench_decode(preset: BenchPreset, chunk_size: int) -> None:
+    rng = np.random.default_rng(0)
+    num_reps, num_labels, num_buckets, batch = (preset.decode_repetitions, preset.decode_labels,
+                                                preset.decode_buckets, preset.decode_batch)
+    probs = rng.dirichlet(np.ones(num_buckets), size=(num_reps, batch)).astype(np.float32)
+    seeds = hashing.repetition_seeds(0, num_reps)
+    lookup = hashing.bucket_lookup(num_labels, num_buckets, 0, num_reps)
+    baseline_s = timed(numpy_decode, probs, lookup, 5)
+    del lookup
+    decoder = jax.jit(functools.partial(decode.decode_topk, num_labels=num_labels, k=5,
+                                        chunk_size=chunk_size))
+    device_probs, device_seeds = jnp.asarray(probs), jnp.asarray(seeds)
+    compiled = decoder.lower(device_probs, device_seeds).compile()
+    memory = compiled.memory_analysis()
+    peak = (memory.temp_size_in_bytes + memory.argument_size_in_bytes + memory.output_size_in_bytes
+            if memory is not None else None)
+    ours_s = timed(decoder, device_probs, device_seeds, repeats=3)
+    emit({"bench": "decode", "L": num_labels, "R": num_reps, "B": num_buckets, "batch": batch,
+          "class_chunk": chunk_size, "queries_per_s": round(batch / ours_s, 1),
+          "numpy_queries_per_s": round(batch / baseline_s, 2), "speedup_over_numpy": round(baseline_s / ours_s, 1),
+          "decoder_peak_mib": round(peak / 2**20, 1) if peak is not None else None,
+          "numpy_scores_mib": round(batch * num_labels * 4 / 2**20, 1)})
+
+
+def bench_memory() -> None:
+    stats = jax.devices()[0].memory_stats() or {}
+    emit({"bench": "memory", "peak_host_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+          "peak_device_mib": round(stats["peak_bytes_in_use"] / 2**20, 1) if "peak_bytes_in_use" in stats else None})
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default="default")
-    parser.add_argument("--only", choices=("parse", "train", "decode"), default=None)
-    parser.add_argument("--steps", type=int, default=20, help="timed train steps")
-    parser.add_argument("--decode-batches", type=int, default=8, help="timed decode batches")
+    parser.add_argument("--preset", default="cpu", choices=sorted(PRESETS))
+    parser.add_argument("--scale", type=float, default=1.0, help="shrink D, L and B by this factor")
+    parser.add_argument("--only", choices=("parse", "train", "pipeline", "decode"), default=None)
+    parser.add_argument("--steps", type=int, default=8, help="timed train steps")
+    parser.add_argument("--class-chunk", type=int, default=8_192, help="classes per decoder chunk")
     args = parser.parse_args()
-    config = get_preset(args.preset)
-    train, test = make_synthetic(config.data.synthetic)
-    with tempfile.TemporaryDirectory() as tmp:
-        if args.only in (None, "parse"):
+    preset = PRESETS[args.preset].scaled(args.scale)
+    wanted = lambda name: args.only in (None, name)  # noqa: E731
+    if wanted("parse") or wanted("train") or wanted("pipeline"):
+        train, _ = make_synthetic(make_config(preset, "auto").data.synthetic)
+    if wanted("parse"):
+        with tempfile.TemporaryDirectory() as tmp:
             bench_parse(train, Path(tmp))
-        if args.only in (None, "train", "decode"):
-            params, info, data = bench_train(config, train, args.steps)
-            if args.only in (None, "decode"):
-                bench_decode(config, params, info, data, test, args.decode_batches)
+    if wanted("train"):
+        bench_train(preset, train, args.steps)
+    if wanted("pipeline"):
+        bench_pipeline(preset, train, 3 * args.steps)
+    if wanted("decode"):
+        bench_decode(preset, args.class_chunk)
+    bench_memory()
 
 
 if __name__ == "__main__":

@@ -126,6 +126,9 @@ def test_lazy_update_needs_the_sparse_input_layer():
     from mach_jax.config import ConfigError
 
     with pytest.raises(ConfigError, match="needs the sparse input layer"):
-        model.uses_lazy_update(dataclasses.replace(CONFIG, input_layer="dense"), "lazy", 40, 5)
-    assert model.uses_lazy_update(CONFIG, "auto", 40, 5)
-    assert not model.uses_lazy_update(dataclasses.replace(CONFIG, input_layer="auto"), "auto", 40, 5)
+        model.uses_lazy_update(dataclasses.replace(CONFIG, input_layer="dense"), "lazy", 40, 5, 6)
+    assert model.uses_lazy_update(CONFIG, "lazy", 40, 5, 6)
+    auto = dataclasses.replace(CONFIG, input_layer="auto")
+    assert not model.uses_lazy_update(auto, "auto", 40, 5, 6)  # small D: the dense bag, dense Adam
+    assert not model.uses_lazy_update(auto, "auto", 100_000, 138, 256)  # measured break-even
+    assert model.uses_lazy_update(auto, "auto", 300_000, 138, 256)
