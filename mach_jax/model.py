@@ -14,6 +14,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax import lax
 
 from mach_jax.config import ConfigError, ModelConfig
 
@@ -43,6 +44,10 @@ class MachMember(nnx.Module):
 
         Returns: float32 [N, B] logits.
         """
+        return self.head(self.bag(feat_ids, feat_vals))
+
+    def bag(self, feat_ids: jax.Array, feat_vals: jax.Array) -> jax.Array:
+        """The embedding bag plus bias: [N, K] ids and values -> [N, H] (before the ReLU)."""
         table = self.embedding[...]
         if self.dense_input:
             # The same bag as a [N, D] x [D, H] matmul: for small D this beats gathering [N, K, H]
@@ -52,8 +57,11 @@ class MachMember(nnx.Module):
             hidden = dense.at[points, feat_ids].add(feat_vals) @ table
         else:
             hidden = jnp.einsum("nk,nkh->nh", feat_vals, jnp.take(table, feat_ids, axis=0))
-        hidden = hidden + self.embedding_bias[...]
-        hidden = jax.nn.relu(hidden)
+        return hidden + self.embedding_bias[...]
+
+    def head(self, bag: jax.Array) -> jax.Array:
+        """ReLU, the further hidden layers, the output layer: [N, H] -> [N, B] logits."""
+        hidden = jax.nn.relu(bag)
         for index in range(self.num_extra_hidden):
             hidden = jax.nn.relu(getattr(self, f"hidden_{index}")(hidden))
         return self.output(hidden)
@@ -147,8 +155,13 @@ def apply_ensemble(graphdef: nnx.GraphDef, params: Params, feat_ids: jax.Array,
     Returns:
       float32 [R, N, B] logits.
     """
-    def apply_one(member_params, ids):
-        return nnx.merge(graphdef, member_params)(ids, feat_vals)
+    # The bag runs member by member (lax.map): on CPU an unbatched row gather is about 4x faster
+    # than the batched gather vmap would make of it. The dense layers stay vmapped.
+    def bag_one(member_params, ids):
+        return nnx.merge(graphdef, member_params).bag(ids, feat_vals)
 
-    ids_axis = 0 if feat_ids.ndim == 3 else None
-    return jax.vmap(apply_one, in_axes=(0, ids_axis))(params, feat_ids)
+    if feat_ids.ndim == 3:
+        bags = lax.map(lambda args: bag_one(*args), (params, feat_ids))
+    else:
+        bags = lax.map(lambda member_params: bag_one(member_params, feat_ids), params)
+    return jax.vmap(lambda member_params, bag: nnx.merge(graphdef, member_params).head(bag))(params, bags)
