@@ -33,9 +33,10 @@ def member_seeds(config: Config, rep_ids, mesh) -> dict[str, jax.Array]:
     return mesh_lib.put(seeds, mesh_lib.stacked(mesh))
 
 
-def step_spec(config: Config, info: wd.RunInfo) -> steps.StepSpec:
-    """The static side of the train/predict steps for this config and data."""
+def step_spec(config: Config, info: wd.RunInfo, mesh) -> steps.StepSpec:
+    """The static side of the train/predict steps for this config, data and mesh."""
     return steps.StepSpec(
+        rep_shards=mesh.shape[mesh_lib.REPS_AXIS],
         graphdef=model.member_graphdef(config.model, info.num_features, info.max_nnz),
         loss_name=config.train.loss, num_buckets=config.model.num_buckets,
         feat_hash_dim=config.model.feat_hash_dim, learning_rate=config.train.learning_rate,
@@ -73,7 +74,7 @@ class MachEnsemble:
             label_counts, info.num_train_points, config.eval.propensity_a, config.eval.propensity_b),
             mesh_lib.replicated(self.mesh))
         self._read_out = read_out = dict(
-            spec=step_spec(config, info), aggregation=config.eval.aggregation,
+            spec=step_spec(config, info, self.mesh), aggregation=config.eval.aggregation,
             num_labels=info.num_labels, chunk_size=config.eval.class_chunk_size)
         # Jitted once per ensemble: each batch shape (and k) compiles once, then is reused. Each
         # device reads out its members; the take-and-sum reduces over R into replicated results.

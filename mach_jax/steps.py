@@ -35,6 +35,7 @@ class StepSpec:
       feat_hash_dim: slots of the hashed input (0: features are not hashed).
       learning_rate: Adam's step size.
       lazy_embedding: update the embedding tables row-sparsely (``sparse_update``).
+      rep_shards: devices along the mesh's ``reps`` axis (see ``model.apply_ensemble``).
     """
 
     graphdef: nnx.GraphDef
@@ -43,6 +44,7 @@ class StepSpec:
     feat_hash_dim: int = 0
     learning_rate: float = 1e-3
     lazy_embedding: bool = False
+    rep_shards: int = 1
 
     @property
     def optimizer(self) -> optax.GradientTransformation:
@@ -72,11 +74,12 @@ def member_feature_ids(batch: Batch, seeds: Seeds, spec: StepSpec) -> jax.Array:
 def logits(params: model.Params, batch: Batch, seeds: Seeds, spec: StepSpec) -> jax.Array:
     """[R, N, B] bucket logits of every member."""
     ids = member_feature_ids(batch, seeds, spec)
-    return model.apply_ensemble(spec.graphdef, params, ids, batch["feat_vals"])
+    return model.apply_ensemble(spec.graphdef, params, ids, batch["feat_vals"], spec.rep_shards)
 
 
 def _member_losses(params, feat_ids, batch: Batch, buckets: jax.Array, spec: StepSpec):
-    member_logits = model.apply_ensemble(spec.graphdef, params, feat_ids, batch["feat_vals"])
+    member_logits = model.apply_ensemble(spec.graphdef, params, feat_ids, batch["feat_vals"],
+                                         spec.rep_shards)
     member_loss = losses.member_losses(spec.loss_name, member_logits, buckets, batch["label_mask"],
                                        batch["point_mask"])
     return member_loss.sum(), member_loss

@@ -105,7 +105,7 @@ def build_program(config: Config, info: wd.RunInfo) -> TrainingProgram:
     """Builds the mesh, shardings, hash seeds and the one jitted step for all R members."""
     rep_ids = config.parallel.rep_ids(config.model.num_repetitions)
     mesh = mesh_lib.make_mesh(len(rep_ids), config.parallel.rep_devices, config.parallel.data_devices)
-    spec = step_spec(config, info)
+    spec = step_spec(config, info, mesh)
     init_state = functools.partial(_init_state, config, info.num_features, rep_ids, spec)
     abstract_state = jax.eval_shape(init_state)
     state_shardings = mesh_lib.tree_shardings(abstract_state, mesh)
