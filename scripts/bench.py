@@ -58,7 +58,7 @@ class BenchPreset:
     decode_repetitions: int
     decode_buckets: int
     decode_batch: int
-    train_points: int = 8_192
+    train_points: int = 4_096
 
     def scaled(self, scale: float) -> "BenchPreset":
         def shrink(value: int, floor: int) -> int:
@@ -251,7 +251,7 @@ def main() -> None:
     parser.add_argument("--preset", default="cpu", choices=sorted(PRESETS))
     parser.add_argument("--scale", type=float, default=1.0, help="shrink D, L and B by this factor")
     parser.add_argument("--only", choices=("parse", "train", "pipeline", "decode"), default=None)
-    parser.add_argument("--steps", type=int, default=8, help="timed train steps")
+    parser.add_argument("--steps", type=int, default=4, help="timed train steps")
     parser.add_argument("--class-chunk", type=int, default=8_192, help="classes per decoder chunk")
     args = parser.parse_args()
     preset = PRESETS[args.preset].scaled(args.scale)
@@ -264,7 +264,7 @@ def main() -> None:
     if wanted("train"):
         bench_train(preset, train, args.steps)
     if wanted("pipeline"):
-        bench_pipeline(preset, train, 3 * args.steps)
+        bench_pipeline(preset, train, args.steps)
     if wanted("decode"):
         bench_decode(preset, args.class_chunk)
     bench_memory()
