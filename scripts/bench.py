@@ -3,6 +3,7 @@
     python scripts/bench.py                              # the CPU preset: under a minute on 2 cores
     python scripts/bench.py --preset amazon670k --scale 0.1
     python scripts/bench.py --only train                 # parse | train | pipeline | decode
+    XLA_FLAGS=--xla_force_host_platform_device_count=8 python scripts/bench.py --only steps
 
 Records:
   parse     MB/s of the XC text reader (cold) and the cached reload time;
@@ -15,7 +16,8 @@ Records:
   decode    exact top-k: queries/s of the on-device chunked decoder and of the straightforward
             numpy baseline (a loop over R adding probs[r][:, lookup[r]] into [N, L], then
             argpartition), their ratio, and the decoder's compiled peak memory;
-  memory    peak host RSS (and device memory where the backend reports it).
+  memory    peak host RSS (and device memory where the backend reports it);
+  steps     (only with --only steps) the train step of a mach_jax preset on the current mesh.
 """
 
 from __future__ import annotations
@@ -246,15 +248,44 @@ def bench_memory() -> None:
           "peak_device_mib": round(stats["peak_bytes_in_use"] / 2**20, 1) if "peak_bytes_in_use" in stats else None})
 
 
+def bench_steps(preset_name: str, steps: int) -> None:
+    """Step time of a mach_jax preset's own train step (its auto settings), e.g. for scaling runs."""
+    from mach_jax import get_preset
+
+    config = get_preset(preset_name)
+    train, _ = make_synthetic(config.data.synthetic)
+    data, info = trainer.prepare_train_data(config, train)
+    program = trainer.build_program(config, info)
+    state = program.create_state()
+    shape = input_pipeline.BatchShape(config.train.batch_size, info.max_nnz, info.max_labels)
+    batches = [mesh_lib.put(batch, program.batch_sharding) for batch, _ in
+               zip(input_pipeline.train_batches(data, shape, seed=0, epoch=0), range(4))]
+    state, metrics = program.train_step(state, batches[0], program.seeds)  # compile
+    jax.block_until_ready(metrics)
+    start = time.perf_counter()
+    for i in range(steps):
+        state, metrics = program.train_step(state, batches[i % len(batches)], program.seeds)
+    jax.block_until_ready((state, metrics))
+    seconds = (time.perf_counter() - start) / steps
+    emit({"bench": "steps", "config_preset": preset_name, "R": config.model.num_repetitions,
+          "mesh": dict(program.mesh.shape), "step_ms": round(1e3 * seconds, 2),
+          "examples_per_s": round(config.train.batch_size / seconds, 1)})
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="cpu", choices=sorted(PRESETS))
     parser.add_argument("--scale", type=float, default=1.0, help="shrink D, L and B by this factor")
-    parser.add_argument("--only", choices=("parse", "train", "pipeline", "decode"), default=None)
+    parser.add_argument("--only", choices=("parse", "train", "pipeline", "decode", "steps"), default=None)
+    parser.add_argument("--config-preset", default="default",
+                        help="with --only steps: the mach_jax preset whose train step is timed")
     parser.add_argument("--steps", type=int, default=4, help="timed train steps")
     parser.add_argument("--class-chunk", type=int, default=8_192, help="classes per decoder chunk")
     args = parser.parse_args()
     preset = PRESETS[args.preset].scaled(args.scale)
+    if args.only == "steps":
+        bench_steps(args.config_preset, 4 * args.steps)
+        return
     wanted = lambda name: args.only in (None, name)  # noqa: E731
     if wanted("parse") or wanted("train") or wanted("pipeline"):
         train, _ = make_synthetic(make_config(preset, "auto").data.synthetic)
