@@ -82,11 +82,13 @@ def test_sigkill_mid_run_then_rerun_equals_an_uninterrupted_run(tmp_path, uninte
     assert_same_run(work, uninterrupted)
 
 
-def test_sigterm_saves_the_current_step_and_exits_cleanly(tmp_path, uninterrupted):
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_sigterm_or_sigint_saves_the_current_step_and_exits_cleanly(tmp_path, uninterrupted, signum):
     env, work = environment(tmp_path), tmp_path / "work"
-    code, _, stderr = start_and_signal_after_first_checkpoint(work, env, signal.SIGTERM)
-    assert code == 128 + signal.SIGTERM and "Traceback" not in stderr
-    stopped_at = int(re.search(r"SIGTERM at step (\d+): checkpoint saved", stderr).group(1))
+    code, _, stderr = start_and_signal_after_first_checkpoint(work, env, signum)
+    assert code == 128 + signum and "Traceback" not in stderr
+    name = signal.Signals(signum).name
+    stopped_at = int(re.search(rf"{name} at step (\d+): checkpoint saved", stderr).group(1))
     assert saved_steps(work)[-1] == stopped_at < 1000
     subprocess.run(command(work), env=env, capture_output=True, check=True)
     assert_same_run(work, uninterrupted)
