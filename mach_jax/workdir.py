@@ -115,7 +115,7 @@ def find_groups(workdirs: list[Path]) -> tuple[Config, RunInfo, list[Group]]:
             key, first_value, value = difference
             raise WorkdirError(f"inconsistent groups: {folder} has {key}={value!r} but {first_folder} "
                                f"has {first_value!r}; they are not one ensemble")
-        if dataclasses.replace(info, train_source=first_info.train_source) != first_info:
+        if not _same_data(info, first_info):
             raise WorkdirError(f"inconsistent groups: {folder} was trained on data with {info}, "
                                f"{first_folder} on {first_info}")
         if not np.array_equal(read_label_counts(folder), read_label_counts(first_folder)):
@@ -217,9 +217,14 @@ def _check_resumable(workdir: Path, saved: Config, saved_info: RunInfo, config: 
         key, saved_value, new_value = difference
         raise WorkdirError(f"{workdir} was trained with {key}={saved_value!r}, this run asks for "
                            f"{new_value!r}; use another --workdir or the same settings")
-    if dataclasses.replace(saved_info, train_source=info.train_source) != info:
+    if not _same_data(saved_info, info):
         raise WorkdirError(f"{workdir} was trained on data with {saved_info}, this run's data gives "
                            f"{info}; use another --workdir")
+
+
+def _same_data(a: RunInfo, b: RunInfo) -> bool:
+    """Whether two runs saw the same data shape (the file may have moved)."""
+    return dataclasses.replace(a, train_source=b.train_source) == b
 
 
 def _first_difference(saved: Config, config: Config, ignore: frozenset[str] = frozenset()):

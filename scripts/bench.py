@@ -143,28 +143,38 @@ def matmul_flops_per_s(preset: BenchPreset) -> float:
     return 2 * a.shape[0] * a.shape[1] * b.shape[1] / seconds
 
 
+def staged_program(config: Config, train, num_batches: int = 4):
+    """The trainer's program for a config, a fresh state and a few batches already on device."""
+    data, info = trainer.prepare_train_data(config, train)
+    program = trainer.build_program(config, info)
+    shape = input_pipeline.BatchShape(config.train.batch_size, info.max_nnz, info.max_labels)
+    batches = [mesh_lib.put(batch, program.batch_sharding) for batch, _ in
+               zip(input_pipeline.train_batches(data, shape, seed=0, epoch=0), range(num_batches))]
+    return program, program.create_state(), batches, info
+
+
+def time_steps(program, state, batches, steps: int):
+    """Seconds per step over ``steps`` steps after one warm-up step; returns (seconds, state)."""
+    state, metrics = program.train_step(state, batches[0], program.seeds)
+    jax.block_until_ready(metrics)
+    start = time.perf_counter()
+    for i in range(steps):
+        state, metrics = program.train_step(state, batches[i % len(batches)], program.seeds)
+    jax.block_until_ready((state, metrics))
+    return (time.perf_counter() - start) / steps, state
+
+
 def bench_train(preset: BenchPreset, train, steps: int) -> dict[str, float]:
     step_ms = {}
     roofline = matmul_flops_per_s(preset)
     for update in ("dense", "lazy"):
         config = make_config(preset, update)
-        data, info = trainer.prepare_train_data(config, train)
-        program = trainer.build_program(config, info)
-        state = program.create_state()
-        shape = input_pipeline.BatchShape(config.train.batch_size, info.max_nnz, info.max_labels)
-        batches = [mesh_lib.put(batch, program.batch_sharding) for batch, _ in
-                   zip(input_pipeline.train_batches(data, shape, seed=0, epoch=0), range(4))]
+        program, state, batches, info = staged_program(config, train)
         start = time.perf_counter()
         compiled = program.train_step.lower(state, batches[0], program.seeds).compile()
         compile_s = time.perf_counter() - start
         flops = (compiled.cost_analysis() or {}).get("flops", float("nan"))
-        state, metrics = program.train_step(state, batches[0], program.seeds)  # warm-up
-        jax.block_until_ready(metrics)
-        start = time.perf_counter()
-        for i in range(steps):
-            state, metrics = program.train_step(state, batches[i % len(batches)], program.seeds)
-        jax.block_until_ready((state, metrics))
-        seconds = (time.perf_counter() - start) / steps
+        seconds, state = time_steps(program, state, batches, steps)
         step_ms[update] = 1e3 * seconds
         emit({"bench": "train", "embedding_update": update, "D": info.num_features, "L": info.num_labels,
               "R": preset.num_repetitions, "B": preset.num_buckets, "H": preset.hidden,
@@ -253,20 +263,8 @@ def bench_steps(preset_name: str, steps: int) -> None:
     from mach_jax import get_preset
 
     config = get_preset(preset_name)
-    train, _ = make_synthetic(config.data.synthetic)
-    data, info = trainer.prepare_train_data(config, train)
-    program = trainer.build_program(config, info)
-    state = program.create_state()
-    shape = input_pipeline.BatchShape(config.train.batch_size, info.max_nnz, info.max_labels)
-    batches = [mesh_lib.put(batch, program.batch_sharding) for batch, _ in
-               zip(input_pipeline.train_batches(data, shape, seed=0, epoch=0), range(4))]
-    state, metrics = program.train_step(state, batches[0], program.seeds)  # compile
-    jax.block_until_ready(metrics)
-    start = time.perf_counter()
-    for i in range(steps):
-        state, metrics = program.train_step(state, batches[i % len(batches)], program.seeds)
-    jax.block_until_ready((state, metrics))
-    seconds = (time.perf_counter() - start) / steps
+    program, state, batches, _ = staged_program(config, make_synthetic(config.data.synthetic)[0])
+    seconds, _ = time_steps(program, state, batches, steps)
     emit({"bench": "steps", "config_preset": preset_name, "R": config.model.num_repetitions,
           "mesh": dict(program.mesh.shape), "step_ms": round(1e3 * seconds, 2),
           "examples_per_s": round(config.train.batch_size / seconds, 1)})
