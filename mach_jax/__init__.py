@@ -16,7 +16,6 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "train_and_evaluate": "mach_jax.trainer",
-    "train": "mach_jax.trainer",
     "MachEnsemble": "mach_jax.ensemble",
     "read_xc": "mach_jax.xc_format",
     "write_xc": "mach_jax.xc_format",

@@ -144,6 +144,6 @@ def run_cli(main: Callable[[], int]) -> None:
     except TrainingInterrupted as interrupted:
         print(f"stopped: {interrupted}", file=sys.stderr)
         sys.exit(128 + interrupted.signum)
-    except KeyboardInterrupt:  # before training started: nothing to save
-        print("stopped: interrupted before training started", file=sys.stderr)
+    except KeyboardInterrupt:  # outside the training loop (which saves first): nothing to save
+        print("stopped: interrupted", file=sys.stderr)
         sys.exit(130)

@@ -1,6 +1,6 @@
 """Configuration: a small tree of frozen dataclasses, the only place defaults live.
 
-``Config(data, model, train, eval)``; every section has ``validate()``, and the tree round-trips
+``Config(data, model, train, eval, parallel)``; every section has ``validate()``, and the tree round-trips
 through ``to_dict()`` / ``Config.from_dict()`` so that ``config.json`` in a workdir is enough to
 rebuild the model, its hashes and its evaluation. Named presets live in ``PRESETS``.
 """

@@ -18,8 +18,15 @@ import orbax.checkpoint as ocp
 from tqdm.auto import tqdm
 
 from mach_jax import hashing, input_pipeline, mesh as mesh_lib, metrics, model, steps, workdir as wd
-from mach_jax.config import Config
+from mach_jax.config import Config, ConfigError
 from mach_jax.dataset import CsrMatrix, DataFormatError, XCDataset
+
+
+def check_top_k(config: Config, num_labels: int) -> None:
+    """P@5 needs at least 5 classes; refused before anything is trained or compiled."""
+    if num_labels < config.eval.top_k:
+        raise ConfigError(f"eval.top_k={config.eval.top_k}: the data has only L={num_labels} labels",
+                          field="eval.top_k")
 
 
 def member_seeds(config: Config, rep_ids, mesh) -> dict[str, jax.Array]:
@@ -59,6 +66,7 @@ class MachEnsemble:
                  label_counts: np.ndarray, rep_ids: tuple[int, ...] | None = None):
         num_members = jax.tree.leaves(params)[0].shape[0]
         config.eval.validate(num_members)
+        check_top_k(config, info.num_labels)
         self.config, self.info = config, info
         # The first r <= R members: a count-min sketch read with fewer rows.
         num_reps = config.eval.eval_repetitions or num_members
@@ -95,7 +103,12 @@ class MachEnsemble:
         """
         config, info, groups = wd.find_groups([Path(w) for w in workdirs])
         config = config.replace(eval=eval_overrides) if eval_overrides else config
-        parts = [_restore_params(group, config, info) for group in groups]
+        restored = [_restore_params(group, config, info) for group in groups]
+        steps_done = {group.path: step for group, (step, _) in zip(groups, restored)}
+        if len(set(steps_done.values())) > 1:
+            raise wd.WorkdirError(f"the groups stopped at different steps {steps_done}: one is still "
+                                  "training or was interrupted; finish it (re-run its command) first")
+        parts = [params for _, params in restored]
         params = jax.tree.map(lambda *leaves: np.concatenate(leaves), *parts)
         return cls(config, info, params, wd.read_label_counts(groups[0].path))
 
@@ -128,6 +141,8 @@ class MachEnsemble:
           ``(scores, ids)``: float32 [N, k] and int32 [N, k], best first.
         """
         self._check_features(source, features)
+        if features.num_rows == 0:
+            return np.zeros((0, k), np.float32), np.zeros((0, k), np.int32)
         shape = self._batch_shape(features, None)
         dataset = XCDataset(self._capped(features, source, shape.max_nnz),
                             CsrMatrix(np.zeros(features.num_rows + 1, np.int64), np.zeros(0, np.int32),
@@ -148,6 +163,8 @@ class MachEnsemble:
         if dataset.num_labels != self.info.num_labels:
             raise DataFormatError(dataset.source, 1, f"the data has L={dataset.num_labels} labels, "
                                   f"the model was trained with L={self.info.num_labels}")
+        if dataset.num_points == 0:
+            raise DataFormatError(dataset.source, 1, "the header declares 0 points: nothing to evaluate")
         shape = self._batch_shape(dataset.features, dataset.labels)
         dataset = dataclasses.replace(dataset, features=self._capped(dataset.features, dataset.source,
                                                                      shape.max_nnz))
@@ -167,9 +184,16 @@ def _next_power_of_two(width: int) -> int:
     return 1 << max(int(width) - 1, 0).bit_length()
 
 
-def _restore_params(group: wd.Group, config: Config, info: wd.RunInfo) -> model.Params:
-    """The parameters (not the optimizer state) of a group's newest checkpoint, as host arrays."""
-    manager = wd.checkpoint_manager(group.path)
+def _restore_params(group: wd.Group, config: Config, info: wd.RunInfo) -> tuple[int, model.Params]:
+    """``(step, parameters)`` of a group's newest checkpoint (no optimizer state), as host arrays."""
+    manager = wd.checkpoint_manager(group.path, read_only=True)
+    try:
+        return _restore_from(manager, group, config, info)
+    finally:
+        manager.close()
+
+
+def _restore_from(manager, group: wd.Group, config: Config, info: wd.RunInfo) -> tuple[int, model.Params]:
     step = manager.latest_step()
     if step is None:
         raise wd.WorkdirError(f"{group.path}: no checkpoint found under {wd.CHECKPOINT_DIR}/")
@@ -185,4 +209,4 @@ def _restore_params(group: wd.Group, config: Config, info: wd.RunInfo) -> model.
         raise wd.WorkdirError(
             f"{manager.directory}/{step}: the checkpoint cannot be restored for this config: its "
             f"parameter shapes {found} differ from {expected}; was config.json edited?")
-    return params
+    return step, params

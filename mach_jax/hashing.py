@@ -86,12 +86,3 @@ def bucket_lookup(num_labels: int, num_buckets: int, base_seed: int, repetitions
     """
     return hash_to_range(np.arange(num_labels, dtype=np.uint32),
                          repetition_seeds(base_seed, repetitions), num_buckets)
-
-
-def feature_lookup(num_features: int, hash_dim: int, base_seed: int, repetitions) -> np.ndarray:
-    """Feature -> hashed slot table of every repetition (input feature hashing).
-
-    Returns:
-      int32 [R, D]: entry [r, f] is ``murmur3(f, base_seed + r) mod hash_dim``.
-    """
-    return bucket_lookup(num_features, hash_dim, base_seed, repetitions)

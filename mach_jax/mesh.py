@@ -1,6 +1,6 @@
 """Device mesh and shardings: members split over a ``reps`` axis, batches over a ``data`` axis.
 
-Every array with a leading R axis (parameters, optimizer moments, hash tables) is sharded as
+Every array with a leading R axis (parameters, optimizer moments, hash seeds) is sharded as
 ``P("reps")``; a batch is split over ``data`` (and so replicated over ``reps``); scalars are
 replicated. Since nothing in a member's step reads another member's arrays, a step on a
 ``reps``-only mesh has no collective at all (tested on the compiled HLO). The same code runs on
@@ -52,8 +52,14 @@ def make_mesh(num_members: int, rep_devices: int = 0, data_devices: int = 1,
         raise ConfigError(f"parallel.rep_devices={rep_devices} x parallel.data_devices={data_devices} "
                           f"needs {rep_devices * data_devices} devices, only {len(devices)} are "
                           "available", field="parallel.rep_devices")
-    grid = np.array(devices[:rep_devices * data_devices]).reshape(rep_devices, data_devices)
-    return Mesh(grid, (REPS_AXIS, DATA_AXIS))
+    chosen = devices[:rep_devices * data_devices]
+    missing = {d.process_index for d in devices} - {d.process_index for d in chosen}
+    if missing:
+        raise ConfigError(f"parallel.rep_devices={rep_devices} x parallel.data_devices={data_devices} "
+                          f"uses {len(chosen)} of {len(devices)} devices and leaves process(es) "
+                          f"{sorted(missing)} without members; choose R and the mesh so that every "
+                          "process holds some", field="parallel.rep_devices")
+    return Mesh(np.array(chosen).reshape(rep_devices, data_devices), (REPS_AXIS, DATA_AXIS))
 
 
 def stacked(mesh: Mesh) -> NamedSharding:
@@ -78,7 +84,7 @@ def tree_shardings(tree: Any, mesh: Mesh) -> Any:
 def put(tree: Any, sharding: Any) -> Any:
     """Places host arrays (identical on every process) onto a possibly multi-process sharding.
 
-    Each process builds only the shards its own devices hold.
+    Each process transfers only the shards its own devices hold.
     """
     shardings = jax.tree.map(lambda _: sharding, tree) if isinstance(sharding, NamedSharding) else sharding
     if jax.process_count() == 1:

@@ -3,8 +3,9 @@
 One member (a Flax NNX module) maps a sparse input to B bucket logits:
 embedding bag (gather rows of a [D, H] table, weight by the values, sum) -> ReLU -> further
 hidden layers with ReLU -> a [H, B] output layer. The ensemble is the member's parameter pytree
-with a leading R axis, initialised by ``jax.vmap`` over per-member keys and applied by
-``jax.vmap`` over that axis: nothing is shared between members.
+with a leading R axis, initialised by ``jax.vmap`` over per-member keys. ``apply_ensemble``
+runs the embedding bags member by member within each device's shard (``lax.map``) and the
+dense layers vmapped over R: nothing is shared between members.
 """
 
 from __future__ import annotations

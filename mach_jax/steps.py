@@ -41,8 +41,8 @@ class StepSpec:
     graphdef: nnx.GraphDef
     loss_name: str
     num_buckets: int
+    learning_rate: float
     feat_hash_dim: int = 0
-    learning_rate: float = 1e-3
     lazy_embedding: bool = False
     rep_shards: int = 1
 

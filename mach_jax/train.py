@@ -34,7 +34,8 @@ def default_workdir(args: argparse.Namespace) -> Path:
 
 
 def do_train(args: argparse.Namespace) -> int:
-    from mach_jax.trainer import train_and_evaluate  # after flag parsing: --help stays instant
+    from mach_jax import workdir as workdir_lib  # after flag parsing: --help stays instant
+    from mach_jax.trainer import train_and_evaluate
 
     config = cli.config_from_args(args).validate()
     distributed.initialize_from_args(args)  # before any device is touched
@@ -43,7 +44,8 @@ def do_train(args: argparse.Namespace) -> int:
     print(f"mach_jax: R={model.num_repetitions} members, B={model.num_buckets} buckets, "
           f"hidden={list(model.hidden_sizes)}, loss={config.train.loss}, workdir={workdir}")
     metrics = train_and_evaluate(config, workdir, progress=not args.quiet)
-    print(f"{format_metrics(metrics)}\nwritten to {workdir / 'metrics.json'}")
+    written = workdir_lib.group_dir(workdir, config.parallel.rep_range) / workdir_lib.METRICS_FILE
+    print(f"{format_metrics(metrics)}\nwritten to {written}")
     return 0
 
 

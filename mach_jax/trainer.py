@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from mach_jax import input_pipeline, mesh as mesh_lib, model, steps, workdir as wd
 from mach_jax.config import Config, DataConfig
 from mach_jax.dataset import DataFormatError, XCDataset
-from mach_jax.ensemble import MachEnsemble, member_seeds, step_spec
+from mach_jax.ensemble import MachEnsemble, check_top_k, member_seeds, step_spec
 from mach_jax.monitoring import LossLog, StopOnSignals, TrainingInterrupted
 from mach_jax.synthetic import make_synthetic
 from mach_jax.xc_format import read_xc
@@ -140,8 +140,12 @@ def train(config: Config, workdir: str | Path, train_data: XCDataset,
     """
     config.validate()
     workdir = wd.group_dir(Path(workdir), config.parallel.rep_range)
+    if train_data.num_points == 0:
+        raise DataFormatError(train_data.source, 1, "the header declares 0 points: nothing to train on")
+    check_top_k(config, train_data.num_labels)
+    counts = label_counts(train_data)  # before any --max-labels cut: PSP@k uses the true counts
     train_data, info = prepare_train_data(config, train_data)
-    wd.write_run(workdir, config, info, label_counts(train_data))
+    wd.write_run(workdir, config, info, counts)
     if config.model.num_buckets >= info.num_labels:
         log.warning("B=%d buckets >= L=%d labels: hashing compresses nothing; use B < L",
                     config.model.num_buckets, info.num_labels)
@@ -176,10 +180,10 @@ def train(config: Config, workdir: str | Path, train_data: XCDataset,
                     wd.save_state(manager, step, state)
                 if stop.signum:
                     raise TrainingInterrupted(stop.signum, step, workdir)
-        loss_log.flush(step // max(steps_per_epoch, 1))
     finally:
         bar.close()
         manager.wait_until_finished()  # an async save in flight completes before we leave
+        manager.close()
     return state["params"], info
 
 
@@ -213,6 +217,8 @@ def train_and_evaluate(config: Config, workdir: str | Path, progress: bool = Tru
     """
     config.validate()
     train_data, test_data = load_datasets(config.data)
+    if test_data.num_points == 0:
+        raise DataFormatError(test_data.source, 1, "the header declares 0 points: nothing to evaluate")
     start = time.perf_counter()
     params, info = train(config, workdir, train_data, progress)
     train_seconds = time.perf_counter() - start

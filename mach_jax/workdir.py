@@ -1,8 +1,8 @@
 """A training workdir: ``config.json``, ``label_counts.npy``, ``checkpoints/`` and ``metrics.json``.
 
 ``config.json`` holds the config tree and what the data fixed (D, L, the batch geometry, the
-training-set size), so that evaluation and prediction need nothing but the workdir: the hash
-tables are rebuilt from ``(label_hash_seed, R, B, L)``. Checkpoints are written by Orbax's
+training-set size), so that evaluation and prediction need nothing but the workdir: the hashes
+are recomputed from the seeds in the config. Checkpoints are written by Orbax's
 CheckpointManager, atomically (a step folder appears only once it is complete).
 """
 
@@ -66,6 +66,9 @@ def write_run(workdir: Path, config: Config, info: RunInfo, label_counts: np.nda
     if path.exists():
         saved_config, saved_info = read_run(workdir)
         _check_resumable(workdir, saved_config, saved_info, config, info)
+        if not np.array_equal(read_label_counts(workdir), label_counts):
+            raise WorkdirError(f"{workdir} was trained on other data (its label counts differ from "
+                               "this run's training file); use another --workdir")
     elif jax.process_index() == 0:
         workdir.mkdir(parents=True, exist_ok=True)
         np.save(workdir / LABEL_COUNTS_FILE, label_counts.astype(np.int64), allow_pickle=False)
@@ -110,7 +113,9 @@ def find_groups(workdirs: list[Path]) -> tuple[Config, RunInfo, list[Group]]:
     first_folder, first_config, first_info = runs[0]
     groups, owner = [], {}
     for folder, config, info in runs:
-        difference = _first_difference(first_config, config, frozenset({"parallel.rep_range"}))
+        # Unlike a resumed run, groups must also agree on the epochs they were trained for.
+        difference = _first_difference(first_config, config, frozenset({"parallel.rep_range"}),
+                                       check={"train.epochs"})
         if difference:
             key, first_value, value = difference
             raise WorkdirError(f"inconsistent groups: {folder} has {key}={value!r} but {first_folder} "
@@ -170,9 +175,14 @@ def write_metrics(workdir: Path, metrics: dict[str, Any]) -> Path:
     return path
 
 
-def checkpoint_manager(workdir: Path, keep: int = 2) -> ocp.CheckpointManager:
-    """Orbax manager of ``workdir/checkpoints``; leftovers of an interrupted save are removed."""
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, cleanup_tmp_directories=True)
+def checkpoint_manager(workdir: Path, keep: int = 2, read_only: bool = False) -> ocp.CheckpointManager:
+    """Orbax manager of ``workdir/checkpoints``.
+
+    A training manager removes the leftovers of an interrupted save; a ``read_only`` one (for
+    evaluation) touches nothing, so it is safe while another process still trains there.
+    """
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=not read_only,
+                                           cleanup_tmp_directories=not read_only, read_only=read_only)
     return ocp.CheckpointManager(Path(workdir).absolute() / CHECKPOINT_DIR, options=options)
 
 
@@ -227,11 +237,16 @@ def _same_data(a: RunInfo, b: RunInfo) -> bool:
     return dataclasses.replace(a, train_source=b.train_source) == b
 
 
-def _first_difference(saved: Config, config: Config, ignore: frozenset[str] = frozenset()):
-    """The first (field, saved value, new value) that a resumed run or a group may not change."""
+def _first_difference(saved: Config, config: Config, ignore: frozenset[str] = frozenset(),
+                      check: set[str] = frozenset()):
+    """The first (field, saved value, new value) that a resumed run or a group may not change.
+
+    Eval fields, the fields a resumed run may change and ``ignore`` are skipped, unless in ``check``.
+    """
     saved_flat, new_flat = _flatten(saved.to_dict()), _flatten(config.to_dict())
     for key in sorted(saved_flat):
-        if key.startswith("eval.") or key in _RESUMABLE_FIELDS or key in ignore:
+        skipped = key.startswith("eval.") or key in _RESUMABLE_FIELDS or key in ignore
+        if skipped and key not in check:
             continue
         if saved_flat[key] != new_flat.get(key):
             return key, saved_flat[key], new_flat.get(key)

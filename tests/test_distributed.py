@@ -66,28 +66,40 @@ def reference(tmp_path_factory):
 
 
 HLO_SCRIPT = textwrap.dedent("""
-    import sys
+    import json, sys
+    import numpy as np
     from mach_jax import get_preset, input_pipeline, trainer
     from mach_jax.synthetic import make_synthetic
-    config = get_preset("tiny").replace(model={"num_repetitions": 8},
-                                        parallel={"data_devices": int(sys.argv[1])})
+    config = get_preset("tiny").replace(model={"num_repetitions": 8}).replace(**json.loads(sys.argv[1]))
     data, info = trainer.prepare_train_data(config, make_synthetic(config.data.synthetic)[0])
     program = trainer.build_program(config, info)
     shape = input_pipeline.BatchShape(config.train.batch_size, info.max_nnz, info.max_labels)
-    batch = input_pipeline.make_batch(data, __import__("numpy").arange(64), shape)
-    print(dict(program.mesh.shape))
+    batch = input_pipeline.make_batch(data, np.arange(64), shape)
+    print(dict(program.mesh.shape), "lazy" if program.spec.lazy_embedding else "dense")
     print(program.train_step.lower(program.abstract_state, batch, program.seeds).compile().as_text())
 """)
 
+# The dense matmul bag with dense Adam; the gathering bag with lazy Adam; and hashed inputs.
+STEP_VARIANTS = {
+    "dense": {},
+    "sparse-lazy": {"model": {"input_layer": "sparse"}, "train": {"embedding_update": "lazy"}},
+    "hashed-sparse-lazy": {"model": {"input_layer": "sparse", "feat_hash_dim": 128},
+                           "train": {"embedding_update": "lazy"}},
+}
 
-def test_train_step_on_8_devices_has_no_collectives(tmp_path):
-    hlo = run(["-c", HLO_SCRIPT, "1"], tmp_path, devices=8).stdout
+
+@pytest.mark.parametrize("variant", sorted(STEP_VARIANTS))
+def test_train_step_on_8_devices_has_no_collectives(tmp_path, variant):
+    hlo = run(["-c", HLO_SCRIPT, json.dumps(STEP_VARIANTS[variant])], tmp_path, devices=8).stdout
     assert "{'reps': 8, 'data': 1}" in hlo
+    assert ("lazy" if "lazy" in variant else "dense") in hlo.splitlines()[0]
     found = [op for op in COLLECTIVES if op in hlo]
     assert not found, f"collectives in the train step: {found}"
-    # The same check sees the gradient all-reduce once the batch is split over a data axis.
-    data_parallel = run(["-c", HLO_SCRIPT, "2"], tmp_path, devices=8).stdout
-    assert "{'reps': 4, 'data': 2}" in data_parallel and "all-reduce" in data_parallel
+
+
+def test_the_collective_check_sees_data_parallel_gradients(tmp_path):
+    hlo = run(["-c", HLO_SCRIPT, json.dumps({"parallel": {"data_devices": 2}})], tmp_path, devices=8).stdout
+    assert "{'reps': 4, 'data': 2}" in hlo and "all-reduce" in hlo
 
 
 def test_sharded_and_unsharded_training_agree(tmp_path, reference):
@@ -141,6 +153,9 @@ def test_groups_in_separate_workdirs_merge_and_inconsistent_groups_are_refused(t
     train(tmp_path, tmp_path / "c", "--reps", "2:4", "-B", "16")
     with pytest.raises(WorkdirError, match="has model.num_buckets=16 but .* has 32"):
         MachEnsemble.load(tmp_path / "a", tmp_path / "c")
+    train(tmp_path, tmp_path / "e", "--reps", "2:4", "--epochs", "1")
+    with pytest.raises(WorkdirError, match="has train.epochs=1 but .* has 2"):
+        MachEnsemble.load(tmp_path / "a", tmp_path / "e")
 
 
 def free_port():

@@ -177,3 +177,28 @@ def test_no_pickle_on_any_load_path(tmp_path, monkeypatch):
     for name in ("load", "loads", "Unpickler"):
         monkeypatch.setattr(pickle, name, refuse)
     MachEnsemble.load(tmp_path).evaluate(test, progress=False)
+
+
+def test_empty_data_and_too_few_labels_are_refused_before_training(tmp_path):
+    from mach_jax.config import ConfigError
+    from mach_jax.dataset import from_rows
+
+    config = get_preset("tiny")
+    empty = from_rows([], [], 400, 300, source="empty.txt")
+    with pytest.raises(DataFormatError, match="empty.txt:1: the header declares 0 points"):
+        trainer.train(config, tmp_path / "a", empty, progress=False)
+    few = from_rows([{0: 1.0}, {1: 1.0}], [[0], [1]], 400, 3, source="few.txt")
+    with pytest.raises(ConfigError, match="eval.top_k=5: the data has only L=3 labels"):
+        trainer.train(config, tmp_path / "b", few, progress=False)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_resuming_on_other_data_of_the_same_shape_is_refused(tmp_path):
+    config = get_preset("tiny")
+    train, _ = make_synthetic(config.data.synthetic)
+    trainer.train(config.replace(train={"epochs": 1}), tmp_path, train, progress=False)
+    labels = train.labels  # other labels, same shape: every row's width, N, D and L unchanged
+    shifted = CsrMatrix(labels.indptr, (labels.indices + 1) % labels.num_cols, labels.values, labels.num_cols)
+    other = XCDataset(train.features, shifted, "other.txt")
+    with pytest.raises(WorkdirError, match="trained on other data"):
+        trainer.train(config, tmp_path, other, progress=False)
