@@ -181,8 +181,9 @@ def checkpoint_manager(workdir: Path, keep: int = 2, read_only: bool = False) ->
     A training manager removes the leftovers of an interrupted save; a ``read_only`` one (for
     evaluation) touches nothing, so it is safe while another process still trains there.
     """
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=not read_only,
-                                           cleanup_tmp_directories=not read_only, read_only=read_only)
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=None if read_only else keep, save_interval_steps=0 if read_only else 1,
+        create=not read_only, cleanup_tmp_directories=not read_only, read_only=read_only)
     return ocp.CheckpointManager(Path(workdir).absolute() / CHECKPOINT_DIR, options=options)
 
 

@@ -1,0 +1,68 @@
+"""Export a trained ensemble plus its decoder as one serialized StableHLO function (jax.export).
+
+The file runs with nothing but JAX installed: parameters and hash seeds are baked in, and the
+input is a fixed-shape batch (pad the last one):
+
+    predict = load_exported("model.stablehlo")
+    scores, ids = predict(feat_ids, feat_vals)   # int32 [N, K], float32 [N, K] -> [N, k] each
+
+A JSON file beside it records N, K, k, D and L.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+from pathlib import Path
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mach_jax import steps
+from mach_jax.ensemble import MachEnsemble
+
+
+def export_ensemble(ensemble: MachEnsemble, path: str | Path, batch_size: int, max_nnz: int,
+                    k: int = 5) -> Path:
+    """Serializes ``predict(feat_ids [N, K], feat_vals [N, K]) -> (scores, ids) [N, k]``.
+
+    Args:
+      ensemble: a loaded ensemble (its eval settings: aggregation, r <= R members).
+      path: the file to write; ``path`` + ".json" gets the input spec.
+      batch_size: N of the exported function.
+      max_nnz: K, feature slots per point (rows are padded with value 0).
+      k: classes returned per point.
+
+    Returns:
+      The written path.
+    """
+    params, seeds = jax.device_get((ensemble.params, ensemble.seeds))  # constants, one device
+    read_out = dict(ensemble._read_out)
+    read_out["spec"] = dataclasses.replace(read_out["spec"], rep_shards=1)
+
+    def predict(feat_ids, feat_vals):
+        batch = {"feat_ids": feat_ids, "feat_vals": feat_vals}
+        return steps.predict_step(params, batch, seeds, k=k, **read_out)
+
+    exported = jax.export.export(jax.jit(predict))(
+        jax.ShapeDtypeStruct((batch_size, max_nnz), jnp.int32),
+        jax.ShapeDtypeStruct((batch_size, max_nnz), jnp.float32))
+    path = Path(path)
+    path.write_bytes(exported.serialize())
+    spec = {"batch_size": batch_size, "max_nnz": max_nnz, "k": k,
+            "num_features": ensemble.info.num_features, "num_labels": ensemble.info.num_labels}
+    Path(f"{path}.json").write_text(json.dumps(spec, indent=2) + "\n")
+    return path
+
+
+def load_exported(path: str | Path) -> Callable:
+    """The exported function: ``(feat_ids, feat_vals) -> (scores, ids)``, fixed shapes."""
+    exported = jax.export.deserialize(bytearray(Path(path).read_bytes()))
+    return functools.partial(_call, exported)
+
+
+def _call(exported, feat_ids: np.ndarray, feat_vals: np.ndarray):
+    return exported.call(jnp.asarray(feat_ids, jnp.int32), jnp.asarray(feat_vals, jnp.float32))

@@ -1,0 +1,75 @@
+"""Streaming reader of the XC text format: a file of any size in chunks of rows.
+
+``iter_xc_chunks`` validates exactly like ``xc_format.parse_xc_bytes`` (it parses each chunk
+with it) and reports errors with the line number in the whole file; memory is bounded by the
+chunk size, not the file size.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import zlib
+from typing import Iterator
+
+from mach_jax.dataset import DataFormatError, XCDataset
+from mach_jax.xc_format import parse_xc_bytes
+
+
+def _parse_header(line: bytes, path: str) -> tuple[int, int, int]:
+    text = line.rstrip(b"\r\n")
+    fields = text.split() if not text.translate(None, b"0123456789 \t") else []  # as xc_format
+    if len(fields) != 3 or not all(field.isdigit() for field in fields):
+        raise DataFormatError(path, 1, "header must be three non-negative integers 'num_points "
+                              f"num_features num_labels', got {line[:60]!r}")
+    num_points, num_features, num_labels = map(int, fields)
+    return num_points, num_features, num_labels
+
+
+def iter_xc_chunks(path: str | os.PathLike, rows_per_chunk: int = 65_536) -> Iterator[XCDataset]:
+    """Yields the file's points in order, ``rows_per_chunk`` at a time.
+
+    Args:
+      path: an XC file, plain or gzip.
+      rows_per_chunk: points per chunk (the last one may be shorter).
+
+    Yields:
+      XCDatasets with features [<= rows_per_chunk, D] and labels [<= rows_per_chunk, L].
+
+    Raises:
+      DataFormatError: naming the file and the line in the whole file.
+    """
+    path = os.fspath(path)
+    try:
+        with open(path, "rb") as probe:
+            magic = probe.read(2)
+        handle = gzip.open(path, "rb") if magic == b"\x1f\x8b" else open(path, "rb")
+    except OSError as error:
+        raise DataFormatError(path, None, f"cannot read file ({error.strerror or error})") from None
+    with handle:
+        try:
+            header = handle.readline()
+            if not header.strip():
+                raise DataFormatError(path, None, "file is empty")
+            num_points, num_features, num_labels = _parse_header(header, path)
+            rows_done = 0
+            while True:
+                lines = [line for _, line in zip(range(rows_per_chunk), handle)]
+                if not lines:
+                    break
+                chunk_header = f"{len(lines)} {num_features} {num_labels}\n".encode()
+                try:
+                    chunk = parse_xc_bytes(chunk_header + b"".join(lines), path)
+                except DataFormatError as error:
+                    line = None if error.line is None else error.line - 1 + rows_done + 1
+                    raise DataFormatError(path, line, error.problem) from None
+                rows_done += len(lines)
+                if rows_done > num_points:
+                    raise DataFormatError(path, num_points + 2, f"header declares {num_points} points "
+                                          "but the file has more lines")
+                yield chunk
+        except (EOFError, zlib.error, gzip.BadGzipFile) as error:
+            raise DataFormatError(path, None, f"corrupt or truncated gzip data ({error})") from None
+    if rows_done != num_points:
+        raise DataFormatError(path, 1, f"header declares {num_points} points but the file has "
+                              f"{rows_done} data lines")

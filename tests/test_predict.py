@@ -1,0 +1,90 @@
+"""Streaming prediction through the real command, and the exported StableHLO predictor."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from mach_jax import MachEnsemble, get_preset, trainer
+from mach_jax.dataset import DataFormatError
+from mach_jax.input_pipeline import pad_rows
+from mach_jax.synthetic import make_synthetic
+from mach_jax.xc_format import read_xc, write_xc
+from mach_jax.xc_stream import iter_xc_chunks
+
+TINY = get_preset("tiny")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("predict")
+    train, test = make_synthetic(TINY.data.synthetic)
+    trainer.train(TINY, root / "work", train, progress=False)
+    write_xc(root / "test.txt.gz", test)
+    return root, test
+
+
+def test_chunks_concatenate_to_the_whole_file(trained):
+    root, test = trained
+    chunks = list(iter_xc_chunks(root / "test.txt.gz", rows_per_chunk=7))
+    assert [c.num_points for c in chunks] == [7] * 28 + [4]
+    whole = read_xc(root / "test.txt.gz", use_cache=False)
+    rows = [chunk.features.to_dense() for chunk in chunks]
+    np.testing.assert_array_equal(np.concatenate(rows), whole.features.to_dense())
+    np.testing.assert_array_equal(np.concatenate([c.labels.to_dense() for c in chunks]),
+                                  whole.labels.to_dense())
+
+
+def test_stream_errors_name_the_line_in_the_whole_file(tmp_path):
+    lines = ["30 5 4"] + [f"{i % 4} {i % 5}:1" for i in range(30)]
+    lines[22] = "1 7:1"  # data row 21 (line 23): feature id 7 >= D = 5
+    (tmp_path / "bad.txt").write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataFormatError) as whole:
+        read_xc(tmp_path / "bad.txt", use_cache=False)
+    with pytest.raises(DataFormatError) as streamed:
+        list(iter_xc_chunks(tmp_path / "bad.txt", rows_per_chunk=4))
+    assert streamed.value.line == whole.value.line == 23
+    good = ["30 5 4"] + [f"{i % 4} {i % 5}:1" for i in range(30)]
+    (tmp_path / "short.txt").write_text("\n".join(["31 5 4"] + good[1:]) + "\n")
+    with pytest.raises(DataFormatError, match="header declares 31 points but the file has 30"):
+        list(iter_xc_chunks(tmp_path / "short.txt", rows_per_chunk=8))
+
+
+def test_predict_command_streams_the_same_top_k(trained):
+    root, test = trained
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    subprocess.run([sys.executable, "-m", "mach_jax.predict", "--workdir", "work", "--input", "test.txt.gz",
+                    "--k", "3", "--chunk-rows", "64", "--output", "out.txt"], cwd=root, env=env, check=True,
+                   capture_output=True)
+    lines = (root / "out.txt").read_text().splitlines()
+    assert len(lines) == test.num_points
+    pairs = [[item.split(":") for item in line.split()] for line in lines]
+    ids = np.array([[int(i) for i, _ in row] for row in pairs])
+    scores = np.array([[float(s) for _, s in row] for row in pairs])
+    expected_scores, expected_ids = MachEnsemble.load(root / "work").predict(test.features, k=3)
+    np.testing.assert_array_equal(ids, expected_ids)
+    np.testing.assert_allclose(scores, expected_scores, rtol=1e-5)
+
+
+def test_exported_predictor_runs_without_mach_jax_and_matches(trained):
+    from mach_jax.export import export_ensemble
+
+    root, test = trained
+    ensemble = MachEnsemble.load(root / "work")
+    path = export_ensemble(ensemble, root / "model.stablehlo", batch_size=32, max_nnz=64, k=5)
+    feat_ids, feat_vals = pad_rows(test.features, np.arange(32), 64)
+    np.save(root / "ids.npy", feat_ids)
+    np.save(root / "vals.npy", feat_vals)
+    script = ("import sys, numpy as np, jax, jax.numpy as jnp\n"
+              "exported = jax.export.deserialize(bytearray(open('model.stablehlo', 'rb').read()))\n"
+              "scores, ids = exported.call(jnp.asarray(np.load('ids.npy')), jnp.asarray(np.load('vals.npy')))\n"
+              "assert 'mach_jax' not in sys.modules\n"
+              "np.save('exported_ids.npy', np.asarray(ids)); np.save('exported_scores.npy', np.asarray(scores))\n")
+    subprocess.run([sys.executable, "-c", script], cwd=root, check=True, capture_output=True,
+                   env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    expected_scores, expected_ids = ensemble.predict(test.features[:32], k=5)
+    np.testing.assert_array_equal(np.load(root / "exported_ids.npy"), expected_ids)
+    np.testing.assert_allclose(np.load(root / "exported_scores.npy"), expected_scores, rtol=1e-5)
+    assert path.exists() and (root / "model.stablehlo.json").exists()
