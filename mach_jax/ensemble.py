@@ -60,6 +60,9 @@ class MachEnsemble:
       params: stacked parameters, leaves [R, ...] (device or host arrays).
       label_counts: int [L] training label counts, for PSP@k.
       rep_ids: the repetition id of each member (default 0..R-1).
+
+    Attributes:
+      read_out: the static settings of ``steps.predict_step`` (spec, aggregation, L, chunk size).
     """
 
     def __init__(self, config: Config, info: wd.RunInfo, params: model.Params,
@@ -81,7 +84,7 @@ class MachEnsemble:
         self.inv_propensity = mesh_lib.put(metrics.inverse_propensity(
             label_counts, info.num_train_points, config.eval.propensity_a, config.eval.propensity_b),
             mesh_lib.replicated(self.mesh))
-        self._read_out = read_out = dict(
+        self.read_out = read_out = dict(
             spec=step_spec(config, info, self.mesh), aggregation=config.eval.aggregation,
             num_labels=info.num_labels, chunk_size=config.eval.class_chunk_size)
         # Jitted once per ensemble: each batch shape (and k) compiles once, then is reused. Each

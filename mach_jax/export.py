@@ -40,7 +40,7 @@ def export_ensemble(ensemble: MachEnsemble, path: str | Path, batch_size: int, m
       The written path.
     """
     params, seeds = jax.device_get((ensemble.params, ensemble.seeds))  # constants, one device
-    read_out = dict(ensemble._read_out)
+    read_out = dict(ensemble.read_out)
     read_out["spec"] = dataclasses.replace(read_out["spec"], rep_shards=1)
 
     def predict(feat_ids, feat_vals):

@@ -96,7 +96,7 @@ def test_feature_hashing_uses_per_member_seeds(tmp_path, data):
     assert jax.tree.leaves(params["embedding"])[0].shape == (4, 64, 32)  # [R, feat_hash_dim, H]
     ensemble = MachEnsemble(config, info, params, trainer.label_counts(train))
     batch = {"feat_ids": np.arange(400, dtype=np.int32)[None, :]}
-    slots = np.asarray(steps.member_feature_ids(batch, ensemble.seeds, ensemble._read_out["spec"]))
+    slots = np.asarray(steps.member_feature_ids(batch, ensemble.seeds, ensemble.read_out["spec"]))
     seed = config.model.feature_hash_seed
     for r in range(4):
         expected = [mmh3.hash(f.to_bytes(4, "little"), seed + r, signed=False) % 64 for f in range(400)]
