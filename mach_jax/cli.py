@@ -105,8 +105,8 @@ def flag_of(field: str) -> str | None:
     return f"--{flags[field]}" if field in flags else None
 
 
-def config_from_args(args: argparse.Namespace) -> Config:
-    """The preset, with every flag the user gave written over it."""
+def flag_overrides(args: argparse.Namespace) -> dict[str, dict]:
+    """The config flags the user gave, as ``{section: {field: value}}`` (nested for sub-sections)."""
     overrides: dict[str, dict] = {}
     for key, value in vars(args).items():
         if "." not in key or value is None:
@@ -116,7 +116,12 @@ def config_from_args(args: argparse.Namespace) -> Config:
         for part in rest[:-1]:
             node = node.setdefault(part, {})
         node[rest[-1]] = value
-    return get_preset(getattr(args, "preset", "default")).replace(**overrides)
+    return overrides
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    """The preset, with every flag the user gave written over it."""
+    return get_preset(getattr(args, "preset", "default")).replace(**flag_overrides(args))
 
 
 def run_cli(main: Callable[[], int]) -> None:

@@ -31,9 +31,7 @@ def do_evaluate(args: argparse.Namespace) -> int:
     from mach_jax.ensemble import MachEnsemble
     from mach_jax.xc_format import read_xc
 
-    overrides = {key.split(".", 1)[1]: value for key, value in vars(args).items()
-                 if key.startswith("eval.") and value is not None}
-    ensemble = MachEnsemble.load(*args.workdir, **overrides)
+    ensemble = MachEnsemble.load(*args.workdir, **cli.flag_overrides(args).get("eval", {}))
     data_config = ensemble.config.data
     if args.test:
         test = read_xc(args.test, cache_dir=data_config.cache_dir)

@@ -40,9 +40,7 @@ def do_predict(args: argparse.Namespace) -> int:
     from mach_jax.ensemble import MachEnsemble
     from mach_jax.xc_stream import iter_xc_chunks
 
-    overrides = {key.split(".", 1)[1]: value for key, value in vars(args).items()
-                 if key.startswith("eval.") and value is not None}
-    ensemble = MachEnsemble.load(*args.workdir, **overrides)
+    ensemble = MachEnsemble.load(*args.workdir, **cli.flag_overrides(args).get("eval", {}))
     if args.export:
         from mach_jax.export import export_ensemble
 

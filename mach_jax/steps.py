@@ -58,10 +58,14 @@ def create_state(params: model.Params, spec: StepSpec) -> State:
     if not spec.lazy_embedding:
         return {"step": jnp.zeros((), jnp.int32), "params": params,
                 "opt_state": spec.optimizer.init(params)}
-    rest = {name: value for name, value in params.items() if name != "embedding"}
     zeros = jnp.zeros_like(params["embedding"])
     return {"step": jnp.zeros((), jnp.int32), "params": params,
-            "opt_state": {"rest": spec.optimizer.init(rest), "embedding_mu": zeros, "embedding_nu": zeros}}
+            "opt_state": {"rest": spec.optimizer.init(_without_embedding(params)), "embedding_mu": zeros, "embedding_nu": zeros}}
+
+
+def _without_embedding(tree: dict[str, Any]) -> dict[str, Any]:
+    """The parameters (or gradients) that dense Adam updates when the embedding is lazy."""
+    return {name: value for name, value in tree.items() if name != "embedding"}
 
 
 def member_feature_ids(batch: Batch, seeds: Seeds, spec: StepSpec) -> jax.Array:
@@ -113,9 +117,8 @@ def train_step(state: State, batch: Batch, seeds: Seeds, *, spec: StepSpec) -> t
         rows = jnp.broadcast_to(rows, (table.shape[0],) + rows.shape)
     local = dict(params, embedding=jax.vmap(sparse_update.gather_rows)(table, rows))
     grads, member_loss = jax.grad(_member_losses, has_aux=True)(local, local_ids, batch, buckets, spec)
-    rest_grads = {name: value for name, value in grads.items() if name != "embedding"}
-    rest = {name: value for name, value in params.items() if name != "embedding"}
-    updates, rest_state = spec.optimizer.update(rest_grads, state["opt_state"]["rest"], rest)
+    rest = _without_embedding(params)
+    updates, rest_state = spec.optimizer.update(_without_embedding(grads), state["opt_state"]["rest"], rest)
     opt = state["opt_state"]
     table, mu, nu = jax.vmap(sparse_update.lazy_adam, in_axes=(0, 0, 0, 0, 0, None, None))(
         table, opt["embedding_mu"], opt["embedding_nu"], rows, grads["embedding"], step,

@@ -165,7 +165,8 @@ def train(config: Config, workdir: str | Path, train_data: XCDataset,
     bar = tqdm(total=total_steps, initial=step, disable=not progress, desc="train", unit="step")
     loss_log = LossLog(train_log_file(workdir), program.rep_ids, shape.batch_size, bar)
     try:
-        batches = _batches_from(train_data, shape, config.train.seed, step, config.train.epochs)
+        batches = _batches_from(train_data, shape, config.train.seed, step, steps_per_epoch,
+                                config.train.epochs)
         place = functools.partial(_place, sharding=program.batch_sharding)
         with StopOnSignals() as stop, input_pipeline.Prefetcher(batches, place) as prefetched:
             for epoch, batch in prefetched:
@@ -193,9 +194,8 @@ def _place(item: tuple[int, input_pipeline.Batch], sharding) -> tuple[int, dict[
 
 
 def _batches_from(data: XCDataset, shape: input_pipeline.BatchShape, seed: int, start_step: int,
-                  epochs: int):
+                  steps_per_epoch: int, epochs: int):
     """Yields ``(epoch, batch)`` from global step ``start_step`` to the end of the last epoch."""
-    steps_per_epoch = input_pipeline.num_batches(data.num_points, shape.batch_size)
     for epoch in range(start_step // steps_per_epoch, epochs):
         skip = start_step - epoch * steps_per_epoch if epoch == start_step // steps_per_epoch else 0
         for batch in input_pipeline.train_batches(data, shape, seed, epoch, start_batch=skip):

@@ -144,13 +144,21 @@ def matmul_flops_per_s(preset: BenchPreset) -> float:
 
 
 def staged_program(config: Config, train, num_batches: int = 4):
-    """The trainer's program for a config, a fresh state and a few batches already on device."""
+    """The trainer's program for a config, a fresh state and a few batches already on device.
+
+    Returns:
+      ``(program, state, batches, info, host_batches)``; ``host_batches(epoch, count)`` yields
+      that many host batches of the epoch.
+    """
     data, info = trainer.prepare_train_data(config, train)
     program = trainer.build_program(config, info)
     shape = input_pipeline.BatchShape(config.train.batch_size, info.max_nnz, info.max_labels)
-    batches = [mesh_lib.put(batch, program.batch_sharding) for batch, _ in
-               zip(input_pipeline.train_batches(data, shape, seed=0, epoch=0), range(num_batches))]
-    return program, program.create_state(), batches, info
+
+    def host_batches(epoch: int, count: int):
+        return (batch for batch, _ in zip(input_pipeline.train_batches(data, shape, 0, epoch), range(count)))
+
+    batches = [mesh_lib.put(batch, program.batch_sharding) for batch in host_batches(0, num_batches)]
+    return program, program.create_state(), batches, info, host_batches
 
 
 def time_steps(program, state, batches, steps: int):
@@ -169,7 +177,7 @@ def bench_train(preset: BenchPreset, train, steps: int) -> dict[str, float]:
     roofline = matmul_flops_per_s(preset)
     for update in ("dense", "lazy"):
         config = make_config(preset, update)
-        program, state, batches, info = staged_program(config, train)
+        program, state, batches, info, _ = staged_program(config, train)
         start = time.perf_counter()
         compiled = program.train_step.lower(state, batches[0], program.seeds).compile()
         compile_s = time.perf_counter() - start
@@ -189,32 +197,20 @@ def bench_train(preset: BenchPreset, train, steps: int) -> dict[str, float]:
 
 
 def bench_pipeline(preset: BenchPreset, train, steps: int) -> None:
-    config = make_config(preset, "auto")
-    data, info = trainer.prepare_train_data(config, train)
-    program = trainer.build_program(config, info)
-    state = program.create_state()
-    shape = input_pipeline.BatchShape(config.train.batch_size, info.max_nnz, info.max_labels)
-    host = list(zip(input_pipeline.train_batches(data, shape, seed=0, epoch=0), range(steps)))
+    program, state, staged, _, host_batches = staged_program(make_config(preset, "auto"), train, steps)
     start = time.perf_counter()
-    for batch, _ in host:
+    for batch in host_batches(0, steps):
         jax.block_until_ready(mesh_lib.put(batch, program.batch_sharding))
-    host_ms = 1e3 * (time.perf_counter() - start) / len(host)
-    staged = [mesh_lib.put(batch, program.batch_sharding) for batch, _ in host]
-    state, metrics = program.train_step(state, staged[0], program.seeds)  # compile
-    jax.block_until_ready(metrics)
-    start = time.perf_counter()
-    for batch in staged:
-        state, metrics = program.train_step(state, batch, program.seeds)
-    jax.block_until_ready((state, metrics))
-    compute_ms = 1e3 * (time.perf_counter() - start) / len(staged)
-    fresh = input_pipeline.train_batches(data, shape, seed=0, epoch=1)
+    host_ms = 1e3 * (time.perf_counter() - start) / steps
+    compute_s, state = time_steps(program, state, staged, steps)
     place = functools.partial(mesh_lib.put, sharding=program.batch_sharding)
     start = time.perf_counter()
-    with input_pipeline.Prefetcher((b for b, _ in zip(fresh, range(steps))), place) as prefetched:
+    with input_pipeline.Prefetcher(host_batches(1, steps), place) as prefetched:
         for batch in prefetched:
             state, metrics = program.train_step(state, batch, program.seeds)
     jax.block_until_ready((state, metrics))
     fed_ms = 1e3 * (time.perf_counter() - start) / steps
+    compute_ms = 1e3 * compute_s
     emit({"bench": "pipeline", "embedding_update": "lazy" if program.spec.lazy_embedding else "dense",
           "host_input_ms_per_batch": round(host_ms, 2), "device_compute_ms": round(compute_ms, 2),
           "prefetched_step_ms": round(fed_ms, 2), "prefetched_over_compute": round(fed_ms / compute_ms, 3)})
@@ -263,7 +259,7 @@ def bench_steps(preset_name: str, steps: int) -> None:
     from mach_jax import get_preset
 
     config = get_preset(preset_name)
-    program, state, batches, _ = staged_program(config, make_synthetic(config.data.synthetic)[0])
+    program, state, batches, _, _ = staged_program(config, make_synthetic(config.data.synthetic)[0])
     seconds, _ = time_steps(program, state, batches, steps)
     emit({"bench": "steps", "config_preset": preset_name, "R": config.model.num_repetitions,
           "mesh": dict(program.mesh.shape), "step_ms": round(1e3 * seconds, 2),
