@@ -13,8 +13,8 @@ import logging
 import sys
 from typing import Any, Callable
 
-from mach_jax.config import (AGGREGATIONS, EMBEDDING_UPDATES, INPUT_LAYERS, LOSSES, OVERFLOW_POLICIES,
-                             PRESETS, Config, ConfigError, get_preset)
+from mach_jax.config import (AGGREGATIONS, DECODERS, EMBEDDING_UPDATES, INPUT_LAYERS, LOSSES,
+                             OVERFLOW_POLICIES, PRESETS, Config, ConfigError, get_preset)
 
 _ALIASES = {
     "data.train_path": ["--train"],
@@ -33,6 +33,7 @@ _CHOICES = {
     "train.loss": LOSSES,
     "train.embedding_update": EMBEDDING_UPDATES,
     "eval.aggregation": AGGREGATIONS,
+    "eval.decoder": DECODERS,
 }
 
 

@@ -15,6 +15,7 @@ FORMAT_VERSION = 1
 
 LOSSES = ("softmax", "sigmoid")
 AGGREGATIONS = ("prob", "logit")
+DECODERS = ("exact", "approx")
 OVERFLOW_POLICIES = ("truncate", "error")
 INPUT_LAYERS = ("auto", "sparse", "dense")
 EMBEDDING_UPDATES = ("auto", "lazy", "dense")
@@ -156,7 +157,13 @@ class TrainConfig:
 
 @dataclasses.dataclass(frozen=True)
 class EvalConfig:
-    """Count-min read-out and metrics. ``eval_repetitions``: use the first r <= R members (None: all)."""
+    """Count-min read-out and metrics. ``eval_repetitions``: use the first r <= R members (None: all).
+
+    ``decoder``: "exact" scores all L classes; "approx" only the classes in each member's
+    ``top_buckets`` best buckets, keeping those in at least ``min_votes`` members' top buckets
+    (relaxed to reach k) and at most ``bucket_cap`` classes per bucket (None: all); see
+    ``mach_jax.approx_decode``.
+    """
 
     aggregation: str = "prob"
     eval_repetitions: int | None = None
@@ -165,6 +172,10 @@ class EvalConfig:
     top_k: int = 5
     propensity_a: float = 0.55
     propensity_b: float = 1.5
+    decoder: str = "exact"
+    top_buckets: int = 4
+    min_votes: int = 1
+    bucket_cap: int | None = None
 
     def validate(self, num_repetitions: int | None = None) -> None:
         _require(self.aggregation in AGGREGATIONS, "eval.aggregation", self.aggregation,
@@ -177,6 +188,11 @@ class EvalConfig:
         _require(self.eval_batch_size >= 1, "eval.eval_batch_size", self.eval_batch_size, "must be >= 1")
         _require(self.class_chunk_size >= 1, "eval.class_chunk_size", self.class_chunk_size, "must be >= 1")
         _require(self.top_k >= 5, "eval.top_k", self.top_k, "must be >= 5 (P@5 is always reported)")
+        _require(self.decoder in DECODERS, "eval.decoder", self.decoder, f"must be one of {DECODERS}")
+        _require(self.top_buckets >= 1, "eval.top_buckets", self.top_buckets, "must be >= 1")
+        _require(self.min_votes >= 1, "eval.min_votes", self.min_votes, "must be >= 1")
+        _require(self.bucket_cap is None or self.bucket_cap >= 1, "eval.bucket_cap", self.bucket_cap,
+                 "must be >= 1 or None (no cap)")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -17,7 +17,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from tqdm.auto import tqdm
 
-from mach_jax import hashing, input_pipeline, mesh as mesh_lib, metrics, model, steps, workdir as wd
+from mach_jax import approx_decode, hashing, input_pipeline, mesh as mesh_lib, metrics, model, steps, workdir as wd
 from mach_jax.config import Config, ConfigError
 from mach_jax.dataset import CsrMatrix, DataFormatError, XCDataset
 
@@ -91,9 +91,37 @@ class MachEnsemble:
         # device reads out its members; the take-and-sum reduces over R into replicated results.
         everywhere = mesh_lib.replicated(self.mesh)
         self._predict_step = jax.jit(functools.partial(steps.predict_step, **read_out),
-                                     static_argnames=("k",), out_shardings=everywhere)
+                                     static_argnames=("k", "approx"), out_shardings=everywhere)
         self._eval_step = jax.jit(functools.partial(steps.eval_step, k=config.eval.top_k, **read_out),
-                                  out_shardings=everywhere)
+                                  static_argnames=("approx",), out_shardings=everywhere)
+        self._label_counts = np.asarray(label_counts)
+        self._index: tuple[dict[str, jax.Array], steps.ApproxReadOut] | None = None
+
+    def approx_index(self) -> tuple[dict[str, jax.Array], steps.ApproxReadOut]:
+        """The members' bucket -> classes index (built on first use) and the approx settings.
+
+        The index is int32 [R, L] plus [R, B + 1] offsets, sharded over the members like the
+        parameters (see ``approx_decode.build_inverse_index``).
+        """
+        if self._index is None:
+            settings = self.config.eval
+            seeds = hashing.repetition_seeds(self.config.model.label_hash_seed, np.asarray(self.rep_ids))
+            index, shape = approx_decode.build_inverse_index(
+                seeds, self.info.num_labels, self.config.model.num_buckets, self._label_counts,
+                settings.bucket_cap)
+            rank = index.pop("rank", None)
+            index = mesh_lib.put(index, mesh_lib.stacked(self.mesh))
+            if rank is not None:
+                index["rank"] = mesh_lib.put(rank, mesh_lib.replicated(self.mesh))
+            top_buckets = min(settings.top_buckets, self.config.model.num_buckets)
+            self._index = index, steps.ApproxReadOut(top_buckets, shape.bucket_cap, settings.min_votes)
+        return self._index
+
+    def _decoder(self, approx: bool | None) -> tuple[dict[str, jax.Array] | None, steps.ApproxReadOut | None]:
+        """``(index, approx settings)`` for the chosen decoder; (None, None) for exact decoding."""
+        if approx is None:
+            approx = self.config.eval.decoder == "approx"
+        return self.approx_index() if approx else (None, None)
 
     @classmethod
     def load(cls, *workdirs: str | Path, **eval_overrides) -> "MachEnsemble":
@@ -137,8 +165,12 @@ class MachEnsemble:
                                             keep_largest=True, source=source, what="features")
 
     def predict(self, features: CsrMatrix, k: int = 5, source: str = "<features>",
-                progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+                progress: bool = False, approx: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Top-k classes of every row of a [N, D] CSR matrix.
+
+        ``approx``: True for approximate decoding (``config.eval.top_buckets`` etc.), False for
+        exact, None for ``config.eval.decoder``. Approximate decoding may return fewer than k
+        classes for a point: the missing places have score -inf and id L.
 
         Returns:
           ``(scores, ids)``: float32 [N, k] and int32 [N, k], best first.
@@ -147,6 +179,7 @@ class MachEnsemble:
         if features.num_rows == 0:
             return np.zeros((0, k), np.float32), np.zeros((0, k), np.int32)
         shape = self._batch_shape(features, None)
+        index, approx_settings = self._decoder(approx)
         dataset = XCDataset(self._capped(features, source, shape.max_nnz),
                             CsrMatrix(np.zeros(features.num_rows + 1, np.int64), np.zeros(0, np.int32),
                                       np.zeros(0, np.float32), self.info.num_labels), source)
@@ -154,14 +187,19 @@ class MachEnsemble:
         for batch in tqdm(input_pipeline.eval_batches(dataset, shape), disable=not progress,
                           total=input_pipeline.num_batches(dataset.num_points, shape.batch_size),
                           desc="predict"):
-            batch_scores, batch_ids = self._predict_step(self.params, self._put(batch), self.seeds, k=k)
+            batch_scores, batch_ids = self._predict_step(self.params, self._put(batch), self.seeds, index,
+                                                         k=k, approx=approx_settings)
             scores.append(batch_scores)
             ids.append(batch_ids)
         scores, ids = mesh_lib.fetch_replicated((scores, ids))
         return (np.concatenate(scores)[:dataset.num_points], np.concatenate(ids)[:dataset.num_points])
 
-    def evaluate(self, dataset: XCDataset, progress: bool = True) -> dict[str, float]:
-        """P@k, nDCG@k and PSP@k (k = 1, 3, 5) of the ensemble on a labelled dataset."""
+    def evaluate(self, dataset: XCDataset, progress: bool = True,
+                 approx: bool | None = None) -> dict[str, float]:
+        """P@k, nDCG@k and PSP@k (k = 1, 3, 5) of the ensemble on a labelled dataset.
+
+        ``approx`` chooses the decoder as in ``predict``.
+        """
         self._check_features(dataset.source, dataset.features)
         if dataset.num_labels != self.info.num_labels:
             raise DataFormatError(dataset.source, 1, f"the data has L={dataset.num_labels} labels, "
@@ -171,15 +209,20 @@ class MachEnsemble:
         shape = self._batch_shape(dataset.features, dataset.labels)
         dataset = dataclasses.replace(dataset, features=self._capped(dataset.features, dataset.source,
                                                                      shape.max_nnz))
+        index, approx_settings = self._decoder(approx)
         totals = None
         for batch in tqdm(input_pipeline.eval_batches(dataset, shape), disable=not progress,
                           total=input_pipeline.num_batches(dataset.num_points, shape.batch_size),
                           desc="evaluate"):
-            sums = self._eval_step(self.params, self._put(batch), self.seeds, self.inv_propensity)
+            sums = self._eval_step(self.params, self._put(batch), self.seeds, self.inv_propensity, index,
+                                   approx=approx_settings)
             totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
         result = metrics.finalize(mesh_lib.fetch_replicated(totals))
         result["num_repetitions"] = int(jax.tree.leaves(self.params)[0].shape[0])
         result["aggregation"] = self.config.eval.aggregation
+        result["decoder"] = "exact" if approx_settings is None else (
+            f"approx (top_buckets={approx_settings.top_buckets}, min_votes={approx_settings.min_votes}, "
+            f"bucket_cap={approx_settings.bucket_cap})")
         return result
 
 

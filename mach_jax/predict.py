@@ -3,6 +3,8 @@
 Reads the input (XC format, plain or gzip; labels optional: a line may start with a space) in
 chunks of ``--chunk-rows`` points, so any size runs in bounded memory, and writes one line per
 input point: ``id:score id:score ...``, best first (to stdout without ``--output``).
+``--decoder approx`` (with ``--top-buckets M``, ``--min-votes V``, ``--bucket-cap C``) scores only
+the classes in each member's top buckets (see ``mach_jax.approx_decode``).
 ``--export FILE`` also writes the ensemble plus decoder as a StableHLO function (see
 ``mach_jax.export``) for a batch of ``--eval-batch-size`` points.
 """
@@ -31,8 +33,9 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def format_predictions(scores, ids) -> list[str]:
-    """One text line per point: 'id:score' pairs, best first."""
-    return [" ".join(f"{i}:{s:.6g}" for i, s in zip(row_ids, row_scores))
+    """One text line per point: 'id:score' pairs, best first (approximate decoding's empty
+    places, score -inf, are left out)."""
+    return [" ".join(f"{i}:{s:.6g}" for i, s in zip(row_ids, row_scores) if s != float("-inf"))
             for row_ids, row_scores in zip(ids.tolist(), scores.tolist())]
 
 

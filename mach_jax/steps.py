@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from mach_jax import decode, hashing, losses, metrics, model, sparse_update
+from mach_jax import approx_decode, decode, hashing, losses, metrics, model, sparse_update
 
 State = dict[str, Any]
 Batch = dict[str, jax.Array]
@@ -128,16 +128,33 @@ def train_step(state: State, batch: Batch, seeds: Seeds, *, spec: StepSpec) -> t
     return {"step": step, "params": new_params, "opt_state": new_opt}, {"member_loss": member_loss}
 
 
-def predict_step(params: model.Params, batch: Batch, seeds: Seeds, *, spec: StepSpec,
-                 aggregation: str, num_labels: int, k: int, chunk_size: int) -> tuple[jax.Array, jax.Array]:
-    """Top-k classes of a batch. Returns ``(scores, ids)``, [N, k] each, best first."""
+@dataclasses.dataclass(frozen=True)
+class ApproxReadOut:
+    """Static settings of approximate decoding (``approx_decode.approx_decode_topk``)."""
+
+    top_buckets: int
+    bucket_cap: int
+    min_votes: int = 1
+
+
+def predict_step(params: model.Params, batch: Batch, seeds: Seeds,
+                 index: approx_decode.InverseIndex | None = None, *, spec: StepSpec, aggregation: str,
+                 num_labels: int, k: int, chunk_size: int,
+                 approx: ApproxReadOut | None = None) -> tuple[jax.Array, jax.Array]:
+    """Top-k classes of a batch. Returns ``(scores, ids)``, [N, k] each, best first.
+
+    Exact decoding without ``approx``; with it, only the candidates of the members' top buckets
+    are scored, using ``index`` (``approx_decode.build_inverse_index`` of the same members).
+    """
     scores = decode.bucket_scores_to_probs(logits(params, batch, seeds, spec), spec.loss_name, aggregation)
-    return decode.decode_topk(scores, seeds["labels"], num_labels, k, chunk_size)
+    if approx is None:
+        return decode.decode_topk(scores, seeds["labels"], num_labels, k, chunk_size)
+    return approx_decode.approx_decode_topk(scores, seeds["labels"], index, k=k, **dataclasses.asdict(approx))
 
 
 def eval_step(params: model.Params, batch: Batch, seeds: Seeds, inv_propensity: jax.Array,
-              **predict_kwargs) -> dict[str, jax.Array]:
+              index: approx_decode.InverseIndex | None = None, **predict_kwargs) -> dict[str, jax.Array]:
     """Metric sums of a batch (see ``metrics.metric_sums``); the host adds and divides."""
-    _, topk_ids = predict_step(params, batch, seeds, **predict_kwargs)
+    _, topk_ids = predict_step(params, batch, seeds, index, **predict_kwargs)
     return metrics.metric_sums(topk_ids, batch["label_ids"], batch["label_mask"],
                                batch["point_mask"], inv_propensity)

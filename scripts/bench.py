@@ -3,6 +3,7 @@
     python scripts/bench.py                              # the CPU preset: under a minute on 2 cores
     python scripts/bench.py --preset amazon670k --scale 0.1
     python scripts/bench.py --only train                 # parse | train | pipeline | decode
+    python scripts/bench.py --only approx --decode-labels 10000000 --decode-buckets 32768
     XLA_FLAGS=--xla_force_host_platform_device_count=8 python scripts/bench.py --only steps
 
 Records:
@@ -16,6 +17,10 @@ Records:
   decode    exact top-k: queries/s of the on-device chunked decoder and of the straightforward
             numpy baseline (a loop over R adding probs[r][:, lookup[r]] into [N, L], then
             argpartition), their ratio, and the decoder's compiled peak memory;
+  approx    (only with --only approx) approximate decoding from the top-m buckets against the exact
+            decoder on structured synthetic scores (each query has 5 true classes whose buckets
+            stand out in every member): queries/s of both, the speed-up, recall of the exact
+            top-5, the inverse index's size and the decoder's compiled peak memory, per m;
   memory    peak host RSS (and device memory where the backend reports it);
   steps     (only with --only steps) the train step of a mach_jax preset on the current mesh.
 """
@@ -37,7 +42,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mach_jax import decode, hashing, input_pipeline, mesh as mesh_lib, trainer
+from mach_jax import approx_decode, decode, hashing, input_pipeline, mesh as mesh_lib, trainer
 from mach_jax.config import Config
 from mach_jax.synthetic import make_synthetic
 from mach_jax.xc_format import read_xc, write_xc
@@ -248,6 +253,56 @@ def bench_decode(preset: BenchPreset, chunk_size: int) -> None:
           "numpy_scores_mib": round(batch * num_labels * 4 / 2**20, 1)})
 
 
+def structured_scores(num_reps: int, batch: int, num_buckets: int, num_labels: int, seed: int = 0):
+    """Softmax bucket scores [R, N, B] in which 5 true classes per query stand out (plus noise)."""
+    rng = np.random.default_rng(seed)
+    truth = rng.integers(0, num_labels, (batch, 5))
+    logits = rng.normal(size=(num_reps, batch, num_buckets)).astype(np.float32)
+    buckets = hashing.hash_to_range(truth, hashing.repetition_seeds(0, num_reps), num_buckets)  # [R, N, 5]
+    for rank in range(5):
+        np.add.at(logits, (np.arange(num_reps)[:, None], np.arange(batch)[None, :], buckets[..., rank]),
+                  4.0 - 0.3 * rank)
+    return np.asarray(jax.nn.softmax(logits, axis=-1))
+
+
+def compiled_peak_mib(jitted, *args) -> float | None:
+    memory = jitted.lower(*args).compile().memory_analysis()
+    if memory is None:
+        return None
+    peak = memory.temp_size_in_bytes + memory.argument_size_in_bytes + memory.output_size_in_bytes
+    return round(peak / 2**20, 1)
+
+
+def bench_approx(preset: BenchPreset, chunk_size: int, top_buckets: list[int]) -> None:
+    num_reps, num_labels, num_buckets, batch = (preset.decode_repetitions, preset.decode_labels,
+                                                preset.decode_buckets, preset.decode_batch)
+    seeds = hashing.repetition_seeds(0, num_reps)
+    probs = jnp.asarray(structured_scores(num_reps, batch, num_buckets, num_labels))
+    device_seeds = jnp.asarray(seeds)
+    exact = jax.jit(functools.partial(decode.decode_topk, num_labels=num_labels, k=5, chunk_size=chunk_size))
+    exact_ids = np.asarray(exact(probs, device_seeds)[1])
+    exact_s = timed(exact, probs, device_seeds, repeats=2)
+    start = time.perf_counter()
+    host_index, shape = approx_decode.build_inverse_index(seeds, num_labels, num_buckets)
+    build_s = time.perf_counter() - start
+    index = jax.tree.map(jnp.asarray, host_index)
+    del host_index
+    for m in top_buckets:
+        approx = jax.jit(functools.partial(approx_decode.approx_decode_topk, k=5, top_buckets=m,
+                                           bucket_cap=shape.bucket_cap))
+        ids = np.asarray(approx(probs, device_seeds, index)[1])
+        approx_s = timed(approx, probs, device_seeds, index, repeats=3)
+        recall = np.mean([len(set(a) & set(e)) / 5 for a, e in zip(ids.tolist(), exact_ids.tolist())])
+        emit({"bench": "approx", "L": num_labels, "R": num_reps, "B": num_buckets, "batch": batch,
+              "top_buckets": m, "bucket_cap": shape.bucket_cap,
+              "candidate_slots": num_reps * m * shape.bucket_cap, "recall_of_exact_top5": round(float(recall), 4),
+              "queries_per_s": round(batch / approx_s, 1), "exact_queries_per_s": round(batch / exact_s, 2),
+              "speedup_over_exact": round(exact_s / approx_s, 1), "index_build_s": round(build_s, 2),
+              "index_mib": round(sum(a.nbytes for a in jax.tree.leaves(index)) / 2**20, 1),
+              "decoder_peak_mib": compiled_peak_mib(approx, probs, device_seeds, index),
+              "exact_decoder_peak_mib": compiled_peak_mib(exact, probs, device_seeds)})
+
+
 def bench_memory() -> None:
     stats = jax.devices()[0].memory_stats() or {}
     emit({"bench": "memory", "peak_host_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
@@ -270,15 +325,26 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="cpu", choices=sorted(PRESETS))
     parser.add_argument("--scale", type=float, default=1.0, help="shrink D, L and B by this factor")
-    parser.add_argument("--only", choices=("parse", "train", "pipeline", "decode", "steps"), default=None)
+    parser.add_argument("--only", choices=("parse", "train", "pipeline", "decode", "steps", "approx"),
+                        default=None)
+    parser.add_argument("--decode-labels", type=int, default=None, help="L of the decode benchmarks")
+    parser.add_argument("--decode-buckets", type=int, default=None, help="B of the decode benchmarks")
+    parser.add_argument("--top-buckets", type=int, nargs="+", default=[1, 2, 4, 8],
+                        help="with --only approx: the m values to measure")
     parser.add_argument("--config-preset", default="default",
                         help="with --only steps: the mach_jax preset whose train step is timed")
     parser.add_argument("--steps", type=int, default=4, help="timed train steps")
     parser.add_argument("--class-chunk", type=int, default=8_192, help="classes per decoder chunk")
     args = parser.parse_args()
     preset = PRESETS[args.preset].scaled(args.scale)
+    preset = dataclasses.replace(preset, decode_labels=args.decode_labels or preset.decode_labels,
+                                 decode_buckets=args.decode_buckets or preset.decode_buckets)
     if args.only == "steps":
         bench_steps(args.config_preset, 4 * args.steps)
+        return
+    if args.only == "approx":
+        bench_approx(preset, args.class_chunk, args.top_buckets)
+        bench_memory()
         return
     wanted = lambda name: args.only in (None, name)  # noqa: E731
     if wanted("parse") or wanted("train") or wanted("pipeline"):

@@ -188,3 +188,26 @@ def test_checkpoint_saved_on_4_devices_restores_on_1_and_2(tmp_path, reference):
     # Resume the remaining epoch on 2 devices: the same ensemble as training throughout on 1.
     train(tmp_path, tmp_path / "work", "--rep-devices", "2", devices=2)
     assert_same_ensemble(tmp_path / "work", reference)
+
+
+APPROX_SCRIPT = textwrap.dedent("""
+    import sys
+    import numpy as np
+    from mach_jax import MachEnsemble, get_preset
+    from mach_jax.synthetic import make_synthetic
+    _, test = make_synthetic(get_preset("tiny").data.synthetic)
+    ensemble = MachEnsemble.load(sys.argv[1], decoder="approx", top_buckets=2, min_votes=2)
+    assert ensemble.mesh.shape["reps"] == int(sys.argv[2]), ensemble.mesh.shape
+    scores, ids = ensemble.predict(test.features, k=5)
+    np.save("approx_ids.npy", ids)
+    np.save("approx_scores.npy", scores)
+""")
+
+
+def test_approximate_decoding_sharded_over_4_devices_equals_1(tmp_path, reference):
+    run(["-c", APPROX_SCRIPT, str(reference), "4"], tmp_path, devices=4)
+    _, test = make_synthetic(get_preset("tiny").data.synthetic)
+    scores, ids = MachEnsemble.load(reference, decoder="approx", top_buckets=2, min_votes=2).predict(
+        test.features, k=5)
+    np.testing.assert_array_equal(np.load(tmp_path / "approx_ids.npy"), ids)
+    np.testing.assert_allclose(np.load(tmp_path / "approx_scores.npy"), scores, rtol=1e-5)

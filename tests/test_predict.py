@@ -88,3 +88,28 @@ def test_exported_predictor_runs_without_mach_jax_and_matches(trained):
     np.testing.assert_array_equal(np.load(root / "exported_ids.npy"), expected_ids)
     np.testing.assert_allclose(np.load(root / "exported_scores.npy"), expected_scores, rtol=1e-5)
     assert path.exists() and (root / "model.stablehlo.json").exists()
+
+
+def test_approximate_predictions_through_api_and_command(trained):
+    root, test = trained
+    exact = MachEnsemble.load(root / "work")
+    num_buckets = exact.config.model.num_buckets
+    exact_scores, exact_ids = exact.predict(test.features, k=5, approx=False)
+    # Every bucket a top bucket: every class is a candidate, so approx is exact.
+    everything = MachEnsemble.load(root / "work", top_buckets=num_buckets)
+    all_scores, all_ids = everything.predict(test.features, k=5, approx=True)
+    np.testing.assert_array_equal(all_ids, exact_ids)
+    np.testing.assert_allclose(all_scores, exact_scores, rtol=1e-5)
+    # With one top bucket the candidates are fewer, and the command streams what the API returns.
+    one = MachEnsemble.load(root / "work", decoder="approx", top_buckets=1)
+    expected_scores, expected_ids = one.predict(test.features, k=5)
+    assert not np.array_equal(expected_ids, exact_ids)
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    subprocess.run([sys.executable, "-m", "mach_jax.predict", "--workdir", "work", "--input", "test.txt.gz",
+                    "--decoder", "approx", "--top-buckets", "1", "--chunk-rows", "50", "--output", "approx.txt"],
+                   cwd=root, env=env, check=True, capture_output=True)
+    rows = [[item.split(":") for item in line.split()] for line in (root / "approx.txt").read_text().splitlines()]
+    np.testing.assert_array_equal([[int(i) for i, _ in row] for row in rows], expected_ids)
+    found = one.evaluate(test, progress=False)
+    assert found["decoder"].startswith("approx (top_buckets=1")
+    assert 0 < found["P@1"] <= 1

@@ -1,0 +1,194 @@
+"""Approximate count-min read-out: score only the classes in each member's top-m buckets.
+
+Exact decoding (``decode.decode_topk``) touches all L classes for every query. Here each member r
+keeps its m best buckets per query; the candidates are the classes hashed into them, found with a
+bucket -> classes inverse index built once from the hashes; only those candidates are scored by
+the same take-and-sum over R, and the best k are returned. The cost per query is
+O(R * R * m * L/B) instead of O(R * L).
+
+Fixed shapes, so it compiles once. Every (member, top bucket) pair has ``bucket_cap`` candidate
+slots, K = R * m * bucket_cap per query; the default cap is the largest bucket, so no candidate is
+ever dropped. A smaller cap keeps each bucket's ``bucket_cap`` most frequent training classes and
+drops the rest of that bucket (they can still come in through another member's buckets).
+
+A class sitting in the top buckets of several members fills several slots; only its slot from the
+first such member is scored, so the top-k never repeats a class (no sort needed). Its vote count
+is the number of members whose top-m buckets hold it; with ``min_votes`` > 1 only classes with at
+least that many votes are kept, relaxed per query to the k-th largest vote count when fewer than k
+classes have enough votes (as the reference MACH evaluator did).
+
+Memory: the index is int32 [R, L] classes and [R, B + 1] offsets, plus [R, B] cutoffs and [L]
+ranks when capped (about 4 * R * L bytes; sharded over the members like the parameters); the
+read-out of a batch of N queries holds a few [N, K] arrays and a [R, N, B, 2] copy of the scores.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from mach_jax import hashing
+
+# Index arrays, kept as a dict so it is a pytree that jit and device_put take as it is.
+InverseIndex = dict[str, jax.Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class IndexShape:
+    """Static facts of an inverse index: the largest bucket and the slots per top bucket."""
+
+    max_bucket_size: int
+    bucket_cap: int
+
+
+def build_inverse_index(label_seeds: np.ndarray, num_labels: int, num_buckets: int,
+                        label_counts: np.ndarray | None = None,
+                        bucket_cap: int | None = None) -> tuple[dict[str, np.ndarray], IndexShape]:
+    """The bucket -> classes inverse index of every member, on the host.
+
+    Args:
+      label_seeds: uint32 [R], the members' class-hash seeds.
+      num_labels: L.
+      num_buckets: B.
+      label_counts: int [L] training counts; within a bucket classes are ordered most frequent
+        first (ties: lower id), which decides what a ``bucket_cap`` drops. None: by id.
+      bucket_cap: candidate slots per top bucket; None (or more than the largest bucket): the
+        largest bucket, so nothing is dropped.
+
+    Returns:
+      ``(index, shape)``. index: ``classes`` int32 [R, L] (member r's classes grouped by bucket),
+      ``offsets`` int32 [R, B + 1] (bucket b is ``classes[r, offsets[r, b]:offsets[r, b + 1]]``),
+      and only when the cap drops classes, ``rank`` int32 [L] (a class's place in the frequency
+      order) and ``cutoff`` int32 [R, B] (the rank of the first class past the cap in each
+      bucket; L when none is).
+    """
+    label_seeds = np.asarray(label_seeds, np.uint32)
+    if bucket_cap is not None and bucket_cap < 1:
+        raise ValueError(f"bucket_cap={bucket_cap} must be >= 1 or None")
+    if label_counts is None:
+        by_rank = np.arange(num_labels, dtype=np.int32)
+    else:
+        by_rank = np.argsort(-np.asarray(label_counts, np.int64), kind="stable").astype(np.int32)
+    rank = np.empty(num_labels, np.int32)
+    rank[by_rank] = np.arange(num_labels, dtype=np.int32)
+    num_reps = len(label_seeds)
+    classes = np.empty((num_reps, num_labels), np.int32)
+    offsets = np.zeros((num_reps, num_buckets + 1), np.int32)
+    for r in range(num_reps):
+        buckets = hashing.hash_to_range(by_rank, label_seeds[r:r + 1], num_buckets)[0]
+        if num_buckets <= 2**16:  # numpy's stable sort is a radix sort on 16-bit keys
+            buckets = buckets.astype(np.uint16)
+        # A stable sort by bucket keeps the frequency order inside every bucket.
+        classes[r] = by_rank[np.argsort(buckets, kind="stable")]
+        offsets[r, 1:] = np.cumsum(np.bincount(buckets, minlength=num_buckets))
+    sizes = np.diff(offsets, axis=1)
+    max_bucket_size = int(sizes.max())
+    cap = max_bucket_size if bucket_cap is None else min(bucket_cap, max_bucket_size)
+    index = {"classes": classes, "offsets": offsets}
+    if cap < max_bucket_size:
+        past_cap = np.minimum(offsets[:, :-1] + cap, num_labels - 1)
+        index["cutoff"] = np.where(sizes > cap, rank[np.take_along_axis(classes, past_cap, axis=1)],
+                                   num_labels).astype(np.int32)
+        index["rank"] = rank
+    return index, IndexShape(max_bucket_size, max(cap, 1))
+
+
+def gather_candidates(bucket_scores: jax.Array, index: InverseIndex, top_buckets: int,
+                      bucket_cap: int) -> tuple[jax.Array, jax.Array]:
+    """The classes in every member's top-m buckets.
+
+    Args:
+      bucket_scores: [R, N, B].
+      index: see ``build_inverse_index``.
+      top_buckets: m.
+      bucket_cap: slots per top bucket.
+
+    Returns:
+      ``(candidates, selected)``: int32 [N, K] class ids, K = R * m * bucket_cap, with L in empty
+      slots, slot k coming from member ``k // (m * bucket_cap)``; and bool [R, N, B], the top-m
+      buckets of each member.
+    """
+    num_reps, num_points, num_buckets = bucket_scores.shape
+    num_labels = index["classes"].shape[1]
+    _, top = lax.top_k(bucket_scores, top_buckets)  # [R, N, m]
+    starts = jax.vmap(jnp.take)(index["offsets"], top)
+    sizes = jnp.minimum(jax.vmap(jnp.take)(index["offsets"], top + 1) - starts, bucket_cap)
+    slot = jnp.arange(bucket_cap, dtype=jnp.int32)
+    positions = starts[..., None] + slot  # [R, N, m, cap]
+    candidates = jax.vmap(lambda row, pos: jnp.take(row, pos, mode="clip"))(index["classes"], positions)
+    candidates = jnp.where(slot < sizes[..., None], candidates, num_labels)
+    candidates = jnp.transpose(candidates, (1, 0, 2, 3)).reshape(num_points, -1)
+    selected = jax.vmap(lambda t: jnp.zeros((num_points, num_buckets), bool).at[
+        jnp.arange(num_points)[:, None], t].set(True))(top)
+    return candidates, selected
+
+
+def vote_threshold(votes: jax.Array, distinct: jax.Array, k: int, min_votes: int) -> jax.Array:
+    """Per query, the largest v <= min_votes that at least k distinct candidates reach (or 1).
+
+    Args: votes int32 [N, K]; distinct bool [N, K]. Returns: int32 [N, 1].
+    Counted for v = 2..min_votes rather than by a top-k over the votes (a sort on CPU).
+    """
+    threshold = jnp.ones((votes.shape[0], 1), jnp.int32)
+    for v in range(2, min_votes + 1):
+        reached = jnp.sum(distinct & (votes >= v), axis=1, keepdims=True) >= k
+        threshold = jnp.where(reached, v, threshold)
+    return threshold
+
+
+def approx_decode_topk(bucket_scores: jax.Array, label_seeds: jax.Array, index: InverseIndex, *,
+                       k: int, top_buckets: int, bucket_cap: int,
+                       min_votes: int = 1) -> tuple[jax.Array, jax.Array]:
+    """The k best candidates of every point (see the module docstring).
+
+    Args:
+      bucket_scores: [R, N, B] aggregated bucket scores (``decode.bucket_scores_to_probs``).
+      label_seeds: uint32 [R], the members' class-hash seeds.
+      index: the inverse index of the same members (``build_inverse_index``).
+      k: how many classes to return.
+      top_buckets: m, buckets kept per member and query (m <= B).
+      bucket_cap: candidate slots per top bucket (``IndexShape.bucket_cap``).
+      min_votes: keep classes in the top buckets of at least this many members (relaxed to the
+        k-th largest vote count of the query).
+
+    Returns:
+      ``(scores, ids)``: [N, k] float32 and int32, best first. A query with fewer than k distinct
+      candidates gets score -inf and id L in the missing places.
+    """
+    num_reps, num_points, num_buckets = bucket_scores.shape
+    if not 1 <= top_buckets <= num_buckets:
+        raise ValueError(f"top_buckets m={top_buckets} must be in [1, B={num_buckets}]")
+    num_labels = index["classes"].shape[1]
+    candidates, selected = gather_candidates(bucket_scores, index, top_buckets, bucket_cap)
+    valid = candidates < num_labels
+    capped = "cutoff" in index
+    candidate_rank = jnp.take(index["rank"], candidates, mode="clip") if capped else None
+    # One gather per member reads a candidate's bucket score and whether that bucket is a top one.
+    score_and_top = jnp.stack([bucket_scores, selected.astype(bucket_scores.dtype)], axis=-1)
+
+    def add_member(r, totals):
+        score, votes, first = totals
+        buckets = hashing.hash_to_range(candidates, label_seeds[r][None], num_buckets, xp=jnp)[0]
+        read = jnp.take_along_axis(score_and_top[r], buckets[..., None], axis=1)
+        in_top = read[..., 1] > 0
+        in_slot = in_top & (candidate_rank < jnp.take(index["cutoff"][r], buckets)) if capped else in_top
+        first = jnp.where((first == num_reps) & in_slot, r, first)
+        return score + read[..., 0], votes + in_top.astype(jnp.int32), first
+
+    init = (jnp.zeros(candidates.shape, bucket_scores.dtype), jnp.zeros(candidates.shape, jnp.int32),
+            jnp.full(candidates.shape, num_reps, jnp.int32))
+    score, votes, first = lax.fori_loop(0, num_reps, add_member, init)
+    slot_member = jnp.arange(candidates.shape[1], dtype=jnp.int32) // (candidates.shape[1] // num_reps)
+    distinct = valid & (first == slot_member)
+    score = jnp.where(distinct & (votes >= vote_threshold(votes, distinct, k, min_votes)), score, -jnp.inf)
+    if candidates.shape[1] < k:  # fewer slots than k: pad so that top_k is defined
+        pad = k - candidates.shape[1]
+        score = jnp.pad(score, ((0, 0), (0, pad)), constant_values=-jnp.inf)
+        candidates = jnp.pad(candidates, ((0, 0), (0, pad)), constant_values=num_labels)
+    top_scores, positions = lax.top_k(score, k)
+    ids = jnp.take_along_axis(candidates, positions, axis=1)
+    return top_scores, jnp.where(jnp.isneginf(top_scores), num_labels, ids)
