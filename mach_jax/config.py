@@ -130,6 +130,9 @@ class TrainConfig:
     see ``sparse_update``), "dense" updates every row, "auto" is lazy where it was measured
     faster: a gathering embedding bag and a table of at least 4 N K rows
     (``model.uses_lazy_update``).
+
+    ``eval_every_epochs`` > 0 also evaluates on the test set every that many epochs and logs it
+    to ``metrics.jsonl``/TensorBoard (each costs an evaluation); 0 evaluates only at the end.
     """
 
     epochs: int = 5
@@ -141,6 +144,7 @@ class TrainConfig:
     log_every_steps: int = 20
     checkpoint_every_steps: int = 0
     keep_checkpoints: int = 2
+    eval_every_epochs: int = 0
 
     def validate(self) -> None:
         _require(self.embedding_update in EMBEDDING_UPDATES, "train.embedding_update",
@@ -153,6 +157,8 @@ class TrainConfig:
         _require(self.checkpoint_every_steps >= 0, "train.checkpoint_every_steps",
                  self.checkpoint_every_steps, "must be >= 0 (0: at the end of every epoch)")
         _require(self.keep_checkpoints >= 1, "train.keep_checkpoints", self.keep_checkpoints, "must be >= 1")
+        _require(self.eval_every_epochs >= 0, "train.eval_every_epochs", self.eval_every_epochs,
+                 "must be >= 0 (0: evaluate only at the end)")
 
 
 @dataclasses.dataclass(frozen=True)

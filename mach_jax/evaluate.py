@@ -29,16 +29,9 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
 def do_evaluate(args: argparse.Namespace) -> int:
     from mach_jax import trainer, workdir as wd
     from mach_jax.ensemble import MachEnsemble
-    from mach_jax.xc_format import read_xc
 
     ensemble = MachEnsemble.load(*args.workdir, **cli.flag_overrides(args).get("eval", {}))
-    data_config = ensemble.config.data
-    if args.test:
-        test = read_xc(args.test, cache_dir=data_config.cache_dir)
-    elif data_config.test_path:
-        test = read_xc(data_config.test_path, cache_dir=data_config.cache_dir)
-    else:
-        test = trainer.load_datasets(data_config)[1]
+    test = trainer.load_test_data(ensemble.config.data, args.test, progress=not args.quiet)
     metrics = ensemble.evaluate(test, progress=not args.quiet)
     metrics["test_source"] = test.source
     path = wd.write_metrics(Path(args.workdir[0]), metrics)

@@ -7,12 +7,11 @@ logging needs no communication between processes. A non-finite member loss raise
 
 from __future__ import annotations
 
-import json
 import signal
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import numpy as np
@@ -68,23 +67,31 @@ class LossLog:
     """Keeps step metrics on device and fetches them only at ``flush`` (a host sync point).
 
     Args:
-      path: the JSON-lines file to append to.
       rep_ids: the repetition id of each member of this run, [R].
       batch_size: points per step, for examples/s.
       bar: the tqdm progress bar to annotate.
+      write: called at each flush as ``write("train", step, loss=..., member_loss=...,
+        examples_per_sec=...)``, e.g. ``MetricLog.write``; the losses are the means over the
+        steps since the previous flush.
     """
 
-    def __init__(self, path: Path, rep_ids: tuple[int, ...], batch_size: int, bar):
-        self.path, self.rep_ids, self.batch_size, self.bar = path, rep_ids, batch_size, bar
+    def __init__(self, rep_ids: tuple[int, ...], batch_size: int, bar,
+                 write: Callable[..., Any]):
+        self.rep_ids, self.batch_size, self.bar, self.write = rep_ids, batch_size, bar, write
         self.pending: list[tuple[int, jax.Array]] = []
         self.window_start = time.perf_counter()
 
     def add(self, step: int, member_loss: jax.Array) -> None:
         self.pending.append((step, member_loss))
 
-    def flush(self, epoch: int) -> None:
+    def restart_clock(self) -> None:
+        """Leaves the time since the last flush (an evaluation, say) out of examples/s."""
+        self.window_start = time.perf_counter()
+
+    def flush(self) -> None:
         if not self.pending:
             return
+        rows = []
         for step, member_loss in self.pending:
             local = mesh_lib.local_rows(member_loss)  # {member index: loss}, this process only
             bad = [self.rep_ids[i] for i, value in local.items() if not np.isfinite(value)]
@@ -92,13 +99,13 @@ class LossLog:
                 raise TrainingDivergedError(
                     f"non-finite loss at step {step} in member(s) {bad}; lower --learning-rate; "
                     "the last checkpoint predates this step")
+            rows.append([float(value) for value in local.values()])
         elapsed = time.perf_counter() - self.window_start
         rate = len(self.pending) * self.batch_size / max(elapsed, 1e-9)
-        losses = {self.rep_ids[i]: float(value) for i, value in local.items()}
-        record = {"step": step, "epoch": epoch, "loss": float(np.mean(list(losses.values()))),
-                  "member_loss": losses, "examples_per_sec": rate}
-        with open(self.path, "a") as log_file:
-            log_file.write(json.dumps(record) + "\n")
-        self.bar.set_postfix(loss=f"{record['loss']:.4f}", ex_per_s=f"{rate:,.0f}")
+        means = np.mean(rows, axis=0)
+        losses = {self.rep_ids[i]: float(value) for i, value in zip(local, means)}
+        loss = float(np.mean(means))
+        self.write("train", step, loss=loss, member_loss=losses, examples_per_sec=rate)
+        self.bar.set_postfix(loss=f"{loss:.4f}", ex_per_s=f"{rate:,.0f}")
         self.pending.clear()
         self.window_start = time.perf_counter()

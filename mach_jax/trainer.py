@@ -23,6 +23,7 @@ from mach_jax import input_pipeline, mesh as mesh_lib, model, steps, workdir as 
 from mach_jax.config import Config, DataConfig
 from mach_jax.dataset import DataFormatError, XCDataset
 from mach_jax.ensemble import MachEnsemble, check_top_k, member_seeds, step_spec
+from mach_jax.metric_log import MetricLog
 from mach_jax.monitoring import LossLog, StopOnSignals, TrainingInterrupted
 from mach_jax.synthetic import make_synthetic
 from mach_jax.xc_format import read_xc
@@ -31,21 +32,25 @@ log = logging.getLogger("mach_jax")
 
 
 
-def train_log_file(workdir: Path) -> Path:
-    """Process 0 logs to ``train_log.jsonl``; other processes (multi-host) to their own file."""
-    index = jax.process_index()
-    return workdir / ("train_log.jsonl" if index == 0 else f"train_log.process{index}.jsonl")
+def read_data_file(path: str, cache_dir: str | None = None, progress: bool = False) -> XCDataset:
+    """``read_xc`` with a progress bar over the file's bytes (it moves once, when parsed)."""
+    size = Path(path).stat().st_size if Path(path).is_file() else None
+    with tqdm(total=size, disable=not progress, desc=f"read {Path(path).name}", unit="B",
+              unit_scale=True, unit_divisor=1024, leave=False) as bar:
+        dataset = read_xc(path, cache_dir=cache_dir)
+        bar.update(size or 0)
+    return dataset
 
 
-def load_datasets(config: DataConfig) -> tuple[XCDataset, XCDataset]:
+def load_datasets(config: DataConfig, progress: bool = False) -> tuple[XCDataset, XCDataset]:
     """The (train, test) pair: the two files, or the embedded synthetic data."""
     if config.train_path is None:
         train, test = make_synthetic(config.synthetic)
         log.info("data: %s (synthetic, generated in code; pass --train/--test for real files)",
                  train.source.removesuffix(" [train]"))
         return train, test
-    train = read_xc(config.train_path, cache_dir=config.cache_dir)
-    test = read_xc(config.test_path, cache_dir=config.cache_dir)
+    train = read_data_file(config.train_path, config.cache_dir, progress)
+    test = read_data_file(config.test_path, config.cache_dir, progress)
     for name, train_size, test_size in (("features D", train.num_features, test.num_features),
                                         ("labels L", train.num_labels, test.num_labels)):
         if train_size != test_size:
@@ -54,6 +59,14 @@ def load_datasets(config: DataConfig) -> tuple[XCDataset, XCDataset]:
     log.info("data: %s (%d points) and %s (%d points), D=%d, L=%d", train.source, train.num_points,
              test.source, test.num_points, train.num_features, train.num_labels)
     return train, test
+
+
+def load_test_data(config: DataConfig, path: str | None = None, progress: bool = False) -> XCDataset:
+    """The test set: ``path`` if given, else the run's test file, else its synthetic test split."""
+    path = path or config.test_path
+    if path:
+        return read_data_file(path, config.cache_dir, progress)
+    return load_datasets(config)[1]
 
 
 def label_counts(dataset: XCDataset) -> np.ndarray:
@@ -133,11 +146,21 @@ def train(config: Config, workdir: str | Path, train_data: XCDataset,
     """Trains (or resumes training of) the ensemble, or of the group ``parallel.rep_range``.
 
     A group's files go to ``workdir/reps-START-STOP`` (see ``workdir.group_dir``), so groups
-    trained by independent processes can share one workdir.
+    trained by independent processes can share one workdir. The loss is logged to
+    ``metrics.jsonl`` and ``tensorboard/`` there (see ``mach_jax.metric_log``).
 
     Returns:
       ``(params, info)``: stacked parameters [R, ...] after the last step, and the RunInfo.
     """
+    params, info, _ = _train(config, workdir, train_data, None, progress)
+    return params, info
+
+
+def _train(config: Config, workdir: str | Path, train_data: XCDataset, test_data: XCDataset | None,
+           progress: bool) -> tuple[model.Params, wd.RunInfo, dict | None]:
+    """``train``, plus with ``test_data`` the evaluations: every ``train.eval_every_epochs``
+    epochs and at the end, logged beside the loss; returns the final metrics too (else None)."""
+    start = time.perf_counter()
     config.validate()
     workdir = wd.group_dir(Path(workdir), config.parallel.rep_range)
     if train_data.num_points == 0:
@@ -156,36 +179,74 @@ def train(config: Config, workdir: str | Path, train_data: XCDataset,
         state = program.create_state()
     else:
         log.info("resuming from the checkpoint at step %d in %s", int(state["step"]), workdir)
-
+    evaluate = None if test_data is None else functools.partial(
+        _evaluate, config, info, counts, program.rep_ids, test_data)
+    steps_per_epoch = input_pipeline.num_batches(train_data.num_points, config.train.batch_size)
     shape = input_pipeline.BatchShape(config.train.batch_size, info.max_nnz, info.max_labels)
+    with MetricLog(workdir, int(state["step"]), jax.process_index(), steps_per_epoch) as metric_log:
+        try:
+            state = _loop(config, program, state, train_data, shape, workdir, manager, metric_log,
+                          evaluate, progress)
+        finally:
+            manager.wait_until_finished()  # an async save in flight completes before we leave
+            manager.close()
+        if evaluate is None:
+            return state["params"], info, None
+        train_seconds = time.perf_counter() - start
+        result = evaluate(state["params"], progress=progress)
+        result.update(test_source=test_data.source, train_seconds=round(train_seconds, 2))
+        metric_log.write("eval", int(state["step"]), final=True, **result)
+        return state["params"], info, result
+
+
+def _loop(config: Config, program: TrainingProgram, state: steps.State, train_data: XCDataset,
+          shape: input_pipeline.BatchShape, workdir: Path, manager, metric_log: MetricLog,
+          evaluate: Callable | None, progress: bool) -> steps.State:
+    """Runs the steps from ``state["step"]`` to the end: logs, checkpoints, per-epoch evaluations."""
     steps_per_epoch = input_pipeline.num_batches(train_data.num_points, shape.batch_size)
     total_steps = config.train.epochs * steps_per_epoch
     checkpoint_every = config.train.checkpoint_every_steps or steps_per_epoch
+    eval_every = config.train.eval_every_epochs * steps_per_epoch if evaluate else 0
     step = int(state["step"])
     bar = tqdm(total=total_steps, initial=step, disable=not progress, desc="train", unit="step")
-    loss_log = LossLog(train_log_file(workdir), program.rep_ids, shape.batch_size, bar)
+    loss_log = LossLog(program.rep_ids, shape.batch_size, bar,
+                       functools.partial(metric_log.write, learning_rate=config.train.learning_rate))
+    batches = _batches_from(train_data, shape, config.train.seed, step, steps_per_epoch,
+                            config.train.epochs)
+    place = functools.partial(_place, sharding=program.batch_sharding)
     try:
-        batches = _batches_from(train_data, shape, config.train.seed, step, steps_per_epoch,
-                                config.train.epochs)
-        place = functools.partial(_place, sharding=program.batch_sharding)
         with StopOnSignals() as stop, input_pipeline.Prefetcher(batches, place) as prefetched:
-            for epoch, batch in prefetched:
+            for _, batch in prefetched:
                 state, step_metrics = program.train_step(state, batch, program.seeds)
                 step += 1
                 bar.update()
                 loss_log.add(step, step_metrics["member_loss"])
                 if step % config.train.log_every_steps == 0:
-                    loss_log.flush(epoch)
+                    loss_log.flush()
+                if eval_every and step % eval_every == 0 and step < total_steps:  # the last: final
+                    loss_log.flush()
+                    # It ends (its sums are fetched) before the next step donates the params.
+                    result = evaluate(state["params"], progress=False)
+                    metric_log.write("eval", step, final=False, **result)
+                    loss_log.restart_clock()
+                    if progress:
+                        bar.write(f"epoch {step // steps_per_epoch}: " + "  ".join(
+                            f"P@{k} {100 * result[f'P@{k}']:.2f}" for k in (1, 3, 5)))
                 if step % checkpoint_every == 0 or step == total_steps or stop.signum:
-                    loss_log.flush(epoch)  # never checkpoint a state whose loss went non-finite
+                    loss_log.flush()  # never checkpoint a state whose loss went non-finite
                     wd.save_state(manager, step, state)
                 if stop.signum:
                     raise TrainingInterrupted(stop.signum, step, workdir)
     finally:
         bar.close()
-        manager.wait_until_finished()  # an async save in flight completes before we leave
-        manager.close()
-    return state["params"], info
+    return state
+
+
+def _evaluate(config: Config, info: wd.RunInfo, counts: np.ndarray, rep_ids: tuple[int, ...],
+              test_data: XCDataset, params: model.Params, progress: bool) -> dict:
+    """P@k, nDCG@k, PSP@k of these members (the first ``eval.eval_repetitions``) on test_data."""
+    ensemble = MachEnsemble(config, info, params, counts, rep_ids=rep_ids)
+    return ensemble.evaluate(test_data, progress=progress)
 
 
 def _place(item: tuple[int, input_pipeline.Batch], sharding) -> tuple[int, dict[str, jax.Array]]:
@@ -212,20 +273,17 @@ def _init_state(config: Config, num_features: int, rep_ids: tuple[int, ...],
 def train_and_evaluate(config: Config, workdir: str | Path, progress: bool = True) -> dict:
     """Trains on the configured data, evaluates on its test split, writes ``metrics.json``.
 
+    The evaluation is also logged to ``metrics.jsonl`` (with the per-epoch ones that
+    ``train.eval_every_epochs`` asks for) and to ``tensorboard/``.
+
     Returns:
       The metrics dict (P@k, nDCG@k, PSP@k for k = 1, 3, 5, and the run's settings).
     """
     config.validate()
-    train_data, test_data = load_datasets(config.data)
+    train_data, test_data = load_datasets(config.data, progress)
     if test_data.num_points == 0:
         raise DataFormatError(test_data.source, 1, "the header declares 0 points: nothing to evaluate")
-    start = time.perf_counter()
-    params, info = train(config, workdir, train_data, progress)
-    train_seconds = time.perf_counter() - start
-    rep_ids = config.parallel.rep_ids(config.model.num_repetitions)
-    ensemble = MachEnsemble(config, info, params, label_counts(train_data), rep_ids=rep_ids)
-    metrics = ensemble.evaluate(test_data, progress=progress)
-    metrics.update(test_source=test_data.source, train_seconds=round(train_seconds, 2))
+    _, _, metrics = _train(config, workdir, train_data, test_data, progress)
     if jax.process_index() == 0:
         wd.write_metrics(wd.group_dir(Path(workdir), config.parallel.rep_range), metrics)
     return metrics

@@ -30,6 +30,7 @@ CHECKPOINT_DIR = "checkpoints"
 # nor the data order): everything else must match the saved config.
 _RESUMABLE_FIELDS = {
     "train.epochs", "train.log_every_steps", "train.checkpoint_every_steps", "train.keep_checkpoints",
+    "train.eval_every_epochs",
     "data.cache_dir", "data.train_path", "data.test_path",
     "parallel.rep_devices", "parallel.data_devices",  # a checkpoint restores onto any topology
 }

@@ -72,7 +72,7 @@ HLO_SCRIPT = textwrap.dedent("""
     from mach_jax.synthetic import make_synthetic
     config = get_preset("tiny").replace(model={"num_repetitions": 8}).replace(**json.loads(sys.argv[1]))
     data, info = trainer.prepare_train_data(config, make_synthetic(config.data.synthetic)[0])
-    program = trainer.build_program(config, info)
+    program = trainer.build_program(config, info, data)
     shape = input_pipeline.BatchShape(config.train.batch_size, info.max_nnz, info.max_labels)
     batch = input_pipeline.make_batch(data, np.arange(64), shape)
     print(dict(program.mesh.shape), "lazy" if program.spec.lazy_embedding else "dense")
@@ -174,7 +174,8 @@ def test_two_processes_with_two_devices_each_form_one_ensemble(tmp_path, referen
     for process in processes:
         _, stderr = process.communicate(timeout=600)
         assert process.returncode == 0, stderr
-    assert (tmp_path / "multi" / "train_log.process1.jsonl").exists()
+    assert (tmp_path / "multi" / "metrics.process1.jsonl").exists()
+    assert (tmp_path / "multi" / "tensorboard" / "process1").is_dir()
     assert_same_ensemble(tmp_path / "multi", reference)
 
 

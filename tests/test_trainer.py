@@ -52,12 +52,35 @@ def test_python_api_train_load_predict(tmp_path, data):
 
 
 def test_training_lowers_the_loss(tmp_path, data):
-    import json
+    from mach_jax.metric_log import read_records
 
     train, _ = data
     trainer.train(TINY.replace(train={"epochs": 4}), tmp_path / "run", train, progress=False)
-    losses = [json.loads(line)["loss"] for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in read_records(tmp_path / "run" / "metrics.jsonl") if r["kind"] == "train"]
     assert losses[-1] < 0.9 * losses[0]
+
+
+def test_progress_bars_for_reading_training_and_evaluation_and_quiet_silences_them(tmp_path, data, capsys):
+    from mach_jax import evaluate
+    from mach_jax.xc_format import write_xc
+
+    train, test = data
+    write_xc(tmp_path / "train.txt", train)
+    write_xc(tmp_path / "test.txt", test)
+    files = {"train_path": str(tmp_path / "train.txt"), "test_path": str(tmp_path / "test.txt"),
+             "cache_dir": str(tmp_path / "cache")}
+    config = TINY.replace(data=files, train={"epochs": 1})
+    capsys.readouterr()
+    trainer.train_and_evaluate(config, tmp_path / "run", progress=True)
+    shown = capsys.readouterr().err
+    for bar in ("read train.txt", "read test.txt", "train:", "evaluate:"):
+        assert bar in shown
+    trainer.train_and_evaluate(config.replace(train={"epochs": 2}), tmp_path / "run", progress=False)
+    assert evaluate.main(["--workdir", str(tmp_path / "run"), "--quiet"]) == 0
+    assert "%|" not in capsys.readouterr().err
+    assert evaluate.main(["--workdir", str(tmp_path / "run")]) == 0
+    shown = capsys.readouterr().err
+    assert "read test.txt" in shown and "evaluate:" in shown
 
 
 def test_train_step_compiles_once_across_epochs_and_the_partial_last_batch(tmp_path, data):
