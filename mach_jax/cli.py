@@ -127,9 +127,10 @@ def config_from_args(args: argparse.Namespace) -> Config:
 
 def run_cli(main: Callable[[], int]) -> None:
     """Runs a CLI body: expected errors print one clear line and exit 2, no traceback."""
-    from mach_jax.monitoring import TrainingDivergedError, TrainingInterrupted
-    from mach_jax.workdir import WorkdirError
     from mach_jax.dataset import DataFormatError
+    from mach_jax.monitoring import TrainingDivergedError, TrainingInterrupted
+    from mach_jax.registry import DatasetError  # defined there: mach_jax.datasets imports this module
+    from mach_jax.workdir import WorkdirError
 
     logger = logging.getLogger("mach_jax")
     if not logger.handlers:
@@ -144,7 +145,8 @@ def run_cli(main: Callable[[], int]) -> None:
         flag = flag_of(error.field) if error.field else None
         print(f"error: {flag + ': ' if flag else ''}{error}", file=sys.stderr)
         sys.exit(2)
-    except (DataFormatError, WorkdirError, FileNotFoundError, TrainingDivergedError) as error:
+    except (DataFormatError, DatasetError, WorkdirError, FileNotFoundError,
+            TrainingDivergedError) as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
     except TrainingInterrupted as interrupted:

@@ -13,13 +13,8 @@ beside the files) is not fetched again. Lines are copied as they are, except tha
 spaces and CRs are dropped and a point without labels gets its leading space; ids are checked
 later by the strict reader (`read_xc`), as for any XC file.
 
-``convert-vw`` turns Vowpal Wabbit multiclass lines, as used by the MACH paper for ODP and
-ImageNet (``label | id:value id:value ...``, also ``label |namespace id:value`` and a trailing
-``'tag`` on the label, which is dropped), into an XC file. Features must be integer indices
-(a bare index means value 1); named features, which VW would hash, are refused, and all
-namespaces share one index space. VW multiclass labels are 1-based, so label k becomes XC label
-k - 1 (``--label-base 0`` keeps 0-based files as they are). D and L default to the largest
-index + 1.
+``convert-vw`` turns a Vowpal Wabbit multiclass file (as used by the MACH paper for ODP and
+ImageNet) into an XC file; see `mach_jax.vw_format`.
 """
 
 from __future__ import annotations
@@ -35,9 +30,7 @@ import json
 import logging
 import os
 import shutil
-import sys
 import tarfile
-import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -48,15 +41,13 @@ from pathlib import Path, PurePosixPath
 from tqdm import tqdm
 
 from mach_jax import cli
-from mach_jax.dataset import DataFormatError
 from mach_jax.registry import REGISTRY, DatasetError, DatasetInfo, Download, get_dataset
-from mach_jax.xc_tokenize import VALUE_RE
+from mach_jax.vw_format import convert_vw  # noqa: F401 (re-exported)
 
 MARKER = ".verified.json"
 _CHUNK = 1 << 20
 _TIMEOUT_S = 60
 _DAMAGED = (zipfile.BadZipFile, tarfile.TarError, zlib.error, EOFError, gzip.BadGzipFile)
-_FLOAT32_MAX = 3.4028234663852886e38
 logger = logging.getLogger("mach_jax")
 
 
@@ -414,104 +405,6 @@ def download(dataset: str | DatasetInfo, root: str | os.PathLike, *, urls=None, 
     return out_dir
 
 
-def _vw_line(line: bytes, path: str, lineno: int, label_base: int,
-             num_features: int | None, num_labels: int | None) -> tuple[int, list[int], bytes]:
-    """(XC label, feature ids, XC line) of one VW line, or DataFormatError."""
-    def fail(problem):
-        raise DataFormatError(path, lineno, problem)
-
-    label_part, bar, rest = line.partition(b"|")
-    tokens = label_part.split()
-    if tokens and tokens[-1].startswith(b"'"):
-        tokens.pop()  # a tag: not needed
-    if not bar:
-        fail("no '|' between the class id and the features")
-    if len(tokens) != 1:
-        fail(f"expected one class id before '|' (importance weights and label lists are not "
-             f"supported), got {label_part.decode('latin-1').strip()!r}")
-    if not tokens[0].isdigit():
-        fail(f"class id {tokens[0].decode('latin-1')!r} is not a non-negative integer")
-    label = int(tokens[0]) - label_base
-    if label < 0:
-        fail(f"class id {int(tokens[0])} is below {label_base} (VW multiclass ids are 1-based; "
-             "use --label-base 0 for 0-based files)")
-    if num_labels is not None and label >= num_labels:
-        fail(f"class id {int(tokens[0])} is outside [{label_base}, {num_labels + label_base})")
-    ids, out = [], []
-    for segment in rest.split(b"|"):
-        if segment[:1] not in (b"", b" ", b"\t"):  # a namespace name starts the segment
-            name, *segment = segment.split(None, 1)
-            segment = segment[0] if segment else b""
-            if b":" in name:
-                fail(f"namespace weights ({name.decode('latin-1')!r}) are not supported")
-        for token in segment.split():
-            fid, colon, value = token.partition(b":")
-            if not fid.isdigit():
-                fail(f"feature {token.decode('latin-1')!r} is not an integer index (named "
-                     "features would need hashing, which convert-vw does not do)")
-            if colon and not (VALUE_RE.fullmatch(value) and abs(float(value)) <= _FLOAT32_MAX):
-                fail(f"feature value {value.decode('latin-1')!r} is not a finite number")
-            ids.append(int(fid))
-            out.append(b"%d:%s" % (ids[-1], value if colon else b"1"))
-    if len(set(ids)) != len(ids):
-        fail(f"duplicate feature id {next(i for i in ids if ids.count(i) > 1)}")
-    limit = num_features if num_features is not None else 2**31 - 1
-    if ids and max(ids) >= limit:
-        fail(f"feature id {max(ids)} is outside [0, {limit})")
-    return label, ids, b" ".join([b"%d" % label, *out])
-
-
-def convert_vw(input_path, output_path, *, num_features: int | None = None,
-               num_labels: int | None = None, label_base: int = 1) -> tuple[int, int, int]:
-    """Converts a VW multiclass file (plain or gzip) to an XC file, streamed.
-
-    Args:
-      input_path: VW lines ``label | id:value ...``; blank lines are skipped.
-      output_path: XC file to write (gzip when it ends with .gz), replaced atomically.
-      num_features: D; default the largest feature id + 1.
-      num_labels: L; default the largest (0-based) label + 1.
-      label_base: 1 for VW's 1-based class ids, 0 for files that are already 0-based.
-
-    Returns:
-      (N, D, L) as written in the header.
-
-    Raises:
-      DataFormatError: unreadable input or a malformed line (file and 1-based line named).
-    """
-    path, output_path = os.fspath(input_path), Path(output_path)
-    output_path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        source = open(path, "rb")
-    except OSError as e:
-        raise DataFormatError(path, None, f"cannot read file ({e.strerror or e})") from None
-    count, max_id, max_label = 0, -1, -1
-    with source, tempfile.TemporaryFile(dir=output_path.parent.resolve()) as body:
-        stream = gzip.GzipFile(fileobj=source) if source.peek(2)[:2] == b"\x1f\x8b" else source
-        try:
-            for lineno, raw in enumerate(stream, start=1):
-                line = raw.rstrip(b"\r\n")
-                if not line.strip():
-                    continue
-                label, ids, text = _vw_line(line, path, lineno, label_base, num_features,
-                                            num_labels)
-                max_label, max_id = max(max_label, label), max(max_id, *ids, -1)
-                body.write(text + b"\n")
-                count += 1
-        except (OSError, EOFError, zlib.error) as e:
-            raise DataFormatError(path, None, f"cannot read file ({e})") from None
-        if not count:
-            raise DataFormatError(path, None, "no examples")
-        shape = (count, max_id + 1 if num_features is None else num_features,
-                 max_label + 1 if num_labels is None else num_labels)
-        body.seek(0)
-        tmp = output_path.with_name(output_path.name + ".tmp")
-        with (gzip.open if output_path.name.endswith(".gz") else open)(tmp, "wb") as out:
-            out.write(b"%d %d %d\n" % shape)
-            shutil.copyfileobj(body, out)
-        os.replace(tmp, output_path)
-    return shape
-
-
 def _non_negative(text: str) -> int:
     if not text.isdigit():
         raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
@@ -573,11 +466,7 @@ def do_convert_vw(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = parse_arguments(argv)
     command = {"list": do_list, "download": do_download, "convert-vw": do_convert_vw}
-    try:
-        return command[args.command](args)
-    except DatasetError as error:  # same one-line report and status as run_cli's own errors
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    return command[args.command](args)
 
 
 if __name__ == "__main__":
