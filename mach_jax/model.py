@@ -60,6 +60,16 @@ class MachMember(nnx.Module):
             hidden = jnp.einsum("nk,nkh->nh", feat_vals, jnp.take(table, feat_ids, axis=0))
         return hidden + self.embedding_bias[...]
 
+    def bag_entries(self, ids: jax.Array, vals: jax.Array, points: jax.Array, num_points: int) -> jax.Array:
+        """The same bag from a flat list of T entries (``sparse_update.flat_entries``).
+
+        Args: ids int32 [T] rows; vals float32 [T]; points int32 [T] in [0, N], N for padding.
+        Returns: [N, H] (before the ReLU).
+        """
+        rows = vals[:, None] * jnp.take(self.embedding[...], ids, axis=0)
+        hidden = jnp.zeros((num_points, rows.shape[1]), rows.dtype).at[points].add(rows, mode="drop")
+        return hidden + self.embedding_bias[...]
+
     def head(self, bag: jax.Array) -> jax.Array:
         """ReLU, the further hidden layers, the output layer: [N, H] -> [N, B] logits."""
         hidden = jax.nn.relu(bag)
@@ -144,40 +154,49 @@ def init_params(config: ModelConfig, num_features: int, rep_ids: jax.Array, seed
 
 
 def apply_ensemble(graphdef: nnx.GraphDef, params: Params, feat_ids: jax.Array,
-                   feat_vals: jax.Array, rep_shards: int = 1) -> jax.Array:
+                   feat_vals: jax.Array, rep_shards: int = 1, entry_points: jax.Array | None = None,
+                   num_points: int = 0) -> jax.Array:
     """Bucket logits of every member.
 
     Args:
       graphdef: from ``member_graphdef``.
       params: stacked parameters, leaves [R, ...].
-      feat_ids: int32 [N, K] shared by all members, or [R, N, K] per member (feature hashing).
-      feat_vals: float32 [N, K].
+      feat_ids: int32 [N, K] shared by all members, or [R, N, K] per member (feature hashing);
+        with ``entry_points``, flat entries [T] or [R, T] instead.
+      feat_vals: float32 [N, K], or [T] with ``entry_points``.
       rep_shards: S, the devices along the mesh's ``reps`` axis (R is split into S groups).
+      entry_points: int32 [T], the point of each flat entry (``sparse_update.flat_entries``).
+      num_points: N, with ``entry_points``.
 
     Returns:
       float32 [R, N, B] logits.
     """
     num_reps = jax.tree.leaves(params)[0].shape[0]
+    shared_ndim = 1 if entry_points is not None else 2
 
     def by_shard(x):  # [R, ...] -> [S, R / S, ...]: the split axis stays the sharded one
         return x.reshape((rep_shards, num_reps // rep_shards) + x.shape[1:])
 
     def bag_one(member_params, ids):
-        return nnx.merge(graphdef, member_params).bag(ids, feat_vals)
+        member = nnx.merge(graphdef, member_params)
+        if entry_points is not None:
+            return member.bag_entries(ids, feat_vals, entry_points, num_points)
+        return member.bag(ids, feat_vals)
 
     # The bag runs member by member (lax.map) within each shard's members: on CPU an unbatched
     # row gather is about 4x faster than the batched gather vmap makes of it. Scanning only the
     # local members keeps the step free of communication (a scan over the sharded R axis itself
     # would all-gather the tables). The dense layers stay vmapped.
     def shard_bags(shard_params, shard_ids):  # [R / S, ...] members of one shard
-        if shard_ids.ndim == 3:
+        if shard_ids.ndim > shared_ndim:
             return lax.map(lambda args: bag_one(*args), (shard_params, shard_ids))
         return lax.map(lambda member_params: bag_one(member_params, shard_ids), shard_params)
 
     if rep_shards == 1:  # no vmap of size 1 around the scan: it would batch the gather again
         return _apply_heads(graphdef, params, shard_bags(params, feat_ids))
-    ids = by_shard(feat_ids) if feat_ids.ndim == 3 else feat_ids
-    bags = jax.vmap(shard_bags, in_axes=(0, 0 if feat_ids.ndim == 3 else None))(
+    per_member = feat_ids.ndim > shared_ndim
+    ids = by_shard(feat_ids) if per_member else feat_ids
+    bags = jax.vmap(shard_bags, in_axes=(0, 0 if per_member else None))(
         jax.tree.map(by_shard, params), ids)
     return _apply_heads(graphdef, params, bags.reshape((num_reps,) + bags.shape[2:]))
 

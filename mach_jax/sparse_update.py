@@ -5,6 +5,11 @@ all D rows (and both moments) every step; lazy Adam gathers the touched rows, di
 through them only, and scatters the updated rows and moments back, as TensorFlow's LazyAdam
 does: a row's moments decay only on the steps that touch it, and the bias correction uses the
 global step. A feature with value 0 (padding included) does not touch its row.
+
+Gathers and scatters on CPU cost about as much per padded slot as per real one, so the step
+works on capped sizes: U touched rows and T nonzero entries per batch (``batch_caps`` measures
+them on the host); the trainer checks every batch on the host and sends one that exceeds either
+cap to an uncapped step (U = T = N * K), so no row is ever dropped.
 """
 
 from __future__ import annotations
@@ -26,10 +31,31 @@ def touched_rows(feat_ids: jax.Array, feat_vals: jax.Array, num_rows: int) -> tu
     Returns:
       ``(rows, local_ids)``: int32 [N * K] sorted distinct rows, padded with ``num_rows``; and
       int32 [N, K], the index into ``rows`` of each feature (padding points at a sentinel slot).
+      The touched rows come first, so ``rows[:U]`` holds them all when there are at most U.
     """
     keys = jnp.where(feat_vals != 0, feat_ids, num_rows)
     rows = jnp.unique(keys.ravel(), size=keys.size, fill_value=num_rows)
     return rows, jnp.searchsorted(rows, keys).astype(jnp.int32)
+
+
+def flat_entries(local_ids: jax.Array, feat_vals: jax.Array, size: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """The nonzero entries of a batch as a flat list, row-major order (a bag without padding).
+
+    Args:
+      local_ids: int32 [N, K], or [R, N, K] per member.
+      feat_vals: float32 [N, K].
+      size: T >= the number of nonzero values; entries past them are padding.
+
+    Returns:
+      ``(ids, vals, points)``: int32 [T] (or [R, T]) ids, float32 [T] values and int32 [T] point
+      ids; padding has id 0, value 0 and point N (outside the batch: dropped when summed).
+    """
+    num_points, width = feat_vals.shape
+    positions = jnp.nonzero(feat_vals.ravel() != 0, size=size, fill_value=num_points * width)[0]
+    vals = jnp.take(feat_vals.ravel(), positions, mode="fill", fill_value=0)
+    flat_ids = local_ids.reshape(local_ids.shape[:-2] + (-1,))
+    ids = jnp.take(flat_ids, positions, axis=-1, mode="fill", fill_value=0)
+    return ids, vals, (positions // width).astype(jnp.int32)
 
 
 def gather_rows(table: jax.Array, rows: jax.Array) -> jax.Array:
@@ -37,23 +63,37 @@ def gather_rows(table: jax.Array, rows: jax.Array) -> jax.Array:
     return jnp.take(table, rows, axis=0, mode="fill", fill_value=0)
 
 
-def lazy_adam(table: jax.Array, mu: jax.Array, nu: jax.Array, rows: jax.Array, grads: jax.Array,
-              step: jax.Array, learning_rate: float) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """One lazy Adam step on the touched rows of one member's table.
+def lazy_adam(table: jax.Array, moments: jax.Array, rows: jax.Array, grads: jax.Array,
+              step: jax.Array, learning_rate: float) -> tuple[jax.Array, jax.Array]:
+    """One lazy Adam step on the touched rows of every member's table.
 
     Args:
-      table, mu, nu: [D, H] the table and its first and second moments.
-      rows: int32 [U] distinct touched rows (sentinel D for padding: not written).
-      grads: [U, H] gradients of those rows.
+      table: [R, D, H] the tables.
+      moments: [R, D, 2, H] Adam's first and second moments of every row, side by side (one
+        gather and one scatter move both).
+      rows: int32 [U] distinct touched rows shared by the members, or [R, U] per member
+        (sentinel D for padding: not written).
+      grads: [R, U, H] gradients of those rows.
       step: the global step count after this update (1 on the first step).
       learning_rate: Adam's step size.
 
     Returns:
-      The new ``(table, mu, nu)``, changed only on the touched rows.
+      The new ``(table, moments)``, changed only on the touched rows.
+
+    The members are visited one by one, each update scattered in place into the [R, D, ...]
+    buffers (a batched gather or a stacked per-member output would be several times slower or
+    copy whole tables on CPU).
     """
-    m = B1 * gather_rows(mu, rows) + (1 - B1) * grads
-    v = B2 * gather_rows(nu, rows) + (1 - B2) * grads * grads
     step = step.astype(grads.dtype)
-    update = learning_rate * (m / (1 - B1 ** step)) / (jnp.sqrt(v / (1 - B2 ** step)) + EPS)
-    return (table.at[rows].add(-update, mode="drop"), mu.at[rows].set(m, mode="drop"),
-            nu.at[rows].set(v, mode="drop"))
+
+    def update_member(r, carry):
+        table, moments = carry
+        member_rows = rows if rows.ndim == 1 else rows[r]
+        old = gather_rows(moments[r], member_rows)  # [U, 2, H]
+        m = B1 * old[:, 0] + (1 - B1) * grads[r]
+        v = B2 * old[:, 1] + (1 - B2) * grads[r] * grads[r]
+        update = learning_rate * (m / (1 - B1 ** step)) / (jnp.sqrt(v / (1 - B2 ** step)) + EPS)
+        return (table.at[r, member_rows].add(-update, mode="drop"),
+                moments.at[r, member_rows].set(jnp.stack([m, v], axis=1), mode="drop"))
+
+    return jax.lax.fori_loop(0, table.shape[0], update_member, (table, moments))

@@ -10,6 +10,7 @@ and hashed feature slot is computed on device from them.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import jax
@@ -36,6 +37,9 @@ class StepSpec:
       learning_rate: Adam's step size.
       lazy_embedding: update the embedding tables row-sparsely (``sparse_update``).
       rep_shards: devices along the mesh's ``reps`` axis (see ``model.apply_ensemble``).
+      touched_rows_cap, entries_cap: U and T of the lazy step (``input_pipeline.batch_caps``;
+        0: N * K). The caller feeds it only batches within them (``input_pipeline.batch_fits``),
+        the others to the step without caps.
     """
 
     graphdef: nnx.GraphDef
@@ -45,6 +49,8 @@ class StepSpec:
     feat_hash_dim: int = 0
     lazy_embedding: bool = False
     rep_shards: int = 1
+    touched_rows_cap: int = 0
+    entries_cap: int = 0
 
     @property
     def optimizer(self) -> optax.GradientTransformation:
@@ -58,9 +64,10 @@ def create_state(params: model.Params, spec: StepSpec) -> State:
     if not spec.lazy_embedding:
         return {"step": jnp.zeros((), jnp.int32), "params": params,
                 "opt_state": spec.optimizer.init(params)}
-    zeros = jnp.zeros_like(params["embedding"])
+    table = params["embedding"]  # [R, D, H]; Adam's two moments side by side: [R, D, 2, H]
+    moments = jnp.zeros(table.shape[:2] + (2,) + table.shape[2:], table.dtype)
     return {"step": jnp.zeros((), jnp.int32), "params": params,
-            "opt_state": {"rest": spec.optimizer.init(_without_embedding(params)), "embedding_mu": zeros, "embedding_nu": zeros}}
+            "opt_state": {"rest": spec.optimizer.init(_without_embedding(params)), "embedding_moments": moments}}
 
 
 def _without_embedding(tree: dict[str, Any]) -> dict[str, Any]:
@@ -108,24 +115,77 @@ def train_step(state: State, batch: Batch, seeds: Seeds, *, spec: StepSpec) -> t
                 {"member_loss": member_loss})
 
     # Lazy: differentiate through the touched rows [R, U, H] only, then update just those rows.
-    table = params["embedding"]
+    num_rows = params["embedding"].shape[1]
     if feat_ids.ndim == 3:  # hashed features: each member touches its own rows
         rows, local_ids = jax.vmap(sparse_update.touched_rows, in_axes=(0, None, None))(
-            feat_ids, batch["feat_vals"], table.shape[1])
+            feat_ids, batch["feat_vals"], num_rows)
     else:
-        rows, local_ids = sparse_update.touched_rows(feat_ids, batch["feat_vals"], table.shape[1])
-        rows = jnp.broadcast_to(rows, (table.shape[0],) + rows.shape)
-    local = dict(params, embedding=jax.vmap(sparse_update.gather_rows)(table, rows))
-    grads, member_loss = jax.grad(_member_losses, has_aux=True)(local, local_ids, batch, buckets, spec)
+        rows, local_ids = sparse_update.touched_rows(feat_ids, batch["feat_vals"], num_rows)
+    full = batch["feat_vals"].size
+    sizes = (min(spec.touched_rows_cap or full, full), min(spec.entries_cap or full, full))
+    return _lazy_update(state, batch, buckets, rows, local_ids, sizes=sizes, spec=spec)
+
+
+def _lazy_update(state: State, batch: Batch, buckets: jax.Array, rows: jax.Array, local_ids: jax.Array, *,
+                 sizes: tuple[int, int], spec: StepSpec) -> tuple[State, dict]:
+    """The lazy step with U touched rows and T entries (``sizes``; the batch must fit them).
+
+    Args: rows int32 [N K] or [R, N K] (touched rows first); local_ids int32 [N, K] or [R, N, K].
+    """
+    max_rows, max_entries = sizes
+    params, step = state["params"], state["step"] + 1
+    rows = rows[..., :max_rows]
+    ids, vals, points = sparse_update.flat_entries(local_ids, batch["feat_vals"], max_entries)
+    local = dict(params, embedding=_member_rows(params["embedding"], rows, spec.rep_shards))
+    entries = {"ids": ids, "vals": vals, "points": points}
+    grads, member_loss = jax.grad(_entry_losses, has_aux=True)(local, entries, batch, buckets, spec)
     rest = _without_embedding(params)
     updates, rest_state = spec.optimizer.update(_without_embedding(grads), state["opt_state"]["rest"], rest)
     opt = state["opt_state"]
-    table, mu, nu = jax.vmap(sparse_update.lazy_adam, in_axes=(0, 0, 0, 0, 0, None, None))(
-        table, opt["embedding_mu"], opt["embedding_nu"], rows, grads["embedding"], step,
-        spec.learning_rate)
+    table, moments = _by_shard(functools.partial(sparse_update.lazy_adam, step=step,
+                                                 learning_rate=spec.learning_rate),
+                               (params["embedding"], opt["embedding_moments"], rows, grads["embedding"]),
+                               spec.rep_shards, shared=(False, False, rows.ndim == 1, False))
     new_params = dict(optax.apply_updates(rest, updates), embedding=table)
-    new_opt = {"rest": rest_state, "embedding_mu": mu, "embedding_nu": nu}
+    new_opt = {"rest": rest_state, "embedding_moments": moments}
     return {"step": step, "params": new_params, "opt_state": new_opt}, {"member_loss": member_loss}
+
+
+def _entry_losses(params, entries: dict[str, jax.Array], batch: Batch, buckets: jax.Array, spec: StepSpec):
+    member_logits = model.apply_ensemble(spec.graphdef, params, entries["ids"], entries["vals"],
+                                         spec.rep_shards, entries["points"], batch["feat_vals"].shape[0])
+    member_loss = losses.member_losses(spec.loss_name, member_logits, buckets, batch["label_mask"],
+                                       batch["point_mask"])
+    return member_loss.sum(), member_loss
+
+
+def _member_rows(table: jax.Array, rows: jax.Array, rep_shards: int) -> jax.Array:
+    """[R, U, H]: the rows [U] (or [R, U]) of every member's [D, H] table, member by member
+    (``lax.map``: an unbatched gather is several times faster on CPU than a vmapped one)."""
+    def gather(tables, member_rows):
+        if member_rows.ndim == 1:
+            return jax.lax.map(lambda t: sparse_update.gather_rows(t, member_rows), tables)
+        return jax.lax.map(lambda args: sparse_update.gather_rows(*args), (tables, member_rows))
+
+    if rep_shards == 1:
+        return gather(table, rows)
+    return _by_shard(gather, (table, rows), rep_shards, shared=(False, rows.ndim == 1))
+
+
+def _by_shard(fn, args: tuple, rep_shards: int, shared: tuple[bool, ...] | None = None):
+    """fn(*args) run on each shard's members: [R, ...] -> [S, R / S, ...], vmapped over S (the
+    sharded axis, so nothing crosses devices); ``shared[i]`` marks an arg without an R axis."""
+    if rep_shards == 1:
+        return fn(*args)
+    is_shared = shared or (False,) * len(args)
+    num_reps = args[0].shape[0]
+
+    def split(x):
+        return x.reshape((rep_shards, num_reps // rep_shards) + x.shape[1:])
+
+    out = jax.vmap(fn, in_axes=tuple(None if s else 0 for s in is_shared))(
+        *[a if s else split(a) for a, s in zip(args, is_shared)])
+    return jax.tree.map(lambda x: x.reshape((num_reps,) + x.shape[2:]), out)
 
 
 @dataclasses.dataclass(frozen=True)

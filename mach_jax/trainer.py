@@ -99,6 +99,8 @@ class TrainingProgram:
       abstract_state: the state's shapes, dtypes and shardings (for restoring checkpoints).
       create_state: () -> a freshly initialised state, created directly with its shardings.
       train_step: the jitted, donating ``steps.train_step``: (state, batch, seeds) -> (state, metrics).
+      batch_caps: (U, T) the lazy step is compiled for, or None (see ``steps.StepSpec``).
+      uncapped_train_step: the step for a batch past ``batch_caps`` (compiled if one comes).
       batch_sharding: where a host batch goes (split over ``data``, replicated over ``reps``).
       seeds: the members' hash seeds on device, uint32 [R] each.
       spec: the static side of the step (graphdef, loss, B, lazy embedding update, ...).
@@ -112,22 +114,37 @@ class TrainingProgram:
     batch_sharding: Any
     seeds: dict[str, jax.Array]
     spec: steps.StepSpec
+    batch_caps: tuple[int, int] | None = None
+    uncapped_train_step: Callable | None = None
+
+    def step_for(self, host_batch: input_pipeline.Batch) -> Callable:
+        """The train step for this host batch: the capped one unless it exceeds the caps."""
+        if self.batch_caps is None or input_pipeline.batch_fits(host_batch, self.batch_caps):
+            return self.train_step
+        return self.uncapped_train_step
 
 
-def build_program(config: Config, info: wd.RunInfo) -> TrainingProgram:
-    """Builds the mesh, shardings, hash seeds and the one jitted step for all R members."""
+def build_program(config: Config, info: wd.RunInfo, train_data: XCDataset | None = None) -> TrainingProgram:
+    """Builds the mesh, shardings, hash seeds and the one jitted step for all R members.
+
+    With ``train_data`` (as prepared by ``prepare_train_data``) a lazy embedding update works
+    on capped batch sizes measured from it (``input_pipeline.batch_caps``).
+    """
     rep_ids = config.parallel.rep_ids(config.model.num_repetitions)
     mesh = mesh_lib.make_mesh(len(rep_ids), config.parallel.rep_devices, config.parallel.data_devices)
-    spec = step_spec(config, info, mesh)
+    spec = uncapped_spec = step_spec(config, info, mesh)
+    caps = None
+    if spec.lazy_embedding and train_data is not None:
+        caps = input_pipeline.batch_caps(train_data.features, config.train.batch_size, config.train.seed)
+        spec = dataclasses.replace(spec, touched_rows_cap=caps[0], entries_cap=caps[1])
     init_state = functools.partial(_init_state, config, info.num_features, rep_ids, spec)
     abstract_state = jax.eval_shape(init_state)
     state_shardings = mesh_lib.tree_shardings(abstract_state, mesh)
     seeds = member_seeds(config, rep_ids, mesh)
-    train_step = jax.jit(
-        functools.partial(steps.train_step, spec=spec),
-        in_shardings=(state_shardings, mesh_lib.batched(mesh), mesh_lib.tree_shardings(seeds, mesh)),
-        out_shardings=(state_shardings, {"member_loss": mesh_lib.stacked(mesh)}),
-        donate_argnums=0)
+    jit_step = functools.partial(
+        jax.jit, in_shardings=(state_shardings, mesh_lib.batched(mesh), mesh_lib.tree_shardings(seeds, mesh)),
+        out_shardings=(state_shardings, {"member_loss": mesh_lib.stacked(mesh)}), donate_argnums=0)
+    train_step = jit_step(functools.partial(steps.train_step, spec=spec))
     return TrainingProgram(
         mesh=mesh,
         rep_ids=rep_ids,
@@ -138,7 +155,9 @@ def build_program(config: Config, info: wd.RunInfo) -> TrainingProgram:
         train_step=train_step,
         batch_sharding=mesh_lib.batched(mesh),
         seeds=seeds,
-        spec=spec)
+        spec=spec,
+        batch_caps=caps,
+        uncapped_train_step=jit_step(functools.partial(steps.train_step, spec=uncapped_spec)) if caps else None)
 
 
 def train(config: Config, workdir: str | Path, train_data: XCDataset,
@@ -172,7 +191,7 @@ def _train(config: Config, workdir: str | Path, train_data: XCDataset, test_data
     if config.model.num_buckets >= info.num_labels:
         log.warning("B=%d buckets >= L=%d labels: hashing compresses nothing; use B < L",
                     config.model.num_buckets, info.num_labels)
-    program = build_program(config, info)
+    program = build_program(config, info, train_data)
     manager = wd.checkpoint_manager(workdir, config.train.keep_checkpoints)
     state = wd.restore_latest(manager, program.abstract_state)
     if state is None:
@@ -213,11 +232,11 @@ def _loop(config: Config, program: TrainingProgram, state: steps.State, train_da
                        functools.partial(metric_log.write, learning_rate=config.train.learning_rate))
     batches = _batches_from(train_data, shape, config.train.seed, step, steps_per_epoch,
                             config.train.epochs)
-    place = functools.partial(_place, sharding=program.batch_sharding)
+    place = functools.partial(_place, program=program)
     try:
         with StopOnSignals() as stop, input_pipeline.Prefetcher(batches, place) as prefetched:
-            for _, batch in prefetched:
-                state, step_metrics = program.train_step(state, batch, program.seeds)
+            for _, batch, train_step in prefetched:
+                state, step_metrics = train_step(state, batch, program.seeds)
                 step += 1
                 bar.update()
                 loss_log.add(step, step_metrics["member_loss"])
@@ -249,9 +268,10 @@ def _evaluate(config: Config, info: wd.RunInfo, counts: np.ndarray, rep_ids: tup
     return ensemble.evaluate(test_data, progress=progress)
 
 
-def _place(item: tuple[int, input_pipeline.Batch], sharding) -> tuple[int, dict[str, jax.Array]]:
+def _place(item: tuple[int, input_pipeline.Batch], program: TrainingProgram) -> tuple[int, dict, Callable]:
+    """On the prefetch thread: the batch on device, and the step to run it with."""
     epoch, batch = item
-    return epoch, mesh_lib.put(batch, sharding)
+    return epoch, mesh_lib.put(batch, program.batch_sharding), program.step_for(batch)
 
 
 def _batches_from(data: XCDataset, shape: input_pipeline.BatchShape, seed: int, start_step: int,
