@@ -13,12 +13,13 @@ import logging
 import sys
 from typing import Any, Callable
 
-from mach_jax.config import (AGGREGATIONS, DECODERS, EMBEDDING_UPDATES, INPUT_LAYERS, LOSSES,
-                             OVERFLOW_POLICIES, PRESETS, Config, ConfigError, get_preset)
+from mach_jax.config import (AGGREGATIONS, DECODERS, EMBEDDING_OPTIMIZERS, EMBEDDING_UPDATES, INPUT_LAYERS,
+                             LOSSES, OVERFLOW_POLICIES, PRESETS, Config, ConfigError, get_preset)
 
 _ALIASES = {
     "data.train_path": ["--train"],
     "data.test_path": ["--test"],
+    "data.dataset": ["--data"],
     "model.num_repetitions": ["-R"],
     "parallel.rep_range": ["--reps"],
     "model.num_buckets": ["-B", "--buckets"],
@@ -32,6 +33,7 @@ _CHOICES = {
     "model.input_layer": INPUT_LAYERS,
     "train.loss": LOSSES,
     "train.embedding_update": EMBEDDING_UPDATES,
+    "train.embedding_optimizer": EMBEDDING_OPTIMIZERS,
     "eval.aggregation": AGGREGATIONS,
     "eval.decoder": DECODERS,
 }

@@ -19,6 +19,8 @@ DECODERS = ("exact", "approx")
 OVERFLOW_POLICIES = ("truncate", "error")
 INPUT_LAYERS = ("auto", "sparse", "dense")
 EMBEDDING_UPDATES = ("auto", "lazy", "dense")
+EMBEDDING_OPTIMIZERS = ("adam", "rowwise_adagrad")
+ROWWISE_ADAGRAD_LEARNING_RATE = 0.1
 
 
 class ConfigError(ValueError):
@@ -69,10 +71,15 @@ class DataConfig:
     ``max_nnz`` / ``max_labels`` cap the padded width of a row (None: the widest row of the training
     set). A row past the cap is cut by ``overflow``: "truncate" keeps the ``max_nnz`` features of
     largest |value| (and the first ``max_labels`` labels in file order); "error" refuses the data.
+
+    ``dataset`` = "tfds:NAME" reads the train and test splits of a built TensorFlow Datasets
+    source instead of files (see ``mach_jax.tfds``; ``tfds_data_dir``: its data_dir).
     """
 
     train_path: str | None = None
     test_path: str | None = None
+    dataset: str | None = None
+    tfds_data_dir: str | None = None
     max_nnz: int | None = None
     max_labels: int | None = None
     overflow: str = "truncate"
@@ -82,6 +89,11 @@ class DataConfig:
     def validate(self) -> None:
         _require((self.train_path is None) == (self.test_path is None), "data.train_path/test_path",
                  (self.train_path, self.test_path), "give both files or neither (synthetic data)")
+        if self.dataset is not None:
+            _require(self.dataset.startswith("tfds:") and len(self.dataset) > 5, "data.dataset",
+                     self.dataset, "must be tfds:NAME (a TensorFlow Datasets source)")
+            _require(self.train_path is None, "data.dataset", self.dataset,
+                     "give either --data or --train/--test, not both")
         for name in ("max_nnz", "max_labels"):
             value = getattr(self, name)
             _require(value is None or value >= 1, f"data.{name}", value, "must be >= 1 or None")
@@ -131,6 +143,13 @@ class TrainConfig:
     faster: a gathering embedding bag and a table of at least 4 N K rows
     (``model.uses_lazy_update``).
 
+    ``embedding_optimizer``: "adam" (as every other parameter), or "rowwise_adagrad": one
+    accumulator per embedding row, the usual optimiser of large embedding tables; it is always
+    applied to the touched rows only (for Adagrad that is exact: an untouched row would not move)
+    and moves a third of lazy Adam's bytes. ``embedding_learning_rate`` is the table's step size
+    (None: ``learning_rate`` for Adam, 0.1 for row-wise Adagrad, the better of 0.02 and 0.1 on the
+    synthetic set).
+
     ``eval_every_epochs`` > 0 also evaluates on the test set every that many epochs and logs it
     to ``metrics.jsonl``/TensorBoard (each costs an evaluation); 0 evaluates only at the end.
     """
@@ -145,10 +164,23 @@ class TrainConfig:
     checkpoint_every_steps: int = 0
     keep_checkpoints: int = 2
     eval_every_epochs: int = 0
+    embedding_optimizer: str = "adam"
+    embedding_learning_rate: float | None = None
+
+    @property
+    def resolved_embedding_learning_rate(self) -> float:
+        """The embedding table's step size, with the default of its optimiser filled in."""
+        if self.embedding_learning_rate is not None:
+            return self.embedding_learning_rate
+        return ROWWISE_ADAGRAD_LEARNING_RATE if self.embedding_optimizer == "rowwise_adagrad" else self.learning_rate
 
     def validate(self) -> None:
         _require(self.embedding_update in EMBEDDING_UPDATES, "train.embedding_update",
                  self.embedding_update, f"must be one of {EMBEDDING_UPDATES}")
+        _require(self.embedding_optimizer in EMBEDDING_OPTIMIZERS, "train.embedding_optimizer",
+                 self.embedding_optimizer, f"must be one of {EMBEDDING_OPTIMIZERS}")
+        _require(self.embedding_learning_rate is None or self.embedding_learning_rate > 0,
+                 "train.embedding_learning_rate", self.embedding_learning_rate, "must be > 0 or None")
         _require(self.epochs >= 1, "train.epochs", self.epochs, "must be >= 1")
         _require(self.batch_size >= 1, "train.batch_size", self.batch_size, "must be >= 1")
         _require(self.learning_rate > 0, "train.learning_rate", self.learning_rate, "must be > 0")

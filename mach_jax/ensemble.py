@@ -48,7 +48,10 @@ def step_spec(config: Config, info: wd.RunInfo, mesh) -> steps.StepSpec:
         loss_name=config.train.loss, num_buckets=config.model.num_buckets,
         feat_hash_dim=config.model.feat_hash_dim, learning_rate=config.train.learning_rate,
         lazy_embedding=model.uses_lazy_update(config.model, config.train.embedding_update,
-                                              info.num_features, info.max_nnz, config.train.batch_size))
+                                              info.num_features, info.max_nnz, config.train.batch_size,
+                                              config.train.embedding_optimizer),
+        embedding_optimizer=config.train.embedding_optimizer,
+        embedding_learning_rate=config.train.resolved_embedding_learning_rate)
 
 
 class MachEnsemble:

@@ -20,7 +20,7 @@ from jax import lax
 from mach_jax.config import ConfigError, ModelConfig
 
 _DENSE_INPUT_RATIO = 16
-_LAZY_MIN_RATIO = 4
+_LAZY_MIN_RATIO = 1.5
 
 Params = Any  # a pure dict of arrays (nnx.to_pure_dict), every leaf [R, ...]
 
@@ -60,16 +60,6 @@ class MachMember(nnx.Module):
             hidden = jnp.einsum("nk,nkh->nh", feat_vals, jnp.take(table, feat_ids, axis=0))
         return hidden + self.embedding_bias[...]
 
-    def bag_entries(self, ids: jax.Array, vals: jax.Array, points: jax.Array, num_points: int) -> jax.Array:
-        """The same bag from a flat list of T entries (``sparse_update.flat_entries``).
-
-        Args: ids int32 [T] rows; vals float32 [T]; points int32 [T] in [0, N], N for padding.
-        Returns: [N, H] (before the ReLU).
-        """
-        rows = vals[:, None] * jnp.take(self.embedding[...], ids, axis=0)
-        hidden = jnp.zeros((num_points, rows.shape[1]), rows.dtype).at[points].add(rows, mode="drop")
-        return hidden + self.embedding_bias[...]
-
     def head(self, bag: jax.Array) -> jax.Array:
         """ReLU, the further hidden layers, the output layer: [N, H] -> [N, B] logits."""
         hidden = jax.nn.relu(bag)
@@ -92,15 +82,22 @@ def uses_dense_input(config: ModelConfig, num_features: int, max_nnz: int) -> bo
 
 
 def uses_lazy_update(config: ModelConfig, embedding_update: str, num_features: int, max_nnz: int,
-                     batch_size: int) -> bool:
-    """Whether the embedding tables get row-sparse Adam (``train.embedding_update``).
+                     batch_size: int, embedding_optimizer: str = "adam") -> bool:
+    """Whether the embedding tables get row-sparse updates (``train.embedding_update``; always
+    with ``embedding_optimizer="rowwise_adagrad"``, which exists only as a row-sparse update).
 
     Lazy updates need the gathering (sparse) embedding bag. "auto" picks them when the table has
     at least ``_LAZY_MIN_RATIO`` times more rows than a batch can touch (N K): measured on a
-    2-core CPU at N K ~ 36,000, lazy/dense step time was 0.42x at D = 30,000, 1.0x at 100,000
-    and 2.5x at 300,000, since a gathered row costs several times a streamed one.
+    2-core CPU (``scripts/bench.py --only train``, N K ~ 35,000), dense/lazy step time was 0.95x
+    at D = 30,000 and 2.15x at D = 100,000, since a gathered row costs several streamed ones.
     """
     sparse_input = not uses_dense_input(config, num_features, max_nnz)
+    if embedding_optimizer == "rowwise_adagrad":
+        if not sparse_input:
+            raise ConfigError("train.embedding_optimizer='rowwise_adagrad' needs the sparse input layer, "
+                              f"but model.input_layer={config.input_layer!r} resolves to dense here "
+                              "(set --input-layer sparse)", field="train.embedding_optimizer")
+        return True
     if embedding_update == "lazy" and not sparse_input:
         raise ConfigError("train.embedding_update='lazy' needs the sparse input layer, but "
                           f"model.input_layer={config.input_layer!r} resolves to dense here "
@@ -154,53 +151,44 @@ def init_params(config: ModelConfig, num_features: int, rep_ids: jax.Array, seed
 
 
 def apply_ensemble(graphdef: nnx.GraphDef, params: Params, feat_ids: jax.Array,
-                   feat_vals: jax.Array, rep_shards: int = 1, entry_points: jax.Array | None = None,
-                   num_points: int = 0) -> jax.Array:
+                   feat_vals: jax.Array, rep_shards: int = 1) -> jax.Array:
     """Bucket logits of every member.
 
     Args:
       graphdef: from ``member_graphdef``.
       params: stacked parameters, leaves [R, ...].
-      feat_ids: int32 [N, K] shared by all members, or [R, N, K] per member (feature hashing);
-        with ``entry_points``, flat entries [T] or [R, T] instead.
-      feat_vals: float32 [N, K], or [T] with ``entry_points``.
+      feat_ids: int32 [N, K] shared by all members, or [R, N, K] per member (feature hashing).
+      feat_vals: float32 [N, K].
       rep_shards: S, the devices along the mesh's ``reps`` axis (R is split into S groups).
-      entry_points: int32 [T], the point of each flat entry (``sparse_update.flat_entries``).
-      num_points: N, with ``entry_points``.
 
     Returns:
       float32 [R, N, B] logits.
     """
     num_reps = jax.tree.leaves(params)[0].shape[0]
-    shared_ndim = 1 if entry_points is not None else 2
 
     def by_shard(x):  # [R, ...] -> [S, R / S, ...]: the split axis stays the sharded one
         return x.reshape((rep_shards, num_reps // rep_shards) + x.shape[1:])
 
     def bag_one(member_params, ids):
-        member = nnx.merge(graphdef, member_params)
-        if entry_points is not None:
-            return member.bag_entries(ids, feat_vals, entry_points, num_points)
-        return member.bag(ids, feat_vals)
+        return nnx.merge(graphdef, member_params).bag(ids, feat_vals)
 
     # The bag runs member by member (lax.map) within each shard's members: on CPU an unbatched
     # row gather is about 4x faster than the batched gather vmap makes of it. Scanning only the
     # local members keeps the step free of communication (a scan over the sharded R axis itself
     # would all-gather the tables). The dense layers stay vmapped.
     def shard_bags(shard_params, shard_ids):  # [R / S, ...] members of one shard
-        if shard_ids.ndim > shared_ndim:
+        if shard_ids.ndim == 3:
             return lax.map(lambda args: bag_one(*args), (shard_params, shard_ids))
         return lax.map(lambda member_params: bag_one(member_params, shard_ids), shard_params)
 
     if rep_shards == 1:  # no vmap of size 1 around the scan: it would batch the gather again
-        return _apply_heads(graphdef, params, shard_bags(params, feat_ids))
-    per_member = feat_ids.ndim > shared_ndim
-    ids = by_shard(feat_ids) if per_member else feat_ids
-    bags = jax.vmap(shard_bags, in_axes=(0, 0 if per_member else None))(
+        return apply_heads(graphdef, params, shard_bags(params, feat_ids))
+    ids = by_shard(feat_ids) if feat_ids.ndim == 3 else feat_ids
+    bags = jax.vmap(shard_bags, in_axes=(0, 0 if feat_ids.ndim == 3 else None))(
         jax.tree.map(by_shard, params), ids)
-    return _apply_heads(graphdef, params, bags.reshape((num_reps,) + bags.shape[2:]))
+    return apply_heads(graphdef, params, bags.reshape((num_reps,) + bags.shape[2:]))
 
 
-def _apply_heads(graphdef: nnx.GraphDef, params: Params, bags: jax.Array) -> jax.Array:
-    """[R, N, H] bags -> [R, N, B] logits, vmapped over the members."""
+def apply_heads(graphdef: nnx.GraphDef, params: Params, bags: jax.Array) -> jax.Array:
+    """[R, N, H] bags (bias included, before the ReLU) -> [R, N, B] logits, vmapped over the members."""
     return jax.vmap(lambda member_params, bag: nnx.merge(graphdef, member_params).head(bag))(params, bags)

@@ -37,6 +37,8 @@ class StepSpec:
       learning_rate: Adam's step size.
       lazy_embedding: update the embedding tables row-sparsely (``sparse_update``).
       rep_shards: devices along the mesh's ``reps`` axis (see ``model.apply_ensemble``).
+      embedding_optimizer: "adam" or "rowwise_adagrad" for the lazy embedding update, with
+        ``embedding_learning_rate`` (None: ``learning_rate``).
       touched_rows_cap, entries_cap: U and T of the lazy step (``input_pipeline.batch_caps``;
         0: N * K). The caller feeds it only batches within them (``input_pipeline.batch_fits``),
         the others to the step without caps.
@@ -51,6 +53,8 @@ class StepSpec:
     rep_shards: int = 1
     touched_rows_cap: int = 0
     entries_cap: int = 0
+    embedding_optimizer: str = "adam"
+    embedding_learning_rate: float | None = None
 
     @property
     def optimizer(self) -> optax.GradientTransformation:
@@ -64,10 +68,14 @@ def create_state(params: model.Params, spec: StepSpec) -> State:
     if not spec.lazy_embedding:
         return {"step": jnp.zeros((), jnp.int32), "params": params,
                 "opt_state": spec.optimizer.init(params)}
-    table = params["embedding"]  # [R, D, H]; Adam's two moments side by side: [R, D, 2, H]
-    moments = jnp.zeros(table.shape[:2] + (2,) + table.shape[2:], table.dtype)
-    return {"step": jnp.zeros((), jnp.int32), "params": params,
-            "opt_state": {"rest": spec.optimizer.init(_without_embedding(params)), "embedding_moments": moments}}
+    table = params["embedding"]  # [R, D, H]
+    rest = spec.optimizer.init(_without_embedding(params))
+    if spec.embedding_optimizer == "rowwise_adagrad":  # one accumulator per row: [R, D]
+        opt_state = {"rest": rest, "embedding_accumulator": jnp.zeros(table.shape[:2], table.dtype)}
+    else:  # Adam's two moments side by side: [R, D, 2, H]
+        opt_state = {"rest": rest, "embedding_moments": jnp.zeros(table.shape[:2] + (2,) + table.shape[2:],
+                                                                  table.dtype)}
+    return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": opt_state}
 
 
 def _without_embedding(tree: dict[str, Any]) -> dict[str, Any]:
@@ -114,7 +122,7 @@ def train_step(state: State, batch: Batch, seeds: Seeds, *, spec: StepSpec) -> t
         return ({"step": step, "params": optax.apply_updates(params, updates), "opt_state": opt_state},
                 {"member_loss": member_loss})
 
-    # Lazy: differentiate through the touched rows [R, U, H] only, then update just those rows.
+    # Lazy: only the U rows a batch touches are read and written (see ``_lazy_update``).
     num_rows = params["embedding"].shape[1]
     if feat_ids.ndim == 3:  # hashed features: each member touches its own rows
         rows, local_ids = jax.vmap(sparse_update.touched_rows, in_axes=(0, None, None))(
@@ -123,53 +131,57 @@ def train_step(state: State, batch: Batch, seeds: Seeds, *, spec: StepSpec) -> t
         rows, local_ids = sparse_update.touched_rows(feat_ids, batch["feat_vals"], num_rows)
     full = batch["feat_vals"].size
     sizes = (min(spec.touched_rows_cap or full, full), min(spec.entries_cap or full, full))
-    return _lazy_update(state, batch, buckets, rows, local_ids, sizes=sizes, spec=spec)
+    return _lazy_update(state, batch, buckets, feat_ids, rows, local_ids, sizes=sizes, spec=spec)
 
 
-def _lazy_update(state: State, batch: Batch, buckets: jax.Array, rows: jax.Array, local_ids: jax.Array, *,
-                 sizes: tuple[int, int], spec: StepSpec) -> tuple[State, dict]:
+def _lazy_update(state: State, batch: Batch, buckets: jax.Array, feat_ids: jax.Array, rows: jax.Array,
+                 local_ids: jax.Array, *, sizes: tuple[int, int], spec: StepSpec) -> tuple[State, dict]:
     """The lazy step with U touched rows and T entries (``sizes``; the batch must fit them).
 
-    Args: rows int32 [N K] or [R, N K] (touched rows first); local_ids int32 [N, K] or [R, N, K].
+    The bag is linear in the table, so it is not differentiated by autodiff (whose gradient is a
+    dense [D, H] scatter): its forward reads the T entries straight from the tables, autodiff
+    covers the layers above it, and the gradients of the U touched rows are formed by hand.
+
+    Args: feat_ids int32 [N, K] or [R, N, K]; rows int32 [N K] or [R, N K] (touched rows
+    first); local_ids int32 [N, K] or [R, N, K], the features' positions in ``rows``.
     """
     max_rows, max_entries = sizes
     params, step = state["params"], state["step"] + 1
+    table, feat_vals = params["embedding"], batch["feat_vals"]
     rows = rows[..., :max_rows]
-    ids, vals, points = sparse_update.flat_entries(local_ids, batch["feat_vals"], max_entries)
-    local = dict(params, embedding=_member_rows(params["embedding"], rows, spec.rep_shards))
-    entries = {"ids": ids, "vals": vals, "points": points}
-    grads, member_loss = jax.grad(_entry_losses, has_aux=True)(local, entries, batch, buckets, spec)
+    ids, vals, points = sparse_update.flat_entries(feat_ids, feat_vals, max_entries)
+    bags = _by_shard(functools.partial(sparse_update.entry_bags, vals=vals, points=points,
+                                       num_points=feat_vals.shape[0]),
+                     (table, ids), spec.rep_shards, shared=(False, ids.ndim == 1))
     rest = _without_embedding(params)
-    updates, rest_state = spec.optimizer.update(_without_embedding(grads), state["opt_state"]["rest"], rest)
-    opt = state["opt_state"]
-    table, moments = _by_shard(functools.partial(sparse_update.lazy_adam, step=step,
-                                                 learning_rate=spec.learning_rate),
-                               (params["embedding"], opt["embedding_moments"], rows, grads["embedding"]),
-                               spec.rep_shards, shared=(False, False, rows.ndim == 1, False))
+    head_losses = functools.partial(_head_losses, table=table, batch=batch, buckets=buckets, spec=spec)
+    loss, head_vjp, member_loss = jax.vjp(head_losses, rest, bags, has_aux=True)
+    rest_grads, bag_grads = head_vjp(jnp.ones_like(loss))
+    row_grads = _by_shard(functools.partial(sparse_update.row_gradients, feat_vals=feat_vals, num_rows=max_rows),
+                          (bag_grads, local_ids), spec.rep_shards, shared=(False, local_ids.ndim == 2))
+    updates, rest_state = spec.optimizer.update(rest_grads, state["opt_state"]["rest"], rest)
+    learning_rate = spec.embedding_learning_rate or spec.learning_rate
+    if spec.embedding_optimizer == "rowwise_adagrad":
+        name, update = "embedding_accumulator", functools.partial(sparse_update.rowwise_adagrad,
+                                                                   learning_rate=learning_rate)
+    else:
+        name, update = "embedding_moments", functools.partial(sparse_update.lazy_adam, step=step,
+                                                               learning_rate=learning_rate)
+    table, embedding_state = _by_shard(update, (table, state["opt_state"][name], rows, row_grads),
+                                       spec.rep_shards, shared=(False, False, rows.ndim == 1, False))
     new_params = dict(optax.apply_updates(rest, updates), embedding=table)
-    new_opt = {"rest": rest_state, "embedding_moments": moments}
+    new_opt = {"rest": rest_state, name: embedding_state}
     return {"step": step, "params": new_params, "opt_state": new_opt}, {"member_loss": member_loss}
 
 
-def _entry_losses(params, entries: dict[str, jax.Array], batch: Batch, buckets: jax.Array, spec: StepSpec):
-    member_logits = model.apply_ensemble(spec.graphdef, params, entries["ids"], entries["vals"],
-                                         spec.rep_shards, entries["points"], batch["feat_vals"].shape[0])
+def _head_losses(rest: model.Params, bags: jax.Array, *, table: jax.Array, batch: Batch, buckets: jax.Array,
+                 spec: StepSpec):
+    """Summed and per-member losses from the bags [R, N, H] (before the bias) up."""
+    params = dict(rest, embedding=table)
+    member_logits = model.apply_heads(spec.graphdef, params, bags + rest["embedding_bias"][:, None, :])
     member_loss = losses.member_losses(spec.loss_name, member_logits, buckets, batch["label_mask"],
                                        batch["point_mask"])
     return member_loss.sum(), member_loss
-
-
-def _member_rows(table: jax.Array, rows: jax.Array, rep_shards: int) -> jax.Array:
-    """[R, U, H]: the rows [U] (or [R, U]) of every member's [D, H] table, member by member
-    (``lax.map``: an unbatched gather is several times faster on CPU than a vmapped one)."""
-    def gather(tables, member_rows):
-        if member_rows.ndim == 1:
-            return jax.lax.map(lambda t: sparse_update.gather_rows(t, member_rows), tables)
-        return jax.lax.map(lambda args: sparse_update.gather_rows(*args), (tables, member_rows))
-
-    if rep_shards == 1:
-        return gather(table, rows)
-    return _by_shard(gather, (table, rows), rep_shards, shared=(False, rows.ndim == 1))
 
 
 def _by_shard(fn, args: tuple, rep_shards: int, shared: tuple[bool, ...] | None = None):

@@ -27,9 +27,11 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def default_workdir(args: argparse.Namespace) -> Path:
-    train_path = getattr(args, "data.train_path")
+    train_path, dataset = getattr(args, "data.train_path"), getattr(args, "data.dataset")
     if train_path:
         return Path("runs") / Path(train_path).resolve().parent.name
+    if dataset:
+        return Path("runs") / dataset.partition(":")[2].lower()
     return Path("runs") / args.preset
 
 

@@ -43,7 +43,15 @@ def read_data_file(path: str, cache_dir: str | None = None, progress: bool = Fal
 
 
 def load_datasets(config: DataConfig, progress: bool = False) -> tuple[XCDataset, XCDataset]:
-    """The (train, test) pair: the two files, or the embedded synthetic data."""
+    """The (train, test) pair: the two files, a TFDS source, or the embedded synthetic data."""
+    if config.dataset is not None:
+        from mach_jax.tfds import load_tfds, parse_data_spec
+
+        name = parse_data_spec(config.dataset)
+        train, test = (load_tfds(name, config.tfds_data_dir, split=split) for split in ("train", "test"))
+        log.info("data: %s (%d points) and %s (%d points), D=%d, L=%d", train.source, train.num_points,
+                 test.source, test.num_points, train.num_features, train.num_labels)
+        return train, test
     if config.train_path is None:
         train, test = make_synthetic(config.synthetic)
         log.info("data: %s (synthetic, generated in code; pass --train/--test for real files)",

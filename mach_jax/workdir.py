@@ -31,7 +31,7 @@ CHECKPOINT_DIR = "checkpoints"
 _RESUMABLE_FIELDS = {
     "train.epochs", "train.log_every_steps", "train.checkpoint_every_steps", "train.keep_checkpoints",
     "train.eval_every_epochs",
-    "data.cache_dir", "data.train_path", "data.test_path",
+    "data.cache_dir", "data.train_path", "data.test_path", "data.tfds_data_dir",
     "parallel.rep_devices", "parallel.data_devices",  # a checkpoint restores onto any topology
 }
 GROUP_PREFIX = "reps-"

@@ -110,7 +110,7 @@ def timed(fn, *args, repeats: int = 1):
     return best
 
 
-def make_config(preset: BenchPreset, embedding_update: str) -> Config:
+def make_config(preset: BenchPreset, embedding_update: str, embedding_optimizer: str = "adam") -> Config:
     return Config().replace(
         data={"synthetic": {"num_labels": preset.num_labels, "num_features": preset.num_features,
                             "num_train": preset.train_points, "num_test": 256,
@@ -119,7 +119,8 @@ def make_config(preset: BenchPreset, embedding_update: str) -> Config:
                             "noise_features": preset.noise_features}},
         model={"num_repetitions": preset.num_repetitions, "num_buckets": preset.num_buckets,
                "hidden_sizes": [preset.hidden], "input_layer": "sparse"},
-        train={"batch_size": preset.batch_size, "embedding_update": embedding_update})
+        train={"batch_size": preset.batch_size, "embedding_update": embedding_update,
+               "embedding_optimizer": embedding_optimizer})
 
 
 def bench_parse(train, workdir: Path) -> None:
@@ -185,16 +186,17 @@ def time_steps(program, state, batches, steps: int):
 def bench_train(preset: BenchPreset, train, steps: int) -> dict[str, float]:
     step_ms = {}
     roofline = matmul_flops_per_s(preset)
-    for update in ("dense", "lazy"):
-        config = make_config(preset, update)
+    for update, optimizer in (("dense", "adam"), ("lazy", "adam"), ("lazy", "rowwise_adagrad")):
+        config = make_config(preset, update, optimizer)
         program, state, batches, info, _ = staged_program(config, train)
         start = time.perf_counter()
         compiled = program.train_step.lower(state, batches[0], program.seeds).compile()
         compile_s = time.perf_counter() - start
         flops = (compiled.cost_analysis() or {}).get("flops", float("nan"))
         seconds, state = time_steps(program, state, batches, steps)
-        step_ms[update] = 1e3 * seconds
-        emit({"bench": "train", "embedding_update": update, "D": info.num_features, "L": info.num_labels,
+        step_ms[update, optimizer] = 1e3 * seconds
+        emit({"bench": "train", "embedding_update": update, "embedding_optimizer": optimizer,
+              "D": info.num_features, "L": info.num_labels,
               "R": preset.num_repetitions, "B": preset.num_buckets, "H": preset.hidden,
               "K": info.max_nnz, "batch_size": preset.batch_size, "compile_s": round(compile_s, 2),
               "step_ms": round(1e3 * seconds, 2), "examples_per_s": round(preset.batch_size / seconds, 1),
@@ -202,7 +204,9 @@ def bench_train(preset: BenchPreset, train, steps: int) -> dict[str, float]:
               "matmul_gflop_per_s": round(roofline / 1e9, 2),
               "roofline_ratio": round(flops / seconds / roofline, 3)})
         del state, batches
-    emit({"bench": "train_speedup", "lazy_over_dense": round(step_ms["dense"] / step_ms["lazy"], 2)})
+    dense = step_ms["dense", "adam"]
+    emit({"bench": "train_speedup", "lazy_adam_over_dense_adam": round(dense / step_ms["lazy", "adam"], 2),
+          "lazy_rowwise_adagrad_over_dense_adam": round(dense / step_ms["lazy", "rowwise_adagrad"], 2)})
     return step_ms
 
 

@@ -85,6 +85,8 @@ STEP_VARIANTS = {
     "sparse-lazy": {"model": {"input_layer": "sparse"}, "train": {"embedding_update": "lazy"}},
     "hashed-sparse-lazy": {"model": {"input_layer": "sparse", "feat_hash_dim": 128},
                            "train": {"embedding_update": "lazy"}},
+    "sparse-lazy-rowwise-adagrad": {"model": {"input_layer": "sparse"},
+                                    "train": {"embedding_optimizer": "rowwise_adagrad"}},
 }
 
 
@@ -107,6 +109,17 @@ def test_sharded_and_unsharded_training_agree(tmp_path, reference):
     assert_same_ensemble(tmp_path / "sharded", reference)
     train(tmp_path, tmp_path / "data_parallel", "--rep-devices", "2", "--data-devices", "2", devices=4)
     assert_same_ensemble(tmp_path / "data_parallel", reference)
+
+
+@pytest.mark.parametrize("flags", [
+    ["--input-layer", "sparse", "--embedding-update", "lazy", "--feat-hash-dim", "96"],
+    ["--input-layer", "sparse", "--embedding-optimizer", "rowwise_adagrad"],
+])
+def test_sharded_lazy_training_agrees_with_one_device(tmp_path, flags):
+    """The row-sparse step (capped sizes, per-shard member loops) on 4 devices, as on 1."""
+    train(tmp_path, tmp_path / "one", "--epochs", "2", *flags)
+    train(tmp_path, tmp_path / "four", "--epochs", "2", "--rep-devices", "4", *flags, devices=4)
+    assert_same_ensemble(tmp_path / "four", tmp_path / "one")
 
 
 def test_a_bad_mesh_is_refused_before_compiling(tmp_path):

@@ -28,9 +28,9 @@ def make_batch(rng, num_features=NUM_FEATURES, width=5, num_points=6):
     }
 
 
-def spec(lazy, config=CONFIG, num_features=NUM_FEATURES):
+def spec(lazy, config=CONFIG, num_features=NUM_FEATURES, **fields):
     return steps.StepSpec(graphdef=model.member_graphdef(config, num_features, max_nnz=5), loss_name="softmax",
-                          num_buckets=config.num_buckets, learning_rate=LR, lazy_embedding=lazy)
+                          num_buckets=config.num_buckets, learning_rate=LR, lazy_embedding=lazy, **fields)
 
 
 def numpy_adam(param, m, v, grad, t):
@@ -40,11 +40,18 @@ def numpy_adam(param, m, v, grad, t):
     return param - LR * m_hat / (np.sqrt(v_hat) + sparse_update.EPS), m, v
 
 
-def reference_run(params, batches, seeds):
+def numpy_rowwise_adagrad(rows, acc, grad, lr):
+    acc = acc + (grad * grad).mean(axis=-1)
+    return rows - lr * grad / (np.sqrt(acc)[..., None] + sparse_update.EPS), acc
+
+
+def reference_run(params, batches, seeds, embedding_rule="adam", embedding_lr=LR):
     """Numpy: dense gradients from jax.grad of the plain loss, then Adam per leaf, the embedding
-    updated (values and moments) only on rows that carry a nonzero feature in the batch."""
+    updated (values and moments) only on rows that carry a nonzero feature in the batch, by Adam
+    or by row-wise Adagrad."""
     params = jax.tree.map(lambda x: np.asarray(x, np.float64), params)
     moments = jax.tree.map(lambda x: (np.zeros_like(x), np.zeros_like(x)), params)
+    accumulator = np.zeros(params["embedding"].shape[:2])
     dense_spec = spec(lazy=False)
     for t, batch in enumerate(batches, start=1):
         buckets = hashing.hash_to_range(batch["label_ids"], seeds["labels"], CONFIG.num_buckets, xp=jnp)
@@ -54,7 +61,11 @@ def reference_run(params, batches, seeds):
         grads = jax.tree.map(lambda x: np.asarray(x, np.float64), grads)
         touched = np.unique(batch["feat_ids"][batch["feat_vals"] != 0])
         for name in params:
-            if name == "embedding":
+            if name == "embedding" and embedding_rule == "rowwise_adagrad":
+                table = params[name]
+                table[:, touched], accumulator[:, touched] = numpy_rowwise_adagrad(
+                    table[:, touched], accumulator[:, touched], grads[name][:, touched], embedding_lr)
+            elif name == "embedding":
                 table, (m, v) = params[name], moments[name]
                 new_rows, m[:, touched], v[:, touched] = numpy_adam(
                     table[:, touched], m[:, touched], v[:, touched], grads[name][:, touched], t)
@@ -69,8 +80,8 @@ def reference_run(params, batches, seeds):
     return params
 
 
-def run(lazy, params, batches, seeds, config=CONFIG, num_features=NUM_FEATURES):
-    step_spec = spec(lazy, config, num_features)
+def run(lazy, params, batches, seeds, config=CONFIG, num_features=NUM_FEATURES, **fields):
+    step_spec = spec(lazy, config, num_features, **fields)
     state = steps.create_state(params, step_spec)
     step = jax.jit(functools.partial(steps.train_step, spec=step_spec))
     for batch in batches:
@@ -93,6 +104,47 @@ def test_lazy_adam_matches_the_numpy_reference():
     assert untouched.size  # some rows were never touched: they must not have moved at all
     np.testing.assert_array_equal(np.asarray(ours["embedding"])[:, untouched],
                                   np.asarray(params["embedding"])[:, untouched])
+
+
+@pytest.mark.parametrize("fields,rule", [
+    ({"embedding_optimizer": "rowwise_adagrad", "embedding_learning_rate": 0.05}, "rowwise_adagrad"),
+    # Caps below the batch sizes are never used (the trainer sends such batches to the uncapped
+    # step); caps at least as large as the batch must give the same result as none.
+    ({"touched_rows_cap": 20, "entries_cap": 26}, "adam"),
+])
+def test_lazy_variants_match_the_numpy_reference(fields, rule):
+    rng = np.random.default_rng(2)
+    params = model.init_params(CONFIG, NUM_FEATURES, jnp.arange(2), seed=0)
+    batches = [make_batch(rng) for _ in range(3)]
+    seeds = {"labels": jnp.asarray(hashing.repetition_seeds(0, 2))}
+    for batch in batches:
+        touched = batch["feat_ids"][batch["feat_vals"] != 0]
+        assert len(np.unique(touched)) <= 20 and touched.size <= 26 < batch["feat_ids"].size
+    ours = run(True, params, batches, seeds, **fields)["params"]
+    expected = reference_run(params, batches, seeds, rule, fields.get("embedding_learning_rate", LR))
+    for path, leaf in jax.tree_util.tree_leaves_with_path(ours):
+        ref = dict(jax.tree_util.tree_leaves_with_path(expected))[path]
+        np.testing.assert_allclose(np.asarray(leaf), ref, rtol=1e-4, atol=1e-6, err_msg=str(path))
+
+
+def test_batch_caps_bound_epoch_0_and_batch_fits_checks_both():
+    from mach_jax import input_pipeline
+    from mach_jax.dataset import CsrMatrix
+
+    rng = np.random.default_rng(3)
+    rows = [np.sort(rng.choice(50, rng.integers(1, 9), replace=False)) for _ in range(40)]
+    indptr = np.concatenate([[0], np.cumsum([len(r) for r in rows])])
+    features = CsrMatrix(indptr, np.concatenate(rows).astype(np.int32),
+                         np.ones(indptr[-1], np.float32), 50)
+    max_rows, max_entries = input_pipeline.batch_caps(features, 8, seed=1, margin=1.0, multiple=1)
+    order = input_pipeline.epoch_order(40, 1, 0)
+    batches = [features.take(order[i:i + 8]) for i in range(0, 40, 8)]
+    assert max_entries == max(b.indices.size for b in batches)
+    assert max_rows == max(len(np.unique(b.indices)) for b in batches)
+    batch = {"feat_ids": np.array([[1, 2, 3], [1, 4, 0]]), "feat_vals": np.array([[1.0, 1, 1], [1, 1, 0]])}
+    assert input_pipeline.batch_fits(batch, (4, 5))
+    assert not input_pipeline.batch_fits(batch, (3, 5))  # 4 distinct rows
+    assert not input_pipeline.batch_fits(batch, (4, 4))  # 5 entries
 
 
 def test_lazy_equals_dense_when_every_row_is_touched_every_step():
@@ -130,5 +182,9 @@ def test_lazy_update_needs_the_sparse_input_layer():
     assert model.uses_lazy_update(CONFIG, "lazy", 40, 5, 6)
     auto = dataclasses.replace(CONFIG, input_layer="auto")
     assert not model.uses_lazy_update(auto, "auto", 40, 5, 6)  # small D: the dense bag, dense Adam
-    assert not model.uses_lazy_update(auto, "auto", 100_000, 138, 256)  # measured break-even
-    assert model.uses_lazy_update(auto, "auto", 300_000, 138, 256)
+    assert not model.uses_lazy_update(auto, "auto", 30_000, 131, 256)  # measured: lazy 0.95x dense
+    assert model.uses_lazy_update(auto, "auto", 100_000, 143, 256)  # measured: lazy 2.15x dense
+    with pytest.raises(ConfigError, match="rowwise_adagrad' needs the sparse input layer"):
+        model.uses_lazy_update(dataclasses.replace(CONFIG, input_layer="dense"), "auto", 40, 5, 6,
+                               "rowwise_adagrad")
+    assert model.uses_lazy_update(CONFIG, "dense", 40, 5, 6, "rowwise_adagrad")  # always row-sparse

@@ -181,3 +181,20 @@ def test_records_that_do_not_fit_the_metadata(tiny, tmp_path):
     with pytest.raises(DataFormatError, match=rf"1\.0\.0: split 'train': column ids must lie "
                                               rf"in \[0, {D - 1}\)"):
         load_tfds("tiny-test", data_dir, split="train")
+
+
+def test_training_on_a_tfds_source_equals_training_on_its_files(tiny, tmp_path):
+    """--data tfds:NAME trains on exactly the data of the XC files it was built from."""
+    manual, data_dir = tiny
+    common = [sys.executable, "-m", "mach_jax.train", "--preset", "tiny", "--quiet", "--epochs", "1"]
+    env = dict(os.environ, JAX_PLATFORMS="cpu", MACH_JAX_CACHE_DIR=str(tmp_path / "cache"))
+    subprocess.run(common + ["--data", "tfds:tiny-test", "--tfds-data-dir", str(data_dir), "--workdir", "a"],
+                   cwd=tmp_path, env=env, check=True, capture_output=True)
+    subprocess.run(common + ["--train", str(manual / "train.txt"), "--test", str(manual / "test.txt.gz"),
+                             "--workdir", "b"], cwd=tmp_path, env=env, check=True, capture_output=True)
+    via_tfds, via_files = (json.loads((tmp_path / w / "metrics.json").read_text()) for w in ("a", "b"))
+    for key in ("P@1", "P@3", "P@5", "nDCG@5"):
+        assert via_tfds[key] == via_files[key], key
+    bad = subprocess.run(common + ["--data", "nope", "--workdir", "c"], cwd=tmp_path, env=env,
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "data.dataset" in bad.stderr and "Traceback" not in bad.stderr
