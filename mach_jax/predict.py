@@ -28,6 +28,7 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--chunk-rows", type=int, default=65_536, help="points read at a time")
     parser.add_argument("--export", default=None, help="also export a StableHLO predictor here")
     parser.add_argument("--export-max-nnz", type=int, default=256, help="K of the exported function")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
     cli.add_config_flags(parser, ("eval",), with_preset=False)
     return parser.parse_args(argv)
 
@@ -42,6 +43,7 @@ def format_predictions(scores, ids) -> list[str]:
 def do_predict(args: argparse.Namespace) -> int:
     from mach_jax.ensemble import MachEnsemble
     from mach_jax.xc_stream import iter_xc_chunks
+    from tqdm.auto import tqdm
 
     ensemble = MachEnsemble.load(*args.workdir, **cli.flag_overrides(args).get("eval", {}))
     if args.export:
@@ -54,7 +56,8 @@ def do_predict(args: argparse.Namespace) -> int:
         return 0
     out = open(args.output, "w") if args.output else sys.stdout
     try:
-        for chunk in iter_xc_chunks(args.input, args.chunk_rows):
+        for chunk in tqdm(iter_xc_chunks(args.input, args.chunk_rows), disable=args.quiet, desc="predict",
+                          unit="chunk"):
             scores, ids = ensemble.predict(chunk.features, k=args.k, source=args.input)
             out.write("".join(line + "\n" for line in format_predictions(scores, ids)))
     finally:

@@ -55,9 +55,15 @@ def test_stream_errors_name_the_line_in_the_whole_file(tmp_path):
 def test_predict_command_streams_the_same_top_k(trained):
     root, test = trained
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    subprocess.run([sys.executable, "-m", "mach_jax.predict", "--workdir", "work", "--input", "test.txt.gz",
-                    "--k", "3", "--chunk-rows", "64", "--output", "out.txt"], cwd=root, env=env, check=True,
-                   capture_output=True)
+    shown = subprocess.run([sys.executable, "-m", "mach_jax.predict", "--workdir", "work", "--input", "test.txt.gz",
+                            "--k", "3", "--chunk-rows", "64", "--output", "out.txt"], cwd=root, env=env,
+                           check=True, capture_output=True, text=True)
+    assert "predict: " in shown.stderr and "%|" in shown.stderr  # a progress bar over the chunks
+    quiet = subprocess.run([sys.executable, "-m", "mach_jax.predict", "--workdir", "work", "--input",
+                            "test.txt.gz", "--k", "3", "--output", "quiet.txt", "--quiet"], cwd=root, env=env,
+                           check=True, capture_output=True, text=True)
+    assert "%|" not in quiet.stderr
+    assert (root / "quiet.txt").read_text() == (root / "out.txt").read_text()
     lines = (root / "out.txt").read_text().splitlines()
     assert len(lines) == test.num_points
     pairs = [[item.split(":") for item in line.split()] for line in lines]
