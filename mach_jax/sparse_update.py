@@ -103,11 +103,6 @@ def row_gradients(bag_grads: jax.Array, local_ids: jax.Array, feat_vals: jax.Arr
     return jax.lax.map(member_grads, jnp.arange(bag_grads.shape[0]))
 
 
-def gather_rows(table: jax.Array, rows: jax.Array) -> jax.Array:
-    """Rows [U, H] of a [D, H] table; the sentinel row id D reads zeros."""
-    return jnp.take(table, rows, axis=0, mode="fill", fill_value=0)
-
-
 def lazy_adam(table: jax.Array, moments: jax.Array, rows: jax.Array, grads: jax.Array,
               step: jax.Array, learning_rate: float) -> tuple[jax.Array, jax.Array]:
     """One lazy Adam step on the touched rows of every member's table.
