@@ -74,6 +74,10 @@ class DataConfig:
 
     ``dataset`` = "tfds:NAME" reads the train and test splits of a built TensorFlow Datasets
     source instead of files (see ``mach_jax.tfds``; ``tfds_data_dir``: its data_dir).
+
+    ``valid_frac`` > 0 holds out that share of the training points (a permutation seeded by
+    ``valid_seed``, see ``trainer.validation_split``): the model trains on the rest and is
+    evaluated on them instead of the test set, so settings can be chosen without the test split.
     """
 
     train_path: str | None = None
@@ -84,6 +88,8 @@ class DataConfig:
     max_labels: int | None = None
     overflow: str = "truncate"
     cache_dir: str | None = None
+    valid_frac: float = 0.0
+    valid_seed: int = 0
     synthetic: SyntheticConfig = SyntheticConfig()
 
     def validate(self) -> None:
@@ -99,6 +105,9 @@ class DataConfig:
             _require(value is None or value >= 1, f"data.{name}", value, "must be >= 1 or None")
         _require(self.overflow in OVERFLOW_POLICIES, "data.overflow", self.overflow,
                  f"must be one of {OVERFLOW_POLICIES}")
+        _require(isinstance(self.valid_frac, (int, float)) and 0.0 <= self.valid_frac < 1.0,
+                 "data.valid_frac", self.valid_frac, "must be in [0, 1) (0: no validation split)")
+        _require(0 <= self.valid_seed < 2**32, "data.valid_seed", self.valid_seed, "must be in [0, 2**32)")
         self.synthetic.validate()
 
 

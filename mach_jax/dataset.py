@@ -143,6 +143,11 @@ class XCDataset:
     def num_labels(self) -> int:
         return self.labels.num_cols
 
+    def take(self, rows, source: str | None = None) -> XCDataset:
+        """The points ``rows`` (ids or a bool mask [N], as ``CsrMatrix.take``), in that order."""
+        return XCDataset(self.features.take(rows), self.labels.take(rows),
+                         self.source if source is None else source)
+
 
 def from_rows(feature_rows, label_rows, num_features: int, num_labels: int,
               source: str = "<memory>") -> XCDataset:

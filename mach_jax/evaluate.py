@@ -1,8 +1,10 @@
 """``python -m mach_jax.evaluate --workdir W [--test FILE]``: restore a trained ensemble, score it.
 
 Everything about the model comes from the workdir (config.json, checkpoints). Without ``--test``
-the run's own test data is used (its test file, or the synthetic test split it was trained with).
-Eval flags (``--aggregation``, ``--eval-reps``, ...) change only the read-out.
+the run is evaluated on what it was evaluated on after training: its validation split when it
+was trained with ``--valid-frac``, else its test data (its test file, or the synthetic test split
+it was trained with); ``--split valid|test`` picks one of the two. Eval flags (``--aggregation``,
+``--eval-reps``, ...) change only the read-out.
 """
 
 from __future__ import annotations
@@ -21,6 +23,9 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
                         help="a workdir written by mach_jax.train; repeat it to merge repetition "
                              "groups trained in separate workdirs")
     parser.add_argument("--test", default=None, help="test file in XC format (plain or .gz)")
+    parser.add_argument("--split", default=None, choices=("valid", "test"),
+                        help="without --test: the run's validation split or its test data (default: "
+                             "the validation split of a run trained with --valid-frac, else the test data)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     cli.add_config_flags(parser, ("eval",), with_preset=False)
     return parser.parse_args(argv)
@@ -31,9 +36,9 @@ def do_evaluate(args: argparse.Namespace) -> int:
     from mach_jax.ensemble import MachEnsemble
 
     ensemble = MachEnsemble.load(*args.workdir, **cli.flag_overrides(args).get("eval", {}))
-    test = trainer.load_test_data(ensemble.config.data, args.test, progress=not args.quiet)
-    metrics = ensemble.evaluate(test, progress=not args.quiet)
-    metrics["test_source"] = test.source
+    data, split = trainer.load_eval_data(ensemble.config.data, args.test, args.split, progress=not args.quiet)
+    metrics = ensemble.evaluate(data, progress=not args.quiet)
+    metrics.update(trainer.eval_fields(ensemble.config.data, data, split))
     path = wd.write_metrics(Path(args.workdir[0]), metrics)
     print(f"{format_metrics(metrics)}\nwritten to {path}")
     return 0

@@ -78,8 +78,15 @@ def finalize(totals: dict[str, float]) -> dict[str, float]:
 
 
 def format_metrics(metrics: dict[str, float]) -> str:
-    """A heading, then one line per family in percent: 'P@1  64.53  P@3  38.56  P@5  27.94'."""
-    lines = [f"test metrics on {metrics['num_points']} points ({metrics.get('test_source', '?')}), "
+    """A heading, then one line per family in percent: 'P@1  64.53  P@3  38.56  P@5  27.94'.
+
+    The heading names the split: "test metrics on ..." or "validation metrics on ..." (``split``).
+    """
+    split = metrics.get("split", "test")
+    held_out = (f", {100 * metrics['valid_frac']:g}% of the training data held out with seed "
+                f"{metrics['valid_seed']}") if split == "valid" and "valid_frac" in metrics else ""
+    lines = [f"{'validation' if split == 'valid' else 'test'} metrics on {metrics['num_points']} points "
+             f"({metrics.get(f'{split}_source', '?')}{held_out}), "
              f"{metrics['num_repetitions']} repetitions, {metrics['aggregation']} aggregation:"]
     for family in ("P", "nDCG", "PSP"):
         lines.append("  ".join(f"{family}@{k} {100 * metrics[f'{family}@{k}']:6.2f}" for k in KS))

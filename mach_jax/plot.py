@@ -6,7 +6,8 @@ Writes two PNG files (to ``WORKDIR/plots`` unless ``--out``):
   ``metrics.jsonl`` (of every repetition group, for a workdir of groups), and P@1/3/5 against
   the epoch when evaluations were logged (``--eval-every-epochs``, and the final one);
 - ``precision_vs_repetitions.png``: P@1/3/5 of the count-min read-out of the first r members,
-  r = 1..R, on the run's test set (or ``--test``); the numbers also go to
+  r = 1..R, on the run's evaluation data (its validation split when trained with
+  ``--valid-frac``, else its test set) or on ``--test``; the numbers also go to
   ``precision_vs_repetitions.json``.
 
 Needs matplotlib (``pip install "mach_jax[plot]"``); ``precision_vs_repetitions`` does not.
@@ -153,7 +154,7 @@ def do_plot(args: argparse.Namespace) -> int:
         written.append(plot_training_curves(logs, out / CURVES_FILE))
     else:
         print(f"{workdir}: no metrics.jsonl, no training curves", file=sys.stderr)
-    test = trainer.load_test_data(config.data, args.test, progress=not args.quiet)
+    test, _ = trainer.load_eval_data(config.data, args.test, progress=not args.quiet)
     results = precision_vs_repetitions(workdir, test, progress=not args.quiet)
     (out / "precision_vs_repetitions.json").write_text(json.dumps(results, indent=1) + "\n")
     written.append(plot_precision_vs_repetitions(results, out / PRECISION_FILE))

@@ -20,7 +20,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from mach_jax import input_pipeline, mesh as mesh_lib, model, steps, workdir as wd
-from mach_jax.config import Config, DataConfig
+from mach_jax.config import Config, ConfigError, DataConfig
 from mach_jax.dataset import DataFormatError, XCDataset
 from mach_jax.ensemble import MachEnsemble, check_top_k, member_seeds, step_spec
 from mach_jax.metric_log import MetricLog
@@ -30,6 +30,7 @@ from mach_jax.xc_format import read_xc
 
 log = logging.getLogger("mach_jax")
 
+_VALID_STREAM = 0x76616C69  # "vali": seeds the validation split's permutation apart from epoch_order
 
 
 def read_data_file(path: str, cache_dir: str | None = None, progress: bool = False) -> XCDataset:
@@ -69,12 +70,75 @@ def load_datasets(config: DataConfig, progress: bool = False) -> tuple[XCDataset
     return train, test
 
 
-def load_test_data(config: DataConfig, path: str | None = None, progress: bool = False) -> XCDataset:
-    """The test set: ``path`` if given, else the run's test file, else its synthetic test split."""
-    path = path or config.test_path
+def validation_split(num_points: int, valid_frac: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Which training points are held out for validation: a permutation seeded by ``seed``.
+
+    ``round(valid_frac * N)`` points (at least one when ``valid_frac`` > 0) go to validation.
+
+    Returns:
+      ``(train_rows, valid_rows)``: int64 ids, each sorted (file order), disjoint, together 0..N-1.
+    """
+    if valid_frac <= 0:
+        return np.arange(num_points, dtype=np.int64), np.zeros(0, np.int64)
+    num_valid = max(1, int(np.floor(valid_frac * num_points + 0.5)))
+    if num_valid >= num_points:
+        raise ConfigError(f"data.valid_frac={valid_frac!r}: holds out {num_valid} of the {num_points} "
+                          "training points, leaving none to train on", field="data.valid_frac")
+    # Its own stream: epoch_order draws from (seed, epoch), which must not correlate with the split.
+    order = np.random.default_rng([_VALID_STREAM, seed]).permutation(num_points)
+    return np.sort(order[num_valid:]), np.sort(order[:num_valid])
+
+
+def split_validation(config: DataConfig, train: XCDataset) -> tuple[XCDataset, XCDataset]:
+    """``(training part, validation part)`` of the training data (``data.valid_frac`` > 0)."""
+    train_rows, valid_rows = validation_split(train.num_points, config.valid_frac, config.valid_seed)
+    base = train.source.removesuffix(" [train]")
+    return (train.take(train_rows, f"{train.source} [minus {len(valid_rows)} valid]"),
+            train.take(valid_rows, f"{base} [valid]"))
+
+
+def load_train_eval(config: DataConfig, progress: bool = False) -> tuple[XCDataset, XCDataset, str]:
+    """``(train, eval data, split)``: the data a run trains on and is evaluated on.
+
+    With ``valid_frac`` > 0 that is the training part and the validation split ("valid"), else
+    the whole training data and the test data ("test").
+    """
+    train, test = load_datasets(config, progress)
+    if config.valid_frac > 0:
+        if train.num_points == 0:
+            raise DataFormatError(train.source, 1, "the header declares 0 points: nothing to train on")
+        return *split_validation(config, train), "valid"
+    return train, test, "test"
+
+
+def load_eval_data(config: DataConfig, path: str | None = None, split: str | None = None,
+                   progress: bool = False) -> tuple[XCDataset, str]:
+    """A trained run's evaluation data and its split name ("valid" or "test").
+
+    Args:
+      config: the run's data config.
+      path: an XC file to evaluate on instead (its split is "test").
+      split: "valid" or "test" for the run's own validation or test data; None: what the run was
+        evaluated on (its validation split when ``valid_frac`` > 0, else its test data).
+    """
     if path:
-        return read_data_file(path, config.cache_dir, progress)
-    return load_datasets(config)[1]
+        return read_data_file(path, config.cache_dir, progress), "test"
+    split = split or ("valid" if config.valid_frac > 0 else "test")
+    if split == "valid" and config.valid_frac <= 0:
+        raise ConfigError("data.valid_frac=0.0: the run holds out no validation split; evaluate "
+                          "on its test data instead", field="data.valid_frac")
+    if split == "test" and config.test_path:
+        return read_data_file(config.test_path, config.cache_dir, progress), "test"
+    train, test = load_datasets(config, progress)
+    return (split_validation(config, train)[1] if split == "valid" else test), split
+
+
+def eval_fields(config: DataConfig, dataset: XCDataset, split: str) -> dict[str, Any]:
+    """What ``metrics.json`` says about the evaluated data: its split and source."""
+    fields = {"split": split, f"{split}_source": dataset.source}
+    if split == "valid":
+        fields.update(valid_frac=config.valid_frac, valid_seed=config.valid_seed)
+    return fields
 
 
 def label_counts(dataset: XCDataset) -> np.ndarray:
@@ -184,9 +248,10 @@ def train(config: Config, workdir: str | Path, train_data: XCDataset,
 
 
 def _train(config: Config, workdir: str | Path, train_data: XCDataset, test_data: XCDataset | None,
-           progress: bool) -> tuple[model.Params, wd.RunInfo, dict | None]:
-    """``train``, plus with ``test_data`` the evaluations: every ``train.eval_every_epochs``
-    epochs and at the end, logged beside the loss; returns the final metrics too (else None)."""
+           progress: bool, split: str = "test") -> tuple[model.Params, wd.RunInfo, dict | None]:
+    """``train``, plus with ``test_data`` (of ``split``: "test" or "valid") the evaluations: every
+    ``train.eval_every_epochs`` epochs and at the end, logged beside the loss; returns the final
+    metrics too (else None)."""
     start = time.perf_counter()
     config.validate()
     workdir = wd.group_dir(Path(workdir), config.parallel.rep_range)
@@ -207,7 +272,7 @@ def _train(config: Config, workdir: str | Path, train_data: XCDataset, test_data
     else:
         log.info("resuming from the checkpoint at step %d in %s", int(state["step"]), workdir)
     evaluate = None if test_data is None else functools.partial(
-        _evaluate, config, info, counts, program.rep_ids, test_data)
+        _evaluate, config, info, counts, program.rep_ids, test_data, split)
     steps_per_epoch = input_pipeline.num_batches(train_data.num_points, config.train.batch_size)
     shape = input_pipeline.BatchShape(config.train.batch_size, info.max_nnz, info.max_labels)
     with MetricLog(workdir, int(state["step"]), jax.process_index(), steps_per_epoch) as metric_log:
@@ -221,7 +286,7 @@ def _train(config: Config, workdir: str | Path, train_data: XCDataset, test_data
             return state["params"], info, None
         train_seconds = time.perf_counter() - start
         result = evaluate(state["params"], progress=progress)
-        result.update(test_source=test_data.source, train_seconds=round(train_seconds, 2))
+        result.update(eval_fields(config.data, test_data, split), train_seconds=round(train_seconds, 2))
         metric_log.write("eval", int(state["step"]), final=True, **result)
         return state["params"], info, result
 
@@ -270,10 +335,10 @@ def _loop(config: Config, program: TrainingProgram, state: steps.State, train_da
 
 
 def _evaluate(config: Config, info: wd.RunInfo, counts: np.ndarray, rep_ids: tuple[int, ...],
-              test_data: XCDataset, params: model.Params, progress: bool) -> dict:
+              test_data: XCDataset, split: str, params: model.Params, progress: bool) -> dict:
     """P@k, nDCG@k, PSP@k of these members (the first ``eval.eval_repetitions``) on test_data."""
     ensemble = MachEnsemble(config, info, params, counts, rep_ids=rep_ids)
-    return ensemble.evaluate(test_data, progress=progress)
+    return {**ensemble.evaluate(test_data, progress=progress), "split": split}
 
 
 def _place(item: tuple[int, input_pipeline.Batch], program: TrainingProgram) -> tuple[int, dict, Callable]:
@@ -301,17 +366,19 @@ def _init_state(config: Config, num_features: int, rep_ids: tuple[int, ...],
 def train_and_evaluate(config: Config, workdir: str | Path, progress: bool = True) -> dict:
     """Trains on the configured data, evaluates on its test split, writes ``metrics.json``.
 
-    The evaluation is also logged to ``metrics.jsonl`` (with the per-epoch ones that
+    With ``data.valid_frac`` > 0 it trains on the training data less a held-out validation split
+    and evaluates on that split instead (``"split": "valid"`` in the metrics), never on the test
+    data. The evaluation is also logged to ``metrics.jsonl`` (with the per-epoch ones that
     ``train.eval_every_epochs`` asks for) and to ``tensorboard/``.
 
     Returns:
-      The metrics dict (P@k, nDCG@k, PSP@k for k = 1, 3, 5, and the run's settings).
+      The metrics dict (P@k, nDCG@k, PSP@k for k = 1, 3, 5, the split and the run's settings).
     """
     config.validate()
-    train_data, test_data = load_datasets(config.data, progress)
-    if test_data.num_points == 0:
-        raise DataFormatError(test_data.source, 1, "the header declares 0 points: nothing to evaluate")
-    _, _, metrics = _train(config, workdir, train_data, test_data, progress)
+    train_data, eval_data, split = load_train_eval(config.data, progress)
+    if eval_data.num_points == 0:
+        raise DataFormatError(eval_data.source, 1, "the header declares 0 points: nothing to evaluate")
+    _, _, metrics = _train(config, workdir, train_data, eval_data, progress, split)
     if jax.process_index() == 0:
         wd.write_metrics(wd.group_dir(Path(workdir), config.parallel.rep_range), metrics)
     return metrics
