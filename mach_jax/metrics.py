@@ -33,7 +33,8 @@ def metric_sums(topk_ids: jax.Array, label_ids: jax.Array, label_mask: jax.Array
     """Sums of the metrics over one batch.
 
     Args:
-      topk_ids: int32 [N, k] predicted classes, best first (k >= max(KS)).
+      topk_ids: int32 [N, k] predicted classes, best first (k >= max(KS)); id L marks an empty
+        place (approximate decoding), counted as a miss.
       label_ids: int32 [N, M] true labels, padded; label_mask float32 [N, M] marks the real ones.
       point_mask: float32 [N], 0 for padding points.
       inv_propensity: float32 [L], 1/p_l.
@@ -47,7 +48,8 @@ def metric_sums(topk_ids: jax.Array, label_ids: jax.Array, label_mask: jax.Array
     relevant = hits.any(-1).astype(jnp.float32) * point_mask[:, None]  # [N, k]
     num_labels = label_mask.sum(-1)
     discounts = 1.0 / jnp.log2(jnp.arange(k_max, dtype=jnp.float32) + 2.0)  # [k]
-    gains = relevant * jnp.take(inv_propensity, topk_ids)
+    # An empty place of approximate decoding holds id L: a miss, with no propensity of its own.
+    gains = relevant * jnp.take(inv_propensity, topk_ids, mode="fill", fill_value=0.0)
     true_gains = jnp.where(label_mask > 0, jnp.take(inv_propensity, label_ids), 0.0)
     width = max(k_max, true_gains.shape[1])
     best_gains = -jnp.sort(-jnp.pad(true_gains, ((0, 0), (0, width - true_gains.shape[1]))), axis=1)

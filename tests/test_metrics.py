@@ -50,6 +50,24 @@ def test_metric_sums_match_brute_force():
         np.testing.assert_allclose(ours[key], value, rtol=1e-5, err_msg=key)
 
 
+def test_empty_places_marked_l_count_as_misses():
+    """Approximate decoding fills the places it has no candidate for with id L."""
+    num_labels = 6
+    topk = np.array([[2, 4, num_labels, num_labels, num_labels], [1, 3, 0, 5, num_labels]], np.int32)
+    label_sets = [[2, 5], [3]]
+    label_ids = np.array([[2, 5], [3, 0]], np.int32)
+    label_mask = np.array([[1, 1], [1, 0]], np.float32)
+    inv_p = metrics.inverse_propensity(np.arange(1, num_labels + 1), 100)
+    sums = metrics.metric_sums(jnp.asarray(topk), jnp.asarray(label_ids), jnp.asarray(label_mask),
+                               jnp.ones(2, jnp.float32), jnp.asarray(inv_p))
+    ours = metrics.finalize({key: float(value) for key, value in sums.items()})
+    padded_p = np.r_[inv_p, 0.0]  # the reference reads id L as a class nobody has
+    expected = brute_force(topk.tolist(), label_sets, padded_p)
+    for key, value in expected.items():
+        assert np.isfinite(ours[key]), key
+        np.testing.assert_allclose(ours[key], value, rtol=1e-5, err_msg=key)
+
+
 def test_perfect_ranking_scores_one():
     label_ids = jnp.asarray([[3, 1, 0, 0, 0, 0], [2, 4, 5, 6, 7, 8]], jnp.int32)
     label_mask = jnp.asarray([[1, 1, 0, 0, 0, 0], [1, 1, 1, 1, 1, 1]], jnp.float32)
