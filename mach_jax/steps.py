@@ -105,7 +105,8 @@ def _member_losses(params, feat_ids, batch: Batch, buckets: jax.Array, spec: Ste
 
 
 def train_step(state: State, batch: Batch, seeds: Seeds, *, spec: StepSpec) -> tuple[State, dict]:
-    """One Adam step of every member on the same batch.
+    """One optimiser step of every member on the same batch: Adam, with the embedding tables
+    updated densely or row-sparsely, by Adam or row-wise Adagrad (``StepSpec``).
 
     The objective is the sum of the R member losses; member r's loss depends only on member r's
     parameters and buckets, so its gradient is exactly that of member r trained alone.
@@ -157,8 +158,9 @@ def _lazy_update(state: State, batch: Batch, buckets: jax.Array, feat_ids: jax.A
     head_losses = functools.partial(_head_losses, table=table, batch=batch, buckets=buckets, spec=spec)
     loss, head_vjp, member_loss = jax.vjp(head_losses, rest, bags, has_aux=True)
     rest_grads, bag_grads = head_vjp(jnp.ones_like(loss))
-    row_grads = _by_shard(functools.partial(sparse_update.row_gradients, feat_vals=feat_vals, num_rows=max_rows),
-                          (bag_grads, local_ids), spec.rep_shards, shared=(False, local_ids.ndim == 2))
+    row_grads = _by_shard(
+        functools.partial(sparse_update.row_gradients, feat_vals=feat_vals, num_rows=max_rows),
+        (bag_grads, local_ids), spec.rep_shards, shared=(False, local_ids.ndim == 2))
     updates, rest_state = spec.optimizer.update(rest_grads, state["opt_state"]["rest"], rest)
     learning_rate = spec.embedding_learning_rate or spec.learning_rate
     if spec.embedding_optimizer == "rowwise_adagrad":
