@@ -362,9 +362,11 @@ PRESETS: dict[str, Config] = {
         eval={"class_chunk_size": 128},
     ),
     # Real data (../shared/data); settings and measured figures are in the README.
+    # Chosen on a 15 % validation split of bibtex's training data (--valid-frac 0.15): sigmoid
+    # loss and B = 128 (of L = 159) lifted validation P@5 from 22.5 to 27.6, R = 32 to 28.4.
     "bibtex": _preset(
-        model={"num_repetitions": 16, "num_buckets": 32, "hidden_sizes": [256]},
-        train={"epochs": 10, "batch_size": 128},
+        model={"num_repetitions": 32, "num_buckets": 128, "hidden_sizes": [256]},
+        train={"epochs": 10, "batch_size": 128, "loss": "sigmoid"},
     ),
     "delicious": _preset(
         model={"num_repetitions": 16, "num_buckets": 128, "hidden_sizes": [256]},

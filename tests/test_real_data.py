@@ -4,17 +4,18 @@ import pytest
 
 from mach_jax import get_preset, trainer
 
-# (preset, P@1 the acceptance asks of the full preset); 3 epochs here keep CI short.
-CASES = [("bibtex", 0.60), ("delicious", 0.64)]
+# (preset, P@1 the acceptance asks of the full preset, epochs run here). Delicious gets there in
+# 3 epochs, which keeps CI short; the bibtex preset (sigmoid, B = 128) needs its full 10.
+CASES = [("bibtex", 0.60, 10), ("delicious", 0.64, 3)]
 
 
-@pytest.mark.parametrize("name, min_p_at_1", CASES)
-def test_preset_reaches_the_target_precision(tmp_path, shared_data, name, min_p_at_1):
+@pytest.mark.parametrize("name, min_p_at_1, epochs", CASES)
+def test_preset_reaches_the_target_precision(tmp_path, shared_data, name, min_p_at_1, epochs):
     folder = shared_data / name
     config = get_preset(name).replace(
         data={"train_path": str(folder / "train.txt.gz"), "test_path": str(folder / "test.txt.gz"),
               "cache_dir": str(tmp_path / "cache")},
-        train={"epochs": 3})
+        train={"epochs": epochs})
     metrics = trainer.train_and_evaluate(config, tmp_path / "run", progress=False)
     assert metrics["P@1"] >= min_p_at_1
     assert metrics["P@1"] >= metrics["P@3"] >= metrics["P@5"] > 0
