@@ -14,7 +14,8 @@ import sys
 from typing import Any, Callable
 
 from mach_jax.config import (AGGREGATIONS, DECODERS, EMBEDDING_OPTIMIZERS, EMBEDDING_UPDATES, INPUT_LAYERS,
-                             LOSSES, OVERFLOW_POLICIES, PRESETS, Config, ConfigError, get_preset)
+                             LOSSES, LR_SCHEDULES, OVERFLOW_POLICIES, PRESETS, Config, ConfigError,
+                             get_preset)
 
 _ALIASES = {
     "data.train_path": ["--train"],
@@ -34,6 +35,7 @@ _CHOICES = {
     "train.loss": LOSSES,
     "train.embedding_update": EMBEDDING_UPDATES,
     "train.embedding_optimizer": EMBEDDING_OPTIMIZERS,
+    "train.lr_schedule": LR_SCHEDULES,
     "eval.aggregation": AGGREGATIONS,
     "eval.decoder": DECODERS,
 }

@@ -20,6 +20,7 @@ OVERFLOW_POLICIES = ("truncate", "error")
 INPUT_LAYERS = ("auto", "sparse", "dense")
 EMBEDDING_UPDATES = ("auto", "lazy", "dense")
 EMBEDDING_OPTIMIZERS = ("adam", "rowwise_adagrad")
+LR_SCHEDULES = ("constant", "cosine", "linear")
 ROWWISE_ADAGRAD_LEARNING_RATE = 0.1
 
 
@@ -159,6 +160,13 @@ class TrainConfig:
     (None: ``learning_rate`` for Adam, 0.1 for row-wise Adagrad, the better of 0.02 and 0.1 on the
     synthetic set).
 
+    Regularisation and schedule (all off by default): ``dropout`` zeroes each hidden unit of a
+    member with that probability during training (inverted dropout, a fresh mask per member and
+    step); ``weight_decay`` is AdamW's decoupled decay of the weight matrices (not the biases);
+    ``label_smoothing`` eps moves the bucket targets towards uniform (sigmoid: t (1 - eps) +
+    eps / 2; softmax: (1 - eps) t + eps / B); ``lr_schedule`` "cosine" or "linear" decays the
+    step size to 0 at the last step, after ``warmup_steps`` of linear warm-up from 0 (any schedule).
+
     ``eval_every_epochs`` > 0 also evaluates on the test set every that many epochs and logs it
     to ``metrics.jsonl``/TensorBoard (each costs an evaluation); 0 evaluates only at the end.
     """
@@ -175,6 +183,11 @@ class TrainConfig:
     eval_every_epochs: int = 0
     embedding_optimizer: str = "adam"
     embedding_learning_rate: float | None = None
+    lr_schedule: str = "constant"
+    warmup_steps: int = 0
+    dropout: float = 0.0
+    weight_decay: float = 0.0
+    label_smoothing: float = 0.0
 
     @property
     def resolved_embedding_learning_rate(self) -> float:
@@ -191,6 +204,13 @@ class TrainConfig:
         _require(self.embedding_learning_rate is None or self.embedding_learning_rate > 0,
                  "train.embedding_learning_rate", self.embedding_learning_rate, "must be > 0 or None")
         _require(self.epochs >= 1, "train.epochs", self.epochs, "must be >= 1")
+        _require(self.lr_schedule in LR_SCHEDULES, "train.lr_schedule", self.lr_schedule,
+                 f"must be one of {LR_SCHEDULES}")
+        _require(self.warmup_steps >= 0, "train.warmup_steps", self.warmup_steps, "must be >= 0")
+        _require(0.0 <= self.dropout < 1.0, "train.dropout", self.dropout, "must be in [0, 1)")
+        _require(self.weight_decay >= 0.0, "train.weight_decay", self.weight_decay, "must be >= 0")
+        _require(0.0 <= self.label_smoothing < 1.0, "train.label_smoothing", self.label_smoothing,
+                 "must be in [0, 1)")
         _require(self.batch_size >= 1, "train.batch_size", self.batch_size, "must be >= 1")
         _require(self.learning_rate > 0, "train.learning_rate", self.learning_rate, "must be > 0")
         _require(self.loss in LOSSES, "train.loss", self.loss, f"must be one of {LOSSES}")

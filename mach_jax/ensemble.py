@@ -29,14 +29,21 @@ def check_top_k(config: Config, num_labels: int) -> None:
                           field="eval.top_k")
 
 
+_DROPOUT_STREAM = 0x64726F70  # "drop": keeps the dropout seeds apart from other uses of train.seed
+
+
 def member_seeds(config: Config, rep_ids, mesh) -> dict[str, jax.Array]:
-    """Device hash seeds of the members ``rep_ids``: labels uint32 [R] (features [R] if hashed).
+    """Device seeds of the members ``rep_ids``: labels uint32 [R] (features [R] if hashed,
+    dropout [R] with dropout).
 
     Buckets and hashed feature slots are computed from them on device (``hashing.hash_to_range``).
     """
     seeds = {"labels": hashing.repetition_seeds(config.model.label_hash_seed, np.asarray(rep_ids))}
     if config.model.feat_hash_dim:
         seeds["features"] = hashing.repetition_seeds(config.model.feature_hash_seed, np.asarray(rep_ids))
+    if config.train.dropout:  # dropout masks: member r's stream depends on train.seed and r only
+        seeds["dropout"] = hashing.murmur3_32_of_uint32(np.asarray(rep_ids, np.uint32),
+                                                        np.uint32(config.train.seed ^ _DROPOUT_STREAM))
     return mesh_lib.put(seeds, mesh_lib.stacked(mesh))
 
 
@@ -51,7 +58,12 @@ def step_spec(config: Config, info: wd.RunInfo, mesh) -> steps.StepSpec:
                                               info.num_features, info.max_nnz, config.train.batch_size,
                                               config.train.embedding_optimizer),
         embedding_optimizer=config.train.embedding_optimizer,
-        embedding_learning_rate=config.train.resolved_embedding_learning_rate)
+        embedding_learning_rate=config.train.resolved_embedding_learning_rate,
+        lr_schedule=config.train.lr_schedule, warmup_steps=config.train.warmup_steps,
+        total_steps=config.train.epochs * input_pipeline.num_batches(info.num_train_points,
+                                                                     config.train.batch_size),
+        dropout=config.train.dropout, weight_decay=config.train.weight_decay,
+        label_smoothing=config.train.label_smoothing)
 
 
 class MachEnsemble:

@@ -18,18 +18,31 @@ import jax.numpy as jnp
 import optax
 
 
-def softmax_bucket_loss(logits: jax.Array, buckets: jax.Array, label_mask: jax.Array) -> jax.Array:
-    """Args: logits [N, B]; buckets int32 [N, M]; label_mask float32 [N, M]. Returns: [N]."""
+def softmax_bucket_loss(logits: jax.Array, buckets: jax.Array, label_mask: jax.Array,
+                        label_smoothing: float = 0.0) -> jax.Array:
+    """Args: logits [N, B]; buckets int32 [N, M]; label_mask float32 [N, M]. Returns: [N].
+
+    ``label_smoothing`` eps: the target is (1 - eps) t + eps / B for the label distribution t.
+    """
     log_probs = jax.nn.log_softmax(logits, axis=-1)
     picked = jnp.take_along_axis(log_probs, buckets, axis=-1)  # [N, M]
     num_labels = jnp.maximum(label_mask.sum(-1), 1.0)
-    return -(picked * label_mask).sum(-1) / num_labels
+    loss = -(picked * label_mask).sum(-1) / num_labels
+    if label_smoothing:
+        loss = (1.0 - label_smoothing) * loss - label_smoothing * log_probs.mean(-1)
+    return loss
 
 
-def sigmoid_bucket_loss(logits: jax.Array, buckets: jax.Array, label_mask: jax.Array) -> jax.Array:
-    """Args: logits [N, B]; buckets int32 [N, M]; label_mask float32 [N, M]. Returns: [N]."""
+def sigmoid_bucket_loss(logits: jax.Array, buckets: jax.Array, label_mask: jax.Array,
+                        label_smoothing: float = 0.0) -> jax.Array:
+    """Args: logits [N, B]; buckets int32 [N, M]; label_mask float32 [N, M]. Returns: [N].
+
+    ``label_smoothing`` eps: every bucket's target t in {0, 1} becomes t (1 - eps) + eps / 2.
+    """
     points = jnp.arange(logits.shape[0])[:, None]
     targets = jnp.zeros_like(logits).at[points, buckets].max(label_mask)  # multi-hot [N, B]
+    if label_smoothing:
+        targets = targets * (1.0 - label_smoothing) + label_smoothing / 2
     return optax.sigmoid_binary_cross_entropy(logits, targets).mean(-1)
 
 
@@ -42,7 +55,7 @@ def point_weights(label_mask: jax.Array, point_mask: jax.Array) -> jax.Array:
 
 
 def member_losses(loss_name: str, logits: jax.Array, buckets: jax.Array, label_mask: jax.Array,
-                  point_mask: jax.Array) -> jax.Array:
+                  point_mask: jax.Array, label_smoothing: float = 0.0) -> jax.Array:
     """Masked mean loss of every member.
 
     Args:
@@ -51,10 +64,12 @@ def member_losses(loss_name: str, logits: jax.Array, buckets: jax.Array, label_m
       buckets: int32 [R, N, M], the label buckets under each member's hash.
       label_mask: float32 [N, M].
       point_mask: float32 [N].
+      label_smoothing: eps of the per-point losses (0: none).
 
     Returns:
       float32 [R]: member r's loss depends on member r's logits and buckets only.
     """
-    per_point = jax.vmap(LOSS_FUNCTIONS[loss_name], in_axes=(0, 0, None))(logits, buckets, label_mask)
+    per_point = jax.vmap(LOSS_FUNCTIONS[loss_name], in_axes=(0, 0, None, None))(
+        logits, buckets, label_mask, label_smoothing)
     weights = point_weights(label_mask, point_mask)
     return (per_point * weights).sum(-1) / jnp.maximum(weights.sum(), 1.0)

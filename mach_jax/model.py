@@ -60,12 +60,23 @@ class MachMember(nnx.Module):
             hidden = jnp.einsum("nk,nkh->nh", feat_vals, jnp.take(table, feat_ids, axis=0))
         return hidden + self.embedding_bias[...]
 
-    def head(self, bag: jax.Array) -> jax.Array:
-        """ReLU, the further hidden layers, the output layer: [N, H] -> [N, B] logits."""
-        hidden = jax.nn.relu(bag)
+    def head(self, bag: jax.Array, dropout: float = 0.0, key: jax.Array | None = None) -> jax.Array:
+        """ReLU, the further hidden layers, the output layer: [N, H] -> [N, B] logits.
+
+        With ``key`` (training), every hidden layer's output is dropped out at rate ``dropout``.
+        """
+        hidden = _dropout(jax.nn.relu(bag), dropout, key, 0)
         for index in range(self.num_extra_hidden):
-            hidden = jax.nn.relu(getattr(self, f"hidden_{index}")(hidden))
+            hidden = _dropout(jax.nn.relu(getattr(self, f"hidden_{index}")(hidden)), dropout, key, index + 1)
         return self.output(hidden)
+
+
+def _dropout(hidden: jax.Array, rate: float, key: jax.Array | None, layer: int) -> jax.Array:
+    """Inverted dropout of [N, H] activations: kept units are scaled by 1 / (1 - rate)."""
+    if key is None or not rate:
+        return hidden
+    keep = jax.random.bernoulli(jax.random.fold_in(key, layer), 1.0 - rate, hidden.shape)
+    return jnp.where(keep, hidden / (1.0 - rate), 0.0)
 
 
 def member_input_dim(config: ModelConfig, num_features: int) -> int:
@@ -151,7 +162,8 @@ def init_params(config: ModelConfig, num_features: int, rep_ids: jax.Array, seed
 
 
 def apply_ensemble(graphdef: nnx.GraphDef, params: Params, feat_ids: jax.Array,
-                   feat_vals: jax.Array, rep_shards: int = 1) -> jax.Array:
+                   feat_vals: jax.Array, rep_shards: int = 1, dropout: float = 0.0,
+                   dropout_keys: jax.Array | None = None) -> jax.Array:
     """Bucket logits of every member.
 
     Args:
@@ -160,6 +172,7 @@ def apply_ensemble(graphdef: nnx.GraphDef, params: Params, feat_ids: jax.Array,
       feat_ids: int32 [N, K] shared by all members, or [R, N, K] per member (feature hashing).
       feat_vals: float32 [N, K].
       rep_shards: S, the devices along the mesh's ``reps`` axis (R is split into S groups).
+      dropout, dropout_keys: training only: the rate and one PRNG key per member, [R].
 
     Returns:
       float32 [R, N, B] logits.
@@ -182,13 +195,20 @@ def apply_ensemble(graphdef: nnx.GraphDef, params: Params, feat_ids: jax.Array,
         return lax.map(lambda member_params: bag_one(member_params, shard_ids), shard_params)
 
     if rep_shards == 1:  # no vmap of size 1 around the scan: it would batch the gather again
-        return apply_heads(graphdef, params, shard_bags(params, feat_ids))
+        return apply_heads(graphdef, params, shard_bags(params, feat_ids), dropout, dropout_keys)
     ids = by_shard(feat_ids) if feat_ids.ndim == 3 else feat_ids
     bags = jax.vmap(shard_bags, in_axes=(0, 0 if feat_ids.ndim == 3 else None))(
         jax.tree.map(by_shard, params), ids)
-    return apply_heads(graphdef, params, bags.reshape((num_reps,) + bags.shape[2:]))
+    return apply_heads(graphdef, params, bags.reshape((num_reps,) + bags.shape[2:]), dropout, dropout_keys)
 
 
-def apply_heads(graphdef: nnx.GraphDef, params: Params, bags: jax.Array) -> jax.Array:
-    """[R, N, H] bags (bias included, before the ReLU) -> [R, N, B] logits, vmapped over the members."""
-    return jax.vmap(lambda member_params, bag: nnx.merge(graphdef, member_params).head(bag))(params, bags)
+def apply_heads(graphdef: nnx.GraphDef, params: Params, bags: jax.Array, dropout: float = 0.0,
+                dropout_keys: jax.Array | None = None) -> jax.Array:
+    """[R, N, H] bags (bias included, before the ReLU) -> [R, N, B] logits, vmapped over the members.
+
+    With ``dropout_keys`` (one PRNG key per member, [R]) the hidden layers are dropped out.
+    """
+    if dropout_keys is None:
+        return jax.vmap(lambda member_params, bag: nnx.merge(graphdef, member_params).head(bag))(params, bags)
+    return jax.vmap(lambda member_params, bag, key: nnx.merge(graphdef, member_params).head(bag, dropout, key))(
+        params, bags, dropout_keys)

@@ -104,7 +104,8 @@ def row_gradients(bag_grads: jax.Array, local_ids: jax.Array, feat_vals: jax.Arr
 
 
 def lazy_adam(table: jax.Array, moments: jax.Array, rows: jax.Array, grads: jax.Array,
-              step: jax.Array, learning_rate: float) -> tuple[jax.Array, jax.Array]:
+              step: jax.Array, learning_rate: float | jax.Array,
+              weight_decay: float = 0.0) -> tuple[jax.Array, jax.Array]:
     """One lazy Adam step on the touched rows of every member's table.
 
     Args:
@@ -115,7 +116,8 @@ def lazy_adam(table: jax.Array, moments: jax.Array, rows: jax.Array, grads: jax.
         (sentinel D for padding: not written).
       grads: [R, U, H] gradients of those rows.
       step: the global step count after this update (1 on the first step).
-      learning_rate: Adam's step size.
+      learning_rate: Adam's step size (this step's, when scheduled).
+      weight_decay: AdamW's decoupled decay, applied lazily too: to the touched rows only.
 
     Returns:
       The new ``(table, moments)``, changed only on the touched rows.
@@ -135,6 +137,8 @@ def lazy_adam(table: jax.Array, moments: jax.Array, rows: jax.Array, grads: jax.
         m = B1 * old[:, 0] + (1 - B1) * grads[r]
         v = B2 * old[:, 1] + (1 - B2) * grads[r] * grads[r]
         update = learning_rate * (m / (1 - B1 ** step)) / (jnp.sqrt(v / (1 - B2 ** step)) + EPS)
+        if weight_decay:
+            update = update + learning_rate * weight_decay * table.at[r, member_rows].get(mode="fill", fill_value=0)
         new, update = jax.lax.optimization_barrier((jnp.stack([m, v], axis=1), update))
         return (table.at[r, member_rows].add(-update, mode="drop"),
                 moments.at[r, member_rows].set(new, mode="drop"))
@@ -143,7 +147,7 @@ def lazy_adam(table: jax.Array, moments: jax.Array, rows: jax.Array, grads: jax.
 
 
 def rowwise_adagrad(table: jax.Array, accumulator: jax.Array, rows: jax.Array, grads: jax.Array,
-                    learning_rate: float) -> tuple[jax.Array, jax.Array]:
+                    learning_rate: float | jax.Array, weight_decay: float = 0.0) -> tuple[jax.Array, jax.Array]:
     """One row-wise Adagrad step on the touched rows of every member's table.
 
     Each row keeps one accumulator of its mean squared gradient: ``a += mean(g * g)``, then
@@ -156,7 +160,9 @@ def rowwise_adagrad(table: jax.Array, accumulator: jax.Array, rows: jax.Array, g
       rows: int32 [U] distinct touched rows shared by the members, or [R, U] per member
         (sentinel D for padding: not written).
       grads: [R, U, H] gradients of those rows.
-      learning_rate: the step size.
+      learning_rate: the step size (this step's, when scheduled).
+      weight_decay: decoupled decay ``row -= learning_rate * weight_decay * row``, of the touched
+        rows only.
 
     Returns:
       The new ``(table, accumulator)``.
@@ -166,7 +172,10 @@ def rowwise_adagrad(table: jax.Array, accumulator: jax.Array, rows: jax.Array, g
         member_rows = rows if rows.ndim == 1 else rows[r]
         total = accumulator[r].at[member_rows].get(mode="fill", fill_value=0) + jnp.mean(
             grads[r] * grads[r], axis=-1)
-        update = jax.lax.optimization_barrier(learning_rate * grads[r] / (jnp.sqrt(total)[:, None] + EPS))
+        update = learning_rate * grads[r] / (jnp.sqrt(total)[:, None] + EPS)
+        if weight_decay:
+            update = update + learning_rate * weight_decay * table.at[r, member_rows].get(mode="fill", fill_value=0)
+        update = jax.lax.optimization_barrier(update)
         return (table.at[r, member_rows].add(-update, mode="drop"),
                 accumulator.at[r, member_rows].set(total, mode="drop"))
 

@@ -42,6 +42,8 @@ class StepSpec:
       touched_rows_cap, entries_cap: U and T of the lazy step (``input_pipeline.batch_caps``;
         0: N * K). The caller feeds it only batches within them (``input_pipeline.batch_fits``),
         the others to the step without caps.
+      lr_schedule, warmup_steps, total_steps: the step size's schedule (``learning_rate_schedule``).
+      dropout, weight_decay, label_smoothing: as ``config.TrainConfig``'s.
     """
 
     graphdef: nnx.GraphDef
@@ -55,12 +57,45 @@ class StepSpec:
     entries_cap: int = 0
     embedding_optimizer: str = "adam"
     embedding_learning_rate: float | None = None
+    lr_schedule: str = "constant"
+    warmup_steps: int = 0
+    total_steps: int = 1
+    dropout: float = 0.0
+    weight_decay: float = 0.0
+    label_smoothing: float = 0.0
+
+    @property
+    def schedule(self) -> optax.Schedule:
+        """The step size after ``count`` updates, as a fraction of its peak (1 when constant)."""
+        return learning_rate_schedule(self.lr_schedule, self.warmup_steps, self.total_steps)
 
     @property
     def optimizer(self) -> optax.GradientTransformation:
-        """Adam, elementwise over the stacked R axis: nothing couples the members."""
-        return optax.adam(self.learning_rate, b1=sparse_update.B1, b2=sparse_update.B2,
-                          eps=sparse_update.EPS)
+        """Adam (AdamW with weight decay), elementwise over the stacked R axis: nothing couples
+        the members. Decay applies to the weight matrices ([R, in, out] leaves), not to biases."""
+        if self.lr_schedule == "constant" and not self.warmup_steps and not self.weight_decay:
+            # Plain Adam: the optimiser state of runs made before schedules and decay existed.
+            return optax.adam(self.learning_rate, b1=sparse_update.B1, b2=sparse_update.B2,
+                              eps=sparse_update.EPS)
+        learning_rate = lambda count: self.learning_rate * self.schedule(count)  # noqa: E731
+        return optax.adamw(learning_rate, b1=sparse_update.B1, b2=sparse_update.B2, eps=sparse_update.EPS,
+                           weight_decay=self.weight_decay,
+                           mask=lambda params: jax.tree.map(lambda leaf: leaf.ndim >= 3, params))
+
+
+def learning_rate_schedule(name: str, warmup_steps: int, total_steps: int) -> optax.Schedule:
+    """The multiplier of the peak step size after ``count`` updates.
+
+    "constant": 1; "cosine" / "linear": decays from 1 after the warm-up to 0 at ``total_steps``.
+    With ``warmup_steps`` W > 0 it first rises linearly from 0 over W updates, whatever the name.
+    """
+    decay_steps = max(total_steps - warmup_steps, 1)
+    decay = {"constant": optax.constant_schedule(1.0),
+             "cosine": optax.cosine_decay_schedule(1.0, decay_steps),
+             "linear": optax.linear_schedule(1.0, 0.0, decay_steps)}[name]
+    if not warmup_steps:
+        return decay
+    return optax.join_schedules([optax.linear_schedule(0.0, 1.0, warmup_steps), decay], [warmup_steps])
 
 
 def create_state(params: model.Params, spec: StepSpec) -> State:
@@ -96,11 +131,22 @@ def logits(params: model.Params, batch: Batch, seeds: Seeds, spec: StepSpec) -> 
     return model.apply_ensemble(spec.graphdef, params, ids, batch["feat_vals"], spec.rep_shards)
 
 
-def _member_losses(params, feat_ids, batch: Batch, buckets: jax.Array, spec: StepSpec):
+def dropout_keys(seeds: Seeds, count: jax.Array, spec: StepSpec) -> jax.Array | None:
+    """One PRNG key per member for the update after ``count`` steps, [R] (None without dropout).
+
+    Member r's key depends on its seed (``ensemble.member_seeds``) and the step only, so its
+    masks are the same whichever device holds it.
+    """
+    if not spec.dropout:
+        return None
+    return jax.vmap(lambda seed: jax.random.fold_in(jax.random.key(seed), count))(seeds["dropout"])
+
+
+def _member_losses(params, feat_ids, batch: Batch, buckets: jax.Array, keys, spec: StepSpec):
     member_logits = model.apply_ensemble(spec.graphdef, params, feat_ids, batch["feat_vals"],
-                                         spec.rep_shards)
+                                         spec.rep_shards, spec.dropout, keys)
     member_loss = losses.member_losses(spec.loss_name, member_logits, buckets, batch["label_mask"],
-                                       batch["point_mask"])
+                                       batch["point_mask"], spec.label_smoothing)
     return member_loss.sum(), member_loss
 
 
@@ -117,8 +163,9 @@ def train_step(state: State, batch: Batch, seeds: Seeds, *, spec: StepSpec) -> t
     buckets = hashing.hash_to_range(batch["label_ids"], seeds["labels"], spec.num_buckets, xp=jnp)
     feat_ids = member_feature_ids(batch, seeds, spec)  # [N, K] or [R, N, K]
     params, step = state["params"], state["step"] + 1
+    keys = dropout_keys(seeds, state["step"], spec)
     if not spec.lazy_embedding:
-        grads, member_loss = jax.grad(_member_losses, has_aux=True)(params, feat_ids, batch, buckets, spec)
+        grads, member_loss = jax.grad(_member_losses, has_aux=True)(params, feat_ids, batch, buckets, keys, spec)
         updates, opt_state = spec.optimizer.update(grads, state["opt_state"], params)
         return ({"step": step, "params": optax.apply_updates(params, updates), "opt_state": opt_state},
                 {"member_loss": member_loss})
@@ -132,11 +179,12 @@ def train_step(state: State, batch: Batch, seeds: Seeds, *, spec: StepSpec) -> t
         rows, local_ids = sparse_update.touched_rows(feat_ids, batch["feat_vals"], num_rows)
     full = batch["feat_vals"].size
     sizes = (min(spec.touched_rows_cap or full, full), min(spec.entries_cap or full, full))
-    return _lazy_update(state, batch, buckets, feat_ids, rows, local_ids, sizes=sizes, spec=spec)
+    return _lazy_update(state, batch, buckets, feat_ids, rows, local_ids, keys, sizes=sizes, spec=spec)
 
 
 def _lazy_update(state: State, batch: Batch, buckets: jax.Array, feat_ids: jax.Array, rows: jax.Array,
-                 local_ids: jax.Array, *, sizes: tuple[int, int], spec: StepSpec) -> tuple[State, dict]:
+                 local_ids: jax.Array, keys: jax.Array | None, *, sizes: tuple[int, int],
+                 spec: StepSpec) -> tuple[State, dict]:
     """The lazy step with U touched rows and T entries (``sizes``; the batch must fit them).
 
     The bag is linear in the table, so it is not differentiated by autodiff (whose gradient is a
@@ -155,20 +203,21 @@ def _lazy_update(state: State, batch: Batch, buckets: jax.Array, feat_ids: jax.A
                                        num_points=feat_vals.shape[0]),
                      (table, ids), spec.rep_shards, shared=(False, ids.ndim == 1))
     rest = _without_embedding(params)
-    head_losses = functools.partial(_head_losses, table=table, batch=batch, buckets=buckets, spec=spec)
+    head_losses = functools.partial(_head_losses, table=table, batch=batch, buckets=buckets, keys=keys,
+                                    spec=spec)
     loss, head_vjp, member_loss = jax.vjp(head_losses, rest, bags, has_aux=True)
     rest_grads, bag_grads = head_vjp(jnp.ones_like(loss))
     row_grads = _by_shard(
         functools.partial(sparse_update.row_gradients, feat_vals=feat_vals, num_rows=max_rows),
         (bag_grads, local_ids), spec.rep_shards, shared=(False, local_ids.ndim == 2))
     updates, rest_state = spec.optimizer.update(rest_grads, state["opt_state"]["rest"], rest)
-    learning_rate = spec.embedding_learning_rate or spec.learning_rate
+    learning_rate = (spec.embedding_learning_rate or spec.learning_rate) * spec.schedule(state["step"])
     if spec.embedding_optimizer == "rowwise_adagrad":
-        name, update = "embedding_accumulator", functools.partial(sparse_update.rowwise_adagrad,
-                                                                   learning_rate=learning_rate)
+        name, update = "embedding_accumulator", functools.partial(
+            sparse_update.rowwise_adagrad, learning_rate=learning_rate, weight_decay=spec.weight_decay)
     else:
-        name, update = "embedding_moments", functools.partial(sparse_update.lazy_adam, step=step,
-                                                               learning_rate=learning_rate)
+        name, update = "embedding_moments", functools.partial(
+            sparse_update.lazy_adam, step=step, learning_rate=learning_rate, weight_decay=spec.weight_decay)
     table, embedding_state = _by_shard(update, (table, state["opt_state"][name], rows, row_grads),
                                        spec.rep_shards, shared=(False, False, rows.ndim == 1, False))
     new_params = dict(optax.apply_updates(rest, updates), embedding=table)
@@ -177,12 +226,13 @@ def _lazy_update(state: State, batch: Batch, buckets: jax.Array, feat_ids: jax.A
 
 
 def _head_losses(rest: model.Params, bags: jax.Array, *, table: jax.Array, batch: Batch, buckets: jax.Array,
-                 spec: StepSpec):
+                 keys: jax.Array | None, spec: StepSpec):
     """Summed and per-member losses from the bags [R, N, H] (before the bias) up."""
     params = dict(rest, embedding=table)
-    member_logits = model.apply_heads(spec.graphdef, params, bags + rest["embedding_bias"][:, None, :])
+    member_logits = model.apply_heads(spec.graphdef, params, bags + rest["embedding_bias"][:, None, :],
+                                      spec.dropout, keys)
     member_loss = losses.member_losses(spec.loss_name, member_logits, buckets, batch["label_mask"],
-                                       batch["point_mask"])
+                                       batch["point_mask"], spec.label_smoothing)
     return member_loss.sum(), member_loss
 
 

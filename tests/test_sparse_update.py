@@ -57,7 +57,7 @@ def reference_run(params, batches, seeds, embedding_rule="adam", embedding_lr=LR
         buckets = hashing.hash_to_range(batch["label_ids"], seeds["labels"], CONFIG.num_buckets, xp=jnp)
         grads, _ = jax.grad(steps._member_losses, has_aux=True)(
             jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params), batch["feat_ids"], batch,
-            buckets, dense_spec)
+            buckets, None, dense_spec)
         grads = jax.tree.map(lambda x: np.asarray(x, np.float64), grads)
         touched = np.unique(batch["feat_ids"][batch["feat_vals"] != 0])
         for name in params:
