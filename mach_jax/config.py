@@ -392,6 +392,24 @@ PRESETS: dict[str, Config] = {
         model={"num_repetitions": 16, "num_buckets": 128, "hidden_sizes": [256]},
         train={"epochs": 10, "batch_size": 128, "loss": "sigmoid"},
     ),
+    # The MACH paper's datasets, with the reference code's settings (B, R = 32, two hidden
+    # layers of 500, sigmoid loss, Adam at 1e-3, 10 epochs): a starting point for users with
+    # those files, not tuned here (no data for them in ../shared). Large inputs are hashed to
+    # feat_hash_dim = 100,000 slots per member, as the reference did.
+    "amazon670k": _preset(
+        model={"num_repetitions": 32, "num_buckets": 10_000, "hidden_sizes": [500, 500],
+               "feat_hash_dim": 100_000},
+        train={"epochs": 10, "batch_size": 1024, "learning_rate": 1e-3, "loss": "sigmoid"},
+    ),
+    "delicious200k": _preset(
+        model={"num_repetitions": 32, "num_buckets": 5_000, "hidden_sizes": [500, 500],
+               "feat_hash_dim": 100_000},
+        train={"epochs": 10, "batch_size": 1024, "learning_rate": 1e-3, "loss": "sigmoid"},
+    ),
+    "wiki10_31k": _preset(
+        model={"num_repetitions": 32, "num_buckets": 2_000, "hidden_sizes": [500, 500]},
+        train={"epochs": 10, "batch_size": 256, "learning_rate": 1e-3, "loss": "sigmoid"},
+    ),
 }
 
 

@@ -69,3 +69,24 @@ def test_flags_override_only_what_is_given():
     assert config.model.num_repetitions == get_preset("bibtex").model.num_repetitions
     args = parse_arguments(["--max-nnz", "none"])
     assert cli.config_from_args(args).data.max_nnz is None
+
+
+@pytest.mark.parametrize("preset,dataset,buckets", [
+    ("amazon670k", "Amazon-670K", 10_000), ("delicious200k", "Delicious-200K", 5_000),
+    ("wiki10_31k", "Wiki10-31K", 2_000)])
+def test_paper_presets_build_the_reference_model_for_their_dataset(preset, dataset, buckets):
+    """The MACH paper's settings (R = 32, B, two hidden layers of 500), shaped without allocating."""
+    import jax
+    import jax.numpy as jnp
+
+    from mach_jax import model, registry
+
+    config = get_preset(preset)
+    config.validate()
+    info = registry.get_dataset(dataset)
+    params = jax.eval_shape(lambda: model.init_params(config.model, info.num_features, jnp.arange(32), seed=0))
+    rows = config.model.feat_hash_dim or info.num_features
+    assert params["embedding"].shape == (32, rows, 500)
+    assert params["hidden_0"]["kernel"].shape == (32, 500, 500)
+    assert params["output"]["kernel"].shape == (32, 500, buckets)
+    assert rows <= 110_000  # hashed where D is large, so 32 tables fit one accelerator
