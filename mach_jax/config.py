@@ -14,7 +14,7 @@ from typing import Any
 FORMAT_VERSION = 1
 
 LOSSES = ("softmax", "sigmoid")
-AGGREGATIONS = ("prob", "logit")
+AGGREGATIONS = ("prob", "logit", "log_prob")
 DECODERS = ("exact", "approx")
 OVERFLOW_POLICIES = ("truncate", "error")
 INPUT_LAYERS = ("auto", "sparse", "dense")

@@ -23,10 +23,14 @@ def bucket_scores_to_probs(logits: jax.Array, loss_name: str, aggregation: str) 
 
     ``prob`` sums P_r(bucket | x) (the member's softmax, or sigmoid for the sigmoid loss): the
     paper's estimator, whose unbiased form ``B/(B-1) * (mean_r P_r - 1/B)`` ranks the same.
-    ``logit`` sums the raw logits, as the reference code did.
+    ``logit`` sums the raw logits, as the reference code did. ``log_prob`` sums log P_r (a
+    geometric mean: a class must score well in every member, the smooth form of the count-min
+    sketch's min over R).
     """
     if aggregation == "logit":
         return logits
+    if aggregation == "log_prob":
+        return jax.nn.log_softmax(logits, axis=-1) if loss_name == "softmax" else jax.nn.log_sigmoid(logits)
     if loss_name == "softmax":
         return jax.nn.softmax(logits, axis=-1)
     return jax.nn.sigmoid(logits)

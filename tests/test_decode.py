@@ -64,3 +64,15 @@ def test_prob_aggregation_ranks_like_the_unbiased_estimator():
     summed = np.asarray(decode.class_scores(np.transpose(probs, (0, 2, 1)), lookup)).T
     unbiased = num_buckets / (num_buckets - 1) * (summed / num_reps - 1 / num_buckets)
     np.testing.assert_array_equal(np.argsort(-summed, 1, kind="stable"), np.argsort(-unbiased, 1, kind="stable"))
+
+
+@pytest.mark.parametrize("loss_name", ["softmax", "sigmoid"])
+def test_log_prob_aggregation_sums_the_members_log_probabilities(loss_name):
+    rng = np.random.default_rng(3)
+    logits = rng.standard_normal((3, 4, 8)).astype(np.float64)
+    if loss_name == "softmax":
+        expected = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    else:
+        expected = -np.log1p(np.exp(-logits))
+    ours = decode.bucket_scores_to_probs(jnp.asarray(logits, jnp.float32), loss_name, "log_prob")
+    np.testing.assert_allclose(np.asarray(ours), expected, rtol=1e-5, atol=1e-6)
