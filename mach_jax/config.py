@@ -383,14 +383,17 @@ PRESETS: dict[str, Config] = {
     ),
     # Real data (../shared/data); settings and measured figures are in the README.
     # Chosen on a 15 % validation split of bibtex's training data (--valid-frac 0.15): sigmoid
-    # loss and B = 128 (of L = 159) lifted validation P@5 from 22.5 to 27.6, R = 32 to 28.4.
+    # loss and B = 128 (of L = 159) lifted validation P@5 from 22.5 to 27.6, R = 32 to 28.4;
+    # label smoothing 0.1 lifted validation P@1 from 63.7 to 65.0.
     "bibtex": _preset(
         model={"num_repetitions": 32, "num_buckets": 128, "hidden_sizes": [256]},
-        train={"epochs": 10, "batch_size": 128, "loss": "sigmoid"},
+        train={"epochs": 10, "batch_size": 128, "loss": "sigmoid", "label_smoothing": 0.1},
     ),
+    # Chosen on two 15 % validation splits of delicious (valid seeds 0 and 1): two hidden layers
+    # of 512 with dropout 0.3 lifted validation P@1 by 1.3 and P@5 by 1.4 over one layer of 256.
     "delicious": _preset(
-        model={"num_repetitions": 16, "num_buckets": 128, "hidden_sizes": [256]},
-        train={"epochs": 10, "batch_size": 128, "loss": "sigmoid"},
+        model={"num_repetitions": 16, "num_buckets": 128, "hidden_sizes": [512, 512]},
+        train={"epochs": 10, "batch_size": 128, "loss": "sigmoid", "dropout": 0.3},
     ),
     # Chosen on a 15 % validation split of corel5k's training data: the bibtex settings were
     # best of those tried (5 or 20 epochs, B = 64, hidden 512, dropout, cosine decay: no better).

@@ -4,9 +4,10 @@ import pytest
 
 from mach_jax import get_preset, trainer
 
-# (preset, P@1 the acceptance asks of the full preset, epochs run here). Delicious gets there in
-# 3 epochs, which keeps CI short; the bibtex preset (sigmoid, B = 128) needs its full 10.
-CASES = [("bibtex", 0.60, 10), ("delicious", 0.64, 3)]
+# (preset, a P@1 floor, epochs run here). Delicious gets there in 3 epochs, which keeps CI short;
+# the bibtex and corel5k presets (sigmoid, B = 128) need their full 10. Corel5k's floor is
+# omikuji Parabel's test P@1 on the same files (36.8, README "Comparison").
+CASES = [("bibtex", 0.60, 10), ("delicious", 0.64, 3), ("corel5k", 0.37, 10)]
 
 
 @pytest.mark.parametrize("name, min_p_at_1, epochs", CASES)
