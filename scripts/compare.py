@@ -70,14 +70,24 @@ def run_mach_jax(args: argparse.Namespace, folder: Path) -> dict:
     predict_seconds = time.perf_counter() - start
     checkpoints = workdir / wd.CHECKPOINT_DIR
     latest = max((p for p in checkpoints.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
-    model = config.model
     return {**{key: metrics[key] for key in COLUMNS}, "train_seconds": metrics["train_seconds"],
             "predict_seconds": predict_seconds, "num_test_points": features.num_rows,
             "model_bytes": folder_bytes(latest),
             "param_bytes": int(sum(np.asarray(leaf).nbytes for leaf in jax.tree.leaves(ensemble.params))),
-            "settings": f"preset {args.preset}: R={model.num_repetitions}, B={model.num_buckets}, hidden "
-                        f"{','.join(map(str, model.hidden_sizes))}, {config.train.loss}, "
-                        f"{config.train.epochs} epochs"}
+            "settings": f"preset {args.preset}: {preset_settings(config)}"}
+
+
+def preset_settings(config) -> str:
+    """The settings that define a mach_jax run, for the table: R, B, layers, loss, regularisation."""
+    model, train = config.model, config.train
+    parts = [f"R={model.num_repetitions}", f"B={model.num_buckets}",
+             f"hidden {','.join(map(str, model.hidden_sizes))}", train.loss]
+    extras = {"dropout": train.dropout, "label smoothing": train.label_smoothing,
+              "weight decay": train.weight_decay}
+    parts += [f"{name} {value:g}" for name, value in extras.items() if value]
+    if train.lr_schedule != "constant":
+        parts.append(f"{train.lr_schedule} decay")
+    return ", ".join(parts + [f"{train.epochs} epochs"])
 
 
 def run_omikuji(args: argparse.Namespace, folder: Path, bonsai: bool) -> dict:
