@@ -301,8 +301,11 @@ def _loop(config: Config, program: TrainingProgram, state: steps.State, train_da
     eval_every = config.train.eval_every_epochs * steps_per_epoch if evaluate else 0
     step = int(state["step"])
     bar = tqdm(total=total_steps, initial=step, disable=not progress, desc="train", unit="step")
-    loss_log = LossLog(program.rep_ids, shape.batch_size, bar,
-                       functools.partial(metric_log.write, learning_rate=config.train.learning_rate))
+    def write_train(kind: str, at_step: int, **fields) -> None:  # with the step size of the logged step
+        scheduled = config.train.learning_rate * float(program.spec.schedule(at_step - 1))
+        metric_log.write(kind, at_step, learning_rate=scheduled, **fields)
+
+    loss_log = LossLog(program.rep_ids, shape.batch_size, bar, write_train)
     batches = _batches_from(train_data, shape, config.train.seed, step, steps_per_epoch,
                             config.train.epochs)
     place = functools.partial(_place, program=program)

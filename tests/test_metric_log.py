@@ -228,3 +228,13 @@ def test_training_logs_loss_and_evaluations_and_a_rerun_adds_no_duplicates(tmp_p
     assert [r["step"] for r in again if r["kind"] == "start"] == [0, 10, 30]
     steps = [e["step"] for e in read_events(workdir / "tensorboard") if "loss/mean" in e["scalars"]]
     assert steps == [5, 10, 15, 20, 25, 30]
+
+
+def test_the_logged_learning_rate_follows_the_schedule(tmp_path):
+    config = TINY.replace(train={"epochs": 2, "lr_schedule": "linear", "warmup_steps": 4})
+    trainer.train(config, tmp_path / "run", trainer.load_datasets(TINY.data)[0], progress=False)
+    train = [r for r in read_records(tmp_path / "run" / "metrics.jsonl") if r["kind"] == "train"]
+    peak, total = TINY.train.learning_rate, 20  # 10 steps per epoch
+    # Step s is the update after s - 1 others: warm-up over 4, then linear decay to 0 at step 20.
+    expected = {s: peak * ((s - 1) / 4 if s - 1 < 4 else 1 - (s - 1 - 4) / (total - 4)) for s in (5, 10, 15, 20)}
+    assert {r["step"]: pytest.approx(r["learning_rate"]) for r in train} == expected
