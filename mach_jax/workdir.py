@@ -224,7 +224,9 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any) -> Any |
 
 def _check_resumable(workdir: Path, saved: Config, saved_info: RunInfo, config: Config,
                      info: RunInfo) -> None:
-    difference = _first_difference(saved, config)
+    # A decaying schedule is drawn over the run's total steps: more epochs would change its past.
+    check = {"train.epochs"} if saved.train.lr_schedule != "constant" else set()
+    difference = _first_difference(saved, config, check=check)
     if difference:
         key, saved_value, new_value = difference
         raise WorkdirError(f"{workdir} was trained with {key}={saved_value!r}, this run asks for "

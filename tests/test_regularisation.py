@@ -205,3 +205,26 @@ def test_bad_regularisation_settings_are_refused():
                    {"lr_schedule": "step"}, {"warmup_steps": -1}):
         with pytest.raises(ConfigError):
             Config().replace(train=fields).validate()
+
+
+# ---- resuming a scheduled, dropped-out run ----------------------------------------------------
+
+def test_a_scheduled_run_resumed_from_its_first_epoch_equals_the_uninterrupted_run(tmp_path):
+    """The schedule's count and the dropout masks come back with the checkpoint; changing the
+    epochs of a decaying schedule (which would redraw its past) is refused."""
+    import shutil
+
+    from mach_jax import get_preset, trainer
+    from mach_jax.synthetic import make_synthetic
+    from mach_jax.workdir import CHECKPOINT_DIR, WorkdirError
+
+    config = get_preset("tiny").replace(train={"lr_schedule": "cosine", "warmup_steps": 3, "dropout": 0.2,
+                                               "weight_decay": 0.01})
+    train, _ = make_synthetic(config.data.synthetic)
+    full, _ = trainer.train(config, tmp_path / "run", train, progress=False)
+    shutil.rmtree(tmp_path / "run" / CHECKPOINT_DIR / "20")  # as if stopped after epoch 1 (step 10)
+    resumed, _ = trainer.train(config, tmp_path / "run", train, progress=False)
+    for a, b in zip(jax.tree.leaves(full), jax.tree.leaves(resumed)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    with pytest.raises(WorkdirError, match="train.epochs=2, this run asks for 3"):
+        trainer.train(config.replace(train={"epochs": 3}), tmp_path / "run", train, progress=False)
