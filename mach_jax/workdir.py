@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -182,10 +183,25 @@ def checkpoint_manager(workdir: Path, keep: int = 2, read_only: bool = False) ->
     A training manager removes the leftovers of an interrupted save; a ``read_only`` one (for
     evaluation) touches nothing, so it is safe while another process still trains there.
     """
+    if read_only:
+        _silence_read_only_notice()
     options = ocp.CheckpointManagerOptions(
         max_to_keep=None if read_only else keep, save_interval_steps=0 if read_only else 1,
         create=not read_only, cleanup_tmp_directories=not read_only, read_only=read_only)
     return ocp.CheckpointManager(Path(workdir).absolute() / CHECKPOINT_DIR, options=options)
+
+
+class _ReadOnlyNotice(logging.Filter):
+    """Drops orbax's "Given directory is read only" warning: read-only is what we asked for."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Given directory is read only")
+
+
+def _silence_read_only_notice() -> None:
+    absl_logger = logging.getLogger("absl")
+    if not any(isinstance(f, _ReadOnlyNotice) for f in absl_logger.filters):
+        absl_logger.addFilter(_ReadOnlyNotice())
 
 
 def save_state(manager: ocp.CheckpointManager, step: int, state: Any) -> None:

@@ -125,3 +125,12 @@ def test_feature_hashing_uses_per_member_seeds(tmp_path, data):
         expected = [mmh3.hash(f.to_bytes(4, "little"), seed + r, signed=False) % 64 for f in range(400)]
         np.testing.assert_array_equal(slots[r, 0], expected)
     assert ensemble.evaluate(test, progress=False)["P@1"] > 0.1
+
+
+def test_loading_a_workdir_logs_no_read_only_warning(tmp_path, data, caplog):
+    """Orbax warns that a read-only checkpoint directory is read only; evaluation asked for that."""
+    train, _ = data
+    trainer.train(TINY.replace(train={"epochs": 1}), tmp_path / "run", train, progress=False)
+    with caplog.at_level("INFO"):
+        MachEnsemble.load(tmp_path / "run")
+    assert not [r for r in caplog.records if "read only" in r.getMessage()]
