@@ -2,7 +2,6 @@
 
 import json
 import os
-import struct
 import subprocess
 import sys
 
@@ -25,15 +24,7 @@ def trained(tmp_path_factory):
     return workdir, train, test, metrics
 
 
-def png_size(path) -> tuple[int, int]:
-    data = path.read_bytes()
-    assert data[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG file"
-    length, kind = struct.unpack(">I4s", data[8:16])
-    assert kind == b"IHDR" and length == 13
-    return struct.unpack(">II", data[16:24])
-
-
-def test_plot_command_writes_valid_png_files(trained, tmp_path):
+def test_plot_command_writes_valid_png_files(trained, tmp_path, png_size):
     pytest.importorskip("matplotlib")
     workdir, *_ = trained
     env = dict(os.environ, JAX_PLATFORMS="cpu")
@@ -68,7 +59,7 @@ def test_precision_vs_repetitions_ends_at_the_full_ensemble_and_starts_at_one_me
         assert results[0][f"P@{k}"] == one_metrics[f"P@{k}"]
 
 
-def test_training_curves_from_the_log_library_call(trained, tmp_path):
+def test_training_curves_from_the_log_library_call(trained, tmp_path, png_size):
     pytest.importorskip("matplotlib")
     workdir, *_ = trained
     logs = plot._metric_logs(workdir)

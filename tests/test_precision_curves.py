@@ -5,7 +5,6 @@ import importlib.util
 import io
 import json
 import logging
-import struct
 import sys
 from pathlib import Path
 
@@ -52,14 +51,6 @@ def curves(tmp_path_factory):
     return out, root, json.loads((out / script.JSON_FILE).read_text()), stdout
 
 
-def png_size(path) -> tuple[int, int]:
-    data = path.read_bytes()
-    assert data[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG file"
-    length, kind = struct.unpack(">I4s", data[8:16])
-    assert kind == b"IHDR" and length == 13
-    return struct.unpack(">II", data[16:24])
-
-
 def test_one_record_per_bucket_count_and_repetition(curves):
     _, root, table, _ = curves
     records = table["records"]
@@ -85,7 +76,7 @@ def test_full_r_matches_an_independent_evaluation_of_each_workdir(curves):
             assert row[f"P@{k}"] == full[f"P@{k}"]
 
 
-def test_png_files_and_markdown_table(curves):
+def test_png_files_and_markdown_table(curves, png_size):
     out, _, table, stdout = curves
     for name in (script.BUCKETS_PLOT, script.REPETITIONS_PLOT):
         path = out / name
