@@ -208,7 +208,7 @@ def apply_heads(graphdef: nnx.GraphDef, params: Params, bags: jax.Array, dropout
 
     With ``dropout_keys`` (one PRNG key per member, [R]) the hidden layers are dropped out.
     """
-    if dropout_keys is None:
-        return jax.vmap(lambda member_params, bag: nnx.merge(graphdef, member_params).head(bag))(params, bags)
-    return jax.vmap(lambda member_params, bag, key: nnx.merge(graphdef, member_params).head(bag, dropout, key))(
-        params, bags, dropout_keys)
+    def head(member_params, bag, key):  # key is None (an empty pytree under vmap) without dropout
+        return nnx.merge(graphdef, member_params).head(bag, dropout, key)
+
+    return jax.vmap(head)(params, bags, dropout_keys)
