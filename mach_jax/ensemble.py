@@ -158,6 +158,12 @@ class MachEnsemble:
         params = jax.tree.map(lambda *leaves: np.concatenate(leaves), *parts)
         return cls(config, info, params, wd.read_label_counts(groups[0].path))
 
+    def with_eval(self, **eval_overrides) -> "MachEnsemble":
+        """The same members read out with other eval settings (e.g. ``eval_repetitions=r`` for
+        the first r of them), from the parameters in memory rather than the checkpoint."""
+        return MachEnsemble(self.config.replace(eval=eval_overrides), self.info, self.params,
+                            self._label_counts, self.rep_ids)
+
     def _put(self, batch: input_pipeline.Batch) -> dict[str, jax.Array]:
         return mesh_lib.put(batch, mesh_lib.replicated(self.mesh))
 

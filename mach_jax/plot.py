@@ -44,14 +44,12 @@ def precision_vs_repetitions(workdir: str | Path, test, progress: bool = False,
     """
     from tqdm.auto import tqdm
 
-    from mach_jax import workdir as wd
     from mach_jax.ensemble import MachEnsemble
 
-    config, _, _ = wd.find_groups([Path(workdir)])
+    full = MachEnsemble.load(workdir, **{**eval_overrides, "eval_repetitions": None})  # read once
     results = []
-    for r in tqdm(range(1, config.model.num_repetitions + 1), disable=not progress, desc="R"):
-        ensemble = MachEnsemble.load(workdir, **{**eval_overrides, "eval_repetitions": r})
-        results.append(ensemble.evaluate(test, progress=False))
+    for r in tqdm(range(1, len(full.rep_ids) + 1), disable=not progress, desc="R"):
+        results.append(full.with_eval(eval_repetitions=r).evaluate(test, progress=False))
     return results
 
 

@@ -54,9 +54,11 @@ def test_precision_vs_repetitions_ends_at_the_full_ensemble_and_starts_at_one_me
     one = MachEnsemble(full.config, full.info, first, trainer.label_counts(train))
     one_metrics = one.evaluate(test, progress=False)
     assert one_metrics["num_repetitions"] == 1
+    two_metrics = MachEnsemble.load(workdir, eval_repetitions=2).evaluate(test, progress=False)
     for k in KS:
         assert results[-1][f"P@{k}"] == full_metrics[f"P@{k}"] == pytest.approx(metrics[f"P@{k}"])
         assert results[0][f"P@{k}"] == one_metrics[f"P@{k}"]
+        assert results[1][f"P@{k}"] == two_metrics[f"P@{k}"]  # a middle r, read from the checkpoint
 
 
 def test_training_curves_from_the_log_library_call(trained, tmp_path, png_size):
