@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from mach_jax.config import PRESETS  # light: no JAX in this process until the peers are scored
+from mach_jax.hardware import cpu_model
 
 METHODS = ("mach_jax", "parabel", "bonsai", "plt")
 NAMES = {"mach_jax": "mach_jax (MACH)", "parabel": "omikuji Parabel", "bonsai": "omikuji Bonsai",
@@ -299,15 +300,7 @@ def table(results: dict[str, dict]) -> str:
 
 
 def machine() -> str:
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{model}, {os.cpu_count()} cores"
+    return f"{cpu_model()}, {os.cpu_count()} cores"
 
 
 def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:

@@ -35,6 +35,7 @@ from typing import Any
 
 from mach_jax import cli
 from mach_jax.config import PRESETS, Config, ConfigError, get_preset
+from mach_jax.hardware import cpu_model
 
 KS = (1, 3, 5)
 JSON_FILE = "precision_curves.json"
@@ -155,13 +156,7 @@ def hardware() -> str:
     """The machine and JAX devices the numbers come from, in one line."""
     import jax
 
-    cpu = platform.processor() or platform.machine()
-    try:  # Linux names the CPU model here; platform.processor() is often empty
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return (f"{cpu} ({platform.machine()}), {os.cpu_count()} CPUs, {platform.system()} "
+    return (f"{cpu_model()} ({platform.machine()}), {os.cpu_count()} CPUs, {platform.system()} "
             f"{platform.release()}; JAX {jax.__version__} {jax.default_backend()}: "
             f"{jax.device_count()} x {jax.devices()[0].device_kind}")
 
