@@ -10,19 +10,20 @@ from __future__ import annotations
 
 import importlib
 
-from mach_jax.config import Config, ConfigError, get_preset
+from mach_jax.config import Config, get_preset
+from mach_jax.errors import ConfigError
 
 __version__ = "0.1.0"
 
 _LAZY = {
-    "train_and_evaluate": "mach_jax.trainer",
-    "MachEnsemble": "mach_jax.ensemble",
-    "read_xc": "mach_jax.xc_format",
-    "write_xc": "mach_jax.xc_format",
-    "CsrMatrix": "mach_jax.dataset",
-    "XCDataset": "mach_jax.dataset",
-    "DataFormatError": "mach_jax.dataset",
-    "make_synthetic": "mach_jax.synthetic",
+    "train_and_evaluate": "mach_jax.training.loop",
+    "MachEnsemble": "mach_jax.readout.ensemble",
+    "read_xc": "mach_jax.data.xc_format",
+    "write_xc": "mach_jax.data.xc_format",
+    "CsrMatrix": "mach_jax.data.csr",
+    "XCDataset": "mach_jax.data.csr",
+    "DataFormatError": "mach_jax.errors",
+    "make_synthetic": "mach_jax.data.synthetic",
 }
 
 __all__ = ["Config", "ConfigError", "get_preset", *_LAZY]

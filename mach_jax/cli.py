@@ -14,8 +14,8 @@ import sys
 from typing import Any, Callable
 
 from mach_jax.config import (AGGREGATIONS, DECODERS, EMBEDDING_OPTIMIZERS, EMBEDDING_UPDATES, INPUT_LAYERS,
-                             LOSSES, LR_SCHEDULES, OVERFLOW_POLICIES, PRESETS, Config, ConfigError,
-                             get_preset)
+                             LOSSES, LR_SCHEDULES, OVERFLOW_POLICIES, PRESETS, Config, get_preset)
+from mach_jax.errors import USER_ERRORS, ConfigError, TrainingInterrupted
 
 _ALIASES = {
     "data.train_path": ["--train"],
@@ -131,11 +131,6 @@ def config_from_args(args: argparse.Namespace) -> Config:
 
 def run_cli(main: Callable[[], int]) -> None:
     """Runs a CLI body: expected errors print one clear line and exit 2, no traceback."""
-    from mach_jax.dataset import DataFormatError
-    from mach_jax.monitoring import TrainingDivergedError, TrainingInterrupted
-    from mach_jax.registry import DatasetError  # defined there: mach_jax.datasets imports this module
-    from mach_jax.workdir import WorkdirError
-
     logger = logging.getLogger("mach_jax")
     if not logger.handlers:
         handler = logging.StreamHandler()
@@ -149,8 +144,7 @@ def run_cli(main: Callable[[], int]) -> None:
         flag = flag_of(error.field) if error.field else None
         print(f"error: {flag + ': ' if flag else ''}{error}", file=sys.stderr)
         sys.exit(2)
-    except (DataFormatError, DatasetError, WorkdirError, FileNotFoundError,
-            TrainingDivergedError) as error:
+    except USER_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
     except TrainingInterrupted as interrupted:

@@ -11,6 +11,8 @@ import dataclasses
 import json
 from typing import Any
 
+from mach_jax.errors import ConfigError
+
 FORMAT_VERSION = 1
 
 LOSSES = ("softmax", "sigmoid")
@@ -22,18 +24,6 @@ EMBEDDING_UPDATES = ("auto", "lazy", "dense")
 EMBEDDING_OPTIMIZERS = ("adam", "rowwise_adagrad")
 LR_SCHEDULES = ("constant", "cosine", "linear")
 ROWWISE_ADAGRAD_LEARNING_RATE = 0.1
-
-
-class ConfigError(ValueError):
-    """A configuration value is out of range; the message names the field and the value.
-
-    Attributes:
-      field: the dotted config path (``model.num_buckets``), or None when no single field is at fault.
-    """
-
-    def __init__(self, message: str, field: str | None = None):
-        super().__init__(message)
-        self.field = field
 
 
 def _require(condition: bool, field: str, value: Any, why: str) -> None:
@@ -74,7 +64,7 @@ class DataConfig:
     largest |value| (and the first ``max_labels`` labels in file order); "error" refuses the data.
 
     ``dataset`` = "tfds:NAME" reads the train and test splits of a built TensorFlow Datasets
-    source instead of files (see ``mach_jax.tfds``; ``tfds_data_dir``: its data_dir).
+    source instead of files (see ``mach_jax.data.tfds``; ``tfds_data_dir``: its data_dir).
 
     ``valid_frac`` > 0 holds out that share of the training points (a permutation seeded by
     ``valid_seed``, see ``trainer.validation_split``): the model trains on the rest and is
@@ -229,7 +219,7 @@ class EvalConfig:
     ``decoder``: "exact" scores all L classes; "approx" only the classes in each member's
     ``top_buckets`` best buckets, keeping those in at least ``min_votes`` members' top buckets
     (relaxed to reach k) and at most ``bucket_cap`` classes per bucket (None: all); see
-    ``mach_jax.approx_decode``.
+    ``mach_jax.readout.approx_decode``.
     """
 
     aggregation: str = "prob"

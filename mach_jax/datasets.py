@@ -4,7 +4,7 @@
     python -m mach_jax.datasets download Bibtex --dir data     # -> data/Bibtex/{train,test}.txt
     python -m mach_jax.datasets convert-vw odp_train.vw odp/train.txt
 
-``download`` fetches the registry's files (see `mach_jax.registry`), streamed into a ``.part``
+``download`` fetches the registry's files (see `mach_jax.data.registry`), streamed into a ``.part``
 file that a re-run resumes; unpacks zip, tar(.gz), .gz or plain files; writes ``train.txt`` and
 ``test.txt`` in XC format (for data + split-file layouts, the points named by split column
 ``--split``, 1-based row numbers); and checks every header's N, D, L against the registry and
@@ -14,7 +14,7 @@ spaces and CRs are dropped and a point without labels gets its leading space; id
 later by the strict reader (`read_xc`), as for any XC file.
 
 ``convert-vw`` turns a Vowpal Wabbit multiclass file (as used by the MACH paper for ODP and
-ImageNet) into an XC file; see `mach_jax.vw_format`.
+ImageNet) into an XC file; see `mach_jax.data.vw_format`.
 """
 
 from __future__ import annotations
@@ -41,8 +41,9 @@ from pathlib import Path, PurePosixPath
 from tqdm import tqdm
 
 from mach_jax import cli
-from mach_jax.registry import REGISTRY, DatasetError, DatasetInfo, Download, get_dataset
-from mach_jax.vw_format import convert_vw  # noqa: F401 (re-exported)
+from mach_jax.data.registry import REGISTRY, DatasetInfo, Download, get_dataset
+from mach_jax.errors import DatasetError
+from mach_jax.data.vw_format import convert_vw  # noqa: F401 (re-exported)
 
 MARKER = ".verified.json"
 _CHUNK = 1 << 20

@@ -13,7 +13,7 @@ import argparse
 from pathlib import Path
 
 from mach_jax import cli
-from mach_jax.metrics import format_metrics
+from mach_jax.readout.metrics import format_metrics
 
 
 def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
@@ -32,8 +32,9 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def do_evaluate(args: argparse.Namespace) -> int:
-    from mach_jax import trainer, workdir as wd
-    from mach_jax.ensemble import MachEnsemble
+    from mach_jax.training import loop as trainer
+    from mach_jax.storage import workdir as wd
+    from mach_jax.readout.ensemble import MachEnsemble
 
     ensemble = MachEnsemble.load(*args.workdir, **cli.flag_overrides(args).get("eval", {}))
     data, split = trainer.load_eval_data(ensemble.config.data, args.test, args.split, progress=not args.quiet)

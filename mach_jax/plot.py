@@ -44,7 +44,7 @@ def precision_vs_repetitions(workdir: str | Path, test, progress: bool = False,
     """
     from tqdm.auto import tqdm
 
-    from mach_jax.ensemble import MachEnsemble
+    from mach_jax.readout.ensemble import MachEnsemble
 
     full = MachEnsemble.load(workdir, **{**eval_overrides, "eval_repetitions": None})  # read once
     results = []
@@ -55,8 +55,8 @@ def precision_vs_repetitions(workdir: str | Path, test, progress: bool = False,
 
 def _metric_logs(workdir: Path) -> list[tuple[str, list[dict]]]:
     """(label, records) of the run's metrics log, or of each repetition group's."""
-    from mach_jax import workdir as wd
-    from mach_jax.metric_log import METRICS_LOG, read_records
+    from mach_jax.storage import workdir as wd
+    from mach_jax.training.metric_log import METRICS_LOG, read_records
 
     if (workdir / METRICS_LOG).exists():
         return [("", read_records(workdir / METRICS_LOG))]
@@ -140,7 +140,8 @@ def do_plot(args: argparse.Namespace) -> int:
         print('error: mach_jax.plot needs matplotlib: pip install "mach_jax[plot]"', file=sys.stderr)
         return 2
     matplotlib.use("Agg")
-    from mach_jax import trainer, workdir as wd
+    from mach_jax.training import loop as trainer
+    from mach_jax.storage import workdir as wd
 
     workdir = Path(args.workdir)
     config, _, _ = wd.find_groups([workdir])  # a clear error for a folder that is not a workdir

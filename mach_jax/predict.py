@@ -4,9 +4,9 @@ Reads the input (XC format, plain or gzip; labels optional: a line may start wit
 chunks of ``--chunk-rows`` points, so any size runs in bounded memory, and writes one line per
 input point: ``id:score id:score ...``, best first (to stdout without ``--output``).
 ``--decoder approx`` (with ``--top-buckets M``, ``--min-votes V``, ``--bucket-cap C``) scores only
-the classes in each member's top buckets (see ``mach_jax.approx_decode``).
+the classes in each member's top buckets (see ``mach_jax.readout.approx_decode``).
 ``--export FILE`` also writes the ensemble plus decoder as a StableHLO function (see
-``mach_jax.export``) for a batch of ``--eval-batch-size`` points.
+``mach_jax.readout.export``) for a batch of ``--eval-batch-size`` points.
 """
 
 from __future__ import annotations
@@ -41,13 +41,13 @@ def format_predictions(scores, ids) -> list[str]:
 
 
 def do_predict(args: argparse.Namespace) -> int:
-    from mach_jax.ensemble import MachEnsemble
-    from mach_jax.xc_stream import iter_xc_chunks
+    from mach_jax.readout.ensemble import MachEnsemble
+    from mach_jax.data.xc_stream import iter_xc_chunks
     from tqdm.auto import tqdm
 
     ensemble = MachEnsemble.load(*args.workdir, **cli.flag_overrides(args).get("eval", {}))
     if args.export:
-        from mach_jax.export import export_ensemble
+        from mach_jax.readout.export import export_ensemble
 
         path = export_ensemble(ensemble, args.export, ensemble.config.eval.eval_batch_size,
                                args.export_max_nnz, args.k)

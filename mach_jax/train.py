@@ -10,8 +10,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from mach_jax import cli, distributed
-from mach_jax.metrics import format_metrics
+from mach_jax import cli
+from mach_jax.training import distributed
+from mach_jax.readout.metrics import format_metrics
 
 
 def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
@@ -36,8 +37,8 @@ def default_workdir(args: argparse.Namespace) -> Path:
 
 
 def do_train(args: argparse.Namespace) -> int:
-    from mach_jax import workdir as workdir_lib  # after flag parsing: --help stays instant
-    from mach_jax.trainer import train_and_evaluate
+    from mach_jax.storage import workdir as workdir_lib  # after flag parsing: --help stays instant
+    from mach_jax.training.loop import train_and_evaluate
 
     config = cli.config_from_args(args).validate()
     distributed.initialize_from_args(args)  # before any device is touched

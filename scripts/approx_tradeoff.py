@@ -16,8 +16,8 @@ import time
 
 import numpy as np
 
-from mach_jax.ensemble import MachEnsemble
-from mach_jax.xc_format import read_xc
+from mach_jax.readout.ensemble import MachEnsemble
+from mach_jax.data.xc_format import read_xc
 
 
 def timed_predict(ensemble: MachEnsemble, features, k: int, approx: bool):

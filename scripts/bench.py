@@ -42,10 +42,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mach_jax import approx_decode, decode, hashing, input_pipeline, mesh as mesh_lib, trainer
+from mach_jax.readout import approx_decode, decode
+from mach_jax.core import hashing, mesh as mesh_lib
+from mach_jax.data import batches as input_pipeline
+from mach_jax.training import loop as trainer
 from mach_jax.config import Config
-from mach_jax.synthetic import make_synthetic
-from mach_jax.xc_format import read_xc, write_xc
+from mach_jax.data.synthetic import make_synthetic
+from mach_jax.data.xc_format import read_xc, write_xc
 
 
 @dataclasses.dataclass(frozen=True)

@@ -12,7 +12,7 @@ Each method runs in a subprocess of its own, so its peak RSS (Linux ``VmHWM``, e
 ``ru_maxrss`` of ``os.wait4``) is that method's alone; the peers' processes never load JAX (their
 top-5 ids are scored in this one, after they have all run). Columns:
 P@1/3/5, nDCG@5 and PSP@5 on the test file in %, the same definitions for every method
-(``mach_jax.metrics`` on each method's top-5 ids: P@k divides by k; PSP@k propensities
+(``mach_jax.readout.metrics`` on each method's top-5 ids: P@k divides by k; PSP@k propensities
 A = 0.55, B = 1.5 from the training label counts, normalised by the best attainable PSP@k;
 mach_jax's row is its own ``metrics.json``); training seconds (the training call alone: mach_jax's
 includes compilation; omikuji's includes reading its text file); prediction ms per test point
@@ -56,8 +56,10 @@ class NotInstalled(Exception):
 def run_mach_jax(args: argparse.Namespace, folder: Path) -> dict:
     import jax
 
-    from mach_jax import MachEnsemble, get_preset, trainer, workdir as wd
-    from mach_jax.xc_format import read_xc
+    from mach_jax import MachEnsemble, get_preset
+    from mach_jax.training import loop as trainer
+    from mach_jax.storage import workdir as wd
+    from mach_jax.data.xc_format import read_xc
 
     config = get_preset(args.preset).replace(data={"train_path": args.train, "test_path": args.test})
     workdir = folder / "workdir"
@@ -96,7 +98,7 @@ def run_omikuji(args: argparse.Namespace, folder: Path, bonsai: bool) -> dict:
         import omikuji
     except ImportError as error:
         raise NotInstalled(f"omikuji: {error}; pip install omikuji") from None
-    from mach_jax.xc_format import read_xc, write_xc
+    from mach_jax.data.xc_format import read_xc, write_xc
 
     train, test = read_xc(args.train), read_xc(args.test)
     plain = folder / "train.txt"
@@ -129,7 +131,7 @@ def run_plt(args: argparse.Namespace, folder: Path) -> dict:
         raise NotInstalled(f"napkinxc: {error}; pip install napkinxc") from None
     import scipy.sparse
 
-    from mach_jax.xc_format import read_xc
+    from mach_jax.data.xc_format import read_xc
 
     train, test = read_xc(args.train), read_xc(args.test)
 
@@ -170,7 +172,8 @@ def peer_metrics(ids, train, test, chunk: int = 4096) -> dict[str, float]:
     """
     import jax
 
-    from mach_jax import metrics, trainer
+    from mach_jax.readout import metrics
+    from mach_jax.training import loop as trainer
     from mach_jax.config import EvalConfig
 
     settings = EvalConfig()
@@ -266,7 +269,7 @@ def score_peers(results: dict[str, dict], args: argparse.Namespace) -> None:
     peers = [m for m, result in results.items() if m != "mach_jax" and "train_seconds" in result]
     if not peers:
         return
-    from mach_jax.xc_format import read_xc
+    from mach_jax.data.xc_format import read_xc
 
     train, test = read_xc(args.train), read_xc(args.test)
     for method in peers:

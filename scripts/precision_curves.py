@@ -34,7 +34,8 @@ from pathlib import Path
 from typing import Any
 
 from mach_jax import cli
-from mach_jax.config import PRESETS, Config, ConfigError, get_preset
+from mach_jax.config import PRESETS, Config, get_preset
+from mach_jax.errors import ConfigError
 from mach_jax.hardware import cpu_model
 
 KS = (1, 3, 5)
@@ -120,7 +121,7 @@ def workdir_root(args: argparse.Namespace) -> Path:
 
 def train_all(configs: dict[int, Config], root: Path, progress: bool) -> dict[int, dict]:
     """Trains (or resumes, or finds finished) the run of every B; returns {B: its metrics}."""
-    from mach_jax.trainer import train_and_evaluate
+    from mach_jax.training.loop import train_and_evaluate
 
     metrics = {}
     for num_buckets, config in configs.items():
@@ -137,7 +138,8 @@ def precision_records(configs: dict[int, Config], root: Path, progress: bool) ->
     Returns:
       ``(records, eval data, split)``: one record per (B, r), in order of B then r.
     """
-    from mach_jax import plot, trainer
+    from mach_jax import plot
+    from mach_jax.training import loop as trainer
 
     first = next(iter(configs.values()))  # every B shares the data config
     eval_data, split = trainer.load_eval_data(first.data, progress=progress)

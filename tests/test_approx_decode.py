@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mach_jax import approx_decode, decode, hashing
+from mach_jax.readout import approx_decode, decode
+from mach_jax.core import hashing
 
 
 def numpy_approx_topk(scores, seeds, num_labels, k, top_buckets, min_votes=1, bucket_cap=None,

@@ -7,9 +7,9 @@ import sys
 
 import pytest
 
-from mach_jax.synthetic import make_synthetic
+from mach_jax.data.synthetic import make_synthetic
 from mach_jax.config import get_preset
-from mach_jax.xc_format import write_xc
+from mach_jax.data.xc_format import write_xc
 
 TINY = ["--preset", "tiny", "--quiet"]
 

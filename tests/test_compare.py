@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from mach_jax import get_preset
-from mach_jax.synthetic import make_synthetic
-from mach_jax.xc_format import write_xc
+from mach_jax.data.synthetic import make_synthetic
+from mach_jax.data.xc_format import write_xc
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = REPO_ROOT / "scripts" / "compare.py"

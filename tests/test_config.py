@@ -3,7 +3,8 @@
 import pytest
 
 from mach_jax import cli
-from mach_jax.config import PRESETS, Config, ConfigError, get_preset
+from mach_jax.config import PRESETS, Config, get_preset
+from mach_jax.errors import ConfigError
 from mach_jax.train import parse_arguments
 
 BAD_VALUES = [
@@ -79,7 +80,8 @@ def test_paper_presets_build_the_reference_model_for_their_dataset(preset, datas
     import jax
     import jax.numpy as jnp
 
-    from mach_jax import model, registry
+    from mach_jax.core import model
+    from mach_jax.data import registry
 
     config = get_preset(preset)
     config.validate()

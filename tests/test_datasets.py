@@ -17,9 +17,11 @@ import numpy as np
 import pytest
 
 from mach_jax import cli, datasets
-from mach_jax.dataset import DataFormatError, from_rows
-from mach_jax.registry import REGISTRY, DatasetError, Download, Layout, get_dataset
-from mach_jax.xc_format import read_xc
+from mach_jax.data.csr import from_rows
+from mach_jax.errors import DataFormatError
+from mach_jax.data.registry import REGISTRY, Download, Layout, get_dataset
+from mach_jax.errors import DatasetError
+from mach_jax.data.xc_format import read_xc
 
 D, L, N_TRAIN, N_TEST = 20, 7, 18, 12
 

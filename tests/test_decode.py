@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mach_jax import decode, hashing
+from mach_jax.readout import decode
+from mach_jax.core import hashing
 
 
 def numpy_topk(bucket_scores, lookup, k):

@@ -16,10 +16,12 @@ import jax
 import numpy as np
 import pytest
 
-from mach_jax import MachEnsemble, get_preset, mesh as mesh_lib
-from mach_jax.synthetic import make_synthetic
-from mach_jax.config import Config, ConfigError
-from mach_jax.workdir import WorkdirError
+from mach_jax import MachEnsemble, get_preset
+from mach_jax.core import mesh as mesh_lib
+from mach_jax.data.synthetic import make_synthetic
+from mach_jax.config import Config
+from mach_jax.errors import ConfigError
+from mach_jax.errors import WorkdirError
 
 TINY = ["--preset", "tiny", "--quiet"]
 COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
@@ -68,8 +70,10 @@ def reference(tmp_path_factory):
 HLO_SCRIPT = textwrap.dedent("""
     import json, sys
     import numpy as np
-    from mach_jax import get_preset, input_pipeline, trainer
-    from mach_jax.synthetic import make_synthetic
+    from mach_jax import get_preset
+    from mach_jax.data import batches as input_pipeline
+    from mach_jax.training import loop as trainer
+    from mach_jax.data.synthetic import make_synthetic
     config = get_preset("tiny").replace(model={"num_repetitions": 8}).replace(**json.loads(sys.argv[1]))
     data, info = trainer.prepare_train_data(config, make_synthetic(config.data.synthetic)[0])
     program = trainer.build_program(config, info, data)
@@ -208,7 +212,7 @@ APPROX_SCRIPT = textwrap.dedent("""
     import sys
     import numpy as np
     from mach_jax import MachEnsemble, get_preset
-    from mach_jax.synthetic import make_synthetic
+    from mach_jax.data.synthetic import make_synthetic
     _, test = make_synthetic(get_preset("tiny").data.synthetic)
     ensemble = MachEnsemble.load(sys.argv[1], decoder="approx", top_buckets=2, min_votes=2)
     assert ensemble.mesh.shape["reps"] == int(sys.argv[2]), ensemble.mesh.shape

@@ -5,7 +5,7 @@ import mmh3
 import numpy as np
 import pytest
 
-from mach_jax import hashing
+from mach_jax.core import hashing
 
 # MurmurHash3_x86_32 verification vectors for 4-byte keys (SMHasher / Wikipedia test list).
 KNOWN_VECTORS = [

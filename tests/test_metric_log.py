@@ -5,9 +5,10 @@ import struct
 
 import pytest
 
-from mach_jax import get_preset, trainer
-from mach_jax.metric_log import MetricLog, read_records
-from mach_jax.tensorboard_writer import EventFileWriter, crc32c, masked_crc32c
+from mach_jax import get_preset
+from mach_jax.training import loop as trainer
+from mach_jax.training.metric_log import MetricLog, read_records
+from mach_jax.training.tensorboard_writer import EventFileWriter, crc32c, masked_crc32c
 
 
 # ---- an independent reader: bitwise CRC-32C, TFRecord framing, protobuf wire format ----

@@ -3,7 +3,7 @@
 import jax.numpy as jnp
 import numpy as np
 
-from mach_jax import metrics
+from mach_jax.readout import metrics
 
 
 def brute_force(topk, label_sets, inv_p):

@@ -7,7 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mach_jax import hashing, losses, model, steps
+from mach_jax.core import hashing, losses, model
+from mach_jax.training import step as steps
 from mach_jax.config import ModelConfig
 
 CONFIG = ModelConfig(num_repetitions=4, num_buckets=16, hidden_sizes=(12, 10))

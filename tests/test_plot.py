@@ -9,7 +9,8 @@ import jax
 import numpy as np
 import pytest
 
-from mach_jax import MachEnsemble, get_preset, plot, trainer
+from mach_jax import MachEnsemble, get_preset, plot
+from mach_jax.training import loop as trainer
 
 CONFIG = get_preset("tiny").replace(train={"eval_every_epochs": 1})
 KS = (1, 3, 5)

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from mach_jax import MachEnsemble, cli, get_preset, trainer
-from mach_jax.metric_log import METRICS_LOG, read_records
-from mach_jax.workdir import CHECKPOINT_DIR
+from mach_jax import MachEnsemble, cli, get_preset
+from mach_jax.training import loop as trainer
+from mach_jax.training.metric_log import METRICS_LOG, read_records
+from mach_jax.storage.workdir import CHECKPOINT_DIR
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "precision_curves.py"
 

@@ -7,12 +7,13 @@ import sys
 import numpy as np
 import pytest
 
-from mach_jax import MachEnsemble, get_preset, trainer
-from mach_jax.dataset import DataFormatError
-from mach_jax.input_pipeline import pad_rows
-from mach_jax.synthetic import make_synthetic
-from mach_jax.xc_format import read_xc, write_xc
-from mach_jax.xc_stream import iter_xc_chunks
+from mach_jax import MachEnsemble, get_preset
+from mach_jax.training import loop as trainer
+from mach_jax.errors import DataFormatError
+from mach_jax.data.batches import pad_rows
+from mach_jax.data.synthetic import make_synthetic
+from mach_jax.data.xc_format import read_xc, write_xc
+from mach_jax.data.xc_stream import iter_xc_chunks
 
 TINY = get_preset("tiny")
 
@@ -75,7 +76,7 @@ def test_predict_command_streams_the_same_top_k(trained):
 
 
 def test_exported_predictor_runs_without_mach_jax_and_matches(trained):
-    from mach_jax.export import export_ensemble
+    from mach_jax.readout.export import export_ensemble
 
     root, test = trained
     ensemble = MachEnsemble.load(root / "work")

@@ -8,9 +8,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mach_jax import hashing, losses, model, sparse_update, steps
-from mach_jax.config import Config, ConfigError, ModelConfig
-from mach_jax.ensemble import member_seeds
+from mach_jax.core import hashing, losses, model, sparse_update
+from mach_jax.training import step as steps
+from mach_jax.config import Config, ModelConfig
+from mach_jax.errors import ConfigError
+from mach_jax.readout.ensemble import member_seeds
 
 CONFIG = ModelConfig(num_repetitions=3, num_buckets=8, hidden_sizes=(12, 10), input_layer="sparse")
 NUM_FEATURES, NUM_LABELS, LR = 40, 30, 1e-2
@@ -214,9 +216,11 @@ def test_a_scheduled_run_resumed_from_its_first_epoch_equals_the_uninterrupted_r
     epochs of a decaying schedule (which would redraw its past) is refused."""
     import shutil
 
-    from mach_jax import get_preset, trainer
-    from mach_jax.synthetic import make_synthetic
-    from mach_jax.workdir import CHECKPOINT_DIR, WorkdirError
+    from mach_jax import get_preset
+    from mach_jax.training import loop as trainer
+    from mach_jax.data.synthetic import make_synthetic
+    from mach_jax.storage.workdir import CHECKPOINT_DIR
+    from mach_jax.errors import WorkdirError
 
     config = get_preset("tiny").replace(train={"lr_schedule": "cosine", "warmup_steps": 3, "dropout": 0.2,
                                                "weight_decay": 0.01})

@@ -13,12 +13,14 @@ import jax
 import numpy as np
 import pytest
 
-from mach_jax import MachEnsemble, get_preset, trainer
-from mach_jax.dataset import CsrMatrix, DataFormatError, XCDataset
-from mach_jax.monitoring import TrainingDivergedError
-from mach_jax.synthetic import make_synthetic
-from mach_jax.workdir import WorkdirError
-from mach_jax.xc_format import write_xc
+from mach_jax import MachEnsemble, get_preset
+from mach_jax.training import loop as trainer
+from mach_jax.data.csr import CsrMatrix, XCDataset
+from mach_jax.errors import DataFormatError
+from mach_jax.errors import TrainingDivergedError
+from mach_jax.data.synthetic import make_synthetic
+from mach_jax.errors import WorkdirError
+from mach_jax.data.xc_format import write_xc
 
 # 100 epochs of 10 steps with a checkpoint every 50 steps: long enough to interrupt.
 LONG = ["--preset", "tiny", "--quiet", "--epochs", "100", "--checkpoint-every-steps", "50",
@@ -180,8 +182,8 @@ def test_no_pickle_on_any_load_path(tmp_path, monkeypatch):
 
 
 def test_empty_data_and_too_few_labels_are_refused_before_training(tmp_path):
-    from mach_jax.config import ConfigError
-    from mach_jax.dataset import from_rows
+    from mach_jax.errors import ConfigError
+    from mach_jax.data.csr import from_rows
 
     config = get_preset("tiny")
     empty = from_rows([], [], 400, 300, source="empty.txt")

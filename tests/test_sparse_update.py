@@ -8,7 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mach_jax import hashing, model, sparse_update, steps
+from mach_jax.core import hashing, model, sparse_update
+from mach_jax.training import step as steps
 from mach_jax.config import ModelConfig
 
 CONFIG = ModelConfig(num_repetitions=2, num_buckets=8, hidden_sizes=(12,), input_layer="sparse")
@@ -128,8 +129,8 @@ def test_lazy_variants_match_the_numpy_reference(fields, rule):
 
 
 def test_batch_caps_bound_epoch_0_and_batch_fits_checks_both():
-    from mach_jax import input_pipeline
-    from mach_jax.dataset import CsrMatrix
+    from mach_jax.data import batches as input_pipeline
+    from mach_jax.data.csr import CsrMatrix
 
     rng = np.random.default_rng(3)
     rows = [np.sort(rng.choice(50, rng.integers(1, 9), replace=False)) for _ in range(40)]
@@ -175,7 +176,7 @@ def test_touched_rows_are_distinct_sorted_and_skip_zero_values():
 
 
 def test_lazy_update_needs_the_sparse_input_layer():
-    from mach_jax.config import ConfigError
+    from mach_jax.errors import ConfigError
 
     with pytest.raises(ConfigError, match="needs the sparse input layer"):
         model.uses_lazy_update(dataclasses.replace(CONFIG, input_layer="dense"), "lazy", 40, 5, 6)

@@ -17,12 +17,13 @@ import pytest
 pytest.importorskip("tensorflow_datasets")
 pytest.importorskip("array_record")
 
-from mach_jax.dataset import CsrMatrix, DataFormatError, XCDataset  # noqa: E402
-from mach_jax.registry import DatasetError  # noqa: E402
-from mach_jax.tfds import load_tfds, parse_data_spec, prepare  # noqa: E402
-from mach_jax.tfds import __main__ as tfds_cli  # noqa: E402
-from mach_jax.tfds.builder import XcConfig, find_split_file  # noqa: E402
-from mach_jax.xc_format import read_xc, write_xc  # noqa: E402
+from mach_jax.data.csr import CsrMatrix, XCDataset  # noqa: E402
+from mach_jax.errors import DataFormatError
+from mach_jax.errors import DatasetError
+from mach_jax.data.tfds import load_tfds, parse_data_spec, prepare  # noqa: E402
+from mach_jax import tfds as tfds_cli  # noqa: E402
+from mach_jax.data.tfds.builder import XcConfig, find_split_file  # noqa: E402
+from mach_jax.data.xc_format import read_xc, write_xc  # noqa: E402
 
 D, L, N_TRAIN, N_TEST = 60, 25, 300, 70
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -80,12 +81,12 @@ def test_data_source_reads_without_tensorflow(tiny):
         import sys
         import numpy as np
         import tensorflow_datasets as tfds
-        from mach_jax.xc_format import read_xc
+        from mach_jax.data.xc_format import read_xc
 
         # The files alone (no mach_jax builder imported): TFDS reads them from their metadata.
         source = tfds.data_source("extreme_classification/tiny-test", split="train",
                                   data_dir={str(data_dir)!r}, download=False)
-        assert "mach_jax.tfds.builder" not in sys.modules
+        assert "mach_jax.data.tfds.builder" not in sys.modules
         expected = read_xc({str(manual / 'train.txt')!r}, use_cache=False)
         assert len(source) == expected.num_points == {N_TRAIN}
         rows = source.__getitems__(list(range(len(source))))
@@ -98,7 +99,7 @@ def test_data_source_reads_without_tensorflow(tiny):
             assert row["feature_values"].tobytes() == f.values[s:e].tobytes()  # -0.0 too
             assert np.array_equal(row["labels"], l.indices[l.indptr[i]:l.indptr[i + 1]])
 
-        from mach_jax.tfds import load_tfds
+        from mach_jax.data.tfds import load_tfds
         assert load_tfds("tiny-test", {str(data_dir)!r}, split="train") == expected
         assert "tensorflow" not in sys.modules, "TensorFlow was imported"
         print("ok", len(rows))

@@ -4,8 +4,9 @@ import jax
 import numpy as np
 import pytest
 
-from mach_jax import MachEnsemble, get_preset, trainer
-from mach_jax.synthetic import make_synthetic
+from mach_jax import MachEnsemble, get_preset
+from mach_jax.training import loop as trainer
+from mach_jax.data.synthetic import make_synthetic
 
 TINY = get_preset("tiny")
 
@@ -52,7 +53,7 @@ def test_python_api_train_load_predict(tmp_path, data):
 
 
 def test_training_lowers_the_loss(tmp_path, data):
-    from mach_jax.metric_log import read_records
+    from mach_jax.training.metric_log import read_records
 
     train, _ = data
     trainer.train(TINY.replace(train={"epochs": 4}), tmp_path / "run", train, progress=False)
@@ -62,7 +63,7 @@ def test_training_lowers_the_loss(tmp_path, data):
 
 def test_progress_bars_for_reading_training_and_evaluation_and_quiet_silences_them(tmp_path, data, capsys):
     from mach_jax import evaluate
-    from mach_jax.xc_format import write_xc
+    from mach_jax.data.xc_format import write_xc
 
     train, test = data
     write_xc(tmp_path / "train.txt", train)
@@ -111,7 +112,7 @@ def test_train_step_compiles_once_across_epochs_and_the_partial_last_batch(tmp_p
 def test_feature_hashing_uses_per_member_seeds(tmp_path, data):
     import mmh3
 
-    from mach_jax import steps
+    from mach_jax.training import step as steps
 
     train, test = data
     config = TINY.replace(model={"feat_hash_dim": 64})

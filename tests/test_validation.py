@@ -7,12 +7,15 @@ import jax
 import numpy as np
 import pytest
 
-from mach_jax import MachEnsemble, cli, evaluate, get_preset, trainer, workdir as wd
-from mach_jax.config import Config, ConfigError
-from mach_jax.metrics import format_metrics
-from mach_jax.synthetic import make_synthetic
-from mach_jax.workdir import WorkdirError
-from mach_jax.xc_format import write_xc
+from mach_jax import MachEnsemble, cli, evaluate, get_preset
+from mach_jax.training import loop as trainer
+from mach_jax.storage import workdir as wd
+from mach_jax.config import Config
+from mach_jax.errors import ConfigError
+from mach_jax.readout.metrics import format_metrics
+from mach_jax.data.synthetic import make_synthetic
+from mach_jax.errors import WorkdirError
+from mach_jax.data.xc_format import write_xc
 
 TINY = get_preset("tiny")
 VALID = TINY.replace(data={"valid_frac": 0.25, "valid_seed": 3})

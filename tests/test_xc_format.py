@@ -1,4 +1,4 @@
-"""Tests for mach_jax.xc_format: exact parses, every error's line, cache, real datasets.
+"""Tests for mach_jax.data.xc_format: exact parses, every error's line, cache, real datasets.
 
 The bulk parser is checked against `_reference_parse`, a slow pure-Python parser written
 straight from the format description, on hand-written, fuzzed and real files.
@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mach_jax import xc_format as xc
-from mach_jax.xc_format import CsrMatrix, DataFormatError
+from mach_jax.data import xc_format as xc
+from mach_jax.data.xc_format import CsrMatrix
+from mach_jax.errors import DataFormatError
 
 DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"
 _FLOAT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")

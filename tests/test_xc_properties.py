@@ -1,4 +1,4 @@
-"""Property-based tests (hypothesis) for mach_jax.xc_format: round trips and corruptions.
+"""Property-based tests (hypothesis) for mach_jax.data.xc_format: round trips and corruptions.
 
 Valid datasets are generated, written with `write_xc` and read back exactly: plain and gzip,
 and with the accepted leniencies (CRLF, trailing spaces, no final newline). Each corruption
@@ -19,8 +19,8 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from mach_jax import xc_format as xc
-from mach_jax.dataset import DataFormatError
+from mach_jax.data import xc_format as xc
+from mach_jax.errors import DataFormatError
 
 SETTINGS = settings(max_examples=150, deadline=None, derandomize=True, database=None,
                     suppress_health_check=[HealthCheck.too_slow])

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from mach_jax.config import SyntheticConfig
-from mach_jax.dataset import CsrMatrix, XCDataset
+from mach_jax.data.csr import CsrMatrix, XCDataset
 
 _SIGNATURE_KEEP_PROB = 0.7
 

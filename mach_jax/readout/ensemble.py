@@ -17,9 +17,16 @@ import numpy as np
 import orbax.checkpoint as ocp
 from tqdm.auto import tqdm
 
-from mach_jax import approx_decode, hashing, input_pipeline, mesh as mesh_lib, metrics, model, steps, workdir as wd
-from mach_jax.config import Config, ConfigError
-from mach_jax.dataset import CsrMatrix, DataFormatError, XCDataset
+from mach_jax.readout import approx_decode, metrics
+from mach_jax.core import hashing, mesh as mesh_lib, model
+from mach_jax.data import batches as input_pipeline
+from mach_jax.training import step as steps
+from mach_jax.storage import workdir as wd
+from mach_jax.config import Config
+from mach_jax.errors import ConfigError
+from mach_jax.data.csr import CsrMatrix, XCDataset
+from mach_jax.errors import DataFormatError
+from mach_jax.errors import WorkdirError
 
 
 def check_top_k(config: Config, num_labels: int) -> None:
@@ -152,7 +159,7 @@ class MachEnsemble:
         restored = [_restore_params(group, config, info) for group in groups]
         steps_done = {group.path: step for group, (step, _) in zip(groups, restored)}
         if len(set(steps_done.values())) > 1:
-            raise wd.WorkdirError(f"the groups stopped at different steps {steps_done}: one is still "
+            raise WorkdirError(f"the groups stopped at different steps {steps_done}: one is still "
                                   "training or was interrupted; finish it (re-run its command) first")
         parts = [params for _, params in restored]
         params = jax.tree.map(lambda *leaves: np.concatenate(leaves), *parts)
@@ -263,7 +270,7 @@ def _restore_params(group: wd.Group, config: Config, info: wd.RunInfo) -> tuple[
 def _restore_from(manager, group: wd.Group, config: Config, info: wd.RunInfo) -> tuple[int, model.Params]:
     step = manager.latest_step()
     if step is None:
-        raise wd.WorkdirError(f"{group.path}: no checkpoint found under {wd.CHECKPOINT_DIR}/")
+        raise WorkdirError(f"{group.path}: no checkpoint found under {wd.CHECKPOINT_DIR}/")
     abstract = {"params": jax.eval_shape(functools.partial(
         model.init_params, config.model, info.num_features, jnp.asarray(group.rep_ids), 0))}
     args = ocp.args.PyTreeRestore(
@@ -273,7 +280,7 @@ def _restore_from(manager, group: wd.Group, config: Config, info: wd.RunInfo) ->
     expected = jax.tree.map(lambda leaf: leaf.shape, abstract["params"])
     found = jax.tree.map(lambda leaf: leaf.shape, params)
     if found != expected:
-        raise wd.WorkdirError(
+        raise WorkdirError(
             f"{manager.directory}/{step}: the checkpoint cannot be restored for this config: its "
             f"parameter shapes {found} differ from {expected}; was config.json edited?")
     return step, params

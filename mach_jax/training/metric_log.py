@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mach_jax.tensorboard_writer import EventFileWriter
+from mach_jax.training.tensorboard_writer import EventFileWriter
 
 METRICS_LOG = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"

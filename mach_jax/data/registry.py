@@ -25,9 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 
-
-class DatasetError(RuntimeError):
-    """A dataset could not be fetched, unpacked or verified; the message is one clear line."""
+from mach_jax.errors import DatasetError
 
 
 @dataclasses.dataclass(frozen=True)

@@ -21,8 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mach_jax import steps
-from mach_jax.ensemble import MachEnsemble
+from mach_jax.training import step as steps
+from mach_jax.readout.ensemble import MachEnsemble
 
 
 def export_ensemble(ensemble: MachEnsemble, path: str | Path, batch_size: int, max_nnz: int,

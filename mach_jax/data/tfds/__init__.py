@@ -2,7 +2,7 @@
 
     python -m mach_jax.tfds Bibtex --manual-dir data --data-dir ~/tensorflow_datasets
 
-builds ``extreme_classification/bibtex`` (see `mach_jax.tfds.builder`) from the XC files in
+builds ``extreme_classification/bibtex`` (see `mach_jax.data.tfds.builder`) from the XC files in
 ``data/`` or ``data/Bibtex/`` as ArrayRecord files, which ``tfds.data_source`` reads with random
 access; `load_tfds` turns a split back into an `XCDataset`, exactly as `read_xc` reads the
 source files. Needs the optional extra (``pip install "mach_jax[tfds]"``), not TensorFlow.
@@ -18,8 +18,10 @@ import re
 
 import numpy as np
 
-from mach_jax.dataset import CsrMatrix, DataFormatError, XCDataset
-from mach_jax.registry import REGISTRY, DatasetError
+from mach_jax.data.csr import CsrMatrix, XCDataset
+from mach_jax.errors import DataFormatError
+from mach_jax.data.registry import REGISTRY
+from mach_jax.errors import DatasetError
 
 PREFIX = "tfds:"
 _CONFIG_NAME = re.compile(r"[\w+\-.]+")  # what TFDS accepts in "dataset/config"
@@ -51,7 +53,7 @@ def _tfds():
     except ImportError as e:
         raise DatasetError(f"TensorFlow Datasets is not installed ({e}); "
                            'pip install "mach_jax[tfds]"') from None
-    importlib.import_module("mach_jax.tfds.builder")  # registers extreme_classification
+    importlib.import_module("mach_jax.data.tfds.builder")  # registers extreme_classification
     return tensorflow_datasets
 
 
@@ -71,7 +73,7 @@ def prepare(config, manual_dir: str | os.PathLike, data_dir: str | os.PathLike |
       header that does not match the registry.
     """
     tfds = _tfds()
-    from mach_jax.tfds.builder import ExtremeClassification
+    from mach_jax.data.tfds.builder import ExtremeClassification
 
     if isinstance(config, str):
         if config.lower() not in REGISTRY:
@@ -93,7 +95,7 @@ def _read_records(source, batch_size: int, where: str, split: str):
     """
     from tensorflow_datasets.proto import tf_example_pb2  # TFDS's own copy: no TensorFlow
 
-    from mach_jax.tfds.builder import FEATURE_KEYS
+    from mach_jax.data.tfds.builder import FEATURE_KEYS
 
     chunks = {key: [] for key in FEATURE_KEYS}
     counts = {key: [] for key in FEATURE_KEYS}
@@ -143,7 +145,7 @@ def load_tfds(name: str, data_dir: str | os.PathLike | None = None, *, split: st
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     tfds = _tfds()
-    from mach_jax.tfds.builder import DATASET_NAME, features
+    from mach_jax.data.tfds.builder import DATASET_NAME, features
 
     full_name = f"{DATASET_NAME}/{config_name(name)}"
     if manual_dir is not None and config_name(name) in REGISTRY:

@@ -21,9 +21,10 @@ from pathlib import Path
 import numpy as np
 import tensorflow_datasets as tfds
 
-from mach_jax.dataset import DataFormatError
-from mach_jax.registry import REGISTRY, DatasetError
-from mach_jax.xc_format import read_xc
+from mach_jax.errors import DataFormatError
+from mach_jax.data.registry import REGISTRY
+from mach_jax.errors import DatasetError
+from mach_jax.data.xc_format import read_xc
 
 DATASET_NAME = "extreme_classification"
 SPLITS = ("train", "test")
@@ -60,7 +61,7 @@ def features() -> tfds.features.FeaturesDict:
 
 
 def registry_configs() -> list[XcConfig]:
-    """One config per `mach_jax.registry` entry, named by its lower-case name."""
+    """One config per `mach_jax.data.registry` entry, named by its lower-case name."""
     return [XcConfig(name=key, description=f"{info.name} from the Extreme Classification "
                      f"Repository: D={info.num_features}, L={info.num_labels}",
                      num_features=info.num_features, num_labels=info.num_labels,

@@ -17,7 +17,8 @@ import jax.numpy as jnp
 from flax import nnx
 from jax import lax
 
-from mach_jax.config import ConfigError, ModelConfig
+from mach_jax.config import ModelConfig
+from mach_jax.errors import ConfigError
 
 _DENSE_INPUT_RATIO = 16
 _LAZY_MIN_RATIO = 1.5

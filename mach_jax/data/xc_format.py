@@ -32,8 +32,9 @@ from pathlib import Path
 
 import numpy as np
 
-from mach_jax.dataset import CsrMatrix, DataFormatError, XCDataset, from_rows  # noqa: F401 (re-exported)
-from mach_jax.xc_tokenize import VALUE_RE, parse_features, parse_labels, to_float32
+from mach_jax.data.csr import CsrMatrix, XCDataset, from_rows  # noqa: F401 (re-exported)
+from mach_jax.errors import DataFormatError
+from mach_jax.data.xc_tokenize import VALUE_RE, parse_features, parse_labels, to_float32
 
 # Bump when the parse of the same bytes could change; invalidates every cache entry.
 FORMAT_VERSION = 1

@@ -10,26 +10,13 @@ from __future__ import annotations
 import signal
 import threading
 import time
-from pathlib import Path
 from typing import Any, Callable
 
 import jax
 import numpy as np
 
-from mach_jax import mesh as mesh_lib
-
-
-class TrainingDivergedError(FloatingPointError):
-    """A member's loss became NaN or infinite; the newest checkpoint predates it."""
-
-
-class TrainingInterrupted(Exception):
-    """SIGINT or SIGTERM arrived; a checkpoint of the current step was saved first."""
-
-    def __init__(self, signum: int, step: int, workdir: Path):
-        self.signum, self.step, self.workdir = signum, step, workdir
-        super().__init__(f"{signal.Signals(signum).name} at step {step}: checkpoint saved in "
-                         f"{workdir}; run the same command again to resume")
+from mach_jax.core import mesh as mesh_lib
+from mach_jax.errors import TrainingDivergedError
 
 
 class StopOnSignals:

@@ -13,18 +13,6 @@ import numpy as np
 _INT32_MAX = 2**31 - 1
 
 
-class DataFormatError(ValueError):
-    """Malformed XC input; `line` is 1-based (header = 1) or None for whole-file problems."""
-
-    def __init__(self, path: str, line: int | None, problem: str):
-        self.path, self.line, self.problem = str(path), line, problem
-        where = self.path if line is None else f"{self.path}:{line}"
-        super().__init__(f"{where}: {problem}")
-
-    def __reduce__(self):
-        return type(self), (self.path, self.line, self.problem)
-
-
 @dataclasses.dataclass(frozen=True, eq=False)
 class CsrMatrix:
     """Compressed sparse rows; `==` compares all arrays exactly.

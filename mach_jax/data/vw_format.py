@@ -17,8 +17,8 @@ import tempfile
 import zlib
 from pathlib import Path
 
-from mach_jax.dataset import DataFormatError
-from mach_jax.xc_tokenize import VALUE_RE
+from mach_jax.errors import DataFormatError
+from mach_jax.data.xc_tokenize import VALUE_RE
 
 _FLOAT32_MAX = 3.4028234663852886e38
 

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from mach_jax import hashing
+from mach_jax.core import hashing
 
 
 def bucket_scores_to_probs(logits: jax.Array, loss_name: str, aggregation: str) -> jax.Array:

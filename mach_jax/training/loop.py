@@ -19,14 +19,20 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from mach_jax import input_pipeline, mesh as mesh_lib, model, steps, workdir as wd
-from mach_jax.config import Config, ConfigError, DataConfig
-from mach_jax.dataset import DataFormatError, XCDataset
-from mach_jax.ensemble import MachEnsemble, check_top_k, member_seeds, step_spec
-from mach_jax.metric_log import MetricLog
-from mach_jax.monitoring import LossLog, StopOnSignals, TrainingInterrupted
-from mach_jax.synthetic import make_synthetic
-from mach_jax.xc_format import read_xc
+from mach_jax.data import batches as input_pipeline
+from mach_jax.core import mesh as mesh_lib, model
+from mach_jax.training import step as steps
+from mach_jax.storage import workdir as wd
+from mach_jax.config import Config, DataConfig
+from mach_jax.errors import ConfigError
+from mach_jax.data.csr import XCDataset
+from mach_jax.errors import DataFormatError
+from mach_jax.readout.ensemble import MachEnsemble, check_top_k, member_seeds, step_spec
+from mach_jax.training.metric_log import MetricLog
+from mach_jax.training.monitoring import LossLog, StopOnSignals
+from mach_jax.errors import TrainingInterrupted
+from mach_jax.data.synthetic import make_synthetic
+from mach_jax.data.xc_format import read_xc
 
 log = logging.getLogger("mach_jax")
 
@@ -46,7 +52,7 @@ def read_data_file(path: str, cache_dir: str | None = None, progress: bool = Fal
 def load_datasets(config: DataConfig, progress: bool = False) -> tuple[XCDataset, XCDataset]:
     """The (train, test) pair: the two files, a TFDS source, or the embedded synthetic data."""
     if config.dataset is not None:
-        from mach_jax.tfds import load_tfds, parse_data_spec
+        from mach_jax.data.tfds import load_tfds, parse_data_spec
 
         name = parse_data_spec(config.dataset)
         train, test = (load_tfds(name, config.tfds_data_dir, split=split) for split in ("train", "test"))
@@ -238,7 +244,7 @@ def train(config: Config, workdir: str | Path, train_data: XCDataset,
 
     A group's files go to ``workdir/reps-START-STOP`` (see ``workdir.group_dir``), so groups
     trained by independent processes can share one workdir. The loss is logged to
-    ``metrics.jsonl`` and ``tensorboard/`` there (see ``mach_jax.metric_log``).
+    ``metrics.jsonl`` and ``tensorboard/`` there (see ``mach_jax.training.metric_log``).
 
     Returns:
       ``(params, info)``: stacked parameters [R, ...] after the last step, and the RunInfo.

@@ -21,6 +21,7 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
 from mach_jax.config import FORMAT_VERSION, Config
+from mach_jax.errors import WorkdirError
 
 CONFIG_FILE = "config.json"
 LABEL_COUNTS_FILE = "label_counts.npy"
@@ -36,10 +37,6 @@ _RESUMABLE_FIELDS = {
     "parallel.rep_devices", "parallel.data_devices",  # a checkpoint restores onto any topology
 }
 GROUP_PREFIX = "reps-"
-
-
-class WorkdirError(ValueError):
-    """The workdir is missing, incomplete, or was written by an incompatible run."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from mach_jax import hashing
+from mach_jax.core import hashing
 
 # Index arrays, kept as a dict so it is a pytree that jit and device_put take as it is.
 InverseIndex = dict[str, jax.Array]

@@ -3,7 +3,7 @@
 Reads DIR/train.txt and DIR/test.txt (or DIR/NAME/..., as ``python -m mach_jax.datasets
 download NAME --dir DIR`` writes them) and writes ``extreme_classification/name`` as ArrayRecord
 files under --data-dir; then ``tfds.data_source("extreme_classification/name", split=...)``
-or `mach_jax.tfds.load_tfds` reads it. A dataset already built is left as it is.
+or `mach_jax.data.tfds.load_tfds` reads it. A dataset already built is left as it is.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import argparse
 import sys
 
 from mach_jax import cli
-from mach_jax.registry import DatasetError
-from mach_jax.tfds import prepare
+from mach_jax.errors import DatasetError
+from mach_jax.data.tfds import prepare
 
 
 def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:

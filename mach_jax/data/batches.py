@@ -20,7 +20,8 @@ from typing import Iterator
 
 import numpy as np
 
-from mach_jax.dataset import CsrMatrix, DataFormatError, XCDataset
+from mach_jax.data.csr import CsrMatrix, XCDataset
+from mach_jax.errors import DataFormatError
 
 Batch = dict[str, np.ndarray]
 

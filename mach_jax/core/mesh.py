@@ -15,7 +15,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from mach_jax.config import ConfigError
+from mach_jax.errors import ConfigError
 
 REPS_AXIS = "reps"
 DATA_AXIS = "data"

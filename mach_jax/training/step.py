@@ -18,7 +18,8 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from mach_jax import approx_decode, decode, hashing, losses, metrics, model, sparse_update
+from mach_jax.readout import approx_decode, decode, metrics
+from mach_jax.core import hashing, losses, model, sparse_update
 
 State = dict[str, Any]
 Batch = dict[str, jax.Array]

@@ -12,8 +12,9 @@ import os
 import zlib
 from typing import Iterator
 
-from mach_jax.dataset import DataFormatError, XCDataset
-from mach_jax.xc_format import parse_xc_bytes
+from mach_jax.data.csr import XCDataset
+from mach_jax.errors import DataFormatError
+from mach_jax.data.xc_format import parse_xc_bytes
 
 
 def _parse_header(line: bytes, path: str) -> tuple[int, int, int]:
