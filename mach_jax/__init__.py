@@ -16,7 +16,7 @@ from mach_jax.errors import ConfigError
 __version__ = "0.1.0"
 
 _LAZY = {
-    "train_and_evaluate": "mach_jax.training.loop",
+    "train_and_evaluate": "mach_jax.experiment",
     "MachEnsemble": "mach_jax.readout.ensemble",
     "read_xc": "mach_jax.data.xc_format",
     "write_xc": "mach_jax.data.xc_format",

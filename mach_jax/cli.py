@@ -14,7 +14,7 @@ import sys
 from typing import Any, Callable
 
 from mach_jax.config import (AGGREGATIONS, DECODERS, EMBEDDING_OPTIMIZERS, EMBEDDING_UPDATES, INPUT_LAYERS,
-                             LOSSES, LR_SCHEDULES, OVERFLOW_POLICIES, PRESETS, Config, get_preset)
+                             LR_SCHEDULES, OVERFLOW_POLICIES, PRESETS, Config, get_preset)
 from mach_jax.errors import USER_ERRORS, ConfigError, TrainingInterrupted
 
 _ALIASES = {
@@ -32,7 +32,6 @@ _ALIASES = {
 _CHOICES = {
     "data.overflow": OVERFLOW_POLICIES,
     "model.input_layer": INPUT_LAYERS,
-    "train.loss": LOSSES,
     "train.embedding_update": EMBEDDING_UPDATES,
     "train.embedding_optimizer": EMBEDDING_OPTIMIZERS,
     "train.lr_schedule": LR_SCHEDULES,

@@ -15,7 +15,6 @@ from mach_jax.errors import ConfigError
 
 FORMAT_VERSION = 1
 
-LOSSES = ("softmax", "sigmoid")
 AGGREGATIONS = ("prob", "logit", "log_prob")
 DECODERS = ("exact", "approx")
 OVERFLOW_POLICIES = ("truncate", "error")
@@ -67,7 +66,7 @@ class DataConfig:
     source instead of files (see ``mach_jax.data.tfds``; ``tfds_data_dir``: its data_dir).
 
     ``valid_frac`` > 0 holds out that share of the training points (a permutation seeded by
-    ``valid_seed``, see ``trainer.validation_split``): the model trains on the rest and is
+    ``valid_seed``, see ``data.sources.validation_split``): the model trains on the rest and is
     evaluated on them instead of the test set, so settings can be chosen without the test split.
     """
 
@@ -140,8 +139,8 @@ class TrainConfig:
 
     ``embedding_update``: "lazy" updates only the embedding rows a batch touches (row-sparse Adam,
     see ``sparse_update``), "dense" updates every row, "auto" is lazy where it was measured
-    faster: a gathering embedding bag and a table of at least 4 N K rows
-    (``model.uses_lazy_update``).
+    faster: a gathering embedding bag and a table of at least 1.5 N K rows (N K: the entries a
+    batch can touch; ``training.spec.uses_lazy_update``, thresholds in ``core.backend``).
 
     ``embedding_optimizer``: "adam" (as every other parameter), or "rowwise_adagrad": one
     accumulator per embedding row, the usual optimiser of large embedding tables; it is always
@@ -203,7 +202,9 @@ class TrainConfig:
                  "must be in [0, 1)")
         _require(self.batch_size >= 1, "train.batch_size", self.batch_size, "must be >= 1")
         _require(self.learning_rate > 0, "train.learning_rate", self.learning_rate, "must be > 0")
-        _require(self.loss in LOSSES, "train.loss", self.loss, f"must be one of {LOSSES}")
+        # Imported here, not at the top: the loss registry imports JAX, and --help should not wait for it.
+        from mach_jax.core.losses import LOSSES
+        _require(self.loss in LOSSES, "train.loss", self.loss, f"must be one of {tuple(LOSSES)}")
         _require(self.log_every_steps >= 1, "train.log_every_steps", self.log_every_steps, "must be >= 1")
         _require(self.checkpoint_every_steps >= 0, "train.checkpoint_every_steps",
                  self.checkpoint_every_steps, "must be >= 0 (0: at the end of every epoch)")

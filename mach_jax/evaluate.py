@@ -32,14 +32,14 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def do_evaluate(args: argparse.Namespace) -> int:
-    from mach_jax.training import loop as trainer
+    from mach_jax.data import sources
     from mach_jax.storage import workdir as wd
     from mach_jax.readout.ensemble import MachEnsemble
 
     ensemble = MachEnsemble.load(*args.workdir, **cli.flag_overrides(args).get("eval", {}))
-    data, split = trainer.load_eval_data(ensemble.config.data, args.test, args.split, progress=not args.quiet)
+    data, split = sources.load_eval_data(ensemble.config.data, args.test, args.split, progress=not args.quiet)
     metrics = ensemble.evaluate(data, progress=not args.quiet)
-    metrics.update(trainer.eval_fields(ensemble.config.data, data, split))
+    metrics.update(sources.eval_fields(ensemble.config.data, data, split))
     path = wd.write_metrics(Path(args.workdir[0]), metrics)
     print(f"{format_metrics(metrics)}\nwritten to {path}")
     return 0

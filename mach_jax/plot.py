@@ -140,7 +140,7 @@ def do_plot(args: argparse.Namespace) -> int:
         print('error: mach_jax.plot needs matplotlib: pip install "mach_jax[plot]"', file=sys.stderr)
         return 2
     matplotlib.use("Agg")
-    from mach_jax.training import loop as trainer
+    from mach_jax.data import sources
     from mach_jax.storage import workdir as wd
 
     workdir = Path(args.workdir)
@@ -153,7 +153,7 @@ def do_plot(args: argparse.Namespace) -> int:
         written.append(plot_training_curves(logs, out / CURVES_FILE))
     else:
         print(f"{workdir}: no metrics.jsonl, no training curves", file=sys.stderr)
-    test, _ = trainer.load_eval_data(config.data, args.test, progress=not args.quiet)
+    test, _ = sources.load_eval_data(config.data, args.test, progress=not args.quiet)
     results = precision_vs_repetitions(workdir, test, progress=not args.quiet)
     (out / "precision_vs_repetitions.json").write_text(json.dumps(results, indent=1) + "\n")
     written.append(plot_precision_vs_repetitions(results, out / PRECISION_FILE))

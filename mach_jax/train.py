@@ -38,7 +38,7 @@ def default_workdir(args: argparse.Namespace) -> Path:
 
 def do_train(args: argparse.Namespace) -> int:
     from mach_jax.storage import workdir as workdir_lib  # after flag parsing: --help stays instant
-    from mach_jax.training.loop import train_and_evaluate
+    from mach_jax.experiment import train_and_evaluate
 
     config = cli.config_from_args(args).validate()
     distributed.initialize_from_args(args)  # before any device is touched

@@ -51,7 +51,7 @@ def main() -> None:
     for top_buckets in args.top_buckets:
         for min_votes in args.min_votes:
             ensemble = MachEnsemble.load(*args.workdir, top_buckets=top_buckets, min_votes=min_votes)
-            _, settings = ensemble.approx_index()
+            settings = ensemble.decoder(approx=True)
             ids, qps = timed_predict(ensemble, test.features, args.k, approx=True)
             found = ensemble.evaluate(test, progress=False, approx=True)
             row = {"test": args.test, "L": ensemble.info.num_labels, "B": ensemble.config.model.num_buckets,

@@ -43,9 +43,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from mach_jax.readout import approx_decode, decode
+from mach_jax.training.program import build_program
+from mach_jax.data import prepare
 from mach_jax.core import hashing, mesh as mesh_lib
 from mach_jax.data import batches as input_pipeline
-from mach_jax.training import loop as trainer
 from mach_jax.config import Config
 from mach_jax.data.synthetic import make_synthetic
 from mach_jax.data.xc_format import read_xc, write_xc
@@ -159,8 +160,8 @@ def staged_program(config: Config, train, num_batches: int = 4):
       ``(program, state, batches, info, host_batches)``; ``host_batches(epoch, count)`` yields
       that many host batches of the epoch.
     """
-    data, info = trainer.prepare_train_data(config, train)
-    program = trainer.build_program(config, info, data)
+    data, info = prepare.prepare_train_data(config, train)
+    program = build_program(config, info, data)
     shape = input_pipeline.BatchShape(config.train.batch_size, info.max_nnz, info.max_labels)
 
     def host_batches(epoch: int, count: int):
@@ -249,7 +250,7 @@ def bench_decode(preset: BenchPreset, chunk_size: int) -> None:
                                                 preset.decode_buckets, preset.decode_batch)
     probs = rng.dirichlet(np.ones(num_buckets), size=(num_reps, batch)).astype(np.float32)
     seeds = hashing.repetition_seeds(0, num_reps)
-    lookup = hashing.bucket_lookup(num_labels, num_buckets, 0, num_reps)
+    lookup = hashing.hash_to_range(np.arange(num_labels, dtype=np.uint32), seeds, num_buckets)  # [R, L]
     baseline_s = timed(numpy_decode, probs, lookup, 5)
     del lookup
     decoder = jax.jit(functools.partial(decode.decode_topk, num_labels=num_labels, k=5,

@@ -57,13 +57,14 @@ def run_mach_jax(args: argparse.Namespace, folder: Path) -> dict:
     import jax
 
     from mach_jax import MachEnsemble, get_preset
-    from mach_jax.training import loop as trainer
+    from mach_jax import experiment
     from mach_jax.storage import workdir as wd
+    from mach_jax.storage.checkpoints import CHECKPOINT_DIR
     from mach_jax.data.xc_format import read_xc
 
     config = get_preset(args.preset).replace(data={"train_path": args.train, "test_path": args.test})
     workdir = folder / "workdir"
-    trainer.train_and_evaluate(config, workdir, progress=False)
+    experiment.train_and_evaluate(config, workdir, progress=False)
     metrics = json.loads((workdir / wd.METRICS_FILE).read_text())
     ensemble = MachEnsemble.load(workdir)
     features = read_xc(args.test).features
@@ -71,7 +72,7 @@ def run_mach_jax(args: argparse.Namespace, folder: Path) -> dict:
     start = time.perf_counter()
     ensemble.predict(features, k=TOP_K)
     predict_seconds = time.perf_counter() - start
-    checkpoints = workdir / wd.CHECKPOINT_DIR
+    checkpoints = workdir / CHECKPOINT_DIR
     latest = max((p for p in checkpoints.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
     return {**{key: metrics[key] for key in COLUMNS}, "train_seconds": metrics["train_seconds"],
             "predict_seconds": predict_seconds, "num_test_points": features.num_rows,
@@ -173,11 +174,11 @@ def peer_metrics(ids, train, test, chunk: int = 4096) -> dict[str, float]:
     import jax
 
     from mach_jax.readout import metrics
-    from mach_jax.training import loop as trainer
     from mach_jax.config import EvalConfig
+    from mach_jax.data import prepare
 
     settings = EvalConfig()
-    inv = metrics.inverse_propensity(trainer.label_counts(train), train.num_points,
+    inv = metrics.inverse_propensity(prepare.label_counts(train), train.num_points,
                                      settings.propensity_a, settings.propensity_b)
     inv = np.append(inv, np.float32(0))
     ids = np.where(ids < 0, test.num_labels, ids).astype(np.int32)

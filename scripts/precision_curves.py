@@ -7,7 +7,7 @@
 For each B in ``--buckets`` it trains the preset with ``--num-buckets B`` (everything else from
 the preset, ``--valid-frac``, ``--seed`` and the training flags after ``--``, e.g.
 ``-- -R 16 --epochs 5``) in its own workdir ``DIR/B<B>`` (default DIR: ``OUT/runs``), through
-``trainer.train_and_evaluate``. Re-running resumes an interrupted run and trains a finished one
+``experiment.train_and_evaluate``. Re-running resumes an interrupted run and trains a finished one
 no further (it restores the last checkpoint, runs no step, writes no checkpoint). Then, for
 every B, it reads out the first r members for r = 1..R (``plot.precision_vs_repetitions``) on
 the data the runs were evaluated on: the validation split with ``--valid-frac``, else the test
@@ -121,7 +121,7 @@ def workdir_root(args: argparse.Namespace) -> Path:
 
 def train_all(configs: dict[int, Config], root: Path, progress: bool) -> dict[int, dict]:
     """Trains (or resumes, or finds finished) the run of every B; returns {B: its metrics}."""
-    from mach_jax.training.loop import train_and_evaluate
+    from mach_jax.experiment import train_and_evaluate
 
     metrics = {}
     for num_buckets, config in configs.items():
@@ -139,10 +139,10 @@ def precision_records(configs: dict[int, Config], root: Path, progress: bool) ->
       ``(records, eval data, split)``: one record per (B, r), in order of B then r.
     """
     from mach_jax import plot
-    from mach_jax.training import loop as trainer
+    from mach_jax.data import sources
 
     first = next(iter(configs.values()))  # every B shares the data config
-    eval_data, split = trainer.load_eval_data(first.data, progress=progress)
+    eval_data, split = sources.load_eval_data(first.data, progress=progress)
     records = []
     for num_buckets, config in configs.items():
         results = plot.precision_vs_repetitions(root / f"B{num_buckets}", eval_data, progress=progress,

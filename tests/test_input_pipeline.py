@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from mach_jax.data import batches as ip
-from mach_jax.data.csr import from_rows
+from support import from_rows
 from mach_jax.errors import DataFormatError
 
 ROWS = [{3: 1.0, 1: -5.0, 7: 2.0}, {}, {0: 0.5}, {9: 1.0, 2: 3.0, 4: -0.5, 6: 0.1}]

@@ -6,6 +6,8 @@ import struct
 import pytest
 
 from mach_jax import get_preset
+from mach_jax import experiment
+from mach_jax.data import sources
 from mach_jax.training import loop as trainer
 from mach_jax.training.metric_log import MetricLog, read_records
 from mach_jax.training.tensorboard_writer import EventFileWriter, crc32c, masked_crc32c
@@ -209,10 +211,10 @@ TINY = get_preset("tiny")
 
 def test_training_logs_loss_and_evaluations_and_a_rerun_adds_no_duplicates(tmp_path):
     workdir = tmp_path / "run"
-    trainer.train(TINY.replace(train={"epochs": 1}), workdir, trainer.load_datasets(TINY.data)[0],
+    trainer.train(TINY.replace(train={"epochs": 1}), workdir, sources.load_datasets(TINY.data)[0],
                   progress=False)
     config = TINY.replace(train={"epochs": 3, "eval_every_epochs": 1})
-    metrics = trainer.train_and_evaluate(config, workdir, progress=False)
+    metrics = experiment.train_and_evaluate(config, workdir, progress=False)
     records = read_records(workdir / "metrics.jsonl")
     train = [r for r in records if r["kind"] == "train"]
     assert [r["step"] for r in train] == [5, 10, 15, 20, 25, 30]  # 10 steps per epoch
@@ -223,7 +225,7 @@ def test_training_logs_loss_and_evaluations_and_a_rerun_adds_no_duplicates(tmp_p
     assert [(r["step"], r["epoch"], r["final"]) for r in evals] == [(20, 2.0, False), (30, 3.0, True)]
     assert {k: evals[-1][k] for k in metrics} == metrics
     # Re-running the finished run evaluates again, but the log keeps the first final record.
-    trainer.train_and_evaluate(config, workdir, progress=False)
+    experiment.train_and_evaluate(config, workdir, progress=False)
     again = read_records(workdir / "metrics.jsonl")
     assert [r for r in again if r["kind"] != "start"] == [r for r in records if r["kind"] != "start"]
     assert [r["step"] for r in again if r["kind"] == "start"] == [0, 10, 30]
@@ -233,7 +235,7 @@ def test_training_logs_loss_and_evaluations_and_a_rerun_adds_no_duplicates(tmp_p
 
 def test_the_logged_learning_rate_follows_the_schedule(tmp_path):
     config = TINY.replace(train={"epochs": 2, "lr_schedule": "linear", "warmup_steps": 4})
-    trainer.train(config, tmp_path / "run", trainer.load_datasets(TINY.data)[0], progress=False)
+    trainer.train(config, tmp_path / "run", sources.load_datasets(TINY.data)[0], progress=False)
     train = [r for r in read_records(tmp_path / "run" / "metrics.jsonl") if r["kind"] == "train"]
     peak, total = TINY.train.learning_rate, 20  # 10 steps per epoch
     # Step s is the update after s - 1 others: warm-up over 4, then linear decay to 0 at step 20.

@@ -8,6 +8,10 @@ import numpy as np
 import pytest
 
 from mach_jax.core import hashing, losses, model
+from support import bucket_lookup
+from mach_jax.core.ensemble_spec import MemberSpec
+from mach_jax.training.spec import StepSpec
+from mach_jax.training import optimizer
 from mach_jax.training import step as steps
 from mach_jax.config import ModelConfig
 
@@ -32,14 +36,14 @@ def seeds_for(rep_ids):
 
 
 def spec_for(loss_name="softmax", config=CONFIG, lazy=False, feat_hash_dim=0):
-    return steps.StepSpec(graphdef=model.member_graphdef(config, NUM_FEATURES, max_nnz=5),
-                          loss_name=loss_name, num_buckets=config.num_buckets,
-                          feat_hash_dim=feat_hash_dim, learning_rate=1e-2, lazy_embedding=lazy)
+    member = MemberSpec(graphdef=model.member_graphdef(config, NUM_FEATURES, max_nnz=5),
+                        loss_name=loss_name, num_buckets=config.num_buckets, feat_hash_dim=feat_hash_dim)
+    return StepSpec(member=member, learning_rate=1e-2, lazy_embedding=lazy)
 
 
 def run_steps(rep_ids, batches, seeds, loss_name="softmax"):
     spec = spec_for(loss_name)
-    state = steps.create_state(model.init_params(CONFIG, NUM_FEATURES, jnp.asarray(rep_ids), seed=3), spec)
+    state = optimizer.create_state(model.init_params(CONFIG, NUM_FEATURES, jnp.asarray(rep_ids), seed=3), spec)
     step = jax.jit(functools.partial(steps.train_step, spec=spec))
     for batch in batches:
         state, _ = step(state, batch, seeds)
@@ -75,7 +79,7 @@ def test_gradient_of_member_r_ignores_member_s_parameters():
     params = model.init_params(CONFIG, NUM_FEATURES, reps, seed=0)
     graphdef = model.member_graphdef(CONFIG, NUM_FEATURES, max_nnz=5)
     batch = make_batch(1)
-    buckets = jnp.take(jnp.asarray(hashing.bucket_lookup(NUM_LABELS, CONFIG.num_buckets, 0, 4)),
+    buckets = jnp.take(jnp.asarray(bucket_lookup(NUM_LABELS, CONFIG.num_buckets, 0, 4)),
                        batch["label_ids"], axis=1)
 
     def objective(p):

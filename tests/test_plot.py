@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 
 from mach_jax import MachEnsemble, get_preset, plot
-from mach_jax.training import loop as trainer
+from mach_jax import experiment
+from mach_jax.data import prepare
+from mach_jax.data import sources
 
 CONFIG = get_preset("tiny").replace(train={"eval_every_epochs": 1})
 KS = (1, 3, 5)
@@ -20,8 +22,8 @@ KS = (1, 3, 5)
 def trained(tmp_path_factory):
     """A tiny run (2 epochs, evaluated after the first as well), its test set and metrics."""
     workdir = tmp_path_factory.mktemp("plot") / "run"
-    metrics = trainer.train_and_evaluate(CONFIG, workdir, progress=False)
-    train, test = trainer.load_datasets(CONFIG.data)
+    metrics = experiment.train_and_evaluate(CONFIG, workdir, progress=False)
+    train, test = sources.load_datasets(CONFIG.data)
     return workdir, train, test, metrics
 
 
@@ -52,7 +54,7 @@ def test_precision_vs_repetitions_ends_at_the_full_ensemble_and_starts_at_one_me
     full_metrics = full.evaluate(test, progress=False)
     # Member 0 alone, built from the parameters (not through eval_repetitions).
     first = jax.tree.map(lambda leaf: np.asarray(leaf)[:1], full.params)
-    one = MachEnsemble(full.config, full.info, first, trainer.label_counts(train))
+    one = MachEnsemble(full.config, full.info, first, prepare.label_counts(train))
     one_metrics = one.evaluate(test, progress=False)
     assert one_metrics["num_repetitions"] == 1
     two_metrics = MachEnsemble.load(workdir, eval_repetitions=2).evaluate(test, progress=False)

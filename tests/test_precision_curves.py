@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from mach_jax import MachEnsemble, cli, get_preset
-from mach_jax.training import loop as trainer
+from mach_jax.data import sources
 from mach_jax.training.metric_log import METRICS_LOG, read_records
-from mach_jax.storage.workdir import CHECKPOINT_DIR
+from mach_jax.storage.checkpoints import CHECKPOINT_DIR
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "precision_curves.py"
 
@@ -69,7 +69,7 @@ def test_one_record_per_bucket_count_and_repetition(curves):
 
 def test_full_r_matches_an_independent_evaluation_of_each_workdir(curves):
     _, root, table, _ = curves
-    _, test = trainer.load_datasets(get_preset("tiny").data)
+    _, test = sources.load_datasets(get_preset("tiny").data)
     for b in BUCKETS:
         full = MachEnsemble.load(root / f"B{b}").evaluate(test, progress=False)
         row = [row for row in table["records"] if row["B"] == b and row["r"] == R][0]

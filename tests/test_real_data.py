@@ -3,7 +3,7 @@
 import pytest
 
 from mach_jax import get_preset
-from mach_jax.training import loop as trainer
+from mach_jax import experiment
 
 # (preset, a P@1 floor, epochs run here). Delicious gets there in 3 epochs, which keeps CI short;
 # the bibtex and corel5k presets (sigmoid, B = 128) need their full 10. Corel5k's floor is
@@ -18,6 +18,6 @@ def test_preset_reaches_the_target_precision(tmp_path, shared_data, name, min_p_
         data={"train_path": str(folder / "train.txt.gz"), "test_path": str(folder / "test.txt.gz"),
               "cache_dir": str(tmp_path / "cache")},
         train={"epochs": epochs})
-    metrics = trainer.train_and_evaluate(config, tmp_path / "run", progress=False)
+    metrics = experiment.train_and_evaluate(config, tmp_path / "run", progress=False)
     assert metrics["P@1"] >= min_p_at_1
     assert metrics["P@1"] >= metrics["P@3"] >= metrics["P@5"] > 0

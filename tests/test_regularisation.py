@@ -9,6 +9,9 @@ import numpy as np
 import pytest
 
 from mach_jax.core import hashing, losses, model, sparse_update
+from mach_jax.core.ensemble_spec import MemberSpec
+from mach_jax.training.spec import StepSpec
+from mach_jax.training import optimizer
 from mach_jax.training import step as steps
 from mach_jax.config import Config, ModelConfig
 from mach_jax.errors import ConfigError
@@ -31,12 +34,13 @@ def make_batch(rng, num_points=6, width=5):
 
 
 def make_spec(lazy=False, **fields):
-    return steps.StepSpec(graphdef=model.member_graphdef(CONFIG, NUM_FEATURES, max_nnz=5), loss_name="sigmoid",
-                          num_buckets=CONFIG.num_buckets, learning_rate=LR, lazy_embedding=lazy, **fields)
+    member = MemberSpec(graphdef=model.member_graphdef(CONFIG, NUM_FEATURES, max_nnz=5), loss_name="sigmoid",
+                        num_buckets=CONFIG.num_buckets)
+    return StepSpec(member=member, learning_rate=LR, lazy_embedding=lazy, **fields)
 
 
 def run(spec, params, batches, seeds):
-    state = steps.create_state(params, spec)
+    state = optimizer.create_state(params, spec)
     step = jax.jit(functools.partial(steps.train_step, spec=spec))
     for batch in batches:
         state, _ = step(state, batch, seeds)
@@ -59,7 +63,7 @@ def numpy_schedule(name, warmup, total, count):
 @pytest.mark.parametrize("name", ["constant", "cosine", "linear"])
 @pytest.mark.parametrize("warmup", [0, 4])
 def test_schedules_match_their_closed_forms(name, warmup):
-    schedule = steps.learning_rate_schedule(name, warmup, total_steps=20)
+    schedule = optimizer.learning_rate_schedule(name, warmup, total_steps=20)
     for count in range(0, 25):
         np.testing.assert_allclose(float(schedule(count)), numpy_schedule(name, warmup, 20, count),
                                    atol=1e-6, err_msg=f"count {count}")
@@ -219,7 +223,7 @@ def test_a_scheduled_run_resumed_from_its_first_epoch_equals_the_uninterrupted_r
     from mach_jax import get_preset
     from mach_jax.training import loop as trainer
     from mach_jax.data.synthetic import make_synthetic
-    from mach_jax.storage.workdir import CHECKPOINT_DIR
+    from mach_jax.storage.checkpoints import CHECKPOINT_DIR
     from mach_jax.errors import WorkdirError
 
     config = get_preset("tiny").replace(train={"lr_schedule": "cosine", "warmup_steps": 3, "dropout": 0.2,

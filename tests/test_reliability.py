@@ -13,7 +13,9 @@ import jax
 import numpy as np
 import pytest
 
+import mach_jax
 from mach_jax import MachEnsemble, get_preset
+from mach_jax import experiment
 from mach_jax.training import loop as trainer
 from mach_jax.data.csr import CsrMatrix, XCDataset
 from mach_jax.errors import DataFormatError
@@ -122,7 +124,7 @@ def test_non_finite_loss_stops_naming_step_and_member_and_keeps_the_last_good_ch
 def test_evaluating_against_data_of_another_shape_is_refused(tmp_path):
     config = get_preset("tiny")
     train, test = make_synthetic(config.data.synthetic)
-    trainer.train_and_evaluate(config, tmp_path / "work", progress=False)
+    experiment.train_and_evaluate(config, tmp_path / "work", progress=False)
     other_d = XCDataset(CsrMatrix(test.features.indptr, test.features.indices, test.features.values, 500),
                         test.labels, "")
     write_xc(tmp_path / "other_d.txt", other_d)
@@ -158,8 +160,8 @@ def test_no_pickle_on_any_load_path(tmp_path, monkeypatch):
     import ast
     import pickle
 
-    package = Path(trainer.__file__).parent
-    for source in package.glob("*.py"):
+    package = Path(mach_jax.__file__).parent
+    for source in package.rglob("*.py"):
         tree = ast.parse(source.read_text())
         for node in ast.walk(tree):
             if isinstance(node, (ast.Import, ast.ImportFrom)):
@@ -183,14 +185,14 @@ def test_no_pickle_on_any_load_path(tmp_path, monkeypatch):
 
 def test_empty_data_and_too_few_labels_are_refused_before_training(tmp_path):
     from mach_jax.errors import ConfigError
-    from mach_jax.data.csr import from_rows
+    from support import from_rows
 
     config = get_preset("tiny")
     empty = from_rows([], [], 400, 300, source="empty.txt")
     with pytest.raises(DataFormatError, match="empty.txt:1: the header declares 0 points"):
         trainer.train(config, tmp_path / "a", empty, progress=False)
     few = from_rows([{0: 1.0}, {1: 1.0}], [[0], [1]], 400, 3, source="few.txt")
-    with pytest.raises(ConfigError, match="eval.top_k=5: the data has only L=3 labels"):
+    with pytest.raises(ConfigError, match="the data has only L=3 labels"):
         trainer.train(config, tmp_path / "b", few, progress=False)
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 

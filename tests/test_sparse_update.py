@@ -9,6 +9,11 @@ import numpy as np
 import pytest
 
 from mach_jax.core import hashing, model, sparse_update
+from mach_jax.core.ensemble_spec import MemberSpec
+from mach_jax.training.spec import StepSpec
+from mach_jax.training import lazy_caps
+from mach_jax.training import optimizer
+from mach_jax.training.spec import uses_lazy_update
 from mach_jax.training import step as steps
 from mach_jax.config import ModelConfig
 
@@ -30,8 +35,9 @@ def make_batch(rng, num_features=NUM_FEATURES, width=5, num_points=6):
 
 
 def spec(lazy, config=CONFIG, num_features=NUM_FEATURES, **fields):
-    return steps.StepSpec(graphdef=model.member_graphdef(config, num_features, max_nnz=5), loss_name="softmax",
-                          num_buckets=config.num_buckets, learning_rate=LR, lazy_embedding=lazy, **fields)
+    member = MemberSpec(graphdef=model.member_graphdef(config, num_features, max_nnz=5), loss_name="softmax",
+                        num_buckets=config.num_buckets)
+    return StepSpec(member=member, learning_rate=LR, lazy_embedding=lazy, **fields)
 
 
 def numpy_adam(param, m, v, grad, t):
@@ -83,7 +89,7 @@ def reference_run(params, batches, seeds, embedding_rule="adam", embedding_lr=LR
 
 def run(lazy, params, batches, seeds, config=CONFIG, num_features=NUM_FEATURES, **fields):
     step_spec = spec(lazy, config, num_features, **fields)
-    state = steps.create_state(params, step_spec)
+    state = optimizer.create_state(params, step_spec)
     step = jax.jit(functools.partial(steps.train_step, spec=step_spec))
     for batch in batches:
         state, _ = step(state, batch, seeds)
@@ -137,15 +143,15 @@ def test_batch_caps_bound_epoch_0_and_batch_fits_checks_both():
     indptr = np.concatenate([[0], np.cumsum([len(r) for r in rows])])
     features = CsrMatrix(indptr, np.concatenate(rows).astype(np.int32),
                          np.ones(indptr[-1], np.float32), 50)
-    max_rows, max_entries = input_pipeline.batch_caps(features, 8, seed=1, margin=1.0, multiple=1)
+    max_rows, max_entries = lazy_caps.batch_caps(features, 8, seed=1, margin=1.0, multiple=1)
     order = input_pipeline.epoch_order(40, 1, 0)
     batches = [features.take(order[i:i + 8]) for i in range(0, 40, 8)]
     assert max_entries == max(b.indices.size for b in batches)
     assert max_rows == max(len(np.unique(b.indices)) for b in batches)
     batch = {"feat_ids": np.array([[1, 2, 3], [1, 4, 0]]), "feat_vals": np.array([[1.0, 1, 1], [1, 1, 0]])}
-    assert input_pipeline.batch_fits(batch, (4, 5))
-    assert not input_pipeline.batch_fits(batch, (3, 5))  # 4 distinct rows
-    assert not input_pipeline.batch_fits(batch, (4, 4))  # 5 entries
+    assert lazy_caps.batch_fits(batch, (4, 5))
+    assert not lazy_caps.batch_fits(batch, (3, 5))  # 4 distinct rows
+    assert not lazy_caps.batch_fits(batch, (4, 4))  # 5 entries
 
 
 def test_lazy_equals_dense_when_every_row_is_touched_every_step():
@@ -179,13 +185,13 @@ def test_lazy_update_needs_the_sparse_input_layer():
     from mach_jax.errors import ConfigError
 
     with pytest.raises(ConfigError, match="needs the sparse input layer"):
-        model.uses_lazy_update(dataclasses.replace(CONFIG, input_layer="dense"), "lazy", 40, 5, 6)
-    assert model.uses_lazy_update(CONFIG, "lazy", 40, 5, 6)
+        uses_lazy_update(dataclasses.replace(CONFIG, input_layer="dense"), "lazy", 40, 5, 6)
+    assert uses_lazy_update(CONFIG, "lazy", 40, 5, 6)
     auto = dataclasses.replace(CONFIG, input_layer="auto")
-    assert not model.uses_lazy_update(auto, "auto", 40, 5, 6)  # small D: the dense bag, dense Adam
-    assert not model.uses_lazy_update(auto, "auto", 30_000, 131, 256)  # measured: lazy 0.95x dense
-    assert model.uses_lazy_update(auto, "auto", 100_000, 143, 256)  # measured: lazy 2.15x dense
+    assert not uses_lazy_update(auto, "auto", 40, 5, 6)  # small D: the dense bag, dense Adam
+    assert not uses_lazy_update(auto, "auto", 30_000, 131, 256)  # measured: lazy 0.95x dense
+    assert uses_lazy_update(auto, "auto", 100_000, 143, 256)  # measured: lazy 2.15x dense
     with pytest.raises(ConfigError, match="rowwise_adagrad' needs the sparse input layer"):
-        model.uses_lazy_update(dataclasses.replace(CONFIG, input_layer="dense"), "auto", 40, 5, 6,
+        uses_lazy_update(dataclasses.replace(CONFIG, input_layer="dense"), "auto", 40, 5, 6,
                                "rowwise_adagrad")
-    assert model.uses_lazy_update(CONFIG, "dense", 40, 5, 6, "rowwise_adagrad")  # always row-sparse
+    assert uses_lazy_update(CONFIG, "dense", 40, 5, 6, "rowwise_adagrad")  # always row-sparse

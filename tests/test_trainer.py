@@ -5,6 +5,9 @@ import numpy as np
 import pytest
 
 from mach_jax import MachEnsemble, get_preset
+from mach_jax.core import ensemble_spec
+from mach_jax import experiment
+from mach_jax.data import prepare
 from mach_jax.training import loop as trainer
 from mach_jax.data.synthetic import make_synthetic
 
@@ -41,7 +44,7 @@ def test_another_seed_gives_other_parameters(tmp_path, data):
 
 def test_python_api_train_load_predict(tmp_path, data):
     train, test = data
-    metrics = trainer.train_and_evaluate(TINY, tmp_path / "run", progress=False)
+    metrics = experiment.train_and_evaluate(TINY, tmp_path / "run", progress=False)
     ensemble = MachEnsemble.load(tmp_path / "run")
     scores, ids = ensemble.predict(test.features, k=5)
     assert ids.shape == (test.num_points, 5) and scores.shape == (test.num_points, 5)
@@ -72,11 +75,11 @@ def test_progress_bars_for_reading_training_and_evaluation_and_quiet_silences_th
              "cache_dir": str(tmp_path / "cache")}
     config = TINY.replace(data=files, train={"epochs": 1})
     capsys.readouterr()
-    trainer.train_and_evaluate(config, tmp_path / "run", progress=True)
+    experiment.train_and_evaluate(config, tmp_path / "run", progress=True)
     shown = capsys.readouterr().err
     for bar in ("read train.txt", "read test.txt", "train:", "evaluate:"):
         assert bar in shown
-    trainer.train_and_evaluate(config.replace(train={"epochs": 2}), tmp_path / "run", progress=False)
+    experiment.train_and_evaluate(config.replace(train={"epochs": 2}), tmp_path / "run", progress=False)
     assert evaluate.main(["--workdir", str(tmp_path / "run"), "--quiet"]) == 0
     assert "%|" not in capsys.readouterr().err
     assert evaluate.main(["--workdir", str(tmp_path / "run")]) == 0
@@ -112,15 +115,14 @@ def test_train_step_compiles_once_across_epochs_and_the_partial_last_batch(tmp_p
 def test_feature_hashing_uses_per_member_seeds(tmp_path, data):
     import mmh3
 
-    from mach_jax.training import step as steps
 
     train, test = data
     config = TINY.replace(model={"feat_hash_dim": 64})
     params, info = trainer.train(config, tmp_path / "run", train, progress=False)
     assert jax.tree.leaves(params["embedding"])[0].shape == (4, 64, 32)  # [R, feat_hash_dim, H]
-    ensemble = MachEnsemble(config, info, params, trainer.label_counts(train))
+    ensemble = MachEnsemble(config, info, params, prepare.label_counts(train))
     batch = {"feat_ids": np.arange(400, dtype=np.int32)[None, :]}
-    slots = np.asarray(steps.member_feature_ids(batch, ensemble.seeds, ensemble.read_out["spec"]))
+    slots = np.asarray(ensemble_spec.member_feature_ids(batch, ensemble.seeds, ensemble.spec))
     seed = config.model.feature_hash_seed
     for r in range(4):
         expected = [mmh3.hash(f.to_bytes(4, "little"), seed + r, signed=False) % 64 for f in range(400)]

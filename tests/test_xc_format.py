@@ -17,6 +17,7 @@ import pytest
 from mach_jax.data import xc_format as xc
 from mach_jax.data.xc_format import CsrMatrix
 from mach_jax.errors import DataFormatError
+from support import from_rows
 
 DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"
 _FLOAT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
@@ -157,7 +158,7 @@ def test_round_trip(tmp_path, suffix):
     tricky = [v for v in bits.tolist() if np.isfinite(v)] + [0.1, 1.0, 3.4028235e38, 1e-45, 0.0]
     feature_rows = [{0: 1.0, 7: 0.5}, {}, {3: -2.25}, {}, {i: v for i, v in enumerate(tricky)}]
     label_rows = [[2, 0], [1], [], [], [3]]
-    ds = xc.from_rows(feature_rows, label_rows, num_features=len(tricky), num_labels=4)
+    ds = from_rows(feature_rows, label_rows, num_features=len(tricky), num_labels=4)
     path = tmp_path / f"data{suffix}"
     xc.write_xc(path, ds)
     assert (path.read_bytes()[:2] == b"\x1f\x8b") == suffix.endswith(".gz")
@@ -169,7 +170,7 @@ def test_round_trip(tmp_path, suffix):
 
 
 def test_write_rejects_non_finite(tmp_path):
-    ds = xc.from_rows([{0: float("nan")}], [[0]], 1, 1)
+    ds = from_rows([{0: float("nan")}], [[0]], 1, 1)
     with pytest.raises(ValueError, match="finite"):
         xc.write_xc(tmp_path / "x.txt", ds)
 
@@ -347,7 +348,7 @@ def test_csr_take_matches_dense():
     rng = np.random.default_rng(2)
     dense = (rng.random((7, 5)) < 0.4) * rng.random((7, 5)).astype(np.float32)
     rows = [{j: dense[i, j] for j in np.flatnonzero(dense[i])} for i in range(7)]
-    m = xc.from_rows(rows, [[]] * 7, 5, 1).features
+    m = from_rows(rows, [[]] * 7, 5, 1).features
     np.testing.assert_array_equal(m.to_dense(), dense)
     for sel in ([3, 0, 3, 6], [-1, 2], [], np.array([1, 5], np.int32)):
         np.testing.assert_array_equal(m.take(np.asarray(sel, np.int64)).to_dense(),
@@ -372,10 +373,10 @@ def test_csr_and_dataset_validate():
     with pytest.raises(ValueError, match="non-decreasing"):
         CsrMatrix(np.array([0, 2, 1, 2]), np.array([1, 2]), np.array([1.0, 1.0]), 5)
     with pytest.raises(ValueError, match="repeats"):
-        xc.from_rows([{}], [[1, 1]], 1, 2)
+        from_rows([{}], [[1, 1]], 1, 2)
     with pytest.raises(ValueError, match="rows"):
-        xc.from_rows([{}], [], 1, 2)
-    features = xc.from_rows([{0: 1.0}], [[0]], 1, 1).features
+        from_rows([{}], [], 1, 2)
+    features = from_rows([{0: 1.0}], [[0]], 1, 1).features
     with pytest.raises(ValueError, match="all be 1"):
         xc.XCDataset(features, CsrMatrix(np.array([0, 1]), np.array([0]), np.array([2.0]), 1))
     with pytest.raises(ValueError, match="label rows"):

@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 
 from mach_jax.data import xc_format as xc
 from mach_jax.errors import DataFormatError
+from support import from_rows
 
 SETTINGS = settings(max_examples=150, deadline=None, derandomize=True, database=None,
                     suppress_health_check=[HealthCheck.too_slow])
@@ -73,7 +74,7 @@ def datasets(draw, min_points=0, max_points=30):
                                    max_size=len(feature_ids)))
         label_rows.append(labels)
         feature_rows.append(dict(zip(feature_ids, values)))
-    return xc.from_rows(feature_rows, label_rows, d, l)
+    return from_rows(feature_rows, label_rows, d, l)
 
 
 def _xc_text(ds) -> bytes:
@@ -133,7 +134,7 @@ def test_round_trip_plain_gzip_and_lenient_variants(ds, data):
 
 
 def test_round_trip_keeps_sign_of_zero(tmp_path):
-    ds = xc.from_rows([{0: 0.0, 1: -0.0}, {0: -0.0}], [[0], []], 2, 1)
+    ds = from_rows([{0: 0.0, 1: -0.0}, {0: -0.0}], [[0], []], 2, 1)
     xc.write_xc(tmp_path / "z.txt", ds)
     back = xc.read_xc(tmp_path / "z.txt", use_cache=False)
     assert back == ds
@@ -419,9 +420,9 @@ def test_header_and_count_corruptions_are_reported_at_their_line(kind, data):
     needs_rows = kind in ("count N-k", "data line deleted")
     ds = data.draw(datasets(min_points=1 if needs_rows else 0), label="dataset")
     if kind == "header D too small" and not ds.features.indices.size:
-        ds = xc.from_rows([{ds.num_features - 1: 2.0}], [[]], ds.num_features, ds.num_labels)
+        ds = from_rows([{ds.num_features - 1: 2.0}], [[]], ds.num_features, ds.num_labels)
     if kind == "header L too small" and not ds.labels.indices.size:
-        ds = xc.from_rows([{}], [[ds.num_labels - 1]], ds.num_features, ds.num_labels)
+        ds = from_rows([{}], [[ds.num_labels - 1]], ds.num_features, ds.num_labels)
     lines = _xc_text(ds).split(b"\n")[:-1]
     line, problem = _structural(data, ds, lines, kind)
     text = b"\n".join(lines) + b"\n"

@@ -70,19 +70,3 @@ def hash_to_range(ids, seeds, size: int, xp=np):
     ids = xp.asarray(ids)
     seeds = xp.asarray(seeds).reshape((-1,) + (1,) * ids.ndim)
     return (murmur3_32_of_uint32(ids[None], seeds, xp) % xp.uint32(size)).astype(xp.int32)
-
-
-def bucket_lookup(num_labels: int, num_buckets: int, base_seed: int, repetitions) -> np.ndarray:
-    """Class -> bucket table of every repetition.
-
-    Args:
-      num_labels: L.
-      num_buckets: B.
-      base_seed: seed of repetition 0; repetition r uses ``base_seed + r``.
-      repetitions: R, or an explicit array of repetition ids (a subset of an ensemble).
-
-    Returns:
-      int32 [R, L]: entry [r, c] is ``h_r(c)`` in [0, B).
-    """
-    return hash_to_range(np.arange(num_labels, dtype=np.uint32),
-                         repetition_seeds(base_seed, repetitions), num_buckets)

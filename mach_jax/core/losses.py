@@ -1,4 +1,9 @@
-"""Per-point bucket losses of one member, and their masked mean.
+"""The bucket losses: each trains a member and says how its logits are read out.
+
+A ``Loss`` is one object with both sides: ``per_point`` (the training loss of one member) and
+``probs`` / ``log_probs`` (the member's P(bucket | x) that the count-min read-out aggregates).
+Adding a loss is one entry in ``LOSSES`` here (plus its test): the config, the command line and
+the read-out look it up by name.
 
 Member r sees a point's labels only through their buckets ``h_r(label)``:
 
@@ -12,6 +17,10 @@ all-zero targets.
 """
 
 from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -46,7 +55,36 @@ def sigmoid_bucket_loss(logits: jax.Array, buckets: jax.Array, label_mask: jax.A
     return optax.sigmoid_binary_cross_entropy(logits, targets).mean(-1)
 
 
-LOSS_FUNCTIONS = {"softmax": softmax_bucket_loss, "sigmoid": sigmoid_bucket_loss}
+@dataclasses.dataclass(frozen=True)
+class Loss:
+    """A bucket loss and the read-out transform that matches it.
+
+    Attributes:
+      per_point: ``(logits [N, B], buckets int32 [N, M], label_mask [N, M], label_smoothing)``
+        -> [N] losses.
+      probs: logits [..., B] -> P(bucket | x) [..., B], the member's estimate that the read-out sums.
+      log_probs: logits [..., B] -> log P(bucket | x) [..., B].
+    """
+
+    per_point: Callable[..., jax.Array]
+    probs: Callable[[jax.Array], jax.Array]
+    log_probs: Callable[[jax.Array], jax.Array]
+
+
+LOSSES: dict[str, Loss] = {
+    # The paper: one distribution over the B buckets.
+    "softmax": Loss(softmax_bucket_loss, functools.partial(jax.nn.softmax, axis=-1),
+                    functools.partial(jax.nn.log_softmax, axis=-1)),
+    # The reference code: B independent binary classifiers.
+    "sigmoid": Loss(sigmoid_bucket_loss, jax.nn.sigmoid, jax.nn.log_sigmoid),
+}
+
+
+def get_loss(name: str) -> Loss:
+    """The loss called ``name`` (``train.loss``); the error lists the known names."""
+    if name not in LOSSES:
+        raise ValueError(f"unknown loss {name!r}; known losses: {sorted(LOSSES)}")
+    return LOSSES[name]
 
 
 def point_weights(label_mask: jax.Array, point_mask: jax.Array) -> jax.Array:
@@ -59,7 +97,7 @@ def member_losses(loss_name: str, logits: jax.Array, buckets: jax.Array, label_m
     """Masked mean loss of every member.
 
     Args:
-      loss_name: "softmax" or "sigmoid".
+      loss_name: a key of ``LOSSES``.
       logits: [R, N, B].
       buckets: int32 [R, N, M], the label buckets under each member's hash.
       label_mask: float32 [N, M].
@@ -69,7 +107,7 @@ def member_losses(loss_name: str, logits: jax.Array, buckets: jax.Array, label_m
     Returns:
       float32 [R]: member r's loss depends on member r's logits and buckets only.
     """
-    per_point = jax.vmap(LOSS_FUNCTIONS[loss_name], in_axes=(0, 0, None, None))(
+    per_point = jax.vmap(get_loss(loss_name).per_point, in_axes=(0, 0, None, None))(
         logits, buckets, label_mask, label_smoothing)
     weights = point_weights(label_mask, point_mask)
     return (per_point * weights).sum(-1) / jnp.maximum(weights.sum(), 1.0)

@@ -18,10 +18,7 @@ from flax import nnx
 from jax import lax
 
 from mach_jax.config import ModelConfig
-from mach_jax.errors import ConfigError
-
-_DENSE_INPUT_RATIO = 16
-_LAZY_MIN_RATIO = 1.5
+from mach_jax.core import backend
 
 Params = Any  # a pure dict of arrays (nnx.to_pure_dict), every leaf [R, ...]
 
@@ -41,15 +38,11 @@ class MachMember(nnx.Module):
             setattr(self, f"hidden_{index}", nnx.Linear(h_in, h_out, rngs=rngs))
         self.output = nnx.Linear(hidden_sizes[-1], num_buckets, rngs=rngs)
 
-    def __call__(self, feat_ids: jax.Array, feat_vals: jax.Array) -> jax.Array:
-        """Args: feat_ids int32 [N, K] in [0, D); feat_vals float32 [N, K] (0 = padding).
-
-        Returns: float32 [N, B] logits.
-        """
-        return self.head(self.bag(feat_ids, feat_vals))
-
     def bag(self, feat_ids: jax.Array, feat_vals: jax.Array) -> jax.Array:
-        """The embedding bag plus bias: [N, K] ids and values -> [N, H] (before the ReLU)."""
+        """The embedding bag plus bias: [N, K] ids and values -> [N, H] (before the ReLU).
+
+        Args: feat_ids int32 [N, K] in [0, D); feat_vals float32 [N, K] (0 = padding).
+        """
         table = self.embedding[...]
         if self.dense_input:
             # The same bag as a [N, D] x [D, H] matmul: for small D this beats gathering [N, K, H]
@@ -86,38 +79,11 @@ def member_input_dim(config: ModelConfig, num_features: int) -> int:
 
 
 def uses_dense_input(config: ModelConfig, num_features: int, max_nnz: int) -> bool:
-    """Whether the embedding bag runs as a dense matmul: ``input_layer``, or for "auto" when
-    D <= 16 K (measured on CPU: the dense bag is ~10x faster per element than the gather)."""
+    """Whether the embedding bag runs as a dense matmul: ``input_layer``, or for "auto" where
+    the backend's measurements say it pays off (``backend.dense_input_pays_off``)."""
     if config.input_layer != "auto":
         return config.input_layer == "dense"
-    return member_input_dim(config, num_features) <= _DENSE_INPUT_RATIO * max_nnz
-
-
-def uses_lazy_update(config: ModelConfig, embedding_update: str, num_features: int, max_nnz: int,
-                     batch_size: int, embedding_optimizer: str = "adam") -> bool:
-    """Whether the embedding tables get row-sparse updates (``train.embedding_update``; always
-    with ``embedding_optimizer="rowwise_adagrad"``, which exists only as a row-sparse update).
-
-    Lazy updates need the gathering (sparse) embedding bag. "auto" picks them when the table has
-    at least ``_LAZY_MIN_RATIO`` times more rows than a batch can touch (N K): measured on a
-    2-core CPU (``scripts/bench.py --only train``, N K ~ 35,000), dense/lazy step time was 0.95x
-    at D = 30,000 and 2.15x at D = 100,000, since a gathered row costs several streamed ones.
-    """
-    sparse_input = not uses_dense_input(config, num_features, max_nnz)
-    if embedding_optimizer == "rowwise_adagrad":
-        if not sparse_input:
-            raise ConfigError("train.embedding_optimizer='rowwise_adagrad' needs the sparse input layer, "
-                              f"but model.input_layer={config.input_layer!r} resolves to dense here "
-                              "(set --input-layer sparse)", field="train.embedding_optimizer")
-        return True
-    if embedding_update == "lazy" and not sparse_input:
-        raise ConfigError("train.embedding_update='lazy' needs the sparse input layer, but "
-                          f"model.input_layer={config.input_layer!r} resolves to dense here "
-                          "(set --input-layer sparse)", field="train.embedding_update")
-    if embedding_update == "auto":
-        rows = member_input_dim(config, num_features)
-        return sparse_input and rows >= _LAZY_MIN_RATIO * batch_size * max_nnz
-    return embedding_update == "lazy"
+    return backend.dense_input_pays_off(member_input_dim(config, num_features), max_nnz)
 
 
 def _build_member(config: ModelConfig, num_features: int, key: jax.Array,

@@ -135,30 +135,3 @@ class XCDataset:
         """The points ``rows`` (ids or a bool mask [N], as ``CsrMatrix.take``), in that order."""
         return XCDataset(self.features.take(rows), self.labels.take(rows),
                          self.source if source is None else source)
-
-
-def from_rows(feature_rows, label_rows, num_features: int, num_labels: int,
-              source: str = "<memory>") -> XCDataset:
-    """Builds a dataset from Python rows (for tests and small examples).
-
-    Args:
-      feature_rows: N dicts {feature id: value}.
-      label_rows: N lists of distinct label ids.
-      num_features: D.
-      num_labels: L.
-      source: description stored in the dataset.
-
-    Returns:
-      The dataset with features [N, D] and labels [N, L], ids in the given order.
-    """
-    if len(feature_rows) != len(label_rows):
-        raise ValueError(f"{len(feature_rows)} feature rows but {len(label_rows)} label rows")
-    if any(len(set(row)) != len(row) for row in label_rows):
-        raise ValueError("a label row repeats a label id")
-    fptr = np.cumsum([0] + [len(row) for row in feature_rows])
-    lptr = np.cumsum([0] + [len(row) for row in label_rows])
-    features = CsrMatrix(fptr, np.array([k for row in feature_rows for k in row], np.int64),
-                         [v for row in feature_rows for v in row.values()], num_features)
-    label_ids = np.array([k for row in label_rows for k in row], np.int64)
-    labels = CsrMatrix(lptr, label_ids, np.ones(len(label_ids), np.float32), num_labels)
-    return XCDataset(features, labels, source)

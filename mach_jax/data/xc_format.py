@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mach_jax.data.csr import CsrMatrix, XCDataset, from_rows  # noqa: F401 (re-exported)
+from mach_jax.data.csr import CsrMatrix, XCDataset  # noqa: F401 (re-exported)
 from mach_jax.errors import DataFormatError
 from mach_jax.data.xc_tokenize import VALUE_RE, parse_features, parse_labels, to_float32
 

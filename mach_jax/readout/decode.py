@@ -15,25 +15,22 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from mach_jax.core import hashing
+from mach_jax.core import hashing, losses
 
 
 def bucket_scores_to_probs(logits: jax.Array, loss_name: str, aggregation: str) -> jax.Array:
     """Per-member bucket scores to aggregate. Args: logits [R, N, B]. Returns: [R, N, B].
 
-    ``prob`` sums P_r(bucket | x) (the member's softmax, or sigmoid for the sigmoid loss): the
-    paper's estimator, whose unbiased form ``B/(B-1) * (mean_r P_r - 1/B)`` ranks the same.
-    ``logit`` sums the raw logits, as the reference code did. ``log_prob`` sums log P_r (a
-    geometric mean: a class must score well in every member, the smooth form of the count-min
-    sketch's min over R).
+    ``prob`` sums P_r(bucket | x) (the loss's own transform, ``losses.Loss.probs``): the paper's
+    estimator, whose unbiased form ``B/(B-1) * (mean_r P_r - 1/B)`` ranks the same. ``logit``
+    sums the raw logits, as the reference code did. ``log_prob`` sums log P_r (a geometric
+    mean: a class must score well in every member, the smooth form of the count-min sketch's
+    min over R).
     """
     if aggregation == "logit":
         return logits
-    if aggregation == "log_prob":
-        return jax.nn.log_softmax(logits, axis=-1) if loss_name == "softmax" else jax.nn.log_sigmoid(logits)
-    if loss_name == "softmax":
-        return jax.nn.softmax(logits, axis=-1)
-    return jax.nn.sigmoid(logits)
+    loss = losses.get_loss(loss_name)
+    return loss.log_probs(logits) if aggregation == "log_prob" else loss.probs(logits)
 
 
 def class_scores(bucket_scores_t: jax.Array, label_lookup: jax.Array) -> jax.Array:

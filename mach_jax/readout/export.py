@@ -3,8 +3,8 @@
 The file runs with nothing but JAX installed: parameters and hash seeds are baked in, and the
 input is a fixed-shape batch (pad the last one):
 
-    predict = load_exported("model.stablehlo")
-    scores, ids = predict(feat_ids, feat_vals)   # int32 [N, K], float32 [N, K] -> [N, k] each
+    exported = jax.export.deserialize(bytearray(open("model.stablehlo", "rb").read()))
+    scores, ids = exported.call(feat_ids, feat_vals)   # int32 [N, K], float32 [N, K] -> [N, k] each
 
 A JSON file beside it records N, K, k, D and L.
 """
@@ -12,16 +12,13 @@ A JSON file beside it records N, K, k, D and L.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 from pathlib import Path
-from typing import Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from mach_jax.training import step as steps
+from mach_jax.readout import step
 from mach_jax.readout.ensemble import MachEnsemble
 
 
@@ -40,12 +37,13 @@ def export_ensemble(ensemble: MachEnsemble, path: str | Path, batch_size: int, m
       The written path.
     """
     params, seeds = jax.device_get((ensemble.params, ensemble.seeds))  # constants, one device
-    read_out = dict(ensemble.read_out)
-    read_out["spec"] = dataclasses.replace(read_out["spec"], rep_shards=1)
+    spec = dataclasses.replace(ensemble.spec, rep_shards=1)
+    decoder = ensemble.decoder(approx=False)
 
     def predict(feat_ids, feat_vals):
         batch = {"feat_ids": feat_ids, "feat_vals": feat_vals}
-        return steps.predict_step(params, batch, seeds, k=k, **read_out)
+        return step.predict_step(params, batch, seeds, decoder, spec=spec,
+                                 aggregation=ensemble.config.eval.aggregation, k=k)
 
     exported = jax.export.export(jax.jit(predict))(
         jax.ShapeDtypeStruct((batch_size, max_nnz), jnp.int32),
@@ -56,13 +54,3 @@ def export_ensemble(ensemble: MachEnsemble, path: str | Path, batch_size: int, m
             "num_features": ensemble.info.num_features, "num_labels": ensemble.info.num_labels}
     Path(f"{path}.json").write_text(json.dumps(spec, indent=2) + "\n")
     return path
-
-
-def load_exported(path: str | Path) -> Callable:
-    """The exported function: ``(feat_ids, feat_vals) -> (scores, ids)``, fixed shapes."""
-    exported = jax.export.deserialize(bytearray(Path(path).read_bytes()))
-    return functools.partial(_call, exported)
-
-
-def _call(exported, feat_ids: np.ndarray, feat_vals: np.ndarray):
-    return exported.call(jnp.asarray(feat_ids, jnp.int32), jnp.asarray(feat_vals, jnp.float32))

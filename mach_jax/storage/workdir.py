@@ -10,23 +10,21 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import os
 from pathlib import Path
 from typing import Any
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
 from mach_jax.config import FORMAT_VERSION, Config
+from mach_jax.data.prepare import RunInfo
 from mach_jax.errors import WorkdirError
 
 CONFIG_FILE = "config.json"
 LABEL_COUNTS_FILE = "label_counts.npy"
 METRICS_FILE = "metrics.json"
-CHECKPOINT_DIR = "checkpoints"
 
 # Fields that may differ when a run is resumed in the same workdir (they change neither the model
 # nor the data order): everything else must match the saved config.
@@ -37,18 +35,6 @@ _RESUMABLE_FIELDS = {
     "parallel.rep_devices", "parallel.data_devices",  # a checkpoint restores onto any topology
 }
 GROUP_PREFIX = "reps-"
-
-
-@dataclasses.dataclass(frozen=True)
-class RunInfo:
-    """What the training data fixed: D, L, N_train and the padded batch widths K and M."""
-
-    num_features: int
-    num_labels: int
-    num_train_points: int
-    max_nnz: int
-    max_labels: int
-    train_source: str
 
 
 def group_dir(workdir: Path, rep_range: tuple[int, ...]) -> Path:
@@ -172,67 +158,6 @@ def write_metrics(workdir: Path, metrics: dict[str, Any]) -> Path:
     path = Path(workdir) / METRICS_FILE
     _write_json_atomically(path, metrics)
     return path
-
-
-def checkpoint_manager(workdir: Path, keep: int = 2, read_only: bool = False) -> ocp.CheckpointManager:
-    """Orbax manager of ``workdir/checkpoints``.
-
-    A training manager removes the leftovers of an interrupted save; a ``read_only`` one (for
-    evaluation) touches nothing, so it is safe while another process still trains there.
-    """
-    if read_only:
-        _silence_read_only_notice()
-    options = ocp.CheckpointManagerOptions(
-        max_to_keep=None if read_only else keep, save_interval_steps=0 if read_only else 1,
-        create=not read_only, cleanup_tmp_directories=not read_only, read_only=read_only)
-    return ocp.CheckpointManager(Path(workdir).absolute() / CHECKPOINT_DIR, options=options)
-
-
-class _ReadOnlyNotice(logging.Filter):
-    """Drops orbax's "Given directory is read only" warning: read-only is what we asked for."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith("Given directory is read only")
-
-
-def _silence_read_only_notice() -> None:
-    absl_logger = logging.getLogger("absl")
-    if not any(isinstance(f, _ReadOnlyNotice) for f in absl_logger.filters):
-        absl_logger.addFilter(_ReadOnlyNotice())
-
-
-def save_state(manager: ocp.CheckpointManager, step: int, state: Any) -> None:
-    """Saves (asynchronously) unless this step is already saved."""
-    if manager.latest_step() != step:
-        manager.save(step, args=ocp.args.StandardSave(state))
-
-
-def restore_checkpoint(manager: ocp.CheckpointManager, step: int, args: Any) -> Any:
-    """Restores one step; a checkpoint that does not fit the config is a WorkdirError."""
-    try:
-        return manager.restore(step, args=args)
-    except Exception as error:  # Orbax raises many types; the user needs one clear message.
-        detail = str(error).strip().splitlines()[0] if str(error).strip() else ""
-        raise WorkdirError(
-            f"{manager.directory}/{step}: the checkpoint cannot be restored for this config "
-            f"({type(error).__name__}: {detail[:300]}); was config.json edited, or the checkpoint "
-            "written by another run?") from error
-
-
-def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any) -> Any | None:
-    """Restores the newest complete checkpoint onto the shardings in ``abstract_state``.
-
-    Args:
-      manager: from ``checkpoint_manager``.
-      abstract_state: pytree of ``jax.ShapeDtypeStruct`` with shardings for the current mesh.
-
-    Returns:
-      The state, or None when the workdir has no checkpoint yet.
-    """
-    step = manager.latest_step()
-    if step is None:
-        return None
-    return restore_checkpoint(manager, step, ocp.args.StandardRestore(abstract_state))
 
 
 def _check_resumable(workdir: Path, saved: Config, saved_info: RunInfo, config: Config,

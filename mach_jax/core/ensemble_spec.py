@@ -1,0 +1,85 @@
+"""What training and read-out share: the members' static structure, their seeds, their logits.
+
+``MemberSpec`` is the static side of a forward pass (compiled in, not passed as arrays); the
+training step extends it with its optimiser settings (``training.spec.StepSpec``), the read-out
+uses it as it is. ``seeds`` are ``{"labels": uint32 [R]}`` plus ``"features": uint32 [R]`` with
+feature hashing (and ``"dropout": uint32 [R]`` for training with dropout): every bucket and
+hashed feature slot is computed on device from them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from mach_jax.config import Config
+from mach_jax.core import hashing, mesh as mesh_lib, model
+
+Batch = dict[str, jax.Array]
+Seeds = dict[str, jax.Array]
+
+_DROPOUT_STREAM = 0x64726F70  # "drop": keeps the dropout seeds apart from other uses of train.seed
+
+
+@dataclasses.dataclass(frozen=True)
+class MemberSpec:
+    """The static side of the members' forward pass.
+
+    Attributes:
+      graphdef: one member's structure (``model.member_graphdef``).
+      loss_name: the training loss (``losses.LOSSES``); it also fixes the read-out transform.
+      num_buckets: B.
+      feat_hash_dim: slots of the hashed input (0: features are not hashed).
+      rep_shards: devices along the mesh's ``reps`` axis (see ``model.apply_ensemble``).
+    """
+
+    graphdef: nnx.GraphDef
+    loss_name: str
+    num_buckets: int
+    feat_hash_dim: int = 0
+    rep_shards: int = 1
+
+
+def member_spec(config: Config, num_features: int, max_nnz: int, mesh) -> MemberSpec:
+    """The ``MemberSpec`` of this config, data shape (D, padded width K) and mesh."""
+    return MemberSpec(graphdef=model.member_graphdef(config.model, num_features, max_nnz),
+                      loss_name=config.train.loss, num_buckets=config.model.num_buckets,
+                      feat_hash_dim=config.model.feat_hash_dim,
+                      rep_shards=mesh.shape[mesh_lib.REPS_AXIS])
+
+
+def member_seeds(config: Config, rep_ids, mesh) -> Seeds:
+    """Device seeds of the members ``rep_ids``: labels uint32 [R] (features [R] if hashed,
+    dropout [R] with dropout).
+
+    Buckets and hashed feature slots are computed from them on device (``hashing.hash_to_range``).
+    """
+    seeds = {"labels": hashing.repetition_seeds(config.model.label_hash_seed, np.asarray(rep_ids))}
+    if config.model.feat_hash_dim:
+        seeds["features"] = hashing.repetition_seeds(config.model.feature_hash_seed, np.asarray(rep_ids))
+    if config.train.dropout:  # dropout masks: member r's stream depends on train.seed and r only
+        seeds["dropout"] = hashing.murmur3_32_of_uint32(np.asarray(rep_ids, np.uint32),
+                                                        np.uint32(config.train.seed ^ _DROPOUT_STREAM))
+    return mesh_lib.put(seeds, mesh_lib.stacked(mesh))
+
+
+def member_feature_ids(batch: Batch, seeds: Seeds, spec: MemberSpec) -> jax.Array:
+    """Input ids [N, K] shared by the members, or [R, N, K] hashed per member."""
+    if not spec.feat_hash_dim:
+        return batch["feat_ids"]
+    return hashing.hash_to_range(batch["feat_ids"], seeds["features"], spec.feat_hash_dim, xp=jnp)
+
+
+def label_buckets(batch: Batch, seeds: Seeds, spec: MemberSpec) -> jax.Array:
+    """The buckets of a batch's labels under each member's hash: int32 [R, N, M]."""
+    return hashing.hash_to_range(batch["label_ids"], seeds["labels"], spec.num_buckets, xp=jnp)
+
+
+def logits(params: model.Params, batch: Batch, seeds: Seeds, spec: MemberSpec) -> jax.Array:
+    """[R, N, B] bucket logits of every member (no dropout: the read-out's forward pass)."""
+    ids = member_feature_ids(batch, seeds, spec)
+    return model.apply_ensemble(spec.graphdef, params, ids, batch["feat_vals"], spec.rep_shards)

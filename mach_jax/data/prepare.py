@@ -1,0 +1,58 @@
+"""Training data made ready once: row widths capped, and what the data fixed (``RunInfo``).
+
+``RunInfo`` (D, L, N, the padded widths K and M) is stored in the workdir beside the config, so
+that evaluation and prediction need nothing but the workdir.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from mach_jax.config import Config
+from mach_jax.data import batches
+from mach_jax.data.csr import XCDataset
+from mach_jax.errors import ConfigError
+
+# Every evaluation reports P@1, P@3 and P@5.
+MIN_LABELS = 5
+
+
+@dataclasses.dataclass(frozen=True)
+class RunInfo:
+    """What the training data fixed: D, L, N_train and the padded batch widths K and M."""
+
+    num_features: int
+    num_labels: int
+    num_train_points: int
+    max_nnz: int
+    max_labels: int
+    train_source: str
+
+
+def check_enough_labels(num_labels: int) -> None:
+    """P@5 needs at least 5 classes; refused before anything is trained or compiled."""
+    if num_labels < MIN_LABELS:
+        raise ConfigError(f"the data has only L={num_labels} labels: every evaluation reports "
+                          f"P@{MIN_LABELS}, which needs at least {MIN_LABELS}")
+
+
+def label_counts(dataset: XCDataset) -> np.ndarray:
+    """How many points carry each label: int64 [L]."""
+    return np.bincount(dataset.labels.indices, minlength=dataset.num_labels)
+
+
+def prepare_train_data(config: Config, train: XCDataset) -> tuple[XCDataset, RunInfo]:
+    """Caps row widths (K features, M labels) once and records what the data fixed."""
+    data = config.data
+    max_nnz = data.max_nnz or max(batches.widest_row(train.features), 1)
+    max_labels = data.max_labels or max(batches.widest_row(train.labels), 1)
+    features = batches.cap_row_width(train.features, max_nnz, data.overflow, keep_largest=True,
+                                            source=train.source, what="features")
+    labels = batches.cap_row_width(train.labels, max_labels, data.overflow, keep_largest=False,
+                                          source=train.source, what="labels")
+    info = RunInfo(num_features=train.num_features, num_labels=train.num_labels,
+                      num_train_points=train.num_points, max_nnz=max_nnz, max_labels=max_labels,
+                      train_source=train.source)
+    return XCDataset(features, labels, train.source), info

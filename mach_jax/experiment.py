@@ -1,0 +1,58 @@
+"""``train_and_evaluate(config, workdir)``: train on the configured data, evaluate, write metrics.
+
+This is where training and read-out meet: the training loop (``training.loop``) knows nothing
+of decoders and metrics; it is handed an evaluator built here from ``readout.MachEnsemble``.
+It is what ``python -m mach_jax.train``, the scripts and notebooks call.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from mach_jax.config import Config
+from mach_jax.core import model
+from mach_jax.data import sources
+from mach_jax.data.csr import XCDataset
+from mach_jax.data.prepare import RunInfo
+from mach_jax.errors import DataFormatError
+from mach_jax.readout.ensemble import MachEnsemble
+from mach_jax.storage import workdir as wd
+from mach_jax.training import loop
+from mach_jax.training.loop import Evaluate
+
+
+def evaluator(config: Config, eval_data: XCDataset, split: str):
+    """A ``loop.EvaluatorFactory``: P@k, nDCG@k, PSP@k of the members trained (the first
+    ``eval.eval_repetitions``) on ``eval_data``, tagged with its ``split``."""
+    def bind(info: RunInfo, counts: np.ndarray, rep_ids: tuple[int, ...]) -> Evaluate:
+        def evaluate(params: model.Params, progress: bool) -> dict:
+            ensemble = MachEnsemble(config, info, params, counts, rep_ids=rep_ids)
+            return {**ensemble.evaluate(eval_data, progress=progress), "split": split}
+        return evaluate
+    return bind
+
+
+def train_and_evaluate(config: Config, workdir: str | Path, progress: bool = True) -> dict:
+    """Trains on the configured data, evaluates on its test split, writes ``metrics.json``.
+
+    With ``data.valid_frac`` > 0 it trains on the training data less a held-out validation split
+    and evaluates on that split instead (``"split": "valid"`` in the metrics), never on the test
+    data. The evaluation is also logged to ``metrics.jsonl`` (with the per-epoch ones that
+    ``train.eval_every_epochs`` asks for) and to ``tensorboard/``.
+
+    Returns:
+      The metrics dict (P@k, nDCG@k, PSP@k for k = 1, 3, 5, the split and the run's settings).
+    """
+    config.validate()
+    train_data, eval_data, split = sources.load_train_eval(config.data, progress)
+    if eval_data.num_points == 0:
+        raise DataFormatError(eval_data.source, 1, "the header declares 0 points: nothing to evaluate")
+    _, _, metrics = loop.run_training(config, workdir, train_data, progress,
+                                      evaluator=evaluator(config, eval_data, split),
+                                      final_fields=sources.eval_fields(config.data, eval_data, split))
+    if jax.process_index() == 0:
+        wd.write_metrics(wd.group_dir(Path(workdir), config.parallel.rep_range), metrics)
+    return metrics

@@ -1,0 +1,31 @@
+"""The pure read-out steps: top-k classes of a batch, and the metric sums of a labelled batch.
+
+Both run the members' forward pass (``ensemble_spec.logits``), turn the logits into the bucket
+scores that the count-min sketch aggregates (``decode.bucket_scores_to_probs``), and hand them to
+a decoder (``decoders``). They are jitted once per ensemble by ``ensemble.MachEnsemble``.
+"""
+
+from __future__ import annotations
+
+import jax
+
+from mach_jax.core import model
+from mach_jax.core.ensemble_spec import Batch, MemberSpec, Seeds, logits
+from mach_jax.readout import decode, metrics
+from mach_jax.readout.decoders import ApproxDecoder, ExactDecoder
+
+
+def predict_step(params: model.Params, batch: Batch, seeds: Seeds, decoder: ExactDecoder | ApproxDecoder,
+                 *, spec: MemberSpec, aggregation: str, k: int) -> tuple[jax.Array, jax.Array]:
+    """Top-k classes of a batch. Returns ``(scores, ids)``, [N, k] each, best first."""
+    scores = decode.bucket_scores_to_probs(logits(params, batch, seeds, spec), spec.loss_name, aggregation)
+    return decoder(scores, seeds["labels"], k)
+
+
+def eval_step(params: model.Params, batch: Batch, seeds: Seeds, inv_propensity: jax.Array,
+              decoder: ExactDecoder | ApproxDecoder, *, spec: MemberSpec, aggregation: str) -> dict[str, jax.Array]:
+    """Metric sums of a batch (see ``metrics.metric_sums``); the host adds and divides."""
+    _, topk_ids = predict_step(params, batch, seeds, decoder, spec=spec, aggregation=aggregation,
+                               k=max(metrics.KS))
+    return metrics.metric_sums(topk_ids, batch["label_ids"], batch["label_mask"],
+                               batch["point_mask"], inv_propensity)

@@ -1,0 +1,103 @@
+"""The compiled side of training: mesh, shardings, seeds, and the one jitted step for all R members.
+
+``build_program(config, info, train_data)`` is built once per run (and by the benchmarks): the
+state is created directly with its shardings (``jax.jit(init, out_shardings=...)``), and the
+step is jitted once with donation and explicit in/out shardings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+
+from mach_jax.config import Config
+from mach_jax.core import mesh as mesh_lib, model
+from mach_jax.core.ensemble_spec import member_seeds
+from mach_jax.data.batches import Batch
+from mach_jax.data.csr import XCDataset
+from mach_jax.data.prepare import RunInfo
+from mach_jax.training import lazy_caps, optimizer, step
+from mach_jax.training.optimizer import State
+from mach_jax.training.spec import StepSpec, step_spec
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingProgram:
+    """Everything a training loop (or a benchmark) needs, built once per config and data.
+
+    Attributes:
+      mesh: the (reps, data) device mesh.
+      rep_ids: the repetition ids of the R members trained here.
+      abstract_state: the state's shapes, dtypes and shardings (for restoring checkpoints).
+      create_state: () -> a freshly initialised state, created directly with its shardings.
+      train_step: the jitted, donating ``step.train_step``: (state, batch, seeds) -> (state, metrics).
+      batch_caps: (U, T) the lazy step is compiled for, or None (see ``spec.StepSpec``).
+      uncapped_train_step: the step for a batch past ``batch_caps`` (compiled if one comes).
+      batch_sharding: where a host batch goes (split over ``data``, replicated over ``reps``).
+      seeds: the members' hash seeds on device, uint32 [R] each.
+      spec: the static side of the step (graphdef, loss, B, lazy embedding update, ...).
+    """
+
+    mesh: Any
+    rep_ids: tuple[int, ...]
+    abstract_state: Any
+    create_state: Callable[[], State]
+    train_step: Callable
+    batch_sharding: Any
+    seeds: dict[str, jax.Array]
+    spec: StepSpec
+    batch_caps: tuple[int, int] | None = None
+    uncapped_train_step: Callable | None = None
+
+    def step_for(self, host_batch: Batch) -> Callable:
+        """The train step for this host batch: the capped one unless it exceeds the caps."""
+        if self.batch_caps is None or lazy_caps.batch_fits(host_batch, self.batch_caps):
+            return self.train_step
+        return self.uncapped_train_step
+
+
+def build_program(config: Config, info: RunInfo, train_data: XCDataset | None = None) -> TrainingProgram:
+    """Builds the mesh, shardings, hash seeds and the one jitted step for all R members.
+
+    With ``train_data`` (as prepared by ``prepare_train_data``) a lazy embedding update works
+    on capped batch sizes measured from it (``lazy_caps.batch_caps``).
+    """
+    rep_ids = config.parallel.rep_ids(config.model.num_repetitions)
+    mesh = mesh_lib.make_mesh(len(rep_ids), config.parallel.rep_devices, config.parallel.data_devices)
+    spec = uncapped_spec = step_spec(config, info, mesh)
+    caps = None
+    if spec.lazy_embedding and train_data is not None:
+        caps = lazy_caps.batch_caps(train_data.features, config.train.batch_size, config.train.seed)
+        spec = dataclasses.replace(spec, touched_rows_cap=caps[0], entries_cap=caps[1])
+    init_state = functools.partial(_init_state, config, info.num_features, rep_ids, spec)
+    abstract_state = jax.eval_shape(init_state)
+    state_shardings = mesh_lib.tree_shardings(abstract_state, mesh)
+    seeds = member_seeds(config, rep_ids, mesh)
+    jit_step = functools.partial(
+        jax.jit, in_shardings=(state_shardings, mesh_lib.batched(mesh), mesh_lib.tree_shardings(seeds, mesh)),
+        out_shardings=(state_shardings, {"member_loss": mesh_lib.stacked(mesh)}), donate_argnums=0)
+    train_step = jit_step(functools.partial(step.train_step, spec=spec))
+    return TrainingProgram(
+        mesh=mesh,
+        rep_ids=rep_ids,
+        abstract_state=jax.tree.map(
+            lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
+            abstract_state, state_shardings),
+        create_state=jax.jit(init_state, out_shardings=state_shardings),
+        train_step=train_step,
+        batch_sharding=mesh_lib.batched(mesh),
+        seeds=seeds,
+        spec=spec,
+        batch_caps=caps,
+        uncapped_train_step=jit_step(functools.partial(step.train_step, spec=uncapped_spec)) if caps else None)
+
+
+def _init_state(config: Config, num_features: int, rep_ids: tuple[int, ...],
+                spec: StepSpec) -> State:
+    params = model.init_params(config.model, num_features, jnp.asarray(rep_ids, jnp.int32),
+                               config.train.seed)
+    return optimizer.create_state(params, spec)
