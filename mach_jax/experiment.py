@@ -17,7 +17,6 @@ from mach_jax.core import model
 from mach_jax.data import sources
 from mach_jax.data.csr import XCDataset
 from mach_jax.data.prepare import RunInfo
-from mach_jax.errors import DataFormatError
 from mach_jax.readout.ensemble import MachEnsemble
 from mach_jax.storage import workdir as wd
 from mach_jax.training import loop
@@ -48,8 +47,7 @@ def train_and_evaluate(config: Config, workdir: str | Path, progress: bool = Tru
     """
     config.validate()
     train_data, eval_data, split = sources.load_train_eval(config.data, progress)
-    if eval_data.num_points == 0:
-        raise DataFormatError(eval_data.source, 1, "the header declares 0 points: nothing to evaluate")
+    eval_data.require_points("evaluate")
     _, _, metrics = loop.run_training(config, workdir, train_data, progress,
                                       evaluator=evaluator(config, eval_data, split),
                                       final_fields=sources.eval_fields(config.data, eval_data, split))

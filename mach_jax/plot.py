@@ -16,7 +16,6 @@ Needs matplotlib (``pip install "mach_jax[plot]"``); ``precision_vs_repetitions`
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -141,6 +140,7 @@ def do_plot(args: argparse.Namespace) -> int:
         return 2
     matplotlib.use("Agg")
     from mach_jax.data import sources
+    from mach_jax.data.files import write_json_atomically
     from mach_jax.storage import workdir as wd
 
     workdir = Path(args.workdir)
@@ -155,7 +155,7 @@ def do_plot(args: argparse.Namespace) -> int:
         print(f"{workdir}: no metrics.jsonl, no training curves", file=sys.stderr)
     test, _ = sources.load_eval_data(config.data, args.test, progress=not args.quiet)
     results = precision_vs_repetitions(workdir, test, progress=not args.quiet)
-    (out / "precision_vs_repetitions.json").write_text(json.dumps(results, indent=1) + "\n")
+    write_json_atomically(out / "precision_vs_repetitions.json", results)
     written.append(plot_precision_vs_repetitions(results, out / PRECISION_FILE))
     for path in written:
         print(f"wrote {path}")

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mach_jax.data import xc_format as xc
+from mach_jax.data import parse_cache, xc_format as xc
 from mach_jax.data.xc_format import CsrMatrix
 from mach_jax.errors import DataFormatError
 from support import from_rows
@@ -435,7 +435,7 @@ def test_cache_dir_unwritable_or_disabled(tmp_path, monkeypatch):
     assert len(list((tmp_path / "env").glob("*.npz"))) == 1
     monkeypatch.delenv("MACH_JAX_CACHE_DIR")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert xc.default_cache_dir() == tmp_path / "xdg" / "mach_jax"
+    assert parse_cache.default_cache_dir() == tmp_path / "xdg" / "mach_jax"
 
 
 # (folder, split): points, features, labels.

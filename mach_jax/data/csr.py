@@ -10,6 +10,8 @@ import dataclasses
 
 import numpy as np
 
+from mach_jax.errors import DataFormatError
+
 _INT32_MAX = 2**31 - 1
 
 
@@ -130,6 +132,11 @@ class XCDataset:
     @property
     def num_labels(self) -> int:
         return self.labels.num_cols
+
+    def require_points(self, purpose: str) -> None:
+        """Refuses a dataset with no points for ``purpose`` ("train on", "evaluate")."""
+        if self.num_points == 0:
+            raise DataFormatError(self.source, 1, f"the header declares 0 points: nothing to {purpose}")
 
     def take(self, rows, source: str | None = None) -> XCDataset:
         """The points ``rows`` (ids or a bool mask [N], as ``CsrMatrix.take``), in that order."""

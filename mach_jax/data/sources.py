@@ -119,8 +119,7 @@ def load_train_eval(config: DataConfig, progress: bool = False) -> tuple[XCDatas
     """
     train, test = load_datasets(config, progress)
     if config.valid_frac > 0:
-        if train.num_points == 0:
-            raise DataFormatError(train.source, 1, "the header declares 0 points: nothing to train on")
+        train.require_points("train on")
         return *split_validation(config, train), "valid"
     return train, test, "test"
 

@@ -21,11 +21,8 @@ absolute path, size and mtime.
 
 from __future__ import annotations
 
-import glob
 import gzip
-import hashlib
 import os
-import tempfile
 import zlib
 from itertools import repeat
 from pathlib import Path
@@ -34,19 +31,14 @@ import numpy as np
 
 from mach_jax.data.csr import CsrMatrix, XCDataset  # noqa: F401 (re-exported)
 from mach_jax.errors import DataFormatError
+from mach_jax.data import parse_cache
+from mach_jax.data.files import is_gzip
+from mach_jax.data.xc_header import parse_header, show
 from mach_jax.data.xc_tokenize import VALUE_RE, parse_features, parse_labels, to_float32
 
-# Bump when the parse of the same bytes could change; invalidates every cache entry.
-FORMAT_VERSION = 1
 _INT32_MAX = 2**31 - 1
 _CHUNK_BYTES = 1 << 22
 _PRINTABLE = bytes(range(32, 127)) + b"\t"
-
-
-def _show(text: bytes, limit: int = 40) -> str:
-    """Quoted, escaped, shortened text for messages, e.g. '\\xef1 2'."""
-    s = text.decode("latin-1")
-    return ascii(s if len(s) <= limit else s[:limit] + "...")
 
 
 def _line_problem(line: bytes, num_features: int, num_labels: int) -> str | None:
@@ -62,8 +54,8 @@ def _line_problem(line: bytes, num_features: int, num_labels: int) -> str | None
     for item in label_part.split(b",") if label_part else []:
         if not item.isdigit():
             hint = " (a point with no labels must start with a space)" if b":" in item else ""
-            return (f"empty label id in {_show(label_part)}" if not item else
-                    f"label id {_show(item)} is not a non-negative integer{hint}")
+            return (f"empty label id in {show(label_part)}" if not item else
+                    f"label id {show(item)} is not a non-negative integer{hint}")
         if int(item) >= num_labels:
             return f"label id {int(item)} is outside [0, {num_labels})"
         if int(item) in seen:
@@ -73,9 +65,9 @@ def _line_problem(line: bytes, num_features: int, num_labels: int) -> str | None
     for token in feature_part.split():
         fid, colon, value = token.partition(b":")
         if not (colon and fid and value) or b":" in value:
-            return f"feature {_show(token)} is not of the form id:value"
+            return f"feature {show(token)} is not of the form id:value"
         if not fid.isdigit():
-            return f"feature id {_show(fid)} is not a non-negative integer"
+            return f"feature id {show(fid)} is not a non-negative integer"
         if int(fid) >= num_features:
             return f"feature id {int(fid)} is outside [0, {num_features})"
         try:
@@ -83,10 +75,10 @@ def _line_problem(line: bytes, num_features: int, num_labels: int) -> str | None
         except ValueError:
             finite = None
         if not finite:
-            return f"feature value {_show(value)} is not a " + ("number" if finite is None
+            return f"feature value {show(value)} is not a " + ("number" if finite is None
                                                                else "finite float32")
         if not VALUE_RE.fullmatch(value):  # float() also takes underscores and spaces
-            return f"feature value {_show(value)} is not a plain decimal number"
+            return f"feature value {show(value)} is not a plain decimal number"
         if int(fid) in seen:
             return f"duplicate feature id {int(fid)}"
         seen.add(int(fid))
@@ -194,7 +186,7 @@ def parse_xc_bytes(data: bytes, path: str = "<bytes>") -> XCDataset:
       DataFormatError: on any malformed input.
     """
     data = bytes(data)
-    if data[:2] == b"\x1f\x8b":
+    if is_gzip(data):
         try:
             data = gzip.decompress(data)
         except (OSError, EOFError, zlib.error) as e:
@@ -206,12 +198,7 @@ def parse_xc_bytes(data: bytes, path: str = "<bytes>") -> XCDataset:
     lines = data.split(b"\n")
     if lines[-1] == b"":
         lines.pop()
-    # Only spaces and tabs separate header fields (as on data lines): no VT, FF or lone CR.
-    header = lines[0].split() if not lines[0].translate(None, b"0123456789 \t") else []
-    if len(header) != 3 or not all(h.isdigit() for h in header):
-        raise DataFormatError(path, 1, "header must be three non-negative integers 'num_points "
-                              f"num_features num_labels', got {_show(lines[0])}")
-    num_points, num_features, num_labels = map(int, header)
+    num_points, num_features, num_labels = parse_header(lines[0], path)
     if max(num_features, num_labels) > _INT32_MAX:
         raise DataFormatError(path, 1, "num_features and num_labels must be below 2**31")
     body = lines[1:num_points + 1]
@@ -227,65 +214,13 @@ def parse_xc_bytes(data: bytes, path: str = "<bytes>") -> XCDataset:
     return XCDataset(features, labels, path)
 
 
-def default_cache_dir() -> Path:
-    """$MACH_JAX_CACHE_DIR, else $XDG_CACHE_HOME/mach_jax, else ~/.cache/mach_jax."""
-    if os.environ.get("MACH_JAX_CACHE_DIR"):
-        return Path(os.environ["MACH_JAX_CACHE_DIR"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "mach_jax"
-
-
-def _cache_path(cache_dir: Path, path: str, stat: os.stat_result) -> Path:
-    """<name>.<hash of the path>.<hash of path, size, mtime, version>.npz"""
-    path = os.path.abspath(path)
-    key = f"{FORMAT_VERSION}\n{path}\n{stat.st_size}\n{stat.st_mtime_ns}"
-    digests = [hashlib.sha256(k.encode()).hexdigest()[:16] for k in (path, key)]
-    return cache_dir / f"{Path(path).name}.{digests[0]}.{digests[1]}.npz"
-
-
-def _load_cache(file: Path, source: str) -> XCDataset | None:
-    try:
-        with np.load(file, allow_pickle=False) as z:
-            if int(z["format_version"]) != FORMAT_VERSION:
-                return None
-            _, num_features, num_labels = z["shape"].tolist()
-            labels = z["label_indices"]
-            return XCDataset(
-                CsrMatrix(z["feature_indptr"], z["feature_indices"], z["feature_values"],
-                          num_features),
-                CsrMatrix(z["label_indptr"], labels, np.ones(len(labels), np.float32),
-                          num_labels), source)
-    except Exception:  # missing, truncated or tampered cache: parse the source instead
-        return None
-
-
-def _save_cache(file: Path, dataset: XCDataset) -> None:
-    tmp = None
-    try:
-        file.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=file.parent, prefix=file.name, suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, format_version=FORMAT_VERSION, shape=np.array(
-                [dataset.num_points, dataset.num_features, dataset.num_labels], np.int64),
-                feature_indptr=dataset.features.indptr, feature_indices=dataset.features.indices,
-                feature_values=dataset.features.values, label_indptr=dataset.labels.indptr,
-                label_indices=dataset.labels.indices)
-        os.replace(tmp, file)  # atomic: readers never see a half-written cache
-        for stale in file.parent.glob(glob.escape(file.name.rsplit(".", 2)[0]) + ".*.npz"):
-            if stale != file:  # an older version of the same source file
-                stale.unlink(missing_ok=True)
-    except OSError:  # read-only or full cache dir: caching is only an optimisation
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def read_xc(path: str | os.PathLike, *, cache_dir: str | os.PathLike | None = None,
             use_cache: bool = True) -> XCDataset:
     """Reads an XC file (plain or gzip), using a parsed-array cache when allowed.
 
     Args:
       path: the file; never written to, nor its directory.
-      cache_dir: where `.npz` caches live; default `default_cache_dir()`.
+      cache_dir: where `.npz` caches live; default `parse_cache.default_cache_dir()`.
       use_cache: False neither reads nor writes the cache.
 
     Returns:
@@ -299,8 +234,8 @@ def read_xc(path: str | os.PathLike, *, cache_dir: str | os.PathLike | None = No
         stat = os.stat(path)
         cache_file = None
         if use_cache:
-            cache_file = _cache_path(Path(cache_dir or default_cache_dir()), path, stat)
-            cached = _load_cache(cache_file, str(path))
+            cache_file = parse_cache.cache_path(Path(cache_dir or parse_cache.default_cache_dir()), path, stat)
+            cached = parse_cache.load_cache(cache_file, str(path))
             if cached is not None:
                 return cached
         with open(path, "rb") as f:
@@ -314,7 +249,7 @@ def read_xc(path: str | os.PathLike, *, cache_dir: str | os.PathLike | None = No
     # A file modified while being read must not be cached under its old size and mtime.
     if cache_file is not None and (after.st_size, after.st_mtime_ns) == (stat.st_size,
                                                                         stat.st_mtime_ns):
-        _save_cache(cache_file, dataset)
+        parse_cache.save_cache(cache_file, dataset)
     return dataset
 
 

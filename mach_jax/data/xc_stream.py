@@ -14,17 +14,9 @@ from typing import Iterator
 
 from mach_jax.data.csr import XCDataset
 from mach_jax.errors import DataFormatError
+from mach_jax.data.files import open_binary
 from mach_jax.data.xc_format import parse_xc_bytes
-
-
-def _parse_header(line: bytes, path: str) -> tuple[int, int, int]:
-    text = line.rstrip(b"\r\n")
-    fields = text.split() if not text.translate(None, b"0123456789 \t") else []  # as xc_format
-    if len(fields) != 3 or not all(field.isdigit() for field in fields):
-        raise DataFormatError(path, 1, "header must be three non-negative integers 'num_points "
-                              f"num_features num_labels', got {line[:60]!r}")
-    num_points, num_features, num_labels = map(int, fields)
-    return num_points, num_features, num_labels
+from mach_jax.data.xc_header import parse_header
 
 
 def iter_xc_chunks(path: str | os.PathLike, rows_per_chunk: int = 65_536) -> Iterator[XCDataset]:
@@ -42,9 +34,7 @@ def iter_xc_chunks(path: str | os.PathLike, rows_per_chunk: int = 65_536) -> Ite
     """
     path = os.fspath(path)
     try:
-        with open(path, "rb") as probe:
-            magic = probe.read(2)
-        handle = gzip.open(path, "rb") if magic == b"\x1f\x8b" else open(path, "rb")
+        handle = open_binary(path)
     except OSError as error:
         raise DataFormatError(path, None, f"cannot read file ({error.strerror or error})") from None
     with handle:
@@ -52,7 +42,7 @@ def iter_xc_chunks(path: str | os.PathLike, rows_per_chunk: int = 65_536) -> Ite
             header = handle.readline()
             if not header.strip():
                 raise DataFormatError(path, None, "file is empty")
-            num_points, num_features, num_labels = _parse_header(header, path)
+            num_points, num_features, num_labels = parse_header(header, path)
             rows_done = 0
             while True:
                 lines = [line for _, line in zip(range(rows_per_chunk), handle)]

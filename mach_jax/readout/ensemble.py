@@ -174,8 +174,7 @@ class MachEnsemble:
         if dataset.num_labels != self.info.num_labels:
             raise DataFormatError(dataset.source, 1, f"the data has L={dataset.num_labels} labels, "
                                   f"the model was trained with L={self.info.num_labels}")
-        if dataset.num_points == 0:
-            raise DataFormatError(dataset.source, 1, "the header declares 0 points: nothing to evaluate")
+        dataset.require_points("evaluate")
         shape = self._batch_shape(dataset.features, dataset.labels)
         dataset = dataclasses.replace(dataset, features=self._capped(dataset.features, dataset.source,
                                                                      shape.max_nnz))

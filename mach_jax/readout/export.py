@@ -12,12 +12,12 @@ A JSON file beside it records N, K, k, D and L.
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 
+from mach_jax.data.files import write_bytes_atomically, write_json_atomically
 from mach_jax.readout import step
 from mach_jax.readout.ensemble import MachEnsemble
 
@@ -49,8 +49,8 @@ def export_ensemble(ensemble: MachEnsemble, path: str | Path, batch_size: int, m
         jax.ShapeDtypeStruct((batch_size, max_nnz), jnp.int32),
         jax.ShapeDtypeStruct((batch_size, max_nnz), jnp.float32))
     path = Path(path)
-    path.write_bytes(exported.serialize())
+    write_bytes_atomically(path, exported.serialize())
     spec = {"batch_size": batch_size, "max_nnz": max_nnz, "k": k,
             "num_features": ensemble.info.num_features, "num_labels": ensemble.info.num_labels}
-    Path(f"{path}.json").write_text(json.dumps(spec, indent=2) + "\n")
+    write_json_atomically(f"{path}.json", spec)
     return path

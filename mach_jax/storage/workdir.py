@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from mach_jax.config import FORMAT_VERSION, Config
+from mach_jax.data.files import write_json_atomically
 from mach_jax.data.prepare import RunInfo
 from mach_jax.errors import WorkdirError
 
@@ -59,7 +59,7 @@ def write_run(workdir: Path, config: Config, info: RunInfo, label_counts: np.nda
         np.save(workdir / LABEL_COUNTS_FILE, label_counts.astype(np.int64), allow_pickle=False)
         payload = {"format_version": FORMAT_VERSION, "config": config.to_dict(),
                    "run_info": dataclasses.asdict(info)}
-        _write_json_atomically(path, payload)
+        write_json_atomically(path, payload)
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices(f"mach_jax.write_run:{workdir}")
 
@@ -156,7 +156,7 @@ def read_label_counts(workdir: Path) -> np.ndarray:
 
 def write_metrics(workdir: Path, metrics: dict[str, Any]) -> Path:
     path = Path(workdir) / METRICS_FILE
-    _write_json_atomically(path, metrics)
+    write_json_atomically(path, metrics)
     return path
 
 
@@ -203,9 +203,3 @@ def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[f"{prefix}{key}"] = value
     return flat
-
-
-def _write_json_atomically(path: Path, payload: Any) -> None:
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
-    os.replace(temporary, path)

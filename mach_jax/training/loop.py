@@ -24,7 +24,7 @@ from mach_jax.core import mesh as mesh_lib, model
 from mach_jax.data import batches
 from mach_jax.data.csr import XCDataset
 from mach_jax.data.prepare import RunInfo, check_enough_labels, label_counts, prepare_train_data
-from mach_jax.errors import DataFormatError, TrainingInterrupted
+from mach_jax.errors import TrainingInterrupted
 from mach_jax.storage import checkpoints, workdir as wd
 from mach_jax.training.metric_log import MetricLog
 from mach_jax.training.monitoring import LossLog, StopOnSignals
@@ -67,8 +67,7 @@ def run_training(config: Config, workdir: str | Path, train_data: XCDataset, pro
     start = time.perf_counter()
     config.validate()
     workdir = wd.group_dir(Path(workdir), config.parallel.rep_range)
-    if train_data.num_points == 0:
-        raise DataFormatError(train_data.source, 1, "the header declares 0 points: nothing to train on")
+    train_data.require_points("train on")
     check_enough_labels(train_data.num_labels)
     counts = label_counts(train_data)  # before any --max-labels cut: PSP@k uses the true counts
     train_data, info = prepare_train_data(config, train_data)
