@@ -3,7 +3,7 @@
 import pytest
 
 from mach_jax import cli
-from mach_jax.config import PRESETS, Config, get_preset
+from mach_jax.config import PRESETS, Config, get_preset, resumable_fields
 from mach_jax.errors import ConfigError
 from mach_jax.train import parse_arguments
 
@@ -20,7 +20,6 @@ BAD_VALUES = [
     ("train", "loss", "hinge", "--loss"),
     ("eval", "aggregation", "max", "--aggregation"),
     ("eval", "eval_repetitions", 99, "--eval-repetitions"),
-    ("eval", "top_k", 3, "--top-k"),
     ("data", "max_nnz", 0, "--max-nnz"),
     ("data", "overflow", "drop", "--overflow"),
 ]
@@ -92,3 +91,20 @@ def test_paper_presets_build_the_reference_model_for_their_dataset(preset, datas
     assert params["hidden_0"]["kernel"].shape == (32, 500, 500)
     assert params["output"]["kernel"].shape == (32, 500, buckets)
     assert rows <= 110_000  # hashed where D is large, so 32 tables fit one accelerator
+
+
+def test_a_config_json_written_before_eval_top_k_was_retired_still_loads():
+    tree = Config().to_dict()
+    tree["eval"]["top_k"] = 5  # what every config.json held before
+    assert Config.from_dict(tree) == Config()
+    with pytest.raises(ConfigError, match="unknown config field"):
+        Config.from_dict({**tree, "eval": {**tree["eval"], "top_kk": 5}})
+
+
+def test_the_fields_a_resumed_run_may_change_are_declared_on_the_fields():
+    # The list the workdir kept as strings before the fields declared it themselves.
+    before = {"train.epochs", "train.log_every_steps", "train.checkpoint_every_steps", "train.keep_checkpoints",
+              "train.eval_every_epochs", "data.cache_dir", "data.train_path", "data.test_path",
+              "data.tfds_data_dir", "parallel.rep_devices", "parallel.data_devices"}
+    eval_fields = {f"eval.{name}" for name in Config().to_dict()["eval"]}
+    assert resumable_fields() == before | eval_fields

@@ -17,7 +17,7 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from mach_jax.config import FORMAT_VERSION, Config
+from mach_jax.config import FORMAT_VERSION, Config, resumable_fields
 from mach_jax.data.files import write_json_atomically
 from mach_jax.data.prepare import RunInfo
 from mach_jax.errors import WorkdirError
@@ -26,14 +26,6 @@ CONFIG_FILE = "config.json"
 LABEL_COUNTS_FILE = "label_counts.npy"
 METRICS_FILE = "metrics.json"
 
-# Fields that may differ when a run is resumed in the same workdir (they change neither the model
-# nor the data order): everything else must match the saved config.
-_RESUMABLE_FIELDS = {
-    "train.epochs", "train.log_every_steps", "train.checkpoint_every_steps", "train.keep_checkpoints",
-    "train.eval_every_epochs",
-    "data.cache_dir", "data.train_path", "data.test_path", "data.tfds_data_dir",
-    "parallel.rep_devices", "parallel.data_devices",  # a checkpoint restores onto any topology
-}
 GROUP_PREFIX = "reps-"
 
 
@@ -183,11 +175,12 @@ def _first_difference(saved: Config, config: Config, ignore: frozenset[str] = fr
                       check: set[str] = frozenset()):
     """The first (field, saved value, new value) that a resumed run or a group may not change.
 
-    Eval fields, the fields a resumed run may change and ``ignore`` are skipped, unless in ``check``.
+    The fields a resumed run may change (``config.resumable_fields``) and ``ignore`` are skipped,
+    unless in ``check``.
     """
     saved_flat, new_flat = _flatten(saved.to_dict()), _flatten(config.to_dict())
     for key in sorted(saved_flat):
-        skipped = key.startswith("eval.") or key in _RESUMABLE_FIELDS or key in ignore
+        skipped = key in resumable_fields() or key in ignore
         if skipped and key not in check:
             continue
         if saved_flat[key] != new_flat.get(key):

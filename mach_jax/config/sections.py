@@ -1,19 +1,17 @@
-"""Configuration: a small tree of frozen dataclasses, the only place defaults live.
+"""The config sections: frozen dataclasses, the only place defaults live.
 
-``Config(data, model, train, eval, parallel)``; every section has ``validate()``, and the tree round-trips
-through ``to_dict()`` / ``Config.from_dict()`` so that ``config.json`` in a workdir is enough to
-rebuild the model, its hashes and its evaluation. Named presets live in ``PRESETS``.
+Each section has ``validate()``, whose errors name the dotted field (``model.num_buckets``) and
+the value. A field that may differ when a run is resumed in the same workdir (it changes neither
+the model nor the data order) is declared so on the field itself (``may_change_on_resume``);
+every other field of a resumed run must match the saved config.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 from typing import Any
 
 from mach_jax.errors import ConfigError
-
-FORMAT_VERSION = 1
 
 AGGREGATIONS = ("prob", "logit", "log_prob")
 DECODERS = ("exact", "approx")
@@ -23,6 +21,16 @@ EMBEDDING_UPDATES = ("auto", "lazy", "dense")
 EMBEDDING_OPTIMIZERS = ("adam", "rowwise_adagrad")
 LR_SCHEDULES = ("constant", "cosine", "linear")
 ROWWISE_ADAGRAD_LEARNING_RATE = 0.1
+
+
+_RESUME = "may_change_on_resume"
+
+
+def may_change_on_resume(default: Any) -> Any:
+    """A field with this default that a resumed run may change (see ``resumable_fields``)."""
+    if isinstance(default, (list, dict, set)):
+        raise TypeError("mutable defaults are not config values")
+    return dataclasses.field(default=default, metadata={_RESUME: True})
 
 
 def _require(condition: bool, field: str, value: Any, why: str) -> None:
@@ -70,14 +78,14 @@ class DataConfig:
     evaluated on them instead of the test set, so settings can be chosen without the test split.
     """
 
-    train_path: str | None = None
-    test_path: str | None = None
+    train_path: str | None = may_change_on_resume(None)
+    test_path: str | None = may_change_on_resume(None)
     dataset: str | None = None
-    tfds_data_dir: str | None = None
+    tfds_data_dir: str | None = may_change_on_resume(None)
     max_nnz: int | None = None
     max_labels: int | None = None
     overflow: str = "truncate"
-    cache_dir: str | None = None
+    cache_dir: str | None = may_change_on_resume(None)
     valid_frac: float = 0.0
     valid_seed: int = 0
     synthetic: SyntheticConfig = SyntheticConfig()
@@ -160,16 +168,16 @@ class TrainConfig:
     to ``metrics.jsonl``/TensorBoard (each costs an evaluation); 0 evaluates only at the end.
     """
 
-    epochs: int = 5
+    epochs: int = may_change_on_resume(5)
     batch_size: int = 256
     learning_rate: float = 2e-3
     loss: str = "softmax"
     seed: int = 0
     embedding_update: str = "auto"
-    log_every_steps: int = 20
-    checkpoint_every_steps: int = 0
-    keep_checkpoints: int = 2
-    eval_every_epochs: int = 0
+    log_every_steps: int = may_change_on_resume(20)
+    checkpoint_every_steps: int = may_change_on_resume(0)
+    keep_checkpoints: int = may_change_on_resume(2)
+    eval_every_epochs: int = may_change_on_resume(0)
     embedding_optimizer: str = "adam"
     embedding_learning_rate: float | None = None
     lr_schedule: str = "constant"
@@ -223,17 +231,16 @@ class EvalConfig:
     ``mach_jax.readout.approx_decode``.
     """
 
-    aggregation: str = "prob"
-    eval_repetitions: int | None = None
-    eval_batch_size: int = 256
-    class_chunk_size: int = 4_096
-    top_k: int = 5
-    propensity_a: float = 0.55
-    propensity_b: float = 1.5
-    decoder: str = "exact"
-    top_buckets: int = 4
-    min_votes: int = 1
-    bucket_cap: int | None = None
+    aggregation: str = may_change_on_resume("prob")
+    eval_repetitions: int | None = may_change_on_resume(None)
+    eval_batch_size: int = may_change_on_resume(256)
+    class_chunk_size: int = may_change_on_resume(4_096)
+    propensity_a: float = may_change_on_resume(0.55)
+    propensity_b: float = may_change_on_resume(1.5)
+    decoder: str = may_change_on_resume("exact")
+    top_buckets: int = may_change_on_resume(4)
+    min_votes: int = may_change_on_resume(1)
+    bucket_cap: int | None = may_change_on_resume(None)
 
     def validate(self, num_repetitions: int | None = None) -> None:
         _require(self.aggregation in AGGREGATIONS, "eval.aggregation", self.aggregation,
@@ -245,7 +252,6 @@ class EvalConfig:
                      self.eval_repetitions, f"must be <= the trained R = {num_repetitions}")
         _require(self.eval_batch_size >= 1, "eval.eval_batch_size", self.eval_batch_size, "must be >= 1")
         _require(self.class_chunk_size >= 1, "eval.class_chunk_size", self.class_chunk_size, "must be >= 1")
-        _require(self.top_k >= 5, "eval.top_k", self.top_k, "must be >= 5 (P@5 is always reported)")
         _require(self.decoder in DECODERS, "eval.decoder", self.decoder, f"must be one of {DECODERS}")
         _require(self.top_buckets >= 1, "eval.top_buckets", self.top_buckets, "must be >= 1")
         _require(self.min_votes >= 1, "eval.min_votes", self.min_votes, "must be >= 1")
@@ -264,8 +270,8 @@ class ParallelConfig:
     """
 
     rep_range: tuple[int, ...] = ()
-    rep_devices: int = 0
-    data_devices: int = 1
+    rep_devices: int = may_change_on_resume(0)
+    data_devices: int = may_change_on_resume(1)
 
     def validate(self, num_repetitions: int | None = None, batch_size: int | None = None) -> None:
         _require(len(self.rep_range) in (0, 2), "parallel.rep_range", self.rep_range,
@@ -292,129 +298,3 @@ class ParallelConfig:
 
     def num_members(self, num_repetitions: int) -> int:
         return len(self.rep_ids(num_repetitions))
-
-
-@dataclasses.dataclass(frozen=True)
-class Config:
-    """The whole tree. ``validate()`` checks every section before anything is compiled."""
-
-    data: DataConfig = DataConfig()
-    model: ModelConfig = ModelConfig()
-    train: TrainConfig = TrainConfig()
-    eval: EvalConfig = EvalConfig()
-    parallel: ParallelConfig = ParallelConfig()
-
-    def validate(self) -> "Config":
-        self.data.validate()
-        self.model.validate()
-        self.train.validate()
-        self.eval.validate(self.model.num_repetitions)
-        self.parallel.validate(self.model.num_repetitions, self.train.batch_size)
-        return self
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
-
-    @classmethod
-    def from_dict(cls, tree: dict[str, Any]) -> "Config":
-        return _from_dict(cls, tree, "config")
-
-    def replace(self, **sections: dict[str, Any]) -> "Config":
-        """Returns a copy with fields overridden per section, e.g. ``replace(model={"num_buckets": 64})``."""
-        tree = self.to_dict()
-        for section, fields in sections.items():
-            if section not in tree:
-                raise ConfigError(f"unknown config section {section!r}")
-            _merge(tree[section], fields, section)
-        return Config.from_dict(tree)
-
-
-def _merge(tree: dict[str, Any], fields: dict[str, Any], where: str) -> None:
-    for key, value in fields.items():
-        if key not in tree:
-            raise ConfigError(f"unknown config field {where}.{key}")
-        if isinstance(tree[key], dict) and isinstance(value, dict):
-            _merge(tree[key], value, f"{where}.{key}")
-        else:
-            tree[key] = value
-
-
-def _from_dict(cls, tree: dict[str, Any], where: str):
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = set(tree) - set(fields)
-    if unknown:
-        raise ConfigError(f"unknown config field(s) in {where}: {sorted(unknown)}")
-    kwargs = {}
-    for name, value in tree.items():
-        default = getattr(cls(), name)
-        if dataclasses.is_dataclass(default):
-            value = _from_dict(type(default), value, f"{where}.{name}")
-        elif isinstance(default, tuple) and isinstance(value, list):
-            value = tuple(value)
-        kwargs[name] = value
-    return cls(**kwargs)
-
-
-def _preset(**sections: dict[str, Any]) -> Config:
-    return Config().replace(**sections)
-
-
-PRESETS: dict[str, Config] = {
-    # The embedded synthetic job: about two minutes on 2 CPU cores.
-    "default": Config(),
-    # CPU-sized tests and quick device checks: seconds end to end.
-    "tiny": _preset(
-        data={"synthetic": {"num_labels": 300, "num_features": 400, "num_train": 600, "num_test": 200}},
-        model={"num_repetitions": 4, "num_buckets": 32, "hidden_sizes": [32]},
-        train={"epochs": 2, "batch_size": 64, "log_every_steps": 5},
-        eval={"class_chunk_size": 128},
-    ),
-    # Real data (../shared/data); settings and measured figures are in the README.
-    # Chosen on a 15 % validation split of bibtex's training data (--valid-frac 0.15): sigmoid
-    # loss and B = 128 (of L = 159) lifted validation P@5 from 22.5 to 27.6, R = 32 to 28.4;
-    # label smoothing 0.1 lifted validation P@1 from 63.7 to 65.0.
-    "bibtex": _preset(
-        model={"num_repetitions": 32, "num_buckets": 128, "hidden_sizes": [256]},
-        train={"epochs": 10, "batch_size": 128, "loss": "sigmoid", "label_smoothing": 0.1},
-    ),
-    # Chosen on two 15 % validation splits of delicious (valid seeds 0 and 1): two hidden layers
-    # of 512 with dropout 0.3 lifted validation P@1 by 1.3 and P@5 by 1.4 over one layer of 256.
-    "delicious": _preset(
-        model={"num_repetitions": 16, "num_buckets": 128, "hidden_sizes": [512, 512]},
-        train={"epochs": 10, "batch_size": 128, "loss": "sigmoid", "dropout": 0.3},
-    ),
-    # Chosen on a 15 % validation split of corel5k's training data: the bibtex settings were
-    # best of those tried (5 or 20 epochs, B = 64, hidden 512, dropout, cosine decay: no better).
-    "corel5k": _preset(
-        model={"num_repetitions": 32, "num_buckets": 128, "hidden_sizes": [256]},
-        train={"epochs": 10, "batch_size": 128, "loss": "sigmoid"},
-    ),
-    # The MACH paper's datasets, with the reference code's settings (B, R = 32, two hidden
-    # layers of 500, sigmoid loss, Adam at 1e-3, 10 epochs): a starting point for users with
-    # those files, not tuned here (no data for them in ../shared). Large inputs are hashed to
-    # feat_hash_dim = 100,000 slots per member, as the reference did.
-    "amazon670k": _preset(
-        model={"num_repetitions": 32, "num_buckets": 10_000, "hidden_sizes": [500, 500],
-               "feat_hash_dim": 100_000},
-        train={"epochs": 10, "batch_size": 1024, "learning_rate": 1e-3, "loss": "sigmoid"},
-    ),
-    "delicious200k": _preset(
-        model={"num_repetitions": 32, "num_buckets": 5_000, "hidden_sizes": [500, 500],
-               "feat_hash_dim": 100_000},
-        train={"epochs": 10, "batch_size": 1024, "learning_rate": 1e-3, "loss": "sigmoid"},
-    ),
-    "wiki10_31k": _preset(
-        model={"num_repetitions": 32, "num_buckets": 2_000, "hidden_sizes": [500, 500]},
-        train={"epochs": 10, "batch_size": 256, "learning_rate": 1e-3, "loss": "sigmoid"},
-    ),
-}
-
-
-def get_preset(name: str) -> Config:
-    """Returns the named preset; the error lists the known names."""
-    if name not in PRESETS:
-        raise ConfigError(f"unknown preset {name!r}; known presets: {sorted(PRESETS)}")
-    return PRESETS[name]
