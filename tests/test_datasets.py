@@ -15,13 +15,14 @@ import zipfile
 
 import numpy as np
 import pytest
+from support import from_rows
 
 from mach_jax import cli, datasets
-from support import from_rows
-from mach_jax.errors import DataFormatError
+from mach_jax.data.download import download
 from mach_jax.data.registry import REGISTRY, Download, Layout, get_dataset
-from mach_jax.errors import DatasetError
+from mach_jax.data.vw_format import convert_vw
 from mach_jax.data.xc_format import read_xc
+from mach_jax.errors import DataFormatError, DatasetError
 
 D, L, N_TRAIN, N_TEST = 20, 7, 18, 12
 
@@ -186,8 +187,8 @@ def test_registry_agrees_with_the_shared_data_headers(shared_data, name):
 @pytest.mark.parametrize("split", [1, 2])
 def test_bibtex_like_zip_is_split_by_the_chosen_column(server, bibtex_like, tmp_path, split):
     features, labels, perms, _ = bibtex_like
-    out = datasets.download(entry("bibtex", server, "/Bibtex.zip"), tmp_path, split=split,
-                            progress=False)
+    out = download(entry("bibtex", server, "/Bibtex.zip"), tmp_path, split=split,
+                   progress=False)
     assert out == tmp_path / "Bibtex"
     assert sorted(p.name for p in out.iterdir()) == [".verified.json", "test.txt", "train.txt"]
     perm = perms[split - 1]
@@ -198,8 +199,8 @@ def test_bibtex_like_zip_is_split_by_the_chosen_column(server, bibtex_like, tmp_
 
 def test_amazon_like_tar_gz_with_train_and_test_files(server, amazon_like, tmp_path):
     (train_f, train_l), (test_f, test_l), _ = amazon_like
-    out = datasets.download(entry("amazon-670k", server, "/amazon.tar.gz"), tmp_path,
-                            progress=False, keep_archive=True)
+    out = download(entry("amazon-670k", server, "/amazon.tar.gz"), tmp_path,
+                   progress=False, keep_archive=True)
     assert read(out / "train.txt") == expected(train_f, train_l, range(N_TRAIN))
     assert read(out / "test.txt") == expected(test_f, test_l, range(N_TEST))
     assert (out / "downloads" / "amazon.tar.gz").exists()  # kept on request
@@ -209,12 +210,12 @@ def test_amazon_like_tar_gz_with_train_and_test_files(server, amazon_like, tmp_p
 
 def test_a_verified_dataset_is_not_downloaded_again(server, amazon_like, tmp_path):
     info = entry("amazon-670k", server, "/amazon.tar.gz")
-    datasets.download(info, tmp_path, progress=False)
+    download(info, tmp_path, progress=False)
     before = len(server.log)
-    datasets.download(info, tmp_path, progress=False)
+    download(info, tmp_path, progress=False)
     assert len(server.log) == before
     (tmp_path / "Amazon-670K" / "test.txt").write_text("tampered")  # no longer verified
-    datasets.download(info, tmp_path, progress=False)
+    download(info, tmp_path, progress=False)
     assert len(server.log) == before + 1
 
 
@@ -223,8 +224,8 @@ def test_an_override_registry_and_a_local_file_url(bibtex_like, tmp_path):
     archive.write_bytes(bibtex_like[3])
     mine = {"toy": dataclasses.replace(REGISTRY["bibtex"], name="Toy", num_features=D,
                                        num_labels=L, num_train=N_TRAIN, num_test=N_TEST)}
-    out = datasets.download("TOY", tmp_path / "data", urls=[str(archive)], registry=mine,
-                            progress=False)
+    out = download("TOY", tmp_path / "data", urls=[str(archive)], registry=mine,
+                   progress=False)
     assert read(out / "test.txt").num_points == N_TEST and archive.exists()
 
 
@@ -234,43 +235,43 @@ def test_plain_and_gzipped_files_as_separate_downloads(server, amazon_like, tmp_
     server.files["/plain/test.txt.gz"] = gzip.compress(xc_bytes(test_f, test_l))
     info = dataclasses.replace(entry("amazon-670k", server, ""), downloads=(
         Download(server.url + "/plain/train.txt"), Download(server.url + "/plain/test.txt.gz")))
-    out = datasets.download(info, tmp_path, progress=False)
+    out = download(info, tmp_path, progress=False)
     assert read(out / "train.txt") == expected(train_f, train_l, range(N_TRAIN))
     assert read(out / "test.txt") == expected(test_f, test_l, range(N_TEST))
 
 
 def test_header_mismatch_names_the_file_and_the_numbers(server, bibtex_like, tmp_path):
     with pytest.raises(DatasetError) as error:
-        datasets.download(entry("bibtex", server, "/Bibtex.zip", num_labels=L + 1), tmp_path,
-                          progress=False)
+        download(entry("bibtex", server, "/Bibtex.zip", num_labels=L + 1), tmp_path,
+                 progress=False)
     message = str(error.value)
     assert ("Bibtex.zip:Bibtex/Bibtex_data.txt: header does not match the registry's Bibtex"
             in message)
     assert f"labels {L} in the file, {L + 1} in the registry" in message
     with pytest.raises(DatasetError,
                        match="split 1 lists 18 points but the registry's Bibtex has 17"):
-        datasets.download(entry("bibtex", server, "/Bibtex.zip", num_train=N_TRAIN - 1,
-                                num_test=N_TEST + 1), tmp_path, progress=False)
+        download(entry("bibtex", server, "/Bibtex.zip", num_train=N_TRAIN - 1,
+                       num_test=N_TEST + 1), tmp_path, progress=False)
 
 
 def test_checksums_are_checked_when_known(server, amazon_like, tmp_path):
     good = hashlib.sha256(amazon_like[2]).hexdigest()
-    datasets.download(entry("amazon-670k", server, "/amazon.tar.gz", good), tmp_path / "a",
-                      progress=False)
+    download(entry("amazon-670k", server, "/amazon.tar.gz", good), tmp_path / "a",
+             progress=False)
     with pytest.raises(DatasetError, match=f"sha256 {good} does not match the registry's 0+ "
                                            r"\(file from http://127.0.0.1:\d+/amazon.tar.gz"):
-        datasets.download(entry("amazon-670k", server, "/amazon.tar.gz", "0" * 64), tmp_path / "b",
-                          progress=False)
+        download(entry("amazon-670k", server, "/amazon.tar.gz", "0" * 64), tmp_path / "b",
+                 progress=False)
     assert not (tmp_path / "b" / "Amazon-670K" / "downloads" / "amazon.tar.gz").exists()
 
 
 def test_http_404_and_unreachable_hosts_are_clear_errors(server, tmp_path):
     with pytest.raises(DatasetError, match=r"http://127.0.0.1:\d+/missing.zip: HTTP error 404"):
-        datasets.download(entry("bibtex", server, "/missing.zip"), tmp_path, progress=False)
+        download(entry("bibtex", server, "/missing.zip"), tmp_path, progress=False)
     info = dataclasses.replace(entry("bibtex", server, ""),
                                downloads=(Download("http://127.0.0.1:9/x.zip"),))
     with pytest.raises(DatasetError, match="127.0.0.1:9/x.zip: cannot connect"):
-        datasets.download(info, tmp_path, progress=False)
+        download(info, tmp_path, progress=False)
 
 
 def test_an_interrupted_download_resumes_with_a_range_request(server, amazon_like, tmp_path):
@@ -278,10 +279,10 @@ def test_an_interrupted_download_resumes_with_a_range_request(server, amazon_lik
     server.cut.add("/cut.tar.gz")
     info = entry("amazon-670k", server, "/cut.tar.gz")
     with pytest.raises(DatasetError, match=r"download stopped after \d+ bytes .* again to resume"):
-        datasets.download(info, tmp_path, progress=False)
+        download(info, tmp_path, progress=False)
     part = tmp_path / "Amazon-670K" / "downloads" / "cut.tar.gz.part"
     assert part.stat().st_size == len(amazon_like[2]) // 2
-    out = datasets.download(info, tmp_path, progress=False)
+    out = download(info, tmp_path, progress=False)
     assert server.log[-1] == ("/cut.tar.gz", f"bytes={len(amazon_like[2]) // 2}-")
     assert read(out / "test.txt") == expected(*amazon_like[1], range(N_TEST))
 
@@ -291,20 +292,20 @@ def test_a_google_drive_confirmation_page_is_followed(server, amazon_like, tmp_p
                               b'<input type="hidden" name="id" value="abc">'
                               b'<input type="hidden" name="confirm" value="t"></form></html>')
     server.files["/usercontent/download"] = amazon_like[2]
-    out = datasets.download(entry("amazon-670k", server, "/drive?id=abc"), tmp_path,
-                            progress=False)
+    out = download(entry("amazon-670k", server, "/drive?id=abc"), tmp_path,
+                   progress=False)
     assert server.log[-1][0] == "/usercontent/download?id=abc&confirm=t"
     assert read(out / "train.txt").num_points == N_TRAIN
     server.files["/quota.html"] = b"<html><body>Quota exceeded</body></html>"
     with pytest.raises(DatasetError, match="sent an HTML page, not the data"):
-        datasets.download(entry("amazon-670k", server, "/quota.html"), tmp_path / "q",
-                          progress=False)
+        download(entry("amazon-670k", server, "/quota.html"), tmp_path / "q",
+                 progress=False)
 
 
 def test_damaged_archives_and_missing_members(server, bibtex_like, tmp_path):
     server.files["/broken.zip"] = bibtex_like[3][: len(bibtex_like[3]) // 2]
     with pytest.raises(DatasetError, match="damaged or truncated download .* run again"):
-        datasets.download(entry("bibtex", server, "/broken.zip"), tmp_path, progress=False)
+        download(entry("bibtex", server, "/broken.zip"), tmp_path, progress=False)
     assert not (tmp_path / "Bibtex" / "downloads" / "broken.zip").exists()
     plain_tar = io.BytesIO()
     with tarfile.open(fileobj=plain_tar, mode="w") as t:
@@ -314,11 +315,11 @@ def test_damaged_archives_and_missing_members(server, bibtex_like, tmp_path):
         t.addfile(info, io.BytesIO(data))
     server.files["/cut.tar"] = plain_tar.getvalue()[:3000]
     with pytest.raises(DatasetError, match="damaged or truncated download"):
-        datasets.download(entry("amazon-670k", server, "/cut.tar"), tmp_path, progress=False)
+        download(entry("amazon-670k", server, "/cut.tar"), tmp_path, progress=False)
     server.files["/other.zip"] = zip_bytes({"x/readme.txt": b"hello"})
     with pytest.raises(DatasetError, match="no file named Bibtex_data.txt in the download "
                                            r"\(it holds: x/readme.txt\)"):
-        datasets.download(entry("bibtex", server, "/other.zip"), tmp_path / "o", progress=False)
+        download(entry("bibtex", server, "/other.zip"), tmp_path / "o", progress=False)
 
 
 def test_bad_split_files_name_file_and_line(server, bibtex_like, tmp_path):
@@ -328,7 +329,7 @@ def test_bad_split_files_name_file_and_line(server, bibtex_like, tmp_path):
         "bibtex_trSplit.txt": b"1\n2\n99\n", "bibtex_tstSplit.txt": b"3\n"})
     with pytest.raises(DatasetError, match=r"badsplit.zip:bibtex_trSplit.txt:3: '99' is not a row "
                                            r"number in 1\.\.30"):
-        datasets.download(entry("bibtex", server, "/badsplit.zip"), tmp_path, progress=False)
+        download(entry("bibtex", server, "/badsplit.zip"), tmp_path, progress=False)
 
 
 # ---- command line ----
@@ -374,16 +375,16 @@ VW = (b"1 | 0:0.5 3:2\n"
 
 def test_convert_vw_writes_xc_with_0_based_labels(tmp_path):
     (tmp_path / "in.vw").write_bytes(VW)
-    shape = datasets.convert_vw(tmp_path / "in.vw", tmp_path / "out.txt")
+    shape = convert_vw(tmp_path / "in.vw", tmp_path / "out.txt")
     assert shape == (3, 6, 3)
     assert (tmp_path / "out.txt").read_text() == "3 6 3\n0 0:0.5 3:2\n2 2:1.5 5:1\n1\n"
-    datasets.convert_vw(tmp_path / "in.vw", tmp_path / "out.txt.gz", num_features=10,
-                        num_labels=5)
+    convert_vw(tmp_path / "in.vw", tmp_path / "out.txt.gz", num_features=10,
+               num_labels=5)
     data = read(tmp_path / "out.txt.gz")
     assert (data.num_points, data.num_features, data.num_labels) == (3, 10, 5)
     assert data.labels.indices.tolist() == [0, 2, 1]
     (tmp_path / "zero.vw").write_bytes(b"0 | 1:1\n")
-    assert datasets.convert_vw(tmp_path / "zero.vw", tmp_path / "z.txt", label_base=0) == (1, 2, 1)
+    assert convert_vw(tmp_path / "zero.vw", tmp_path / "z.txt", label_base=0) == (1, 2, 1)
 
 
 @pytest.mark.parametrize("line, problem", [
@@ -403,7 +404,7 @@ def test_convert_vw_names_file_and_line_of_malformed_input(tmp_path, line, probl
     path = tmp_path / "bad.vw"
     path.write_bytes(b"1 | 0:1\n\n" + line + b"\n")
     with pytest.raises(DataFormatError) as error:
-        datasets.convert_vw(path, tmp_path / "out.txt", num_features=10, num_labels=4)
+        convert_vw(path, tmp_path / "out.txt", num_features=10, num_labels=4)
     assert (error.value.path, error.value.line) == (str(path), 3)
     assert str(error.value).startswith(f"{path}:3: {problem}")
     assert not (tmp_path / "out.txt").exists()

@@ -19,9 +19,8 @@ import re
 import numpy as np
 
 from mach_jax.data.csr import CsrMatrix, XCDataset
-from mach_jax.errors import DataFormatError
 from mach_jax.data.registry import REGISTRY
-from mach_jax.errors import DatasetError
+from mach_jax.errors import DataFormatError, DatasetError
 
 PREFIX = "tfds:"
 _CONFIG_NAME = re.compile(r"[\w+\-.]+")  # what TFDS accepts in "dataset/config"
@@ -121,6 +120,57 @@ def _read_records(source, batch_size: int, where: str, split: str):
     return ids, values, labels, nnz, k
 
 
+def _full_name(name: str) -> str:
+    """``extreme_classification/CONFIG``, the TFDS name of a dataset."""
+    from mach_jax.data.tfds.builder import DATASET_NAME
+
+    return f"{DATASET_NAME}/{config_name(name)}"
+
+
+def _built_builder(tfds, name: str, data_dir, manual_dir):
+    """The TFDS builder of a built dataset; a registry dataset is built from manual_dir first.
+
+    Raises:
+      DatasetError: the dataset is not built (and cannot be built here).
+    """
+    if manual_dir is not None and config_name(name) in REGISTRY:
+        prepare(config_name(name), manual_dir, data_dir)
+    try:
+        builder = tfds.builder(_full_name(name), data_dir=data_dir)
+        built = builder.is_prepared()
+    except ValueError:  # neither built files nor a config of that name in the code
+        built = False
+    if not built:
+        raise DatasetError(f"{_full_name(name)} is not built in "
+                           f"{data_dir or 'the TFDS data folder'}; build it with: "
+                           f"python -m mach_jax.tfds {name} --manual-dir DIR"
+                           + (f" --data-dir {data_dir}" if data_dir else ""))
+    return builder
+
+
+def _data_source(tfds, builder, name: str, split: str):
+    """Random access to one split's records as raw bytes, once the features are ours.
+
+    Raises:
+      DataFormatError: features of another layout; DatasetError: not ArrayRecord, no such split.
+    """
+    from mach_jax.data.tfds.builder import DATASET_NAME, features
+
+    info, where = builder.info, str(builder.data_path)
+    if info.features.to_json() != features().to_json():  # the layout _read_records parses
+        raise DataFormatError(where, None, f"features {info.features} are not those of "
+                              f"{DATASET_NAME} (built by another version?)")
+    try:
+        return builder.as_data_source(
+            split=split, deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
+    except NotImplementedError:  # built by other means in another file format
+        raise DatasetError(f"{where} is not in ArrayRecord format; build it with: "
+                           f"python -m mach_jax.tfds {name} --manual-dir DIR") from None
+    except (ValueError, KeyError) as e:
+        raise DatasetError(f"{_full_name(name)}: bad split {split!r} (it has "
+                           f"{', '.join(info.splits)}): {str(e).splitlines()[0]}") from None
+
+
 def load_tfds(name: str, data_dir: str | os.PathLike | None = None, *, split: str,
               manual_dir: str | os.PathLike | None = None, batch_size: int = 4096) -> XCDataset:
     """Reads one split of a built dataset into memory, `batch_size` records per read.
@@ -145,41 +195,16 @@ def load_tfds(name: str, data_dir: str | os.PathLike | None = None, *, split: st
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     tfds = _tfds()
-    from mach_jax.data.tfds.builder import DATASET_NAME, features
-
-    full_name = f"{DATASET_NAME}/{config_name(name)}"
-    if manual_dir is not None and config_name(name) in REGISTRY:
-        prepare(config_name(name), manual_dir, data_dir)
-    try:
-        builder = tfds.builder(full_name, data_dir=data_dir)
-        built = builder.is_prepared()
-    except ValueError:  # neither built files nor a config of that name in the code
-        built = False
-    if not built:
-        raise DatasetError(f"{full_name} is not built in {data_dir or 'the TFDS data folder'};"
-                           f" build it with: python -m mach_jax.tfds {name} --manual-dir DIR"
-                           + (f" --data-dir {data_dir}" if data_dir else ""))
-    info = builder.info
+    builder = _built_builder(tfds, name, data_dir, manual_dir)
+    source = _data_source(tfds, builder, name, split)
     where = str(builder.data_path)
-    if info.features.to_json() != features().to_json():  # the layout parsed below
-        raise DataFormatError(where, None, f"features {info.features} are not those of "
-                              f"{DATASET_NAME} (built by another version?)")
-    try:
-        source = builder.as_data_source(
-            split=split, deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
-    except NotImplementedError:  # built by other means in another file format
-        raise DatasetError(f"{where} is not in ArrayRecord format; build it with: "
-                           f"python -m mach_jax.tfds {name} --manual-dir DIR") from None
-    except (ValueError, KeyError) as e:
-        raise DatasetError(f"{full_name}: bad split {split!r} (it has "
-                           f"{', '.join(info.splits)}): {str(e).splitlines()[0]}") from None
     ids, values, labels, nnz, k = _read_records(source, batch_size, where, split)
     fptr, lptr = (np.concatenate([[0], np.cumsum(c)]) for c in (nnz, k))
+    metadata = builder.info.metadata
     try:
         return XCDataset(
-            CsrMatrix(fptr, ids, values, int(info.metadata["num_features"])),
-            CsrMatrix(lptr, labels, np.ones(len(labels), np.float32),
-                      int(info.metadata["num_labels"])),
-            source=f"tfds:{full_name} [{split}] ({where})")
+            CsrMatrix(fptr, ids, values, int(metadata["num_features"])),
+            CsrMatrix(lptr, labels, np.ones(len(labels), np.float32), int(metadata["num_labels"])),
+            source=f"tfds:{_full_name(name)} [{split}] ({where})")
     except ValueError as e:  # ids outside [0, D) or [0, L), inconsistent lengths
         raise DataFormatError(where, None, f"split {split!r}: {e}") from None

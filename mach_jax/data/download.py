@@ -1,0 +1,279 @@
+"""Fetching, unpacking and verifying the registry's datasets, as ``root/NAME/{train,test}.txt``.
+
+`download` fetches an entry's files (see `mach_jax.data.registry`), each streamed into a
+``.part`` file that a re-run resumes (`fetch`); unpacks zip, tar(.gz), .gz or plain files and
+finds the files of the entry's layout (`mach_jax.data.archives`); writes ``train.txt`` and
+``test.txt`` in XC format (for data + split-file layouts, the points named by one split column,
+1-based row numbers); and checks every header's N, D, L against the registry and each file's
+sha256 where the registry has one. A dataset verified before (`MARKER` beside the files) is not
+fetched again. Lines are copied as they are, except that trailing spaces and CRs are dropped and
+a point without labels gets its leading space; ids are checked later by the strict reader
+(`read_xc`), as for any XC file. ``python -m mach_jax.datasets download`` is the command line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import html.parser
+import http.client
+import json
+import logging
+import os
+import shutil
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Sequence
+from pathlib import Path, PurePosixPath
+
+from tqdm import tqdm
+
+from mach_jax.data.archives import DAMAGED, convert_members, list_members, locate_members
+from mach_jax.data.files import write_json_atomically
+from mach_jax.data.registry import DatasetInfo, Download, get_dataset
+from mach_jax.errors import DatasetError
+
+MARKER = ".verified.json"
+_OUTPUTS = ("train.txt", "test.txt")
+_CHUNK = 1 << 20
+_TIMEOUT_S = 60
+logger = logging.getLogger("mach_jax")
+
+
+class _FormFinder(html.parser.HTMLParser):
+    """Each form's action and hidden inputs (Google Drive's "download anyway" page is one)."""
+
+    def __init__(self):
+        super().__init__()
+        self.forms: list[tuple[str, dict[str, str]]] = []
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "form":
+            self.forms.append((attrs.get("action") or "", {}))
+        elif tag == "input" and self.forms and attrs.get("type") == "hidden" and attrs.get("name"):
+            self.forms[-1][1][attrs["name"]] = attrs.get("value") or ""
+
+
+def _confirm_url(page: bytes, base: str) -> str | None:
+    """The URL behind a "file too large to scan: download anyway" form, or None."""
+    finder = _FormFinder()
+    finder.feed(page.decode("utf-8", "replace"))
+    for action, fields in finder.forms:
+        if "confirm" in fields:
+            return urllib.parse.urljoin(base, action) + "?" + urllib.parse.urlencode(fields)
+    return None
+
+
+def _open_url(url: str, start: int):
+    """The response for url from byte `start` on; None if the server refuses that range."""
+    headers = {"User-Agent": "mach_jax"} | ({"Range": f"bytes={start}-"} if start else {})
+    try:
+        return urllib.request.urlopen(urllib.request.Request(url, headers=headers),
+                                      timeout=_TIMEOUT_S)
+    except urllib.error.HTTPError as e:
+        if e.code == 416 and start:
+            return None
+        raise DatasetError(f"{url}: HTTP error {e.code} ({e.reason})") from None
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
+        raise DatasetError(f"{url}: cannot connect ({getattr(e, 'reason', e)})") from None
+
+
+def fetch(url: str, dest: Path, *, progress: bool = True, _hops: int = 0) -> Path:
+    """Downloads url to dest, streamed through ``dest.part``, which a later call resumes.
+
+    Args:
+      url: what to fetch (http(s), or file:// for a local file).
+      dest: where the complete file goes.
+      progress: show a progress bar.
+
+    Returns:
+      dest.
+
+    Raises:
+      DatasetError: HTTP or network failure, an HTML page instead of data, a cut-off transfer.
+    """
+    part = dest.with_name(dest.name + ".part")
+    start = part.stat().st_size if part.exists() else 0
+    response = _open_url(url, start)
+    if response is None:  # 416: the partial file cannot be continued
+        part.unlink()
+        start, response = 0, _open_url(url, 0)
+    with response:
+        if response.headers.get_content_type() == "text/html":
+            target = _confirm_url(response.read(1 << 20), response.geturl())
+            if target is None or _hops:
+                raise DatasetError(f"{url}: the server sent an HTML page, not the data (a quota or "
+                                   "sign-in page?); fetch the file in a browser and pass its path "
+                                   "with --url")
+            return fetch(target, dest, progress=progress, _hops=1)
+        if response.status != 206:
+            start = 0  # the server ignored the range: start over
+        length = response.headers.get("Content-Length", "")
+        total = start + int(length) if length.isdigit() else None
+        done, problem = start, None
+        with open(part, "ab" if start else "wb") as f, tqdm(
+                total=total, initial=start, unit="B", unit_scale=True, unit_divisor=1024,
+                desc=dest.name, disable=not progress, leave=False) as bar:
+            try:
+                while chunk := response.read(_CHUNK):
+                    f.write(chunk)
+                    bar.update(len(chunk))
+                    done += len(chunk)
+            except (OSError, http.client.HTTPException) as e:
+                problem = f"{type(e).__name__}: {e}"
+    if problem is None and total is not None and done < total:
+        problem = f"{total - done} bytes missing"
+    if problem is not None:
+        raise DatasetError(f"{url}: download stopped after {done} bytes ({problem}); "
+                           "run the same command again to resume")
+    os.replace(part, dest)
+    return dest
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _summary(info: DatasetInfo, split: int) -> dict:
+    return {"name": info.name, "num_features": info.num_features, "num_labels": info.num_labels,
+            "num_train": info.num_train, "num_test": info.num_test,
+            "split": split if info.layout.uses_splits else None}
+
+
+def _output_sizes(out_dir: Path) -> dict[str, int]:
+    return {name: (out_dir / name).stat().st_size for name in _OUTPUTS}
+
+
+def is_verified(out_dir: Path, info: DatasetInfo, split: int = 1) -> bool:
+    """Whether out_dir holds this dataset (and split), written and verified by `download`.
+
+    Args:
+      out_dir: the dataset folder, root/NAME.
+      info: the registry entry.
+      split: the split column it was written with (ignored for train + test layouts).
+
+    Returns:
+      True when `MARKER` names this entry and split and the outputs still have its sizes.
+    """
+    try:
+        marker = json.loads((out_dir / MARKER).read_text())
+        sizes = _output_sizes(out_dir)
+    except (OSError, ValueError):
+        return False
+    return marker.get("dataset") == _summary(info, split) and marker.get("bytes") == sizes
+
+
+@dataclasses.dataclass(frozen=True)
+class _Fetched:
+    """One downloaded file: where it is, where it came from, its sha256, its name as data."""
+
+    path: Path
+    url: str
+    sha256: str
+    single_name: str
+
+
+def _local_name(info: DatasetInfo, item: Download, index: int) -> str:
+    name = PurePosixPath(urllib.parse.urlparse(item.url).path).name
+    return name if "." in name else f"{info.name}-{index}.download"
+
+
+def _as_url(text: str) -> str:
+    return Path(text).resolve().as_uri() if "://" not in text and os.path.exists(text) else text
+
+
+def _downloads(info: DatasetInfo, urls: Sequence[str] | None) -> tuple[Download, ...]:
+    """The entry's downloads, or `urls` instead (with the entry's checksums when as many)."""
+    items = info.downloads
+    if urls:
+        urls = [_as_url(u) for u in urls]
+        items = (tuple(dataclasses.replace(d, url=u) for d, u in zip(items, urls))
+                 if len(urls) == len(items) else tuple(Download(u) for u in urls))
+    return items
+
+
+def _fetch_all(info: DatasetInfo, items: Sequence[Download], folder: Path,
+               say: Callable[[str], None], progress: bool) -> list[_Fetched]:
+    """Fetches each item into folder (unless an earlier run did) and checks its sha256."""
+    fetched = []
+    for index, item in enumerate(items):
+        dest = folder / _local_name(info, item, index)
+        if not dest.exists():
+            say(f"{info.name}: fetching {item.url}")
+            fetch(item.url, dest, progress=progress)
+        digest = _sha256(dest)
+        if item.sha256 and digest != item.sha256.lower():
+            dest.unlink()
+            raise DatasetError(f"{dest}: sha256 {digest} does not match the registry's "
+                               f"{item.sha256} (file from {item.url} removed)")
+        single = item.filename or PurePosixPath(urllib.parse.urlparse(item.url).path).name
+        fetched.append(_Fetched(dest, item.url, digest, single))
+    return fetched
+
+
+def _unpack(info: DatasetInfo, fetched: list[_Fetched], out_dir: Path, split: int) -> None:
+    """Writes out_dir/{train,test}.txt from the fetched files; removes them if damaged."""
+    try:
+        members = [m for f in fetched for m in list_members(f.path, f.single_name)]
+        convert_members(info, locate_members(members, info), out_dir, split)
+    except DAMAGED as e:
+        for f in fetched:
+            f.path.unlink(missing_ok=True)
+        raise DatasetError(f"{info.name}: damaged or truncated download ({e}); removed "
+                           f"{', '.join(str(f.path) for f in fetched)}, run again to fetch it "
+                           "afresh") from None
+    except NotImplementedError as e:  # e.g. a zip compression method Python lacks
+        raise DatasetError(f"{info.name}: cannot unpack {fetched[0].path} ({e}); unpack it by "
+                           "hand and pass the data files with --url") from None
+
+
+def download(dataset: str | DatasetInfo, root: str | os.PathLike, *, urls=None, split: int = 1,
+             progress: bool = True, keep_archive: bool = False, registry=None) -> Path:
+    """Fetches, unpacks and verifies a dataset into ``root/NAME/{train,test}.txt``.
+
+    Args:
+      dataset: a registry name (any case) or an entry.
+      root: parent folder; the dataset goes to root/NAME.
+      urls: fetch these instead of the entry's URLs (a mirror, or local files); the entry's
+        checksums still apply when there are as many URLs as the entry has downloads.
+      split: 1-based split column for data + split-file layouts.
+      progress: show a progress bar and log what happens (logger "mach_jax", INFO).
+      keep_archive: keep the downloaded files after a successful conversion.
+      registry: entries to look `dataset` up in; default `REGISTRY`.
+
+    Returns:
+      The dataset folder, holding train.txt (num_train points) and test.txt (num_test points)
+      of D features and L labels.
+
+    Raises:
+      DatasetError: network, archive, layout, header or checksum problems (one-line message).
+    """
+    info = dataset if isinstance(dataset, DatasetInfo) else get_dataset(dataset, registry)
+    if split < 1:
+        raise DatasetError(f"split must be 1 or more, got {split}")
+    split = split if info.layout.uses_splits else 1
+    items = _downloads(info, urls)
+    say = logger.info if progress else (lambda message: None)
+    out_dir = Path(root) / info.name
+    if is_verified(out_dir, info, split):
+        say(f"{info.name}: already downloaded and verified in {out_dir}")
+        return out_dir
+    folder = out_dir / "downloads"  # apart from the outputs, which may share their names
+    folder.mkdir(parents=True, exist_ok=True)
+    (out_dir / MARKER).unlink(missing_ok=True)  # half-replaced outputs must not look verified
+    fetched = _fetch_all(info, items, folder, say, progress)
+    _unpack(info, fetched, out_dir, split)
+    sources = [{"url": f.url, "sha256": f.sha256} for f in fetched]
+    write_json_atomically(out_dir / MARKER, {"dataset": _summary(info, split),
+                                             "bytes": _output_sizes(out_dir), "sources": sources})
+    if not keep_archive:
+        shutil.rmtree(folder)
+    say(f"{info.name}: wrote {out_dir / 'train.txt'} ({info.num_train} points) and "
+        f"test.txt ({info.num_test} points), D={info.num_features}, L={info.num_labels}")
+    return out_dir
