@@ -471,3 +471,18 @@ def test_real_file_prefix_matches_reference(name, split):
     _, d, l = lines[0].split()
     text = b"\n".join([b"200 " + d + b" " + l] + lines[1:201]) + b"\n"
     _assert_matches_reference(xc.parse_xc_bytes(text), _reference_parse(text))
+
+
+def test_atomic_writes_leave_the_usual_file_mode_and_no_temporary(tmp_path):
+    from mach_jax.data.files import atomic_output, write_json_atomically
+
+    write_json_atomically(tmp_path / "a.json", {"b": 1, "a": [2]})
+    with open(tmp_path / "plain.json", "w") as f:  # what a plain open() gives under this umask
+        f.write("{}")
+    assert (tmp_path / "a.json").stat().st_mode == (tmp_path / "plain.json").stat().st_mode
+    assert (tmp_path / "a.json").read_text() == '{\n  "a": [\n    2\n  ],\n  "b": 1\n}\n'
+    with pytest.raises(RuntimeError), atomic_output(tmp_path / "a.json") as f:
+        f.write(b"half")
+        raise RuntimeError("the write fails")
+    assert (tmp_path / "a.json").read_text().startswith('{\n  "a"')  # the old file is kept
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "plain.json"]

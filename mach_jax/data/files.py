@@ -37,6 +37,8 @@ def atomic_output(path: str | os.PathLike) -> Iterator[BinaryIO]:
     path = Path(path)
     fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        # mkstemp makes the file private (0600); give it the mode a plain open() would have.
+        os.chmod(temporary, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as file:
             yield file
         os.replace(temporary, path)
@@ -44,6 +46,12 @@ def atomic_output(path: str | os.PathLike) -> Iterator[BinaryIO]:
         with contextlib.suppress(OSError):
             os.unlink(temporary)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)  # the only way to read it; set straight back
+    os.umask(mask)
+    return mask
 
 
 def write_bytes_atomically(path: str | os.PathLike, data: bytes) -> None:
