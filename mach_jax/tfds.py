@@ -9,10 +9,8 @@ or `mach_jax.data.tfds.load_tfds` reads it. A dataset already built is left as i
 from __future__ import annotations
 
 import argparse
-import sys
 
 from mach_jax import cli
-from mach_jax.errors import DatasetError
 from mach_jax.data.tfds import prepare
 
 
@@ -29,11 +27,7 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_arguments(argv)
-    try:
-        print(prepare(args.name, args.manual_dir, args.data_dir))
-    except DatasetError as error:  # same one-line report and status as run_cli's own errors
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    print(prepare(args.name, args.manual_dir, args.data_dir))  # errors: one line via cli.run_cli
     return 0
 
 

@@ -1,11 +1,32 @@
-"""Shared fixtures: the real data folder beside the repo (tests skip cleanly without it)."""
+"""Shared fixtures: the real data folder beside the repo (tests skip cleanly without it); the
+test session's JAX settings, set here before anything imports JAX, and inherited by the
+subprocesses the command-line tests start.
+
+- The CPU backend, unless ``MACH_JAX_TEST_PLATFORMS`` names others: the tests compare results
+  bit for bit, which XLA guarantees on CPU only, so the suite passes on a GPU install too.
+- One persistent compilation cache for the whole session: the same small programs (the tiny
+  preset's steps, compiled by dozens of tests and subprocesses) are compiled once and loaded
+  after that. A cached executable is the one the compiler produced: results are unchanged.
+"""
 
 from __future__ import annotations
 
+import atexit
+import os
+import shutil
 import struct
+import tempfile
 from pathlib import Path
 
 import pytest
+
+os.environ["JAX_PLATFORMS"] = os.environ.get("MACH_JAX_TEST_PLATFORMS", "cpu")
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _cache = tempfile.mkdtemp(prefix="mach_jax_test_jit_cache_")
+    atexit.register(shutil.rmtree, _cache, ignore_errors=True)
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+    os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"

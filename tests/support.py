@@ -1,9 +1,17 @@
-"""Small builders the tests share (not library code): datasets from Python rows, and the
-host-side class -> bucket table that the on-device hashing is checked against."""
+"""What the tests share (not library code): datasets from Python rows, the host-side class ->
+bucket table that the on-device hashing is checked against, and commands run in-process."""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import importlib
+import io
+import logging
+from pathlib import Path
+
 import numpy as np
+import pytest
 
 from mach_jax.core.hashing import hash_to_range, repetition_seeds
 from mach_jax.data.csr import CsrMatrix, XCDataset
@@ -50,3 +58,41 @@ def bucket_lookup(num_labels: int, num_buckets: int, base_seed: int, repetitions
     """
     return hash_to_range(np.arange(num_labels, dtype=np.uint32),
                          repetition_seeds(base_seed, repetitions), num_buckets)
+
+
+@dataclasses.dataclass
+class CommandResult:
+    """What a command run in-process returned and printed (as ``subprocess.CompletedProcess``)."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run_in_process(module: str, *args: str, cwd: Path, check: bool = True) -> CommandResult:
+    """``python -m module args`` in this process, through the command's real error path
+    (``cli.run_cli``: one line and status 2 for expected errors), from ``cwd`` with its own
+    parse cache. For tests where the process boundary itself is not what is tested: it saves
+    the 3-4 s a fresh Python + JAX process costs."""
+    from mach_jax import cli
+
+    main = importlib.import_module(module).main
+    logger = logging.getLogger("mach_jax")
+    saved_handlers = logger.handlers[:]
+    logger.handlers.clear()  # run_cli attaches a handler to the redirected stderr
+    out, err = io.StringIO(), io.StringIO()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(cwd)
+        patch.setenv("MACH_JAX_CACHE_DIR", str(Path(cwd) / "cache"))
+        try:
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                cli.run_cli(lambda: main(list(args)))
+            code = 0
+        except SystemExit as stop:
+            code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
+        finally:
+            logger.handlers[:] = saved_handlers
+    result = CommandResult(code, out.getvalue(), err.getvalue())
+    if check and code != 0:
+        raise AssertionError(f"{module} {args} exited {code}:\n{result.stdout}\n{result.stderr}")
+    return result

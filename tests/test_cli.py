@@ -1,4 +1,8 @@
-"""Round trips through the real commands in subprocesses: train -> checkpoint -> restore -> evaluate."""
+"""Round trips through the real commands: train -> checkpoint -> restore -> evaluate.
+
+The commands run in-process through their real entry and error path (``support.run_in_process``);
+the process boundary itself (``python -m``, exit status, no traceback) is checked in a subprocess.
+"""
 
 import json
 import os
@@ -10,11 +14,12 @@ import pytest
 from mach_jax.data.synthetic import make_synthetic
 from mach_jax.config import get_preset
 from mach_jax.data.xc_format import write_xc
+from support import run_in_process as run
 
 TINY = ["--preset", "tiny", "--quiet"]
 
 
-def run(module, *args, cwd, check=True):
+def run_process(module, *args, cwd, check=True):
     env = dict(os.environ, JAX_PLATFORMS="cpu", MACH_JAX_CACHE_DIR=str(cwd / "cache"))
     result = subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env,
                             capture_output=True, text=True, timeout=600)
@@ -89,6 +94,6 @@ def test_bad_input_file_names_file_and_line(tmp_path):
 
 
 def test_bad_flag_value_is_refused_before_training(tmp_path):
-    result = run("mach_jax.train", *TINY, "-B", "1", "--workdir", "w", cwd=tmp_path, check=False)
+    result = run_process("mach_jax.train", *TINY, "-B", "1", "--workdir", "w", cwd=tmp_path, check=False)
     assert result.returncode == 2 and "model.num_buckets=1" in result.stderr
     assert not (tmp_path / "w").exists()

@@ -22,6 +22,7 @@ from mach_jax.data.synthetic import make_synthetic
 from mach_jax.config import Config
 from mach_jax.errors import ConfigError
 from mach_jax.errors import WorkdirError
+from support import run_in_process
 
 TINY = ["--preset", "tiny", "--quiet"]
 COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
@@ -33,6 +34,10 @@ def environment(tmp_path, devices):
 
 
 def run(args, tmp_path, devices=1, check=True):
+    """A command with ``devices`` CPU devices: in a subprocess (XLA fixes the device count at
+    start-up), or in this process when one device is asked for, as this process has."""
+    if devices == 1 and args[0] == "-m":
+        return run_in_process(args[1], *args[2:], cwd=tmp_path, check=check)
     result = subprocess.run([sys.executable, *args], cwd=tmp_path, env=environment(tmp_path, devices),
                             capture_output=True, text=True, timeout=600)
     if check and result.returncode != 0:

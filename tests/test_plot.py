@@ -1,8 +1,6 @@
 """``python -m mach_jax.plot``: PNG files from a trained tiny run, and P@k against r."""
 
 import json
-import os
-import subprocess
 import sys
 
 import jax
@@ -13,6 +11,7 @@ from mach_jax import MachEnsemble, get_preset, plot
 from mach_jax import experiment
 from mach_jax.data import prepare
 from mach_jax.data import sources
+from support import run_in_process
 
 CONFIG = get_preset("tiny").replace(train={"eval_every_epochs": 1})
 KS = (1, 3, 5)
@@ -30,11 +29,8 @@ def trained(tmp_path_factory):
 def test_plot_command_writes_valid_png_files(trained, tmp_path, png_size):
     pytest.importorskip("matplotlib")
     workdir, *_ = trained
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
-    result = subprocess.run([sys.executable, "-m", "mach_jax.plot", str(workdir), "--out",
-                             str(tmp_path / "plots"), "--quiet"], env=env, capture_output=True,
-                            text=True, timeout=600)
-    assert result.returncode == 0, result.stderr
+    result = run_in_process("mach_jax.plot", str(workdir), "--out", str(tmp_path / "plots"), "--quiet",
+                            cwd=tmp_path)
     for name in ("training_curves.png", "precision_vs_repetitions.png"):
         path = tmp_path / "plots" / name
         assert f"wrote {path}" in result.stdout

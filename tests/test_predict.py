@@ -1,4 +1,5 @@
-"""Streaming prediction through the real command, and the exported StableHLO predictor."""
+"""Streaming prediction through the real command (in-process), and the exported StableHLO
+predictor (in a subprocess that never imports mach_jax)."""
 
 import os
 import subprocess
@@ -14,6 +15,7 @@ from mach_jax.data.batches import pad_rows
 from mach_jax.data.synthetic import make_synthetic
 from mach_jax.data.xc_format import read_xc, write_xc
 from mach_jax.data.xc_stream import iter_xc_chunks
+from support import run_in_process
 
 TINY = get_preset("tiny")
 
@@ -55,14 +57,11 @@ def test_stream_errors_name_the_line_in_the_whole_file(tmp_path):
 
 def test_predict_command_streams_the_same_top_k(trained):
     root, test = trained
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
-    shown = subprocess.run([sys.executable, "-m", "mach_jax.predict", "--workdir", "work", "--input", "test.txt.gz",
-                            "--k", "3", "--chunk-rows", "64", "--output", "out.txt"], cwd=root, env=env,
-                           check=True, capture_output=True, text=True)
+    shown = run_in_process("mach_jax.predict", "--workdir", "work", "--input", "test.txt.gz", "--k", "3",
+                           "--chunk-rows", "64", "--output", "out.txt", cwd=root)
     assert "predict: 4chunk" in shown.stderr  # a progress bar over the streamed chunks
-    quiet = subprocess.run([sys.executable, "-m", "mach_jax.predict", "--workdir", "work", "--input",
-                            "test.txt.gz", "--k", "3", "--output", "quiet.txt", "--quiet"], cwd=root, env=env,
-                           check=True, capture_output=True, text=True)
+    quiet = run_in_process("mach_jax.predict", "--workdir", "work", "--input", "test.txt.gz", "--k", "3",
+                           "--output", "quiet.txt", "--quiet", cwd=root)
     assert "chunk" not in quiet.stderr
     assert (root / "quiet.txt").read_text() == (root / "out.txt").read_text()
     lines = (root / "out.txt").read_text().splitlines()
@@ -111,10 +110,8 @@ def test_approximate_predictions_through_api_and_command(trained):
     one = MachEnsemble.load(root / "work", decoder="approx", top_buckets=1)
     expected_scores, expected_ids = one.predict(test.features, k=5)
     assert not np.array_equal(expected_ids, exact_ids)
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
-    subprocess.run([sys.executable, "-m", "mach_jax.predict", "--workdir", "work", "--input", "test.txt.gz",
-                    "--decoder", "approx", "--top-buckets", "1", "--chunk-rows", "50", "--output", "approx.txt"],
-                   cwd=root, env=env, check=True, capture_output=True)
+    run_in_process("mach_jax.predict", "--workdir", "work", "--input", "test.txt.gz", "--decoder", "approx",
+                   "--top-buckets", "1", "--chunk-rows", "50", "--output", "approx.txt", cwd=root)
     rows = [[item.split(":") for item in line.split()] for line in (root / "approx.txt").read_text().splitlines()]
     np.testing.assert_array_equal([[int(i) for i, _ in row] for row in rows], expected_ids)
     widest = int(np.argmax(test.features.row_nnz()))

@@ -15,7 +15,7 @@ from mach_jax.training import optimizer
 from mach_jax.training import step as steps
 from mach_jax.config import Config, ModelConfig
 from mach_jax.errors import ConfigError
-from mach_jax.readout.ensemble import member_seeds
+from mach_jax.core.ensemble_spec import member_seeds
 
 CONFIG = ModelConfig(num_repetitions=3, num_buckets=8, hidden_sizes=(12, 10), input_layer="sparse")
 NUM_FEATURES, NUM_LABELS, LR = 40, 30, 1e-2

@@ -21,7 +21,8 @@ from mach_jax.data.csr import CsrMatrix, XCDataset  # noqa: E402
 from mach_jax.errors import DataFormatError
 from mach_jax.errors import DatasetError
 from mach_jax.data.tfds import load_tfds, parse_data_spec, prepare  # noqa: E402
-from mach_jax import tfds as tfds_cli  # noqa: E402
+from mach_jax import cli, tfds as tfds_cli  # noqa: E402
+from support import run_in_process  # noqa: E402
 from mach_jax.data.tfds.builder import XcConfig, find_split_file  # noqa: E402
 from mach_jax.data.xc_format import read_xc, write_xc  # noqa: E402
 
@@ -112,11 +113,8 @@ def test_data_source_reads_without_tensorflow(tiny):
 
 def test_registry_config_from_downloader_layout(shared_data, tmp_path):
     """Bibtex through its registry config: the CLI builds it, load_tfds reads it back."""
-    result = subprocess.run(
-        [sys.executable, "-m", "mach_jax.tfds", "Bibtex", "--manual-dir", str(shared_data),
-         "--data-dir", str(tmp_path / "cli")], capture_output=True, text=True, cwd=REPO_ROOT,
-        timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_in_process("mach_jax.tfds", "Bibtex", "--manual-dir", str(shared_data),
+                            "--data-dir", str(tmp_path / "cli"), cwd=tmp_path)
     assert result.stdout.strip().endswith(os.path.join("extreme_classification", "bibtex",
                                                        "1.0.0"))
     expected = read_xc(shared_data / "bibtex" / "test.txt.gz")
@@ -170,7 +168,9 @@ def test_build_errors(tiny, tmp_path, capsys):
     with pytest.raises(DatasetError, match="unknown dataset 'Nope'; known: Mediamill, Bibtex"):
         prepare("Nope", manual, tmp_path)
     capsys.readouterr()  # TFDS's progress bars so far
-    assert tfds_cli.main(["Nope", "--manual-dir", str(manual), "--data-dir", str(tmp_path)]) == 2
+    with pytest.raises(SystemExit) as stopped:  # the command's own error path: one line, status 2
+        cli.run_cli(lambda: tfds_cli.main(["Nope", "--manual-dir", str(manual), "--data-dir", str(tmp_path)]))
+    assert stopped.value.code == 2
     assert capsys.readouterr().err.startswith("error: unknown dataset 'Nope'; known: ")
 
 
@@ -187,15 +187,14 @@ def test_records_that_do_not_fit_the_metadata(tiny, tmp_path):
 def test_training_on_a_tfds_source_equals_training_on_its_files(tiny, tmp_path):
     """--data tfds:NAME trains on exactly the data of the XC files it was built from."""
     manual, data_dir = tiny
-    common = [sys.executable, "-m", "mach_jax.train", "--preset", "tiny", "--quiet", "--epochs", "1"]
-    env = dict(os.environ, JAX_PLATFORMS="cpu", MACH_JAX_CACHE_DIR=str(tmp_path / "cache"))
-    subprocess.run(common + ["--data", "tfds:tiny-test", "--tfds-data-dir", str(data_dir), "--workdir", "a"],
-                   cwd=tmp_path, env=env, check=True, capture_output=True)
-    subprocess.run(common + ["--train", str(manual / "train.txt"), "--test", str(manual / "test.txt.gz"),
-                             "--workdir", "b"], cwd=tmp_path, env=env, check=True, capture_output=True)
+    common = ["--preset", "tiny", "--quiet", "--epochs", "1"]
+    run_in_process("mach_jax.train", *common, "--data", "tfds:tiny-test", "--tfds-data-dir", str(data_dir),
+                   "--workdir", "a", cwd=tmp_path)
+    run_in_process("mach_jax.train", *common, "--train", str(manual / "train.txt"), "--test",
+                   str(manual / "test.txt.gz"), "--workdir", "b", cwd=tmp_path)
     via_tfds, via_files = (json.loads((tmp_path / w / "metrics.json").read_text()) for w in ("a", "b"))
     for key in ("P@1", "P@3", "P@5", "nDCG@5"):
         assert via_tfds[key] == via_files[key], key
-    bad = subprocess.run(common + ["--data", "nope", "--workdir", "c"], cwd=tmp_path, env=env,
-                         capture_output=True, text=True)
+    bad = run_in_process("mach_jax.train", *common, "--data", "nope", "--workdir", "c", cwd=tmp_path,
+                         check=False)
     assert bad.returncode == 2 and "data.dataset" in bad.stderr and "Traceback" not in bad.stderr
