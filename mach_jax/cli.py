@@ -87,6 +87,9 @@ def add_config_flags(parser: argparse.ArgumentParser, sections: tuple[str, ...],
     if with_preset:
         parser.add_argument("--preset", default="default", choices=sorted(PRESETS),
                             help="named settings to start from (default: %(default)s)")
+    from mach_jax.core.losses import LOSSES  # the registry imports JAX: only when flags are built
+
+    choices = dict(_CHOICES, **{"train.loss": tuple(LOSSES)})
     for section in sections:
         group = parser.add_argument_group(f"{section} settings")
         section_cls = type(getattr(Config(), section))
@@ -95,8 +98,8 @@ def add_config_flags(parser: argparse.ArgumentParser, sections: tuple[str, ...],
             for part in path.split(".")[1:]:
                 default = getattr(default, part)
             group.add_argument(f"--{flag}", *_ALIASES.get(path, []), dest=path, default=None,
-                               type=_converter(path, field.type), choices=_CHOICES.get(path),
-                               metavar=None if path in _CHOICES else field.name.split("_")[-1].upper(),
+                               type=_converter(path, field.type), choices=choices.get(path),
+                               metavar=None if path in choices else field.name.split("_")[-1].upper(),
                                help=f"{path} (default preset: {default})")
 
 

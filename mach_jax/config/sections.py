@@ -210,7 +210,8 @@ class TrainConfig:
                  "must be in [0, 1)")
         _require(self.batch_size >= 1, "train.batch_size", self.batch_size, "must be >= 1")
         _require(self.learning_rate > 0, "train.learning_rate", self.learning_rate, "must be > 0")
-        # Imported here, not at the top: the loss registry imports JAX, and --help should not wait for it.
+        # Imported here, not at the top: the loss registry imports JAX, and importing the config
+        # alone (the data commands, scripts before they need JAX) should not.
         from mach_jax.core.losses import LOSSES
         _require(self.loss in LOSSES, "train.loss", self.loss, f"must be one of {tuple(LOSSES)}")
         _require(self.log_every_steps >= 1, "train.log_every_steps", self.log_every_steps, "must be >= 1")

@@ -12,8 +12,8 @@ studied as L grows from 10^4 to 10^6:
   Zipf law over a random order of the label ids, and a topic is as prevalent as its labels are;
 - a point mixes 1 to ``max_topics_per_point`` topics with Dirichlet weights. Its labels (Poisson,
   mean ``labels_per_point``, possibly none) come from its topics by popularity, without
-  replacement, a share ``label_noise`` from the global popularity instead. Its words are drawn from the topic mixture,
-  a share ``noise_share`` from the global word frequency and a share ``label_word_share`` from a
+  replacement, a share ``label_noise`` from the global popularity instead. Its words are drawn
+  from the topic mixture, a share ``noise_share`` from the global word frequency and a share ``label_word_share`` from a
   few words owned by each of its labels (tags that show in the text). Words are drawn until the
   point holds its number of distinct words (mean ``words_per_point``); values are the counts.
 
@@ -28,6 +28,7 @@ import dataclasses
 
 import numpy as np
 
+from mach_jax.data import sampling
 from mach_jax.data.csr import CsrMatrix, XCDataset
 from mach_jax.errors import ConfigError
 
@@ -119,73 +120,32 @@ class _Topics:
     label_words: np.ndarray  # int32 [L, words_per_label]
 
 
-def _zipf_weights(n: int, exponent: float, rng: np.random.Generator) -> np.ndarray:
-    """Float64 [n] probabilities, a power law over a random order of the ids."""
-    weights = (rng.permutation(n) + 1.0) ** -exponent
-    return weights / weights.sum()
-
-
-def _sample(cdf: np.ndarray, u: np.ndarray) -> np.ndarray:
-    """Ids drawn from a cumulative distribution, ``u`` uniform in [0, 1)."""
-    return np.minimum(np.searchsorted(cdf, u * cdf[-1], side="right"), len(cdf) - 1)
-
-
-def _sample_grouped(ptr: np.ndarray, cdf: np.ndarray, groups: np.ndarray, u: np.ndarray) -> np.ndarray:
-    """Entry indices drawn within each group of a grouped cdf (one searchsorted for all)."""
-    found = np.searchsorted(cdf, groups + u, side="right")
-    return np.clip(found, ptr[groups], ptr[groups + 1] - 1)
-
-
-def _unique(keys: np.ndarray) -> np.ndarray:
-    """Sorted distinct values of non-negative ``keys`` (a plain sort: faster than np.unique here)."""
-    keys = np.sort(keys)
-    return keys[np.diff(keys, prepend=-1) != 0]
-
-
-def _group_ptr(groups: np.ndarray, num_groups: int) -> np.ndarray:
-    """Int64 [G + 1]: group g holds entries ptr[g]:ptr[g + 1] of the sorted ``groups``."""
-    ptr = np.zeros(num_groups + 1, np.int64)
-    np.cumsum(np.bincount(groups, minlength=num_groups), out=ptr[1:])
-    return ptr
-
-
-def _grouped_cdf(groups: np.ndarray, weights: np.ndarray, num_groups: int):
-    """(ptr int64 [G + 1], cdf float64 [n]) for entries sorted by group; no group may be empty."""
-    ptr = _group_ptr(groups, num_groups)
-    within = np.cumsum(weights)
-    within -= np.repeat(np.concatenate([[0.0], within])[ptr[:-1]], np.diff(ptr))
-    totals = within[ptr[1:] - 1]
-    cdf = groups + within / np.repeat(totals, np.diff(ptr))
-    cdf[ptr[1:] - 1] = np.arange(1, num_groups + 1)
-    return ptr, cdf
-
-
 def _topic_words(config: TopicDataConfig, word_cdf: np.ndarray, rng: np.random.Generator):
     """(ptr int64 [T + 1], words int32 [S], grouped cdf [S]): each topic's word distribution."""
     num_features, num_topics = config.num_features, config.topics
     sizes = rng.lognormal(np.log(config.words_per_topic), _TOPIC_SIZE_SIGMA, num_topics)
     sizes = np.clip(np.rint(sizes), 1, num_features).astype(np.int64)
-    draws = _sample(word_cdf, rng.random(int(sizes.sum())))
-    keys = _unique(np.repeat(np.arange(num_topics, dtype=np.int64), sizes) * num_features + draws)
+    draws = sampling.sample(word_cdf, rng.random(int(sizes.sum())))
+    keys = sampling.unique(np.repeat(np.arange(num_topics, dtype=np.int64), sizes) * num_features + draws)
     topic, words = keys // num_features, (keys % num_features).astype(np.int32)
     # A random rank within each topic: its own power law, unrelated to the global frequency.
     order = np.argsort(topic + rng.random(len(keys)))
     rank = np.empty(len(keys))
     rank[order] = np.arange(len(keys)) - np.searchsorted(topic, topic[order])
-    ptr, cdf = _grouped_cdf(topic, (rank + 1) ** -config.word_zipf_exponent, num_topics)
+    ptr, cdf = sampling.grouped_cdf(topic, (rank + 1) ** -config.word_zipf_exponent, num_topics)
     return ptr, words, cdf
 
 
 def _build_topics(config: TopicDataConfig, rng: np.random.Generator) -> _Topics:
     """Draws the vocabulary, the topics' words and labels and the labels' own words."""
     num_labels, num_topics = config.num_labels, config.topics
-    word_cdf = np.cumsum(_zipf_weights(config.num_features, config.word_zipf_exponent, rng))
+    word_cdf = np.cumsum(sampling.zipf_weights(config.num_features, config.word_zipf_exponent, rng))
     word_ptr, words, topic_word_cdf = _topic_words(config, word_cdf, rng)
 
-    popularity = _zipf_weights(num_labels, config.label_zipf_exponent, rng)
+    popularity = sampling.zipf_weights(num_labels, config.label_zipf_exponent, rng)
     primary = rng.permutation(num_labels) % num_topics  # every topic owns a label
     second = np.flatnonzero(rng.random(num_labels) < config.multi_topic_share)
-    keys = _unique(np.concatenate([primary * np.int64(num_labels) + np.arange(num_labels),
+    keys = sampling.unique(np.concatenate([primary * np.int64(num_labels) + np.arange(num_labels),
                                      rng.integers(0, num_topics, len(second)) * np.int64(num_labels)
                                      + second]))
     topic, labels = keys // num_labels, (keys % num_labels).astype(np.int32)
@@ -196,7 +156,7 @@ def _build_topics(config: TopicDataConfig, rng: np.random.Generator) -> _Topics:
     picks = word_ptr[primary][:, None] + (rng.random((num_labels, config.words_per_label))
                                           * sizes[:, None]).astype(np.int64)
     return _Topics(word_cdf, np.cumsum(popularity), np.cumsum(topic_mass), word_ptr, words,
-                   topic_word_cdf, _group_ptr(topic, num_topics), labels,
+                   topic_word_cdf, sampling.group_ptr(topic, num_topics), labels,
                    popularity[labels] / topic_mass[topic], words[picks])
 
 
@@ -252,7 +212,7 @@ def _point_labels(topics: _Topics, config: TopicDataConfig, point_topics: np.nda
     chosen = order[np.arange(len(rows)) - np.searchsorted(rows, rows) < targets[rows]]
     ids = topics.labels[entries[chosen]]
     noisy = np.flatnonzero(rng.random(len(ids)) < config.label_noise)
-    ids[noisy] = _sample(topics.label_cdf, rng.random(len(noisy)))
+    ids[noisy] = sampling.sample(topics.label_cdf, rng.random(len(noisy)))
     draws = np.bincount(rows[chosen], minlength=num_points)
     labels = _distinct_prefix(rows[chosen], ids, draws, draws, config.num_labels)
     return CsrMatrix(labels.indptr, labels.indices, np.ones_like(labels.values), labels.num_cols)
@@ -274,9 +234,9 @@ def _point_words(topics: _Topics, config: TopicDataConfig, point_topics: np.ndar
     background, from_label = np.flatnonzero(background), np.flatnonzero(from_label)
 
     ids = np.empty(len(rows), np.int64)
-    ids[background] = _sample(topics.word_cdf, rng.random(len(background)))
+    ids[background] = sampling.sample(topics.word_cdf, rng.random(len(background)))
     topic = _pick_topics(rows[from_topic], point_topics, weights, rng)
-    ids[from_topic] = topics.words[_sample_grouped(topics.word_ptr, topics.topic_word_cdf, topic,
+    ids[from_topic] = topics.words[sampling.sample_grouped(topics.word_ptr, topics.topic_word_cdf, topic,
                                                    rng.random(len(from_topic)))]
     label_rows = rows[from_label]
     nnz = labels.row_nnz()[label_rows]
@@ -290,7 +250,7 @@ def _make_points(topics: _Topics, config: TopicDataConfig, num_points: int,
     """(features [n, D], labels [n, L]) for ``num_points`` fresh points."""
     width = config.max_topics_per_point
     num_mixed = 1 + rng.binomial(width - 1, _EXTRA_TOPIC_PROB, num_points)
-    point_topics = _sample(topics.topic_cdf, rng.random((num_points, width)))
+    point_topics = sampling.sample(topics.topic_cdf, rng.random((num_points, width)))
     weights = rng.gamma(config.topic_concentration, 1.0, (num_points, width))
     weights[np.arange(width) >= num_mixed[:, None]] = 0.0
     weights[:, 0] += weights.sum(axis=1) == 0  # a small concentration can underflow to all 0
