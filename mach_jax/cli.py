@@ -14,6 +14,7 @@ import sys
 from typing import Any, Callable
 
 from mach_jax.config import (AGGREGATIONS, DECODERS, EMBEDDING_OPTIMIZERS, EMBEDDING_UPDATES, INPUT_LAYERS,
+                             INPUT_TRANSFORMS,
                              LR_SCHEDULES, OVERFLOW_POLICIES, PRESETS, Config, get_preset)
 from mach_jax.errors import USER_ERRORS, ConfigError, TrainingInterrupted
 
@@ -31,6 +32,7 @@ _ALIASES = {
 
 _CHOICES = {
     "data.overflow": OVERFLOW_POLICIES,
+    "data.input_transform": INPUT_TRANSFORMS,
     "model.input_layer": INPUT_LAYERS,
     "train.embedding_update": EMBEDDING_UPDATES,
     "train.embedding_optimizer": EMBEDDING_OPTIMIZERS,

@@ -26,9 +26,9 @@ from mach_jax.training.loop import Evaluate
 def evaluator(config: Config, eval_data: XCDataset, split: str):
     """A ``loop.EvaluatorFactory``: P@k, nDCG@k, PSP@k of the members trained (the first
     ``eval.eval_repetitions``) on ``eval_data``, tagged with its ``split``."""
-    def bind(info: RunInfo, counts: np.ndarray, rep_ids: tuple[int, ...]) -> Evaluate:
+    def bind(info: RunInfo, counts: np.ndarray, rep_ids: tuple[int, ...], idf: np.ndarray | None) -> Evaluate:
         def evaluate(params: model.Params, progress: bool) -> dict:
-            ensemble = MachEnsemble(config, info, params, counts, rep_ids=rep_ids)
+            ensemble = MachEnsemble(config, info, params, counts, rep_ids=rep_ids, feature_idf=idf)
             return {**ensemble.evaluate(eval_data, progress=progress), "split": split}
         return evaluate
     return bind

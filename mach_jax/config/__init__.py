@@ -6,12 +6,12 @@ JSON round trip, ``presets`` the named settings. Import from here.
 
 from mach_jax.config.presets import PRESETS, get_preset
 from mach_jax.config.sections import (AGGREGATIONS, DECODERS, EMBEDDING_OPTIMIZERS, EMBEDDING_UPDATES,
-                                      INPUT_LAYERS, LR_SCHEDULES, OVERFLOW_POLICIES,
+                                      INPUT_LAYERS, INPUT_TRANSFORMS, LR_SCHEDULES, OVERFLOW_POLICIES,
                                       ROWWISE_ADAGRAD_LEARNING_RATE, DataConfig, EvalConfig, ModelConfig,
                                       ParallelConfig, SyntheticConfig, TrainConfig)
 from mach_jax.config.tree import FORMAT_VERSION, Config, resumable_fields
 
 __all__ = ["AGGREGATIONS", "DECODERS", "EMBEDDING_OPTIMIZERS", "EMBEDDING_UPDATES", "FORMAT_VERSION",
-           "INPUT_LAYERS", "LR_SCHEDULES", "OVERFLOW_POLICIES", "PRESETS", "ROWWISE_ADAGRAD_LEARNING_RATE",
+           "INPUT_LAYERS", "INPUT_TRANSFORMS", "LR_SCHEDULES", "OVERFLOW_POLICIES", "PRESETS", "ROWWISE_ADAGRAD_LEARNING_RATE",
            "Config", "DataConfig", "EvalConfig", "ModelConfig", "ParallelConfig", "SyntheticConfig",
            "TrainConfig", "get_preset", "resumable_fields"]

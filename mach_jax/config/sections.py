@@ -16,6 +16,7 @@ from mach_jax.errors import ConfigError
 AGGREGATIONS = ("prob", "logit", "log_prob")
 DECODERS = ("exact", "approx")
 OVERFLOW_POLICIES = ("truncate", "error")
+INPUT_TRANSFORMS = ("none", "log1p", "l2", "log1p_l2", "tfidf_l2")  # see data/transforms.py
 INPUT_LAYERS = ("auto", "sparse", "dense")
 EMBEDDING_UPDATES = ("auto", "lazy", "dense")
 EMBEDDING_OPTIMIZERS = ("adam", "rowwise_adagrad")
@@ -85,6 +86,7 @@ class DataConfig:
     max_nnz: int | None = None
     max_labels: int | None = None
     overflow: str = "truncate"
+    input_transform: str = "none"
     cache_dir: str | None = may_change_on_resume(None)
     valid_frac: float = 0.0
     valid_seed: int = 0
@@ -103,6 +105,8 @@ class DataConfig:
             _require(value is None or value >= 1, f"data.{name}", value, "must be >= 1 or None")
         _require(self.overflow in OVERFLOW_POLICIES, "data.overflow", self.overflow,
                  f"must be one of {OVERFLOW_POLICIES}")
+        _require(self.input_transform in INPUT_TRANSFORMS, "data.input_transform", self.input_transform,
+                 f"must be one of {INPUT_TRANSFORMS}")
         _require(isinstance(self.valid_frac, (int, float)) and 0.0 <= self.valid_frac < 1.0,
                  "data.valid_frac", self.valid_frac, "must be in [0, 1) (0: no validation split)")
         _require(0 <= self.valid_seed < 2**32, "data.valid_seed", self.valid_seed, "must be in [0, 2**32)")

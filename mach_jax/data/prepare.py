@@ -11,7 +11,7 @@ import dataclasses
 import numpy as np
 
 from mach_jax.config import Config
-from mach_jax.data import batches
+from mach_jax.data import batches, transforms
 from mach_jax.data.csr import XCDataset
 from mach_jax.errors import ConfigError
 
@@ -43,12 +43,24 @@ def label_counts(dataset: XCDataset) -> np.ndarray:
     return np.bincount(dataset.labels.indices, minlength=dataset.num_labels)
 
 
-def prepare_train_data(config: Config, train: XCDataset) -> tuple[XCDataset, RunInfo]:
-    """Caps row widths (K features, M labels) once and records what the data fixed."""
+def feature_idf(config: Config, train: XCDataset) -> np.ndarray | None:
+    """The training features' idf, float32 [D], when ``data.input_transform`` uses it, else None."""
+    if not transforms.uses_idf(config.data.input_transform):
+        return None
+    return transforms.fit_idf(train.features)
+
+
+def prepare_train_data(config: Config, train: XCDataset,
+                       idf: np.ndarray | None = None) -> tuple[XCDataset, RunInfo]:
+    """Transforms the feature values (``data.input_transform``, with the training ``idf`` from
+    ``feature_idf``), caps row widths (K features, M labels) once and records what the data fixed."""
     data = config.data
-    max_nnz = data.max_nnz or max(batches.widest_row(train.features), 1)
+    if idf is None:
+        idf = feature_idf(config, train)
+    features = transforms.apply(train.features, data.input_transform, idf)
+    max_nnz = data.max_nnz or max(batches.widest_row(features), 1)
     max_labels = data.max_labels or max(batches.widest_row(train.labels), 1)
-    features = batches.cap_row_width(train.features, max_nnz, data.overflow, keep_largest=True,
+    features = batches.cap_row_width(features, max_nnz, data.overflow, keep_largest=True,
                                             source=train.source, what="features")
     labels = batches.cap_row_width(train.labels, max_labels, data.overflow, keep_largest=False,
                                           source=train.source, what="labels")

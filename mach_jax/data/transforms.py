@@ -7,7 +7,7 @@ statistics (``feature_idf.npy``), and applied the same way to the training data,
 evaluation and prediction, and inside exported predictors (``apply_to_batch``).
 
 - ``none``: the values as read;
-- ``log1p``: log(1 + x), damping large counts;
+- ``log1p``: log(1 + |x|) with the sign of x, damping large counts;
 - ``l2``: each row scaled to unit L2 norm;
 - ``log1p_l2``: log1p, then unit L2 rows;
 - ``tfidf_l2``: log1p(x) times the feature's inverse document frequency over the training set,
@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from mach_jax.config import INPUT_TRANSFORMS
 from mach_jax.data.csr import CsrMatrix
 
-TRANSFORMS = ("none", "log1p", "l2", "log1p_l2", "tfidf_l2")
+TRANSFORMS = INPUT_TRANSFORMS
 
 
 def uses_idf(name: str) -> bool:
@@ -61,7 +62,7 @@ def apply(features: CsrMatrix, name: str, idf: np.ndarray | None = None) -> CsrM
         return features
     values = features.values.astype(np.float64)
     if name != "l2":
-        values = np.log1p(np.maximum(values, 0.0)) * np.sign(values)
+        values = np.log1p(np.abs(values)) * np.sign(values)
     if uses_idf(name):
         if idf is None or len(idf) != features.num_cols:
             raise ValueError(f"{name} needs the training set's idf over the D={features.num_cols} features")
@@ -69,3 +70,27 @@ def apply(features: CsrMatrix, name: str, idf: np.ndarray | None = None) -> CsrM
     if name.endswith("l2"):
         values = _row_l2_scale(values, features.indptr)
     return CsrMatrix(features.indptr, features.indices, values.astype(np.float32), features.num_cols)
+
+
+def apply_to_batch(feat_ids, feat_vals, name: str, idf=None, xp=np):
+    """The same transform on a padded batch, on device or host: exported predictors use it.
+
+    Args:
+      feat_ids: int32 [N, K]; feat_vals: float32 [N, K], 0 for padding (which stays 0).
+      name: one of ``TRANSFORMS``; idf: float32 [D] (``tfidf_l2`` only).
+      xp: ``numpy`` or ``jax.numpy``.
+
+    Returns:
+      float32 [N, K] values. A row's norm is over its K given entries.
+    """
+    values = feat_vals
+    if name in ("none",):
+        return values
+    if name != "l2":
+        values = xp.log1p(xp.abs(values)) * xp.sign(values)
+    if uses_idf(name):
+        values = values * idf[feat_ids]
+    if name.endswith("l2"):
+        norms = xp.sqrt((values * values).sum(axis=-1, keepdims=True))
+        values = values / xp.where(norms == 0, 1.0, norms)
+    return values.astype(xp.float32)

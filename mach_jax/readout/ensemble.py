@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from mach_jax.config import Config
 from mach_jax.core import mesh as mesh_lib, model
 from mach_jax.core.ensemble_spec import member_seeds, member_spec
-from mach_jax.data import batches
+from mach_jax.data import batches, transforms
 from mach_jax.data.csr import CsrMatrix, XCDataset
 from mach_jax.data.prepare import RunInfo, check_enough_labels
 from mach_jax.errors import DataFormatError, WorkdirError
@@ -37,6 +37,7 @@ class MachEnsemble:
       params: stacked parameters, leaves [R, ...] (device or host arrays).
       label_counts: int [L] training label counts, for PSP@k.
       rep_ids: the repetition id of each member (default 0..R-1).
+      feature_idf: float32 [D], the training features' idf (``data.input_transform="tfidf_l2"``).
 
     Attributes:
       spec: the members' forward pass (``ensemble_spec.MemberSpec``).
@@ -44,11 +45,13 @@ class MachEnsemble:
     """
 
     def __init__(self, config: Config, info: RunInfo, params: model.Params,
-                 label_counts: np.ndarray, rep_ids: tuple[int, ...] | None = None):
+                 label_counts: np.ndarray, rep_ids: tuple[int, ...] | None = None,
+                 feature_idf: np.ndarray | None = None):
         num_members = jax.tree.leaves(params)[0].shape[0]
         config.eval.validate(num_members)
         check_enough_labels(info.num_labels)
         self.config, self.info = config, info
+        self.feature_idf = feature_idf
         # The first r <= R members: a count-min sketch read with fewer rows.
         num_reps = config.eval.eval_repetitions or num_members
         self.rep_ids = tuple(rep_ids if rep_ids is not None else range(num_members))[:num_reps]
@@ -105,13 +108,14 @@ class MachEnsemble:
                                   "training or was interrupted; finish it (re-run its command) first")
         parts = [params for _, params in restored]
         params = jax.tree.map(lambda *leaves: np.concatenate(leaves), *parts)
-        return cls(config, info, params, wd.read_label_counts(groups[0].path))
+        return cls(config, info, params, wd.read_label_counts(groups[0].path),
+                   feature_idf=wd.read_feature_idf(groups[0].path))
 
     def with_eval(self, **eval_overrides) -> "MachEnsemble":
         """The same members read out with other eval settings (e.g. ``eval_repetitions=r`` for
         the first r of them), from the parameters in memory rather than the checkpoint."""
         return MachEnsemble(self.config.replace(eval=eval_overrides), self.info, self.params,
-                            self._label_counts, self.rep_ids)
+                            self._label_counts, self.rep_ids, self.feature_idf)
 
     def _put(self, batch: batches.Batch) -> dict[str, jax.Array]:
         return mesh_lib.put(batch, mesh_lib.replicated(self.mesh))
@@ -131,8 +135,10 @@ class MachEnsemble:
         return batches.BatchShape(self.config.eval.eval_batch_size, max_nnz, max_labels)
 
     def _capped(self, features: CsrMatrix, source: str, width: int) -> CsrMatrix:
+        """The features as the members saw them in training: transformed, then capped to K."""
+        features = transforms.apply(features, self.config.data.input_transform, self.feature_idf)
         return batches.cap_row_width(features, width, self.config.data.overflow,
-                                            keep_largest=True, source=source, what="features")
+                                     keep_largest=True, source=source, what="features")
 
     def predict(self, features: CsrMatrix, k: int = 5, source: str = "<features>",
                 progress: bool = False, approx: bool | None = None) -> tuple[np.ndarray, np.ndarray]:

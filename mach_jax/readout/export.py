@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from mach_jax.data.files import write_bytes_atomically, write_json_atomically
+from mach_jax.data import transforms
 from mach_jax.readout import step
 from mach_jax.readout.ensemble import MachEnsemble
 
@@ -40,7 +41,11 @@ def export_ensemble(ensemble: MachEnsemble, path: str | Path, batch_size: int, m
     spec = dataclasses.replace(ensemble.spec, rep_shards=1)
     decoder = ensemble.decoder(approx=False)
 
+    idf = ensemble.feature_idf
+
     def predict(feat_ids, feat_vals):
+        feat_vals = transforms.apply_to_batch(feat_ids, feat_vals, ensemble.config.data.input_transform,
+                                              None if idf is None else jnp.asarray(idf), xp=jnp)
         batch = {"feat_ids": feat_ids, "feat_vals": feat_vals}
         return step.predict_step(params, batch, seeds, decoder, spec=spec,
                                  aggregation=ensemble.config.eval.aggregation, k=k)

@@ -24,6 +24,7 @@ from mach_jax.errors import WorkdirError
 
 CONFIG_FILE = "config.json"
 LABEL_COUNTS_FILE = "label_counts.npy"
+FEATURE_IDF_FILE = "feature_idf.npy"
 METRICS_FILE = "metrics.json"
 
 GROUP_PREFIX = "reps-"
@@ -34,8 +35,10 @@ def group_dir(workdir: Path, rep_range: tuple[int, ...]) -> Path:
     return Path(workdir) / f"{GROUP_PREFIX}{rep_range[0]}-{rep_range[1]}" if rep_range else Path(workdir)
 
 
-def write_run(workdir: Path, config: Config, info: RunInfo, label_counts: np.ndarray) -> None:
-    """Writes config.json and label_counts.npy, or checks them against an earlier run.
+def write_run(workdir: Path, config: Config, info: RunInfo, label_counts: np.ndarray,
+              feature_idf: np.ndarray | None = None) -> None:
+    """Writes config.json, label_counts.npy (and feature_idf.npy for a tf-idf input), or checks
+    them against an earlier run.
 
     With several processes (multi-host), process 0 writes and the others wait for it.
     """
@@ -46,9 +49,16 @@ def write_run(workdir: Path, config: Config, info: RunInfo, label_counts: np.nda
         if not np.array_equal(read_label_counts(workdir), label_counts):
             raise WorkdirError(f"{workdir} was trained on other data (its label counts differ from "
                                "this run's training file); use another --workdir")
+        saved_idf = read_feature_idf(workdir)
+        if (saved_idf is None) != (feature_idf is None) or (
+                saved_idf is not None and not np.array_equal(saved_idf, feature_idf)):
+            raise WorkdirError(f"{workdir} was trained on other data (its feature idf differs from "
+                               "this run's training file); use another --workdir")
     elif jax.process_index() == 0:
         workdir.mkdir(parents=True, exist_ok=True)
         np.save(workdir / LABEL_COUNTS_FILE, label_counts.astype(np.int64), allow_pickle=False)
+        if feature_idf is not None:
+            np.save(workdir / FEATURE_IDF_FILE, feature_idf.astype(np.float32), allow_pickle=False)
         payload = {"format_version": FORMAT_VERSION, "config": config.to_dict(),
                    "run_info": dataclasses.asdict(info)}
         write_json_atomically(path, payload)
@@ -144,6 +154,12 @@ def read_run(workdir: Path) -> tuple[Config, RunInfo]:
 def read_label_counts(workdir: Path) -> np.ndarray:
     """Training label counts [L] (for the propensity-scored metrics)."""
     return np.load(Path(workdir) / LABEL_COUNTS_FILE, allow_pickle=False)
+
+
+def read_feature_idf(workdir: Path) -> np.ndarray | None:
+    """The training features' idf, float32 [D], of a run with a tf-idf input (else None)."""
+    path = Path(workdir) / FEATURE_IDF_FILE
+    return np.load(path, allow_pickle=False) if path.exists() else None
 
 
 def write_metrics(workdir: Path, metrics: dict[str, Any]) -> Path:

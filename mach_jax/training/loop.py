@@ -23,7 +23,7 @@ from mach_jax.config import Config
 from mach_jax.core import mesh as mesh_lib, model
 from mach_jax.data import batches
 from mach_jax.data.csr import XCDataset
-from mach_jax.data.prepare import RunInfo, check_enough_labels, label_counts, prepare_train_data
+from mach_jax.data.prepare import RunInfo, check_enough_labels, feature_idf, label_counts, prepare_train_data
 from mach_jax.errors import TrainingInterrupted
 from mach_jax.storage import checkpoints, workdir as wd
 from mach_jax.training.metric_log import MetricLog
@@ -35,8 +35,9 @@ log = logging.getLogger("mach_jax")
 
 # (params [R, ...], progress) -> metrics, for the members trained here.
 Evaluate = Callable[[model.Params, bool], dict]
-# (what the data fixed, training label counts [L], the members' repetition ids) -> Evaluate.
-EvaluatorFactory = Callable[[RunInfo, np.ndarray, tuple[int, ...]], Evaluate]
+# (what the data fixed, training label counts [L], the members' repetition ids, the training
+# features' idf [D] or None) -> Evaluate.
+EvaluatorFactory = Callable[[RunInfo, np.ndarray, tuple[int, ...], np.ndarray | None], Evaluate]
 
 
 def train(config: Config, workdir: str | Path, train_data: XCDataset,
@@ -70,8 +71,9 @@ def run_training(config: Config, workdir: str | Path, train_data: XCDataset, pro
     train_data.require_points("train on")
     check_enough_labels(train_data.num_labels)
     counts = label_counts(train_data)  # before any --max-labels cut: PSP@k uses the true counts
-    train_data, info = prepare_train_data(config, train_data)
-    wd.write_run(workdir, config, info, counts)
+    idf = feature_idf(config, train_data)
+    train_data, info = prepare_train_data(config, train_data, idf)
+    wd.write_run(workdir, config, info, counts, idf)
     if config.model.num_buckets >= info.num_labels:
         log.warning("B=%d buckets >= L=%d labels: hashing compresses nothing; use B < L",
                     config.model.num_buckets, info.num_labels)
@@ -82,7 +84,7 @@ def run_training(config: Config, workdir: str | Path, train_data: XCDataset, pro
         state = program.create_state()
     else:
         log.info("resuming from the checkpoint at step %d in %s", int(state["step"]), workdir)
-    evaluate = None if evaluator is None else evaluator(info, counts, program.rep_ids)
+    evaluate = None if evaluator is None else evaluator(info, counts, program.rep_ids, idf)
     steps_per_epoch = batches.num_batches(train_data.num_points, config.train.batch_size)
     shape = batches.BatchShape(config.train.batch_size, info.max_nnz, info.max_labels)
     with MetricLog(workdir, int(state["step"]), jax.process_index(), steps_per_epoch) as metric_log:
