@@ -61,10 +61,10 @@ def prepare_train_data(config: Config, train: XCDataset,
     max_nnz = data.max_nnz or max(batches.widest_row(features), 1)
     max_labels = data.max_labels or max(batches.widest_row(train.labels), 1)
     features = batches.cap_row_width(features, max_nnz, data.overflow, keep_largest=True,
-                                            source=train.source, what="features")
+                                     source=train.source, what="features")
     labels = batches.cap_row_width(train.labels, max_labels, data.overflow, keep_largest=False,
-                                          source=train.source, what="labels")
+                                   source=train.source, what="labels")
     info = RunInfo(num_features=train.num_features, num_labels=train.num_labels,
-                      num_train_points=train.num_points, max_nnz=max_nnz, max_labels=max_labels,
-                      train_source=train.source)
+                   num_train_points=train.num_points, max_nnz=max_nnz, max_labels=max_labels,
+                   train_source=train.source)
     return XCDataset(features, labels, train.source), info

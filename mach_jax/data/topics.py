@@ -146,8 +146,8 @@ def _build_topics(config: TopicDataConfig, rng: np.random.Generator) -> _Topics:
     primary = rng.permutation(num_labels) % num_topics  # every topic owns a label
     second = np.flatnonzero(rng.random(num_labels) < config.multi_topic_share)
     keys = sampling.unique(np.concatenate([primary * np.int64(num_labels) + np.arange(num_labels),
-                                     rng.integers(0, num_topics, len(second)) * np.int64(num_labels)
-                                     + second]))
+                                           rng.integers(0, num_topics, len(second)) * np.int64(num_labels)
+                                           + second]))
     topic, labels = keys // num_labels, (keys % num_labels).astype(np.int32)
     topic_mass = np.bincount(topic, weights=popularity[labels], minlength=num_topics)
 
@@ -237,7 +237,7 @@ def _point_words(topics: _Topics, config: TopicDataConfig, point_topics: np.ndar
     ids[background] = sampling.sample(topics.word_cdf, rng.random(len(background)))
     topic = _pick_topics(rows[from_topic], point_topics, weights, rng)
     ids[from_topic] = topics.words[sampling.sample_grouped(topics.word_ptr, topics.topic_word_cdf, topic,
-                                                   rng.random(len(from_topic)))]
+                                                           rng.random(len(from_topic)))]
     label_rows = rows[from_label]
     nnz = labels.row_nnz()[label_rows]
     label = labels.indices[labels.indptr[label_rows] + (rng.random(len(label_rows)) * nnz).astype(np.int64)]

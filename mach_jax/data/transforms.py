@@ -84,7 +84,7 @@ def apply_to_batch(feat_ids, feat_vals, name: str, idf=None, xp=np):
       float32 [N, K] values. A row's norm is over its K given entries.
     """
     values = feat_vals
-    if name in ("none",):
+    if name == "none":
         return values
     if name != "l2":
         values = xp.log1p(xp.abs(values)) * xp.sign(values)

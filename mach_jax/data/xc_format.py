@@ -247,8 +247,7 @@ def read_xc(path: str | os.PathLike, *, cache_dir: str | os.PathLike | None = No
         raise DataFormatError(path, None, f"cannot read file ({e.strerror or e})") from None
     dataset = parse_xc_bytes(data, str(path))
     # A file modified while being read must not be cached under its old size and mtime.
-    if cache_file is not None and (after.st_size, after.st_mtime_ns) == (stat.st_size,
-                                                                        stat.st_mtime_ns):
+    if cache_file is not None and (after.st_size, after.st_mtime_ns) == (stat.st_size, stat.st_mtime_ns):
         parse_cache.save_cache(cache_file, dataset)
     return dataset
 

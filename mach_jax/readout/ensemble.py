@@ -105,7 +105,7 @@ class MachEnsemble:
         steps_done = {group.path: step for group, (step, _) in zip(groups, restored)}
         if len(set(steps_done.values())) > 1:
             raise WorkdirError(f"the groups stopped at different steps {steps_done}: one is still "
-                                  "training or was interrupted; finish it (re-run its command) first")
+                               "training or was interrupted; finish it (re-run its command) first")
         parts = [params for _, params in restored]
         params = jax.tree.map(lambda *leaves: np.concatenate(leaves), *parts)
         return cls(config, info, params, wd.read_label_counts(groups[0].path),

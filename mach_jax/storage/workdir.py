@@ -50,8 +50,7 @@ def write_run(workdir: Path, config: Config, info: RunInfo, label_counts: np.nda
             raise WorkdirError(f"{workdir} was trained on other data (its label counts differ from "
                                "this run's training file); use another --workdir")
         saved_idf = read_feature_idf(workdir)
-        if (saved_idf is None) != (feature_idf is None) or (
-                saved_idf is not None and not np.array_equal(saved_idf, feature_idf)):
+        if not (saved_idf is feature_idf is None or np.array_equal(saved_idf, feature_idf)):
             raise WorkdirError(f"{workdir} was trained on other data (its feature idf differs from "
                                "this run's training file); use another --workdir")
     elif jax.process_index() == 0:

@@ -119,7 +119,7 @@ def _loop(config: Config, program: TrainingProgram, state: State, train_data: XC
 
     loss_log = LossLog(program.rep_ids, shape.batch_size, bar, write_train)
     host_batches = _batches_from(train_data, shape, config.train.seed, step, steps_per_epoch,
-                            config.train.epochs)
+                                 config.train.epochs)
     place = functools.partial(_place, program=program)
     try:
         with StopOnSignals() as stop, batches.Prefetcher(host_batches, place) as prefetched:
