@@ -14,8 +14,8 @@ import sys
 from typing import Any, Callable
 
 from mach_jax.config import (AGGREGATIONS, DECODERS, EMBEDDING_OPTIMIZERS, EMBEDDING_UPDATES, INPUT_LAYERS,
-                             INPUT_TRANSFORMS,
-                             LR_SCHEDULES, OVERFLOW_POLICIES, PRESETS, Config, get_preset)
+                             INPUT_TRANSFORMS, LR_SCHEDULES, OVERFLOW_POLICIES, PRESETS, RERANKER_USES, Config,
+                             get_preset)
 from mach_jax.errors import USER_ERRORS, ConfigError, TrainingInterrupted
 
 _ALIASES = {
@@ -28,6 +28,8 @@ _ALIASES = {
     "model.hidden_sizes": ["--hidden"],
     "train.learning_rate": ["--lr"],
     "eval.eval_repetitions": ["--eval-reps"],
+    "rerank.shortlist_size": ["--rerank-shortlist"],
+    "rerank.rerank_learning_rate": ["--rerank-lr"],
 }
 
 _CHOICES = {
@@ -39,6 +41,7 @@ _CHOICES = {
     "train.lr_schedule": LR_SCHEDULES,
     "eval.aggregation": AGGREGATIONS,
     "eval.decoder": DECODERS,
+    "eval.reranker": RERANKER_USES,
 }
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from mach_jax import rerank_stage
 from mach_jax.config import Config
 from mach_jax.core import model
 from mach_jax.data import sources
@@ -37,6 +38,10 @@ def evaluator(config: Config, eval_data: XCDataset, split: str):
 def train_and_evaluate(config: Config, workdir: str | Path, progress: bool = True) -> dict:
     """Trains on the configured data, evaluates on its test split, writes ``metrics.json``.
 
+    With ``rerank.shortlist_size`` K > 0 it then trains the shortlist re-ranker
+    (``rerank_stage``) and reports the re-ranked metrics, the members' own under
+    ``"without_reranker"``.
+
     With ``data.valid_frac`` > 0 it trains on the training data less a held-out validation split
     and evaluates on that split instead (``"split": "valid"`` in the metrics), never on the test
     data. The evaluation is also logged to ``metrics.jsonl`` (with the per-epoch ones that
@@ -48,9 +53,13 @@ def train_and_evaluate(config: Config, workdir: str | Path, progress: bool = Tru
     config.validate()
     train_data, eval_data, split = sources.load_train_eval(config.data, progress)
     eval_data.require_points("evaluate")
+    fields = sources.eval_fields(config.data, eval_data, split)
     _, _, metrics = loop.run_training(config, workdir, train_data, progress,
-                                      evaluator=evaluator(config, eval_data, split),
-                                      final_fields=sources.eval_fields(config.data, eval_data, split))
+                                      evaluator=evaluator(config, eval_data, split), final_fields=fields)
+    if config.rerank.enabled:
+        rerank_stage.fit_reranker(config, [Path(workdir)], train_data, progress)
+        metrics = {**rerank_stage.evaluate_with_reranker([Path(workdir)], eval_data, metrics, progress), **fields,
+                   "train_seconds": metrics["train_seconds"]}
     if jax.process_index() == 0:
         wd.write_metrics(wd.group_dir(Path(workdir), config.parallel.rep_range), metrics)
     return metrics

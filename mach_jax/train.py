@@ -23,7 +23,7 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
                              "(default: runs/<preset>, or runs/<folder of --train>)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     distributed.add_flags(parser)
-    cli.add_config_flags(parser, ("data", "model", "train", "eval", "parallel"))
+    cli.add_config_flags(parser, ("data", "model", "train", "eval", "parallel", "rerank"))
     return parser.parse_args(argv)
 
 

@@ -21,6 +21,7 @@ INPUT_LAYERS = ("auto", "sparse", "dense")
 EMBEDDING_UPDATES = ("auto", "lazy", "dense")
 EMBEDDING_OPTIMIZERS = ("adam", "rowwise_adagrad")
 LR_SCHEDULES = ("constant", "cosine", "linear")
+RERANKER_USES = ("auto", "off")
 ROWWISE_ADAGRAD_LEARNING_RATE = 0.1
 
 
@@ -233,7 +234,9 @@ class EvalConfig:
     ``decoder``: "exact" scores all L classes; "approx" only the classes in each member's
     ``top_buckets`` best buckets, keeping those in at least ``min_votes`` members' top buckets
     (relaxed to reach k) and at most ``bucket_cap`` classes per bucket (None: all); see
-    ``mach_jax.readout.approx_decode``.
+    ``mach_jax.readout.approx_decode``. ``reranker``: "auto" re-scores the shortlist with the
+    workdir's re-ranker when it has one, "off" reads out the members alone; ``rerank_mix``: the
+    weight of the read-out's log-score beside the re-ranker's (``readout.rerank``).
     """
 
     aggregation: str = may_change_on_resume("prob")
@@ -246,6 +249,8 @@ class EvalConfig:
     top_buckets: int = may_change_on_resume(4)
     min_votes: int = may_change_on_resume(1)
     bucket_cap: int | None = may_change_on_resume(None)
+    reranker: str = may_change_on_resume("auto")
+    rerank_mix: float = may_change_on_resume(1.0)
 
     def validate(self, num_repetitions: int | None = None) -> None:
         _require(self.aggregation in AGGREGATIONS, "eval.aggregation", self.aggregation,
@@ -262,6 +267,8 @@ class EvalConfig:
         _require(self.min_votes >= 1, "eval.min_votes", self.min_votes, "must be >= 1")
         _require(self.bucket_cap is None or self.bucket_cap >= 1, "eval.bucket_cap", self.bucket_cap,
                  "must be >= 1 or None (no cap)")
+        _require(self.reranker in RERANKER_USES, "eval.reranker", self.reranker, f"must be one of {RERANKER_USES}")
+        _require(self.rerank_mix >= 0, "eval.rerank_mix", self.rerank_mix, "must be >= 0")
 
 
 @dataclasses.dataclass(frozen=True)

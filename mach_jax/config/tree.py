@@ -1,4 +1,4 @@
-"""The whole config tree: ``Config(data, model, train, eval, parallel)``.
+"""The whole config tree: ``Config(data, model, train, eval, parallel, rerank)``.
 
 It round-trips through ``to_dict()`` / ``Config.from_dict()`` so that ``config.json`` in a
 workdir is enough to rebuild the model, its hashes and its evaluation.
@@ -10,6 +10,7 @@ import dataclasses
 import json
 from typing import Any
 
+from mach_jax.config.rerank import RerankConfig
 from mach_jax.config.sections import (_RESUME, DataConfig, EvalConfig, ModelConfig, ParallelConfig,
                                       TrainConfig)
 from mach_jax.errors import ConfigError
@@ -29,6 +30,7 @@ class Config:
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
     parallel: ParallelConfig = ParallelConfig()
+    rerank: RerankConfig = RerankConfig()
 
     def validate(self) -> "Config":
         self.data.validate()
@@ -36,6 +38,11 @@ class Config:
         self.train.validate()
         self.eval.validate(self.model.num_repetitions)
         self.parallel.validate(self.model.num_repetitions, self.train.batch_size)
+        self.rerank.validate()
+        if self.rerank.enabled and self.parallel.rep_range:
+            raise ConfigError("rerank.shortlist_size: a group (parallel.rep_range) cannot train the re-ranker, "
+                              "which reads out every member; once all groups have finished, run "
+                              "python -m mach_jax.rerank --workdir W", field="rerank.shortlist_size")
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from mach_jax.data.prepare import RunInfo, check_enough_labels
 from mach_jax.errors import DataFormatError, WorkdirError
 from mach_jax.readout import metrics, step
 from mach_jax.readout.decoders import ApproxDecoder, ExactDecoder, build_approx_decoder
+from mach_jax.readout.rerank import Reranker, load_reranker, placed
 from mach_jax.storage import checkpoints, workdir as wd
 
 
@@ -38,6 +39,8 @@ class MachEnsemble:
       label_counts: int [L] training label counts, for PSP@k.
       rep_ids: the repetition id of each member (default 0..R-1).
       feature_idf: float32 [D], the training features' idf (``data.input_transform="tfidf_l2"``).
+      reranker: the shortlist re-ranker (``readout.rerank``), or None; used unless
+        ``eval.reranker`` is "off".
 
     Attributes:
       spec: the members' forward pass (``ensemble_spec.MemberSpec``).
@@ -46,7 +49,7 @@ class MachEnsemble:
 
     def __init__(self, config: Config, info: RunInfo, params: model.Params,
                  label_counts: np.ndarray, rep_ids: tuple[int, ...] | None = None,
-                 feature_idf: np.ndarray | None = None):
+                 feature_idf: np.ndarray | None = None, reranker: Reranker | None = None):
         num_members = jax.tree.leaves(params)[0].shape[0]
         config.eval.validate(num_members)
         check_enough_labels(info.num_labels)
@@ -75,6 +78,10 @@ class MachEnsemble:
         self._eval_step = jax.jit(functools.partial(step.eval_step, **read_out), out_shardings=everywhere)
         self._label_counts = np.asarray(label_counts)
         self._exact = ExactDecoder(info.num_labels, config.eval.class_chunk_size)
+        self.trained_reranker = reranker
+        self.reranker = None
+        if reranker is not None and config.eval.reranker != "off":
+            self.reranker = placed(dataclasses.replace(reranker, mix=config.eval.rerank_mix), self.mesh)
         self._approx: ApproxDecoder | None = None
 
     def decoder(self, approx: bool | None = None) -> ExactDecoder | ApproxDecoder:
@@ -108,14 +115,17 @@ class MachEnsemble:
                                "training or was interrupted; finish it (re-run its command) first")
         parts = [params for _, params in restored]
         params = jax.tree.map(lambda *leaves: np.concatenate(leaves), *parts)
+        reranker = None
+        if config.eval.reranker != "off":
+            reranker = load_reranker(Path(workdirs[0]), info.num_features, info.num_labels, config.eval.rerank_mix)
         return cls(config, info, params, wd.read_label_counts(groups[0].path),
-                   feature_idf=wd.read_feature_idf(groups[0].path))
+                   feature_idf=wd.read_feature_idf(groups[0].path), reranker=reranker)
 
     def with_eval(self, **eval_overrides) -> "MachEnsemble":
         """The same members read out with other eval settings (e.g. ``eval_repetitions=r`` for
         the first r of them), from the parameters in memory rather than the checkpoint."""
         return MachEnsemble(self.config.replace(eval=eval_overrides), self.info, self.params,
-                            self._label_counts, self.rep_ids, self.feature_idf)
+                            self._label_counts, self.rep_ids, self.feature_idf, self.trained_reranker)
 
     def _put(self, batch: batches.Batch) -> dict[str, jax.Array]:
         return mesh_lib.put(batch, mesh_lib.replicated(self.mesh))
@@ -133,6 +143,10 @@ class MachEnsemble:
             max_nnz = min(max_nnz, self.config.data.max_nnz)
         max_labels = _next_power_of_two(batches.widest_row(labels)) if labels is not None else 1
         return batches.BatchShape(self.config.eval.eval_batch_size, max_nnz, max_labels)
+
+    def member_features(self, features: CsrMatrix, source: str) -> CsrMatrix:
+        """[N, D] features as the members saw them in training: transformed, capped to their width."""
+        return self._capped(features, source, self.info.max_nnz)
 
     def _capped(self, features: CsrMatrix, source: str, width: int) -> CsrMatrix:
         """The features as the members saw them in training: transformed, then capped to K."""
@@ -164,7 +178,7 @@ class MachEnsemble:
                           total=batches.num_batches(dataset.num_points, shape.batch_size),
                           desc="predict"):
             batch_scores, batch_ids = self._predict_step(self.params, self._put(batch), self.seeds, decoder,
-                                                         k=k)
+                                                         self.reranker, k=k)
             scores.append(batch_scores)
             ids.append(batch_ids)
         scores, ids = mesh_lib.fetch_replicated((scores, ids))
@@ -189,12 +203,15 @@ class MachEnsemble:
         for batch in tqdm(batches.eval_batches(dataset, shape), disable=not progress,
                           total=batches.num_batches(dataset.num_points, shape.batch_size),
                           desc="evaluate"):
-            sums = self._eval_step(self.params, self._put(batch), self.seeds, self.inv_propensity, decoder)
+            sums = self._eval_step(self.params, self._put(batch), self.seeds, self.inv_propensity, decoder,
+                                   self.reranker)
             totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
         result = metrics.finalize(mesh_lib.fetch_replicated(totals))
         result["num_repetitions"] = int(jax.tree.leaves(self.params)[0].shape[0])
         result["aggregation"] = self.config.eval.aggregation
         result["decoder"] = decoder.describe()
+        if self.reranker is not None:
+            result["reranker"] = {"shortlist_size": self.reranker.shortlist_size, "mix": self.reranker.mix}
         return result
 
 

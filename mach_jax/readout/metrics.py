@@ -90,6 +90,12 @@ def format_metrics(metrics: dict[str, float]) -> str:
     lines = [f"{'validation' if split == 'valid' else 'test'} metrics on {metrics['num_points']} points "
              f"({metrics.get(f'{split}_source', '?')}{held_out}), "
              f"{metrics['num_repetitions']} repetitions, {metrics['aggregation']} aggregation:"]
+    if "reranker" in metrics:
+        lines[0] = lines[0][:-1] + (f", re-ranked (shortlist {metrics['reranker']['shortlist_size']}, "
+                                    f"mix {metrics['reranker']['mix']:g}):")
     for family in ("P", "nDCG", "PSP"):
         lines.append("  ".join(f"{family}@{k} {100 * metrics[f'{family}@{k}']:6.2f}" for k in KS))
+    if "without_reranker" in metrics:
+        lines.append("without the re-ranker: " + "  ".join(
+            f"P@{k} {100 * metrics['without_reranker'][f'P@{k}']:6.2f}" for k in KS))
     return "\n".join(lines)

@@ -13,19 +13,29 @@ from mach_jax.core import model
 from mach_jax.core.ensemble_spec import Batch, MemberSpec, Seeds, logits
 from mach_jax.readout import decode, metrics
 from mach_jax.readout.decoders import ApproxDecoder, ExactDecoder
+from mach_jax.readout.rerank import Reranker
 
 
 def predict_step(params: model.Params, batch: Batch, seeds: Seeds, decoder: ExactDecoder | ApproxDecoder,
-                 *, spec: MemberSpec, aggregation: str, k: int) -> tuple[jax.Array, jax.Array]:
-    """Top-k classes of a batch. Returns ``(scores, ids)``, [N, k] each, best first."""
+                 reranker: Reranker | None = None, *, spec: MemberSpec, aggregation: str,
+                 k: int) -> tuple[jax.Array, jax.Array]:
+    """Top-k classes of a batch. Returns ``(scores, ids)``, [N, k] each, best first.
+
+    With a ``reranker`` the decoder hands over its K-class shortlist and the re-ranker picks the
+    k best of it (``readout.rerank``)."""
     scores = decode.bucket_scores_to_probs(logits(params, batch, seeds, spec), spec.loss_name, aggregation)
-    return decoder(scores, seeds["labels"], k)
+    if reranker is None:
+        return decoder(scores, seeds["labels"], k)
+    shortlist_scores, shortlist_ids = decoder(scores, seeds["labels"], reranker.shortlist_width(k))
+    return reranker.rerank(batch, shortlist_scores, shortlist_ids, k, num_members=scores.shape[0],
+                           aggregation=aggregation)
 
 
 def eval_step(params: model.Params, batch: Batch, seeds: Seeds, inv_propensity: jax.Array,
-              decoder: ExactDecoder | ApproxDecoder, *, spec: MemberSpec, aggregation: str) -> dict[str, jax.Array]:
+              decoder: ExactDecoder | ApproxDecoder, reranker: Reranker | None = None, *, spec: MemberSpec,
+              aggregation: str) -> dict[str, jax.Array]:
     """Metric sums of a batch (see ``metrics.metric_sums``); the host adds and divides."""
-    _, topk_ids = predict_step(params, batch, seeds, decoder, spec=spec, aggregation=aggregation,
+    _, topk_ids = predict_step(params, batch, seeds, decoder, reranker, spec=spec, aggregation=aggregation,
                                k=max(metrics.KS))
     return metrics.metric_sums(topk_ids, batch["label_ids"], batch["label_mask"],
                                batch["point_mask"], inv_propensity)

@@ -1,0 +1,115 @@
+"""Re-scoring the read-out's shortlist with the re-ranker (``core.reranker``), and loading one.
+
+The final score of a shortlisted class c of point x is a product of two experts:
+
+    log_softmax over the shortlist of s(x, .) at c   +   mix * log P_mach(c | x),
+
+where log P_mach is the read-out's own log-score: ``log(mean_r P_r)`` for ``aggregation="prob"``
+(the count-min estimate), the mean over R of the summed scores otherwise (mean log P_r, or the
+mean logit, which for a softmax member is log P_r up to a constant per point). ``mix`` = 0 ranks
+by the re-ranker alone within the shortlist; a large ``mix`` keeps the read-out's order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from mach_jax.core import mesh as mesh_lib, reranker
+from mach_jax.errors import WorkdirError
+from mach_jax.storage import checkpoints, rerank_store
+
+
+@functools.partial(jax.tree_util.register_dataclass, data_fields=["params"],
+                   meta_fields=["shortlist_size", "mix", "num_labels"])
+@dataclasses.dataclass(frozen=True)
+class Reranker:
+    """A trained re-ranker with its read-out settings. ``params``: ``reranker.RerankParams``
+    (class rows sharded over the devices); ``shortlist_size``: K; ``mix``: see the module."""
+
+    params: reranker.RerankParams
+    shortlist_size: int
+    mix: float
+    num_labels: int
+
+    def shortlist_width(self, k: int) -> int:
+        """How many classes the decoder hands over: K, at least k, at most L."""
+        return min(max(self.shortlist_size, k), self.num_labels)
+
+    def rerank(self, batch: dict[str, jax.Array], shortlist_scores: jax.Array, shortlist_ids: jax.Array,
+               k: int, *, num_members: int, aggregation: str) -> tuple[jax.Array, jax.Array]:
+        """The k best of the shortlist by the mixed score.
+
+        Args:
+          batch: ``feat_ids``, ``feat_vals`` [N, K_nnz], transformed as the members saw them.
+          shortlist_scores, shortlist_ids: [N, K] from the decoder (-inf / L in empty slots).
+          k: classes to return; num_members: R read out; aggregation: ``eval.aggregation``.
+
+        Returns:
+          ``(scores, ids)``: [N, k] each, best first (-inf / L where the shortlist was empty).
+        """
+        present = jnp.isfinite(shortlist_scores) & (shortlist_ids < self.num_labels)
+        q = reranker.query(self.params, batch["feat_ids"], batch["feat_vals"])
+        own = jnp.where(present, reranker.candidate_scores(self.params, q, shortlist_ids), -jnp.inf)
+        mixed = jax.nn.log_softmax(own, axis=1) + self.mix * mach_log_score(shortlist_scores, num_members,
+                                                                              aggregation)
+        mixed = jnp.where(present, mixed, -jnp.inf)
+        scores, positions = lax.top_k(mixed, k)
+        return scores, jnp.take_along_axis(shortlist_ids, positions, axis=1)
+
+
+def mach_log_score(summed: jax.Array, num_members: int, aggregation: str) -> jax.Array:
+    """The read-out's log-score from its summed scores over R members (see the module)."""
+    if aggregation == "prob":
+        return jnp.log(jnp.maximum(summed / num_members, jnp.finfo(summed.dtype).tiny))
+    return summed / num_members
+
+
+def class_sharding(mesh) -> NamedSharding:
+    """The re-ranker's parameters on ``mesh``: class rows split over all its devices when they
+    divide ``CLASS_ROW_MULTIPLE``, everything else replicated."""
+    devices = mesh.devices.size
+    if reranker.CLASS_ROW_MULTIPLE % devices or devices == 1:
+        return NamedSharding(mesh, P())
+    return NamedSharding(mesh, P(tuple(mesh.axis_names)))
+
+
+def param_shardings(params: reranker.RerankParams, mesh) -> dict[str, NamedSharding]:
+    rows = class_sharding(mesh)
+    return {name: rows if name.startswith("class_") else mesh_lib.replicated(mesh) for name in params}
+
+
+def placed(reranker_: Reranker, mesh) -> Reranker:
+    """The same re-ranker with its parameters laid out on ``mesh`` (see ``param_shardings``)."""
+    shardings = param_shardings(reranker_.params, mesh)
+    return dataclasses.replace(reranker_, params={name: jax.device_put(value, shardings[name])
+                                                  for name, value in reranker_.params.items()})
+
+
+def load_reranker(workdir: Path, num_features: int, num_labels: int, mix: float) -> Reranker | None:
+    """The re-ranker saved in ``workdir/rerank/`` as host arrays (None when there is none or its
+    training has not finished).
+
+    Raises:
+      WorkdirError: its saved record does not fit this ensemble (D or L differ).
+    """
+    record = rerank_store.read_record(workdir)
+    if record is None or not record.get("finished"):
+        return None
+    if (record["num_features"], record["num_labels"]) != (num_features, num_labels):
+        raise WorkdirError(f"{rerank_store.record_path(workdir)}: the re-ranker was trained for D="
+                           f"{record['num_features']}, L={record['num_labels']}; this ensemble has "
+                           f"D={num_features}, L={num_labels}")
+    settings = record["settings"]
+    abstract = jax.eval_shape(functools.partial(reranker.init_params, num_features=num_features,
+                                                num_labels=num_labels, dim=settings["rerank_dim"]),
+                              jax.random.key(0))
+    _, params = checkpoints.restore_params(rerank_store.rerank_dir(workdir), abstract)
+    return Reranker(params, settings["shortlist_size"], mix, num_labels)
+

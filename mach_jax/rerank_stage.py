@@ -1,0 +1,74 @@
+"""The second stage: a shortlist re-ranker for a trained ensemble (``core.reranker``).
+
+    fit_reranker(config, [workdir], train_data)   # shortlists from the read-out, then training
+
+Every training point's shortlist is the ensemble's own read-out (its K best classes, by the
+decoder ``eval.decoder`` names), so the re-ranker learns against the negatives it will meet; the
+members are not touched. The result is saved under ``workdir/rerank/`` and used from then on by
+``MachEnsemble.load`` (evaluate, predict, export) unless ``eval.reranker`` is "off".
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import jax
+
+from mach_jax.config import Config
+from mach_jax.data import batches
+from mach_jax.data.csr import XCDataset
+from mach_jax.errors import ConfigError
+from mach_jax.readout.ensemble import MachEnsemble
+from mach_jax.readout.metrics import KS
+from mach_jax.storage import rerank_store
+from mach_jax.training.rerank_loop import train_reranker
+
+log = logging.getLogger("mach_jax")
+
+
+def fit_reranker(config: Config, workdirs: list[Path], train_data: XCDataset, progress: bool = True) -> None:
+    """Trains (or resumes, or keeps the finished) re-ranker of the ensemble in ``workdirs``.
+
+    Args:
+      config: its ``rerank`` section gives the settings, ``train.seed`` the seed.
+      workdirs: the ensemble (one workdir, or its groups); the re-ranker goes to the first.
+      train_data: the points the members were trained on (less any validation split).
+    """
+    settings = config.rerank
+    if not settings.enabled:
+        raise ConfigError("rerank.shortlist_size=0: give the shortlist size K (e.g. 100) to train a "
+                          "re-ranker", field="rerank.shortlist_size")
+    if jax.process_count() > 1:
+        raise ConfigError("the re-ranker trains in one process: once every process has finished, run "
+                          "python -m mach_jax.rerank --workdir W in one", field="rerank.shortlist_size")
+    ensemble = MachEnsemble.load(*workdirs, reranker="off")
+    identity = {"num_features": ensemble.info.num_features, "num_labels": ensemble.info.num_labels,
+                "num_members": len(ensemble.rep_ids), "num_train_points": train_data.num_points,
+                "settings": settings.training_fields(), "shortlist_from": ensemble.decoder().describe()}
+    record = rerank_store.read_record(workdirs[0])
+    rerank_store.check_resumable(workdirs[0], record, identity)
+    if record is not None and record.get("finished"):
+        log.info("the re-ranker in %s is trained already", rerank_store.rerank_dir(workdirs[0]))
+        return
+    start = time.perf_counter()
+    shortlist_size = min(settings.shortlist_size, ensemble.info.num_labels)
+    _, shortlist = ensemble.predict(train_data.features, k=shortlist_size, source=train_data.source,
+                                    progress=progress)
+    log.info("shortlists of %d training points in %.1f s", train_data.num_points, time.perf_counter() - start)
+    labels = batches.cap_row_width(train_data.labels, settings.rerank_max_labels, "truncate", keep_largest=False,
+                                   source=train_data.source, what="labels")
+    data = XCDataset(ensemble.member_features(train_data.features, train_data.source), labels, train_data.source)
+    train_reranker(settings, config.train.seed, workdirs[0], data, shortlist, identity, progress)
+
+
+def evaluate_with_reranker(workdirs: list[Path], eval_data: XCDataset, without: dict,
+                           progress: bool = True) -> dict:
+    """The re-ranked ensemble's metrics on ``eval_data``, with the members' own (``without``,
+    the metrics of the same ensemble read out alone) kept under ``"without_reranker"``."""
+    ensemble = MachEnsemble.load(*workdirs)
+    result = ensemble.evaluate(eval_data, progress=progress)
+    result["without_reranker"] = {name: without[name] for name in without
+                                  if name.split("@")[0] in ("P", "nDCG", "PSP") and int(name.split("@")[1]) in KS}
+    return result

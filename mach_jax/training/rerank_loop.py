@@ -1,0 +1,165 @@
+"""Training the shortlist re-ranker (``core.reranker``): the second stage, after the members.
+
+It is handed each training point's shortlist (the read-out's best K classes, computed by the
+caller, ``mach_jax.rerank_stage``), so training still knows nothing of decoders. One jitted Adam
+step per batch over the sampled-softmax loss; the class rows live split over the devices
+(``readout.rerank.class_sharding`` lays them out the same way). A checkpoint after every epoch
+under ``workdir/rerank/``; re-running resumes from the newest one; the batches are a pure function
+of (seed, epoch), as for the members.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import NamedSharding, PartitionSpec as P
+from tqdm.auto import tqdm
+
+from mach_jax.config import RerankConfig
+from mach_jax.core import mesh as mesh_lib, reranker
+from mach_jax.data import batches
+from mach_jax.data.csr import XCDataset
+from mach_jax.errors import TrainingDivergedError
+from mach_jax.storage import checkpoints, rerank_store
+
+log = logging.getLogger("mach_jax")
+
+# Folded into the run's seed: the re-ranker's draws never repeat the members' streams.
+_RERANK_STREAM = 0x52524B
+
+
+def train_reranker(settings: RerankConfig, seed: int, workdir: Path, data: XCDataset, shortlist: np.ndarray,
+                   identity: dict, progress: bool = True) -> reranker.RerankParams:
+    """Trains (or resumes, or returns the finished) re-ranker of a workdir.
+
+    Args:
+      settings: the ``rerank`` section.
+      seed: ``train.seed``.
+      workdir: the ensemble's (top) workdir; files go to ``workdir/rerank/``.
+      data: the training points, features transformed and capped as the members saw them, labels
+        cut to ``settings.rerank_max_labels`` per point.
+      shortlist: int32 [N, K], each point's read-out shortlist (L: empty slot).
+      identity: what a saved re-ranker must match to be resumed (D, L, settings, shortlist source).
+
+    Returns:
+      The parameters (``reranker.RerankParams``), class rows sharded over the devices.
+    """
+    record = rerank_store.read_record(workdir)
+    rerank_store.check_resumable(workdir, record, identity)
+    mesh = mesh_lib.make_mesh(jax.device_count())
+    abstract = _abstract_state(settings, data, mesh)
+    manager = checkpoints.checkpoint_manager(rerank_store.rerank_dir(workdir), keep=1)
+    try:
+        state = checkpoints.restore_latest(manager, abstract)
+        if state is None:
+            state = _initial_state(settings, seed, data, mesh, abstract)
+            rerank_store.write_record(workdir, {**identity, "epochs_done": 0, "finished": False})
+        else:
+            log.info("resuming the re-ranker after epoch %d in %s", int(state["epoch"]),
+                     rerank_store.rerank_dir(workdir))
+        state = _run_epochs(settings, seed, data, shortlist, state, manager, workdir, identity, mesh, progress)
+    finally:
+        manager.wait_until_finished()
+        manager.close()
+    return state["params"]
+
+
+def _optimizer(settings: RerankConfig) -> optax.GradientTransformation:
+    return optax.adam(settings.rerank_learning_rate)
+
+
+def _abstract_state(settings: RerankConfig, data: XCDataset, mesh) -> dict:
+    def init(key):
+        params = reranker.init_params(key, data.num_features, data.num_labels, settings.rerank_dim)
+        return {"epoch": jnp.zeros((), jnp.int32), "params": params,
+                "opt_state": _optimizer(settings).init(params)}
+    shapes = jax.eval_shape(init, jax.random.key(0))
+    return jax.tree_util.tree_map_with_path(
+        lambda path, leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=_sharding_of(path, mesh)), shapes)
+
+
+def _sharding_of(path, mesh) -> NamedSharding:
+    """Class rows (``class_emb``, ``class_bias`` and their Adam moments) split over the devices
+    when they divide ``CLASS_ROW_MULTIPLE``; everything else replicated."""
+    devices = mesh.devices.size
+    is_class_rows = any(str(getattr(part, "key", "")).startswith("class_") for part in path)
+    if is_class_rows and devices > 1 and reranker.CLASS_ROW_MULTIPLE % devices == 0:
+        return NamedSharding(mesh, P(tuple(mesh.axis_names)))
+    return mesh_lib.replicated(mesh)
+
+
+def _initial_state(settings: RerankConfig, seed: int, data: XCDataset, mesh, abstract: dict) -> dict:
+    shardings = jax.tree.map(lambda leaf: leaf.sharding, abstract)
+
+    @functools.partial(jax.jit, out_shardings=shardings)
+    def init(key):
+        params = reranker.init_params(key, data.num_features, data.num_labels, settings.rerank_dim)
+        return {"epoch": jnp.zeros((), jnp.int32), "params": params,
+                "opt_state": _optimizer(settings).init(params)}
+    return init(jax.random.fold_in(jax.random.key(seed), _RERANK_STREAM))
+
+
+def _train_step(settings: RerankConfig, num_labels: int):
+    optimizer = _optimizer(settings)
+    loss = functools.partial(reranker.sampled_softmax_loss, num_labels=num_labels,
+                             num_negatives=settings.sampled_negatives, dropout=settings.rerank_dropout)
+
+    @functools.partial(jax.jit, donate_argnums=0)
+    def step(state, batch, key):
+        value, grads = jax.value_and_grad(loss)(state["params"], batch, key)
+        updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
+        return {**state, "params": optax.apply_updates(state["params"], updates), "opt_state": opt_state}, value
+    return step
+
+
+def _run_epochs(settings: RerankConfig, seed: int, data: XCDataset, shortlist: np.ndarray, state: dict,
+                manager, workdir: Path, identity: dict, mesh, progress: bool) -> dict:
+    """Epochs from ``state["epoch"]`` to the last, a checkpoint and a record after each."""
+    shape = batches.BatchShape(settings.rerank_batch_size, batches.widest_row(data.features) or 1,
+                               settings.rerank_max_labels)
+    steps_per_epoch = batches.num_batches(data.num_points, shape.batch_size)
+    step = _train_step(settings, data.num_labels)
+    base_key = jax.random.fold_in(jax.random.key(seed), _RERANK_STREAM + 1)
+    everywhere = mesh_lib.replicated(mesh)
+    first = int(state["epoch"])
+    bar = tqdm(total=settings.rerank_epochs * steps_per_epoch, initial=first * steps_per_epoch,
+               disable=not progress, desc="rerank", unit="step")
+    try:
+        for epoch in range(first, settings.rerank_epochs):
+            order = batches.epoch_order(data.num_points, seed + _RERANK_STREAM, epoch)
+            total = 0.0
+            for index in range(steps_per_epoch):
+                rows = order[index * shape.batch_size:(index + 1) * shape.batch_size]
+                batch = batches.make_batch(data, rows, shape)
+                batch["shortlist"] = _shortlist_rows(shortlist, rows, shape.batch_size, data.num_labels)
+                key = jax.random.fold_in(base_key, epoch * steps_per_epoch + index)
+                state, loss = step(state, mesh_lib.put(batch, everywhere), key)
+                total += float(loss)  # a sync per step: cheap beside the step, and a NaN stops at once
+                if not math.isfinite(total):
+                    raise TrainingDivergedError(f"the re-ranker's loss became {total} in epoch {epoch + 1}; "
+                                                "lower --rerank-lr")
+                bar.update()
+            state = {**state, "epoch": jnp.asarray(epoch + 1, jnp.int32)}
+            checkpoints.save_state(manager, epoch + 1, state)
+            manager.wait_until_finished()
+            done = epoch + 1 == settings.rerank_epochs
+            rerank_store.write_record(workdir, {**identity, "epochs_done": epoch + 1, "finished": done,
+                                                "last_epoch_loss": total / steps_per_epoch})
+            log.info("re-ranker epoch %d: loss %.4f", epoch + 1, total / steps_per_epoch)
+    finally:
+        bar.close()
+    return state
+
+
+def _shortlist_rows(shortlist: np.ndarray, rows: np.ndarray, batch_size: int, num_labels: int) -> np.ndarray:
+    """int32 [batch, K]: the shortlists of ``rows``, padding points' all L (empty)."""
+    out = np.full((batch_size, shortlist.shape[1]), num_labels, np.int32)
+    out[:len(rows)] = shortlist[rows]
+    return out
