@@ -17,6 +17,7 @@ from pathlib import Path
 import jax
 
 from mach_jax.config import Config
+from mach_jax.core import reranker
 from mach_jax.data import batches
 from mach_jax.data.csr import XCDataset
 from mach_jax.errors import ConfigError
@@ -28,8 +29,12 @@ from mach_jax.training.rerank_loop import train_reranker
 log = logging.getLogger("mach_jax")
 
 
-def fit_reranker(config: Config, workdirs: list[Path], train_data: XCDataset, progress: bool = True) -> None:
+def fit_reranker(config: Config, workdirs: list[Path], train_data: XCDataset,
+                 progress: bool = True) -> reranker.RerankParams | None:
     """Trains (or resumes, or keeps the finished) re-ranker of the ensemble in ``workdirs``.
+
+    Returns the trained parameters (class rows sharded over the devices), None when a finished
+    re-ranker was kept.
 
     Args:
       config: its ``rerank`` section gives the settings, ``train.seed`` the seed.
@@ -51,7 +56,7 @@ def fit_reranker(config: Config, workdirs: list[Path], train_data: XCDataset, pr
     rerank_store.check_resumable(workdirs[0], record, identity)
     if record is not None and record.get("finished"):
         log.info("the re-ranker in %s is trained already", rerank_store.rerank_dir(workdirs[0]))
-        return
+        return None
     start = time.perf_counter()
     shortlist_size = min(settings.shortlist_size, ensemble.info.num_labels)
     _, shortlist = ensemble.predict(train_data.features, k=shortlist_size, source=train_data.source,
@@ -60,7 +65,7 @@ def fit_reranker(config: Config, workdirs: list[Path], train_data: XCDataset, pr
     labels = batches.cap_row_width(train_data.labels, settings.rerank_max_labels, "truncate", keep_largest=False,
                                    source=train_data.source, what="labels")
     data = XCDataset(ensemble.member_features(train_data.features, train_data.source), labels, train_data.source)
-    train_reranker(settings, config.train.seed, workdirs[0], data, shortlist, identity, progress)
+    return train_reranker(settings, config.train.seed, workdirs[0], data, shortlist, identity, progress)
 
 
 def evaluate_with_reranker(workdirs: list[Path], eval_data: XCDataset, without: dict,

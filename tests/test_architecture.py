@@ -19,7 +19,8 @@ LAYERS = [
     {"data", "core"},
     {"storage"},
     {"training", "readout"},
-    {"experiment", "rerank_stage", "cli"},
+    {"rerank_stage"},  # the second stage: read-out shortlists handed to the re-ranker's training
+    {"experiment", "cli"},
     {"train", "evaluate", "predict", "rerank", "datasets", "plot", "tfds", "__init__"},  # the commands
 ]
 # The one import that runs up, and why. Each entry must still exist (tested).

@@ -1,4 +1,5 @@
-"""Export a trained ensemble plus its decoder as one serialized StableHLO function (jax.export).
+"""Export a trained ensemble plus its decoder (and re-ranker, if any) as one serialized StableHLO
+function (jax.export).
 
 The file runs with nothing but JAX installed: parameters and hash seeds are baked in, and the
 input is a fixed-shape batch (pad the last one):
@@ -40,6 +41,9 @@ def export_ensemble(ensemble: MachEnsemble, path: str | Path, batch_size: int, m
     params, seeds = jax.device_get((ensemble.params, ensemble.seeds))  # constants, one device
     spec = dataclasses.replace(ensemble.spec, rep_shards=1)
     decoder = ensemble.decoder(approx=False)
+    reranker = ensemble.reranker
+    if reranker is not None:
+        reranker = dataclasses.replace(reranker, params=jax.device_get(reranker.params))
 
     idf = ensemble.feature_idf
 
@@ -47,7 +51,7 @@ def export_ensemble(ensemble: MachEnsemble, path: str | Path, batch_size: int, m
         feat_vals = transforms.apply_to_batch(feat_ids, feat_vals, ensemble.config.data.input_transform,
                                               None if idf is None else jnp.asarray(idf), xp=jnp)
         batch = {"feat_ids": feat_ids, "feat_vals": feat_vals}
-        return step.predict_step(params, batch, seeds, decoder, spec=spec,
+        return step.predict_step(params, batch, seeds, decoder, reranker, spec=spec,
                                  aggregation=ensemble.config.eval.aggregation, k=k)
 
     exported = jax.export.export(jax.jit(predict))(

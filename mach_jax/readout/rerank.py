@@ -19,9 +19,11 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 from jax import lax
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
-from mach_jax.core import mesh as mesh_lib, reranker
+from mach_jax.core import mesh as mesh_lib
+from mach_jax.core import reranker
 from mach_jax.errors import WorkdirError
 from mach_jax.storage import checkpoints, rerank_store
 
@@ -57,8 +59,8 @@ class Reranker:
         present = jnp.isfinite(shortlist_scores) & (shortlist_ids < self.num_labels)
         q = reranker.query(self.params, batch["feat_ids"], batch["feat_vals"])
         own = jnp.where(present, reranker.candidate_scores(self.params, q, shortlist_ids), -jnp.inf)
-        mixed = jax.nn.log_softmax(own, axis=1) + self.mix * mach_log_score(shortlist_scores, num_members,
-                                                                              aggregation)
+        mach = mach_log_score(shortlist_scores, num_members, aggregation)
+        mixed = jax.nn.log_softmax(own, axis=1) + self.mix * mach
         mixed = jnp.where(present, mixed, -jnp.inf)
         scores, positions = lax.top_k(mixed, k)
         return scores, jnp.take_along_axis(shortlist_ids, positions, axis=1)
@@ -112,4 +114,3 @@ def load_reranker(workdir: Path, num_features: int, num_labels: int, mix: float)
                               jax.random.key(0))
     _, params = checkpoints.restore_params(rerank_store.rerank_dir(workdir), abstract)
     return Reranker(params, settings["shortlist_size"], mix, num_labels)
-

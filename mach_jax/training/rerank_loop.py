@@ -19,11 +19,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
 
 from mach_jax.config import RerankConfig
-from mach_jax.core import mesh as mesh_lib, reranker
+from mach_jax.core import mesh as mesh_lib
+from mach_jax.core import reranker
 from mach_jax.data import batches
 from mach_jax.data.csr import XCDataset
 from mach_jax.errors import TrainingDivergedError
