@@ -14,5 +14,5 @@ from mach_jax.config.tree import FORMAT_VERSION, Config, resumable_fields
 
 __all__ = ["AGGREGATIONS", "DECODERS", "EMBEDDING_OPTIMIZERS", "EMBEDDING_UPDATES", "FORMAT_VERSION",
            "INPUT_LAYERS", "INPUT_TRANSFORMS", "LR_SCHEDULES", "OVERFLOW_POLICIES", "PRESETS", "RERANKER_USES",
-           "ROWWISE_ADAGRAD_LEARNING_RATE", "Config", "RerankConfig", "DataConfig", "EvalConfig", "ModelConfig", "ParallelConfig", "SyntheticConfig",
-           "TrainConfig", "get_preset", "resumable_fields"]
+           "ROWWISE_ADAGRAD_LEARNING_RATE", "Config", "DataConfig", "EvalConfig", "ModelConfig", "ParallelConfig",
+           "RerankConfig", "SyntheticConfig", "TrainConfig", "get_preset", "resumable_fields"]
