@@ -94,7 +94,7 @@ def add_config_flags(parser: argparse.ArgumentParser, sections: tuple[str, ...],
                             help="named settings to start from (default: %(default)s)")
     from mach_jax.core.losses import LOSSES  # the registry imports JAX: only when flags are built
 
-    choices = dict(_CHOICES, **{"train.loss": tuple(LOSSES)})
+    choices = dict(_CHOICES, **{"train.loss": (*LOSSES, "auto")})
     for section in sections:
         group = parser.add_argument_group(f"{section} settings")
         section_cls = type(getattr(Config(), section))

@@ -17,7 +17,7 @@ from mach_jax.config import Config
 from mach_jax.core import model
 from mach_jax.data import sources
 from mach_jax.data.csr import XCDataset
-from mach_jax.data.prepare import RunInfo
+from mach_jax.data.prepare import RunInfo, sized_for
 from mach_jax.readout.ensemble import MachEnsemble
 from mach_jax.storage import workdir as wd
 from mach_jax.training import loop
@@ -53,6 +53,7 @@ def train_and_evaluate(config: Config, workdir: str | Path, progress: bool = Tru
     config.validate()
     train_data, eval_data, split = sources.load_train_eval(config.data, progress)
     eval_data.require_points("evaluate")
+    config = sized_for(config, train_data)
     fields = sources.eval_fields(config.data, eval_data, split)
     _, _, metrics = loop.run_training(config, workdir, train_data, progress,
                                       evaluator=evaluator(config, eval_data, split), final_fields=fields)

@@ -44,7 +44,8 @@ def do_train(args: argparse.Namespace) -> int:
     distributed.initialize_from_args(args)  # before any device is touched
     workdir = Path(args.workdir) if args.workdir else default_workdir(args)
     model = config.model
-    print(f"mach_jax: R={model.num_repetitions} members, B={model.num_buckets} buckets, "
+    buckets = model.num_buckets or "from the data"
+    print(f"mach_jax: R={model.num_repetitions} members, B={buckets} buckets, "
           f"hidden={list(model.hidden_sizes)}, loss={config.train.loss}, workdir={workdir}")
     metrics = train_and_evaluate(config, workdir, progress=not args.quiet)
     written = workdir_lib.group_dir(workdir, config.parallel.rep_range) / workdir_lib.METRICS_FILE

@@ -1,7 +1,12 @@
 """mach_jax against the methods a user would pick instead, on one pair of XC files: a Markdown table.
 
     python scripts/compare.py --train ../shared/data/bibtex/train.txt.gz \
-        --test ../shared/data/bibtex/test.txt.gz --preset bibtex [--out comparison.md]
+        --test ../shared/data/bibtex/test.txt.gz --preset bibtex [--out comparison.md] \
+        [--seeds 0,1,2] [--peer-transform l2]
+
+``--seeds`` runs mach_jax once per seed and adds their mean; a run with the re-ranker adds a row
+for its members read out alone. ``--peer-transform`` gives the peers transformed rows (the
+peer figures in ../shared/data/README.md used L2-normalised rows).
 
 Methods: ``mach_jax`` (the given preset), omikuji's ``parabel`` (its defaults: 3 trees of balanced
 2-means, up to 100 labels a leaf) and ``bonsai`` (omikuji with unbalanced 100-means, depth <= 3, as
@@ -37,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mach_jax.config import PRESETS  # light: no JAX in this process until the peers are scored
+from mach_jax.config import INPUT_TRANSFORMS, PRESETS  # light: no JAX here until the peers are scored
 from mach_jax.hardware import cpu_model
 
 METHODS = ("mach_jax", "parabel", "bonsai", "plt")
@@ -62,11 +67,13 @@ def run_mach_jax(args: argparse.Namespace, folder: Path) -> dict:
     from mach_jax.storage.checkpoints import CHECKPOINT_DIR
     from mach_jax.data.xc_format import read_xc
 
-    config = get_preset(args.preset).replace(data={"train_path": args.train, "test_path": args.test})
+    config = get_preset(args.preset).replace(data={"train_path": args.train, "test_path": args.test},
+                                             train={"seed": args.seed})
     workdir = folder / "workdir"
     experiment.train_and_evaluate(config, workdir, progress=False)
     metrics = json.loads((workdir / wd.METRICS_FILE).read_text())
     ensemble = MachEnsemble.load(workdir)
+    config = ensemble.config  # with what the preset left to the data filled in
     features = read_xc(args.test).features
     ensemble.predict(features, k=TOP_K)  # compiles for this input's shapes
     start = time.perf_counter()
@@ -78,7 +85,8 @@ def run_mach_jax(args: argparse.Namespace, folder: Path) -> dict:
             "predict_seconds": predict_seconds, "num_test_points": features.num_rows,
             "model_bytes": folder_bytes(latest),
             "param_bytes": int(sum(np.asarray(leaf).nbytes for leaf in jax.tree.leaves(ensemble.params))),
-            "settings": f"preset {args.preset}: {preset_settings(config)}"}
+            "settings": f"preset {args.preset}, seed {args.seed}: {preset_settings(config)}",
+            "without_reranker": metrics.get("without_reranker")}
 
 
 def preset_settings(config) -> str:
@@ -91,7 +99,13 @@ def preset_settings(config) -> str:
     parts += [f"{name} {value:g}" for name, value in extras.items() if value]
     if train.lr_schedule != "constant":
         parts.append(f"{train.lr_schedule} decay")
-    return ", ".join(parts + [f"{train.epochs} epochs"])
+    if config.data.input_transform != "none":
+        parts.insert(0, f"{config.data.input_transform} input")
+    parts.append(f"lr {train.learning_rate:g}")
+    parts.append(f"{train.epochs} epochs")
+    if config.rerank.enabled:
+        parts.append(f"re-ranker over the top {config.rerank.shortlist_size} (h={config.rerank.rerank_dim})")
+    return ", ".join(parts)
 
 
 def run_omikuji(args: argparse.Namespace, folder: Path, bonsai: bool) -> dict:
@@ -101,7 +115,7 @@ def run_omikuji(args: argparse.Namespace, folder: Path, bonsai: bool) -> dict:
         raise NotInstalled(f"omikuji: {error}; pip install omikuji") from None
     from mach_jax.data.xc_format import read_xc, write_xc
 
-    train, test = read_xc(args.train), read_xc(args.test)
+    train, test = peer_inputs(args)
     plain = folder / "train.txt"
     write_xc(plain, train)  # omikuji reads a plain-text XC file, not gzip
     hyper = omikuji.Model.default_hyper_param()
@@ -119,6 +133,7 @@ def run_omikuji(args: argparse.Namespace, folder: Path, bonsai: bool) -> dict:
     version = metadata.version("omikuji")
     settings = (f"omikuji {version}, 3 trees, unbalanced 100-means, depth <= 3" if bonsai else
                 f"omikuji {version} defaults: 3 trees, balanced 2-means, <= 100 labels a leaf")
+    settings += f", {args.peer_transform} input" if args.peer_transform != "none" else ""
     save_top(folder, top, test.num_points)
     return {"train_seconds": train_seconds, "predict_seconds": predict_seconds,
             "num_test_points": test.num_points, "model_bytes": folder_bytes(folder / "model"),
@@ -132,9 +147,7 @@ def run_plt(args: argparse.Namespace, folder: Path) -> dict:
         raise NotInstalled(f"napkinxc: {error}; pip install napkinxc") from None
     import scipy.sparse
 
-    from mach_jax.data.xc_format import read_xc
-
-    train, test = read_xc(args.train), read_xc(args.test)
+    train, test = peer_inputs(args)
 
     def csr(matrix):
         return scipy.sparse.csr_matrix((matrix.values, matrix.indices, matrix.indptr),
@@ -153,7 +166,23 @@ def run_plt(args: argparse.Namespace, folder: Path) -> dict:
     return {"train_seconds": train_seconds, "predict_seconds": predict_seconds,
             "num_test_points": test.num_points, "model_bytes": folder_bytes(folder / "model"),
             "settings": f"napkinXC {metadata.version('napkinxc')} defaults: balanced 2-means tree, "
-                        "<= 100 leaves a node, log loss"}
+                        "<= 100 leaves a node, log loss"
+                        + (f", {args.peer_transform} input" if args.peer_transform != "none" else "")}
+
+
+def peer_inputs(args: argparse.Namespace):
+    """The train and test data as the peers get them: rows transformed by ``--peer-transform``
+    (tf-idf with the training set's idf), without JAX."""
+    from mach_jax.data import transforms
+    from mach_jax.data.csr import XCDataset
+    from mach_jax.data.xc_format import read_xc
+
+    train, test = read_xc(args.train), read_xc(args.test)
+    if args.peer_transform == "none":
+        return train, test
+    idf = transforms.fit_idf(train.features) if transforms.uses_idf(args.peer_transform) else None
+    return tuple(XCDataset(transforms.apply(data.features, args.peer_transform, idf), data.labels, data.source)
+                 for data in (train, test))
 
 
 def save_top(folder: Path, top: list[list[int]], num_points: int) -> None:
@@ -210,7 +239,7 @@ def run_child(args: argparse.Namespace) -> int:
     folder = Path(args.workdir) / args.child
     result_file = folder / "result.json"
     try:
-        if args.child == "mach_jax":
+        if args.child.startswith("mach_jax"):
             result = run_mach_jax(args, folder)
         elif args.child in ("parabel", "bonsai"):
             result = run_omikuji(args, folder, bonsai=args.child == "bonsai")
@@ -250,7 +279,8 @@ def run_method(method: str, args: argparse.Namespace) -> dict:
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     command = [sys.executable, str(Path(__file__).resolve()), "--child", method, "--train", args.train,
-               "--test", args.test, "--preset", args.preset, "--workdir", str(args.workdir)]
+               "--test", args.test, "--preset", args.preset, "--workdir", str(args.workdir),
+               "--seed", str(seed_of(method)), "--peer-transform", args.peer_transform]
     with open(folder / "log.txt", "w") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
         _, status, usage = os.wait4(process.pid, 0)  # this child's own rusage (where no VmHWM)
@@ -267,7 +297,7 @@ def run_method(method: str, args: argparse.Namespace) -> dict:
 
 def score_peers(results: dict[str, dict], args: argparse.Namespace) -> None:
     """Adds the metrics of every peer that ran, from its ``top.npy``."""
-    peers = [m for m, result in results.items() if m != "mach_jax" and "train_seconds" in result]
+    peers = [m for m, result in results.items() if not m.startswith("mach_jax") and "train_seconds" in result]
     if not peers:
         return
     from mach_jax.data.xc_format import read_xc
@@ -282,24 +312,63 @@ def megabytes(count: float) -> str:
     return f"{count / 2**20:,.1f} MiB"
 
 
+def seed_of(method: str) -> int:
+    """``mach_jax@3`` -> 3; every other method (and plain ``mach_jax``) -> 0."""
+    return int(method.partition("@")[2] or 0)
+
+
+def name_of(method: str) -> str:
+    base, _, seed = method.partition("@")
+    return NAMES[base] + (f", seed {seed}" if seed else "")
+
+
+def with_summary_rows(results: dict[str, dict]) -> dict[str, dict]:
+    """Adds the members-alone row of each mach_jax run that re-ranked, and with several seeds
+    their mean (metrics and train seconds averaged, the largest peak RSS)."""
+    out = {}
+    runs = [m for m in results if m.startswith("mach_jax") and "train_seconds" in results[m]]
+    for method, result in results.items():
+        out[method] = result
+        alone = result.get("without_reranker")
+        if alone:
+            out[f"{method} (members alone)"] = {**{key: alone[key] for key in COLUMNS}, "settings":
+                                                "the same run read out without its re-ranker"}
+    if len(runs) > 1:
+        mean = {key: float(np.mean([results[m][key] for m in runs])) for key in COLUMNS}
+        mean.update(train_seconds=float(np.mean([results[m]["train_seconds"] for m in runs])),
+                    predict_seconds=float(np.mean([results[m]["predict_seconds"] for m in runs])),
+                    num_test_points=results[runs[0]]["num_test_points"],
+                    model_bytes=results[runs[0]]["model_bytes"],
+                    peak_rss_bytes=max(results[m]["peak_rss_bytes"] for m in runs),
+                    settings=f"mean of seeds {', '.join(str(seed_of(m)) for m in runs)}")
+        out["mach_jax mean"] = mean
+    return out
+
+
 def table(results: dict[str, dict]) -> str:
     """The Markdown table, one row per method (skipped and failed methods say so)."""
     header = ("| method | settings | " + " | ".join(COLUMNS)
               + " | train s | predict ms/point | model on disk | peak RSS |")
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
-    for method, result in results.items():
+    for method, result in with_summary_rows(results).items():
+        name = {"mach_jax mean": "**mach_jax (MACH), mean**"}.get(method) or (
+            name_of(method.removesuffix(" (members alone)")) + (" members alone" if "alone" in method else ""))
         if "skipped" in result or "failed" in result:
             why = (result.get("skipped") or f"failed: {result['failed']}").replace("|", "\\|")
-            lines.append(f"| {NAMES[method]} | {why} |" + " - |" * (len(COLUMNS) + 4))
+            lines.append(f"| {name} | {why} |" + " - |" * (len(COLUMNS) + 4))
             continue
         cells = [f"{100 * result[key]:.2f}" for key in COLUMNS]
-        cells += [f"{result['train_seconds']:.1f}",
-                  f"{1000 * result['predict_seconds'] / result['num_test_points']:.3f}",
-                  megabytes(result["model_bytes"]), megabytes(result["peak_rss_bytes"])]
-        lines.append(f"| {NAMES[method]} | {result['settings']} | " + " | ".join(cells) + " |")
-    if "param_bytes" in results.get("mach_jax", {}):
+        if "train_seconds" in result:
+            cells += [f"{result['train_seconds']:.1f}",
+                      f"{1000 * result['predict_seconds'] / result['num_test_points']:.3f}",
+                      megabytes(result["model_bytes"]), megabytes(result["peak_rss_bytes"])]
+        else:
+            cells += ["-"] * 4
+        lines.append(f"| {name} | {result['settings']} | " + " | ".join(cells) + " |")
+    first = next((r for m, r in results.items() if m.startswith("mach_jax") and "param_bytes" in r), None)
+    if first:
         lines += ["", "mach_jax's checkpoint holds parameters and Adam moments; the parameters alone: "
-                      f"{megabytes(results['mach_jax']['param_bytes'])} (float32)."]
+                      f"{megabytes(first['param_bytes'])} (float32)."]
     return "\n".join(lines)
 
 
@@ -317,12 +386,21 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
                         help=f"comma-separated, from {', '.join(METHODS)} (default: all)")
     parser.add_argument("--workdir", default="runs/compare", help="one folder per method goes here")
     parser.add_argument("--out", default=None, help="also write the Markdown table to this file")
-    parser.add_argument("--child", choices=METHODS, help=argparse.SUPPRESS)
+    parser.add_argument("--seeds", default="0",
+                        help="mach_jax's train.seed, comma-separated: one run each, and their mean (default: 0)")
+    parser.add_argument("--peer-transform", default="none", choices=INPUT_TRANSFORMS,
+                        help="rows as the peers get them (e.g. l2; default: the file's values)")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = sorted(set(args.methods) - set(METHODS))
     if unknown:
         parser.error(f"unknown methods {unknown}; choose from {', '.join(METHODS)}")
+    seeds = [int(seed) for seed in args.seeds.split(",") if seed.strip()]
+    if "mach_jax" in args.methods and seeds != [0]:
+        at = args.methods.index("mach_jax")
+        args.methods[at:at + 1] = [f"mach_jax@{seed}" for seed in seeds]
     return args
 
 
@@ -340,6 +418,7 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     if args.out:
         Path(args.out).write_text(text + "\n")
+    (Path(args.workdir) / "results.json").write_text(json.dumps(results, indent=2))
     return 1 if any("failed" in result for result in results.values()) else 0
 
 

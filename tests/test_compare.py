@@ -2,6 +2,7 @@
 own metrics.json, a peer that does not import is a "not installed" row, an installed one scores."""
 
 import importlib
+import importlib.util
 import json
 import os
 import subprocess
@@ -61,20 +62,30 @@ def test_mach_jax_row_is_its_metrics_json_and_missing_peers_are_skipped(files, t
     for package in ("omikuji", "napkinxc"):
         (blocked / package).mkdir(parents=True)
         (blocked / package / "__init__.py").write_text(f"raise ImportError('no {package} here')\n")
-    result = run_compare(files, tmp_path / "work", "--out", str(tmp_path / "table.md"), pythonpath=[blocked])
+    result = run_compare(files, tmp_path / "work", "--out", str(tmp_path / "table.md"), "--seeds", "0,1",
+                         pythonpath=[blocked])
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "table.md").read_text().strip() == result.stdout.strip()
 
     table = rows(result.stdout)
-    assert list(table) == ["mach_jax (MACH)", *PEERS]
-    metrics = json.loads((tmp_path / "work" / "mach_jax" / "workdir" / "metrics.json").read_text())
-    assert metrics["split"] == "test"
-    mach = table["mach_jax (MACH)"]
+    runs = ["mach_jax (MACH), seed 0", "mach_jax (MACH), seed 1"]
+    assert list(table) == [*runs, *PEERS, "**mach_jax (MACH), mean**"]
+    seeds = []
+    for seed, name in enumerate(runs):
+        metrics = json.loads((tmp_path / "work" / f"mach_jax@{seed}" / "workdir" / "metrics.json").read_text())
+        config = json.loads((tmp_path / "work" / f"mach_jax@{seed}" / "workdir" / "config.json").read_text())
+        assert metrics["split"] == "test" and config["config"]["train"]["seed"] == seed
+        mach = table[name]
+        for column in COLUMNS:
+            assert mach[column] == f"{100 * metrics[column]:.2f}", column
+        assert float(mach["train s"]) == pytest.approx(metrics["train_seconds"], abs=0.05)
+        assert float(mach["predict ms/point"]) > 0
+        assert mach["model on disk"].endswith("MiB") and mach["peak RSS"].endswith("MiB")
+        seeds.append(metrics)
+    assert seeds[0]["P@5"] != seeds[1]["P@5"]  # the seed reaches the run
     for column in COLUMNS:
-        assert mach[column] == f"{100 * metrics[column]:.2f}", column
-    assert float(mach["train s"]) == pytest.approx(metrics["train_seconds"], abs=0.05)
-    assert float(mach["predict ms/point"]) > 0
-    assert mach["model on disk"].endswith("MiB") and mach["peak RSS"].endswith("MiB")
+        mean = 100 * (seeds[0][column] + seeds[1][column]) / 2
+        assert float(table["**mach_jax (MACH), mean**"][column]) == pytest.approx(mean, abs=0.006)
     for name, package in PEERS.items():
         assert table[name]["settings"].startswith(f"not installed ({package}: no {package} here")
         assert all(table[name][column] == "-" for column in COLUMNS)
@@ -85,12 +96,28 @@ def test_installed_peers_score_within_range(files, tmp_path):
     if not installed:
         pytest.skip("neither omikuji nor napkinxc is installed (pip install '.[compare]')")
     methods = {"omikuji Parabel": "parabel", "omikuji Bonsai": "bonsai", "napkinXC PLT": "plt"}
-    result = run_compare(files, tmp_path / "work", "--methods", ",".join(methods[name] for name in installed))
+    result = run_compare(files, tmp_path / "work", "--methods", ",".join(methods[name] for name in installed),
+                         "--peer-transform", "l2")
     assert result.returncode == 0, result.stderr
     table = rows(result.stdout)
     assert set(table) == set(installed)
     for name, row in table.items():
+        assert row["settings"].endswith("l2 input")
         for column in COLUMNS:
             assert 0.0 <= float(row[column]) <= 100.0, (name, column, row[column])
         assert float(row["train s"]) >= 0 and float(row["predict ms/point"]) > 0
         assert float(row["peak RSS"].removesuffix(" MiB").replace(",", "")) > 0
+
+
+def test_a_reranked_run_also_shows_its_members_alone():
+    spec = importlib.util.spec_from_file_location("compare_script", SCRIPT)
+    compare = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(compare)
+    run = {**dict.fromkeys(COLUMNS, 0.5), "train_seconds": 1.0, "predict_seconds": 0.1, "num_test_points": 10,
+           "model_bytes": 1, "peak_rss_bytes": 1, "settings": "s",
+           "without_reranker": {**dict.fromkeys(COLUMNS, 0.25), "nDCG@1": 0.3}}
+    table = rows(compare.table({"mach_jax": run}))
+    assert list(table) == ["mach_jax (MACH)", "mach_jax (MACH) members alone"]
+    assert table["mach_jax (MACH)"]["P@1"] == "50.00"
+    assert table["mach_jax (MACH) members alone"]["P@5"] == "25.00"
+    assert table["mach_jax (MACH) members alone"]["train s"] == "-"

@@ -43,6 +43,17 @@ PRESETS: dict[str, Config] = {
         model={"num_repetitions": 32, "num_buckets": 128, "hidden_sizes": [256]},
         train={"epochs": 10, "batch_size": 128, "loss": "sigmoid"},
     ),
+    # Large label spaces, for a data set we have not seen: B and the loss follow the data's shape
+    # (config.sizing, printed at start-up), everything else is fixed. Chosen on validation splits
+    # of citeulike-users (L = 7,947; docs/large_labels.md): tf-idf rows with a 5x larger step
+    # size and cosine decay, R = 32, and the shortlist re-ranker over the top 100.
+    "large": _preset(
+        data={"input_transform": "tfidf_l2"},
+        model={"num_repetitions": 32, "num_buckets": 0, "hidden_sizes": [256]},
+        train={"epochs": 5, "batch_size": 256, "learning_rate": 1e-2, "loss": "auto", "lr_schedule": "cosine",
+               "embedding_update": "lazy"},
+        rerank={"shortlist_size": 100},
+    ),
     # The MACH paper's datasets, with the reference code's settings (B, R = 32, two hidden
     # layers of 500, sigmoid loss, Adam at 1e-3, 10 epochs): a starting point for users with
     # those files, not tuned here (no data for them in ../shared). Large inputs are hashed to

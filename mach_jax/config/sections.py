@@ -121,7 +121,8 @@ class ModelConfig:
     ``feat_hash_dim`` > 0 hashes the D input features into that many slots per member (its own
     seeds), as the reference code did for large D. ``input_layer`` picks how the embedding bag is
     computed ("sparse": gather rows; "dense": a [N, D] matmul; "auto": dense when D <= 16 K); the
-    parameters are the same either way.
+    parameters are the same either way. ``num_buckets`` 0: sized from the training data
+    (``config.sizing``, as ``--preset large`` does).
     """
 
     num_repetitions: int = 8
@@ -134,7 +135,8 @@ class ModelConfig:
 
     def validate(self) -> None:
         _require(self.num_repetitions >= 1, "model.num_repetitions", self.num_repetitions, "must be >= 1")
-        _require(self.num_buckets >= 2, "model.num_buckets", self.num_buckets, "must be >= 2")
+        _require(self.num_buckets >= 2 or self.num_buckets == 0, "model.num_buckets", self.num_buckets,
+                 "must be >= 2, or 0 to size it from the data (config.sizing)")
         _require(len(self.hidden_sizes) >= 1 and all(h >= 1 for h in self.hidden_sizes),
                  "model.hidden_sizes", self.hidden_sizes, "need at least one layer, each >= 1")
         _require(self.feat_hash_dim >= 0, "model.feat_hash_dim", self.feat_hash_dim,
@@ -218,7 +220,8 @@ class TrainConfig:
         # Imported here, not at the top: the loss registry imports JAX, and importing the config
         # alone (the data commands, scripts before they need JAX) should not.
         from mach_jax.core.losses import LOSSES
-        _require(self.loss in LOSSES, "train.loss", self.loss, f"must be one of {tuple(LOSSES)}")
+        _require(self.loss in LOSSES or self.loss == "auto", "train.loss", self.loss,
+                 f"must be one of {tuple(LOSSES)}, or auto (from the data: config.sizing)")
         _require(self.log_every_steps >= 1, "train.log_every_steps", self.log_every_steps, "must be >= 1")
         _require(self.checkpoint_every_steps >= 0, "train.checkpoint_every_steps",
                  self.checkpoint_every_steps, "must be >= 0 (0: at the end of every epoch)")

@@ -7,13 +7,16 @@ that evaluation and prediction need nothing but the workdir.
 from __future__ import annotations
 
 import dataclasses
+import logging
 
 import numpy as np
 
-from mach_jax.config import Config
+from mach_jax.config import Config, sizing
 from mach_jax.data import batches, transforms
 from mach_jax.data.csr import XCDataset
 from mach_jax.errors import ConfigError
+
+log = logging.getLogger("mach_jax")
 
 # Every evaluation reports P@1, P@3 and P@5.
 MIN_LABELS = 5
@@ -68,3 +71,16 @@ def prepare_train_data(config: Config, train: XCDataset,
                    num_train_points=train.num_points, max_nnz=max_nnz, max_labels=max_labels,
                    train_source=train.source)
     return XCDataset(features, labels, train.source), info
+
+
+def sized_for(config: Config, train: XCDataset) -> Config:
+    """The config with what it leaves to the data (``model.num_buckets`` 0, ``train.loss`` "auto")
+    filled in by ``config.sizing``, the choice logged; unchanged when it leaves nothing."""
+    if not sizing.needs_sizing(config):
+        return config
+    shape = sizing.DataShape(train.num_labels, train.num_points,
+                             train.labels.values.size / max(train.num_points, 1))
+    config, lines = sizing.size_from_data(config, shape)
+    for line in lines:
+        log.info(line)
+    return config.validate()

@@ -23,7 +23,8 @@ from mach_jax.config import Config
 from mach_jax.core import mesh as mesh_lib, model
 from mach_jax.data import batches
 from mach_jax.data.csr import XCDataset
-from mach_jax.data.prepare import RunInfo, check_enough_labels, feature_idf, label_counts, prepare_train_data
+from mach_jax.data.prepare import (RunInfo, check_enough_labels, feature_idf, label_counts, prepare_train_data,
+                                   sized_for)
 from mach_jax.errors import TrainingInterrupted
 from mach_jax.storage import checkpoints, workdir as wd
 from mach_jax.training.metric_log import MetricLog
@@ -69,6 +70,7 @@ def run_training(config: Config, workdir: str | Path, train_data: XCDataset, pro
     config.validate()
     workdir = wd.group_dir(Path(workdir), config.parallel.rep_range)
     train_data.require_points("train on")
+    config = sized_for(config, train_data)
     check_enough_labels(train_data.num_labels)
     counts = label_counts(train_data)  # before any --max-labels cut: PSP@k uses the true counts
     idf = feature_idf(config, train_data)
