@@ -113,7 +113,7 @@ def run_omikuji(args: argparse.Namespace, folder: Path, bonsai: bool) -> dict:
         import omikuji
     except ImportError as error:
         raise NotInstalled(f"omikuji: {error}; pip install omikuji") from None
-    from mach_jax.data.xc_format import read_xc, write_xc
+    from mach_jax.data.xc_format import write_xc
 
     train, test = peer_inputs(args)
     plain = folder / "train.txt"
@@ -367,8 +367,8 @@ def table(results: dict[str, dict]) -> str:
         lines.append(f"| {name} | {result['settings']} | " + " | ".join(cells) + " |")
     first = next((r for m, r in results.items() if m.startswith("mach_jax") and "param_bytes" in r), None)
     if first:
-        lines += ["", "mach_jax's checkpoint holds parameters and Adam moments; the parameters alone: "
-                      f"{megabytes(first['param_bytes'])} (float32)."]
+        lines += ["", ("mach_jax's checkpoint holds parameters and Adam moments; the parameters alone: "
+                       f"{megabytes(first['param_bytes'])} (float32).")]
     return "\n".join(lines)
 
 

@@ -62,8 +62,8 @@ def count_min_repetitions(shape: DataShape, num_buckets: int, delta: float = 0.0
 
 def size_from_data(config: Config, shape: DataShape) -> tuple[Config, list[str]]:
     """Fills the fields left to the data. Returns the config and one line per choice, with why."""
-    lines = [f"sizing from the data: L={shape.num_labels}, N={shape.num_points}, "
-             f"{shape.labels_per_point:.1f} labels per point"]
+    lines = [(f"sizing from the data: L={shape.num_labels}, N={shape.num_points}, "
+              f"{shape.labels_per_point:.1f} labels per point")]
     model, train = {}, {}
     if config.model.num_buckets == 0:
         model["num_buckets"] = rule_buckets(shape)
