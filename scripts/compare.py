@@ -2,7 +2,7 @@
 
     python scripts/compare.py --train ../shared/data/bibtex/train.txt.gz \
         --test ../shared/data/bibtex/test.txt.gz --preset bibtex [--out comparison.md] \
-        [--seeds 0,1,2] [--peer-transform l2]
+        [--seeds 0,1,2] [--peer-transform l2] [--override model.num_repetitions=8 ...]
 
 ``--seeds`` runs mach_jax once per seed and adds their mean; a run with the re-ranker adds a row
 for its members read out alone. ``--peer-transform`` gives the peers transformed rows (the
@@ -67,8 +67,10 @@ def run_mach_jax(args: argparse.Namespace, folder: Path) -> dict:
     from mach_jax.storage.checkpoints import CHECKPOINT_DIR
     from mach_jax.data.xc_format import read_xc
 
-    config = get_preset(args.preset).replace(data={"train_path": args.train, "test_path": args.test},
-                                             train={"seed": args.seed})
+    overrides = parse_overrides(args.override)
+    overrides["data"] = {**overrides.get("data", {}), "train_path": args.train, "test_path": args.test}
+    overrides["train"] = {**overrides.get("train", {}), "seed": args.seed}
+    config = get_preset(args.preset).replace(**overrides)
     workdir = folder / "workdir"
     experiment.train_and_evaluate(config, workdir, progress=False)
     metrics = json.loads((workdir / wd.METRICS_FILE).read_text())
@@ -87,6 +89,21 @@ def run_mach_jax(args: argparse.Namespace, folder: Path) -> dict:
             "param_bytes": int(sum(np.asarray(leaf).nbytes for leaf in jax.tree.leaves(ensemble.params))),
             "settings": f"preset {args.preset}, seed {args.seed}: {preset_settings(config)}",
             "without_reranker": metrics.get("without_reranker")}
+
+
+def parse_overrides(items: list[str]) -> dict[str, dict]:
+    """``["model.num_buckets=4000", ...]`` -> ``{"model": {"num_buckets": 4000}}`` (JSON values,
+    else strings)."""
+    overrides: dict[str, dict] = {}
+    for item in items:
+        field, _, text = item.partition("=")
+        section, _, name = field.partition(".")
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            value = text
+        overrides.setdefault(section, {})[name] = value
+    return overrides
 
 
 def preset_settings(config) -> str:
@@ -280,7 +297,8 @@ def run_method(method: str, args: argparse.Namespace) -> dict:
     folder.mkdir(parents=True)
     command = [sys.executable, str(Path(__file__).resolve()), "--child", method, "--train", args.train,
                "--test", args.test, "--preset", args.preset, "--workdir", str(args.workdir),
-               "--seed", str(seed_of(method)), "--peer-transform", args.peer_transform]
+               "--seed", str(seed_of(method)), "--peer-transform", args.peer_transform,
+               *[f"--override={item}" for item in args.override]]
     with open(folder / "log.txt", "w") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
         _, status, usage = os.wait4(process.pid, 0)  # this child's own rusage (where no VmHWM)
@@ -390,6 +408,8 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
                         help="mach_jax's train.seed, comma-separated: one run each, and their mean (default: 0)")
     parser.add_argument("--peer-transform", default="none", choices=INPUT_TRANSFORMS,
                         help="rows as the peers get them (e.g. l2; default: the file's values)")
+    parser.add_argument("--override", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                        help="change one field of mach_jax's preset, e.g. model.num_repetitions=8 (repeatable)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

@@ -63,7 +63,7 @@ def test_mach_jax_row_is_its_metrics_json_and_missing_peers_are_skipped(files, t
         (blocked / package).mkdir(parents=True)
         (blocked / package / "__init__.py").write_text(f"raise ImportError('no {package} here')\n")
     result = run_compare(files, tmp_path / "work", "--out", str(tmp_path / "table.md"), "--seeds", "0,1",
-                         pythonpath=[blocked])
+                         "--override", "model.num_buckets=24", pythonpath=[blocked])
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "table.md").read_text().strip() == result.stdout.strip()
 
@@ -75,6 +75,7 @@ def test_mach_jax_row_is_its_metrics_json_and_missing_peers_are_skipped(files, t
         metrics = json.loads((tmp_path / "work" / f"mach_jax@{seed}" / "workdir" / "metrics.json").read_text())
         config = json.loads((tmp_path / "work" / f"mach_jax@{seed}" / "workdir" / "config.json").read_text())
         assert metrics["split"] == "test" and config["config"]["train"]["seed"] == seed
+        assert config["config"]["model"]["num_buckets"] == 24 and "B=24" in table[name]["settings"]
         mach = table[name]
         for column in COLUMNS:
             assert mach[column] == f"{100 * metrics[column]:.2f}", column
