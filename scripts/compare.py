@@ -2,11 +2,13 @@
 
     python scripts/compare.py --train ../shared/data/bibtex/train.txt.gz \
         --test ../shared/data/bibtex/test.txt.gz --preset bibtex [--out comparison.md] \
-        [--seeds 0,1,2] [--peer-transform l2] [--override model.num_repetitions=8 ...]
+        [--seeds 0,1,2] [--peer-transform l2] [--override model.num_repetitions=8 ...] \
+        [--valid-frac 0.15]
 
 ``--seeds`` runs mach_jax once per seed and adds their mean; a run with the re-ranker adds a row
 for its members read out alone. ``--peer-transform`` gives the peers transformed rows (the
-peer figures in ../shared/data/README.md used L2-normalised rows).
+peer figures in ../shared/data/README.md used L2-normalised rows). ``--valid-frac F`` compares on
+the validation split that ``mach_jax.train --valid-frac F`` holds out, never on the test file.
 
 Methods: ``mach_jax`` (the given preset), omikuji's ``parabel`` (its defaults: 3 trees of balanced
 2-means, up to 100 labels a leaf) and ``bonsai`` (omikuji with unbalanced 100-means, depth <= 3, as
@@ -408,6 +410,10 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
                         help="mach_jax's train.seed, comma-separated: one run each, and their mean (default: 0)")
     parser.add_argument("--peer-transform", default="none", choices=INPUT_TRANSFORMS,
                         help="rows as the peers get them (e.g. l2; default: the file's values)")
+    parser.add_argument("--valid-frac", type=float, default=0.0,
+                        help="train on the training file less this held-out share and score on it (as "
+                             "mach_jax.train --valid-frac), instead of on the test file")
+    parser.add_argument("--valid-seed", type=int, default=0, help="the validation split's seed (default: 0)")
     parser.add_argument("--override", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                         help="change one field of mach_jax's preset, e.g. model.num_repetitions=8 (repeatable)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -424,16 +430,36 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def split_for_validation(args: argparse.Namespace) -> None:
+    """With ``--valid-frac``: every method trains on the training file less the validation split
+    that ``mach_jax.train --valid-frac F --valid-seed S`` holds out, and is scored on that split
+    (written to ``--workdir`` as XC files); the test file is not read."""
+    from mach_jax.data import sources
+    from mach_jax.data.xc_format import read_xc, write_xc
+
+    train = read_xc(args.train)
+    train_rows, valid_rows = sources.validation_split(train.num_points, args.valid_frac, args.valid_seed)
+    folder = Path(args.workdir)
+    folder.mkdir(parents=True, exist_ok=True)
+    args.train, args.test = str(folder / "train_part.txt.gz"), str(folder / "valid_part.txt.gz")
+    write_xc(args.train, train.take(train_rows))
+    write_xc(args.test, train.take(valid_rows))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_arguments(argv)
     if args.child:
         return run_child(args)
+    if args.valid_frac:
+        split_for_validation(args)
     results = {}
     for method in args.methods:
         print(f"{method} ...", file=sys.stderr, flush=True)
         results[method] = run_method(method, args)
     score_peers(results, args)
-    text = (f"{Path(args.train).name} / {Path(args.test).name} on {machine()}, "
+    what = (f"{args.valid_frac:g} of the training file held out (seed {args.valid_seed})" if args.valid_frac
+            else f"{Path(args.train).name} / {Path(args.test).name}")
+    text = (f"{what} on {machine()}, "
             f"Python {platform.python_version()}\n\n{table(results)}")
     print(text)
     if args.out:

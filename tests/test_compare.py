@@ -122,3 +122,18 @@ def test_a_reranked_run_also_shows_its_members_alone():
     assert table["mach_jax (MACH)"]["P@1"] == "50.00"
     assert table["mach_jax (MACH) members alone"]["P@5"] == "25.00"
     assert table["mach_jax (MACH) members alone"]["train s"] == "-"
+
+
+def test_on_a_validation_split_mach_jax_matches_its_own_valid_frac_run(files, tmp_path):
+    from mach_jax.experiment import train_and_evaluate
+
+    result = run_compare(files, tmp_path / "work", "--methods", "mach_jax", "--valid-frac", "0.2")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("0.2 of the training file held out (seed 0)")
+    row = rows(result.stdout)["mach_jax (MACH)"]
+    config = get_preset("tiny").replace(data={"train_path": str(files[0]), "test_path": str(files[1]),
+                                              "valid_frac": 0.2})
+    own = train_and_evaluate(config, tmp_path / "own", progress=False)
+    assert own["split"] == "valid"
+    for column in COLUMNS:
+        assert row[column] == f"{100 * own[column]:.2f}", column
