@@ -213,6 +213,8 @@ def test_class_rows_split_over_four_devices_give_the_one_device_reranker(trained
                             ("read out", MachEnsemble.load({str(copy)!r}).reranker.params["class_emb"])):
             shards = {{shard.data.shape[0] for shard in rows.addressable_shards}}
             print(where, len(rows.addressable_shards), "shards of", shards, "rows of", rows.shape[0])
+        _, test = sources.load_datasets(config.data)
+        np.save({str(copy / "ids.npy")!r}, MachEnsemble.load({str(copy)!r}).predict(test.features, k=5)[1])
     """)
     env = dict(os.environ, JAX_PLATFORMS="cpu",
                XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=4")
@@ -225,6 +227,9 @@ def test_class_rows_split_over_four_devices_give_the_one_device_reranker(trained
     sharded, single = MachEnsemble.load(copy).reranker.params, MachEnsemble.load(workdir).reranker.params
     for name in single:
         np.testing.assert_allclose(np.asarray(sharded[name]), np.asarray(single[name]), rtol=2e-4, atol=2e-6)
+    # The read-out on 4 devices (class rows split) ranks as one device does with its own copy.
+    _, test = sources.load_datasets(tiny_config().data)
+    np.testing.assert_array_equal(np.load(copy / "ids.npy"), MachEnsemble.load(copy).predict(test.features, k=5)[1])
 
 
 def test_the_command_adds_a_reranker_to_a_trained_ensemble(trained, tmp_path):
