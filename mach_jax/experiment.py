@@ -7,6 +7,7 @@ It is what ``python -m mach_jax.train``, the scripts and notebooks call.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import jax
@@ -18,6 +19,7 @@ from mach_jax.core import model
 from mach_jax.data import sources
 from mach_jax.data.csr import XCDataset
 from mach_jax.data.prepare import RunInfo, sized_for
+from mach_jax.errors import ConfigError
 from mach_jax.readout.ensemble import MachEnsemble
 from mach_jax.storage import workdir as wd
 from mach_jax.training import loop
@@ -40,7 +42,8 @@ def train_and_evaluate(config: Config, workdir: str | Path, progress: bool = Tru
 
     With ``rerank.shortlist_size`` K > 0 it then trains the shortlist re-ranker
     (``rerank_stage``) and reports the re-ranked metrics, the members' own under
-    ``"without_reranker"``.
+    ``"without_reranker"`` and the second stage's seconds as ``rerank_seconds`` (the members'
+    evaluation in ``metrics.jsonl`` and TensorBoard is the members' own).
 
     With ``data.valid_frac`` > 0 it trains on the training data less a held-out validation split
     and evaluates on that split instead (``"split": "valid"`` in the metrics), never on the test
@@ -51,6 +54,10 @@ def train_and_evaluate(config: Config, workdir: str | Path, progress: bool = Tru
       The metrics dict (P@k, nDCG@k, PSP@k for k = 1, 3, 5, the split and the run's settings).
     """
     config.validate()
+    if config.rerank.enabled and jax.process_count() > 1:  # before the members train, not after
+        raise ConfigError("the re-ranker trains in one process: train the members without "
+                          "--rerank-shortlist, then run python -m mach_jax.rerank --workdir W in one process",
+                          field="rerank.shortlist_size")
     train_data, eval_data, split = sources.load_train_eval(config.data, progress)
     eval_data.require_points("evaluate")
     config = sized_for(config, train_data)
@@ -58,9 +65,11 @@ def train_and_evaluate(config: Config, workdir: str | Path, progress: bool = Tru
     _, _, metrics = loop.run_training(config, workdir, train_data, progress,
                                       evaluator=evaluator(config, eval_data, split), final_fields=fields)
     if config.rerank.enabled:
+        start = time.perf_counter()
         rerank_stage.fit_reranker(config, [Path(workdir)], train_data, progress)
-        metrics = {**rerank_stage.evaluate_with_reranker([Path(workdir)], eval_data, metrics, progress), **fields,
-                   "train_seconds": metrics["train_seconds"]}
+        rerank_seconds = round(time.perf_counter() - start, 2)
+        metrics = {**rerank_stage.evaluate_with_reranker(config, [Path(workdir)], eval_data, metrics, progress),
+                   **fields, "train_seconds": metrics["train_seconds"], "rerank_seconds": rerank_seconds}
     if jax.process_index() == 0:
         wd.write_metrics(wd.group_dir(Path(workdir), config.parallel.rep_range), metrics)
     return metrics

@@ -4,13 +4,15 @@ For an ensemble trained without one, or trained in groups (``--reps``, repeat ``
 groups in separate workdirs): reads the training data named in the run's config (less its
 validation split), computes every point's K-class shortlist with the members' read-out, trains
 the re-ranker (``--rerank-*`` flags; see ``mach_jax.core.reranker``) into ``W/rerank/``, then
-evaluates the ensemble with and without it and writes ``W/metrics.json``. Re-running resumes an
+evaluates the ensemble with and without it (eval flags such as ``--rerank-mix`` or ``--decoder``
+apply to both) and writes ``W/metrics.json``. Re-running resumes an
 interrupted re-ranker; a finished one is kept.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 
 from mach_jax import cli
@@ -23,7 +25,7 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workdir", required=True, action="append",
                         help="a workdir written by mach_jax.train; repeat it for groups in separate workdirs")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    cli.add_config_flags(parser, ("rerank",), with_preset=False)
+    cli.add_config_flags(parser, ("rerank", "eval"), with_preset=False)
     return parser.parse_args(argv)
 
 
@@ -35,12 +37,15 @@ def do_rerank(args: argparse.Namespace) -> int:
 
     workdirs = [Path(path) for path in args.workdir]
     config, _, _ = wd.find_groups(workdirs)
-    config = config.replace(rerank=cli.flag_overrides(args).get("rerank", {}), parallel={"rep_range": ()})
+    overrides = cli.flag_overrides(args)
+    config = config.replace(rerank=overrides.get("rerank", {}), eval=overrides.get("eval", {}),
+                            parallel={"rep_range": ()})
     config.validate()
     train_data, eval_data, split = sources.load_train_eval(config.data, progress=not args.quiet)
     rerank_stage.fit_reranker(config, workdirs, train_data, progress=not args.quiet)
-    without = MachEnsemble.load(*workdirs, reranker="off").evaluate(eval_data, progress=not args.quiet)
-    metrics = rerank_stage.evaluate_with_reranker(workdirs, eval_data, without, progress=not args.quiet)
+    without = MachEnsemble.load(*workdirs, **{**dataclasses.asdict(config.eval), "reranker": "off"}).evaluate(
+        eval_data, progress=not args.quiet)
+    metrics = rerank_stage.evaluate_with_reranker(config, workdirs, eval_data, without, progress=not args.quiet)
     metrics.update(sources.eval_fields(config.data, eval_data, split))
     path = wd.write_metrics(workdirs[0], metrics)
     print(f"{format_metrics(metrics)}\nwritten to {path}")

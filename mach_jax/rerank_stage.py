@@ -10,6 +10,7 @@ members are not touched. The result is saved under ``workdir/rerank/`` and used 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from pathlib import Path
@@ -48,9 +49,10 @@ def fit_reranker(config: Config, workdirs: list[Path], train_data: XCDataset,
     if jax.process_count() > 1:
         raise ConfigError("the re-ranker trains in one process: once every process has finished, run "
                           "python -m mach_jax.rerank --workdir W in one", field="rerank.shortlist_size")
-    ensemble = MachEnsemble.load(*workdirs, reranker="off")
+    ensemble = MachEnsemble.load(*workdirs, **{**dataclasses.asdict(config.eval), "reranker": "off"})
     identity = {"num_features": ensemble.info.num_features, "num_labels": ensemble.info.num_labels,
-                "num_members": len(ensemble.rep_ids), "num_train_points": train_data.num_points,
+                "num_members": len(ensemble.rep_ids), "members_step": ensemble.checkpoint_step,
+                "num_train_points": train_data.num_points,
                 "settings": settings.training_fields(), "shortlist_from": ensemble.decoder().describe()}
     record = rerank_store.read_record(workdirs[0])
     rerank_store.check_resumable(workdirs[0], record, identity)
@@ -68,11 +70,12 @@ def fit_reranker(config: Config, workdirs: list[Path], train_data: XCDataset,
     return train_reranker(settings, config.train.seed, workdirs[0], data, shortlist, identity, progress)
 
 
-def evaluate_with_reranker(workdirs: list[Path], eval_data: XCDataset, without: dict,
+def evaluate_with_reranker(config: Config, workdirs: list[Path], eval_data: XCDataset, without: dict,
                            progress: bool = True) -> dict:
-    """The re-ranked ensemble's metrics on ``eval_data``, with the members' own (``without``,
-    the metrics of the same ensemble read out alone) kept under ``"without_reranker"``."""
-    ensemble = MachEnsemble.load(*workdirs)
+    """The re-ranked ensemble's metrics on ``eval_data``, read out with ``config.eval`` (as
+    ``without`` was: the metrics of the same ensemble read out alone, kept under
+    ``"without_reranker"``)."""
+    ensemble = MachEnsemble.load(*workdirs, **dataclasses.asdict(config.eval))
     result = ensemble.evaluate(eval_data, progress=progress)
     result["without_reranker"] = {name: without[name] for name in without
                                   if name.split("@")[0] in ("P", "nDCG", "PSP") and int(name.split("@")[1]) in KS}

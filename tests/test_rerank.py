@@ -83,6 +83,23 @@ def test_loss_without_negatives_is_the_softmax_cross_entropy_over_the_candidates
     np.testing.assert_allclose(loss, np.mean(want), rtol=1e-5)
 
 
+def test_padding_and_unlabelled_points_do_not_count():
+    params = reranker.init_params(jax.random.key(4), 6, 9, 3)
+    one = {"feat_ids": np.array([[1, 2]], np.int32), "feat_vals": np.array([[1.0, 0.5]], np.float32),
+           "label_ids": np.array([[3, 0]], np.int32), "label_mask": np.array([[1, 0]], np.float32),
+           "shortlist": np.array([[5, 9]], np.int32), "point_mask": np.ones(1, np.float32)}
+    # Beside it: a padding point, and a real point without labels and with an empty shortlist.
+    three = {name: np.concatenate([value, value, value]) for name, value in one.items()}
+    three["point_mask"] = np.array([1, 0, 1], np.float32)
+    three["label_mask"][2] = 0
+    three["shortlist"][2] = 9
+    settings = {"num_labels": 9, "num_negatives": 0, "dropout": 0.0}
+    alone = reranker.sampled_softmax_loss(params, one, jax.random.key(0), **settings)
+    loss, grads = jax.value_and_grad(reranker.sampled_softmax_loss)(params, three, jax.random.key(0), **settings)
+    np.testing.assert_allclose(loss, alone, rtol=1e-6)
+    assert all(np.isfinite(np.asarray(leaf)).all() for leaf in jax.tree.leaves(grads))
+
+
 def test_sampled_negatives_never_include_a_true_class():
     num_labels = 5  # 4 of the 5 classes are true: most draws clash
     params = reranker.init_params(jax.random.key(0), 3, num_labels, 2)
@@ -119,6 +136,11 @@ def test_rerank_mixes_the_two_log_scores_and_keeps_empty_slots_last():
         assert list(np.asarray(ids[n])) == want_ids
         np.testing.assert_allclose(np.asarray(scores[n])[:len(order)], mixed[order], rtol=1e-5)
     assert np.isneginf(scores[1, 2])
+    # A point whose shortlist is empty (a padding point): no NaN, every place empty.
+    scores, ids = Reranker(params, 4, 0.7, num_labels).rerank(
+        batch, np.full((2, 4), -np.inf, np.float32), np.full((2, 4), num_labels, np.int32), 3,
+        num_members=members, aggregation="prob")
+    assert np.isneginf(scores).all() and (np.asarray(ids) == num_labels).all()
 
 
 def test_mach_log_score_per_aggregation():
@@ -189,6 +211,35 @@ def test_an_interrupted_reranker_resumes_to_the_uninterrupted_result(trained, tm
     resumed, uninterrupted = MachEnsemble.load(copy).reranker.params, MachEnsemble.load(workdir).reranker.params
     for name in resumed:
         np.testing.assert_array_equal(np.asarray(resumed[name]), np.asarray(uninterrupted[name]))
+
+
+def test_a_reranker_saved_but_not_recorded_as_finished_is_finished_on_rerun(trained, tmp_path, monkeypatch):
+    workdir, _ = trained
+    copy = tmp_path / "run"
+    shutil.copytree(workdir, copy, ignore=shutil.ignore_patterns("rerank"))
+    train, _, _ = sources.load_train_eval(tiny_config().data)
+    real_write = rerank_store.write_record
+
+    def die_before_the_last_record(path, record):
+        if record["finished"]:
+            raise KeyboardInterrupt  # the last epoch is saved, its record never written
+        real_write(path, record)
+    monkeypatch.setattr(rerank_store, "write_record", die_before_the_last_record)
+    with pytest.raises(KeyboardInterrupt):
+        fit_reranker(tiny_config(), [copy], train, progress=False)
+    monkeypatch.undo()
+    assert MachEnsemble.load(copy).reranker is None  # unfinished: not used
+    fit_reranker(tiny_config(), [copy], train, progress=False)
+    assert rerank_store.read_record(copy)["finished"] and MachEnsemble.load(copy).reranker is not None
+
+
+def test_members_trained_further_refuse_the_old_reranker(trained, tmp_path):
+    workdir, _ = trained
+    copy = tmp_path / "run"
+    shutil.copytree(workdir, copy)
+    longer = tiny_config().replace(train={"epochs": 3})
+    with pytest.raises(WorkdirError, match="members_step"):
+        train_and_evaluate(longer, copy, progress=False)
 
 
 def test_a_group_cannot_train_it():

@@ -20,7 +20,8 @@ class RerankConfig:
 
     ``shortlist_size`` K: candidates re-scored per point (0: no re-ranker). ``rerank_dim`` h: the
     width of the class embeddings [L, h] and of the query. ``rerank_max_labels``: the true classes
-    per training point it learns from (the first ones in the file beyond that are dropped).
+    per training point it learns from (a point's labels after the first that many in the file
+    are left out).
     Every field may change when the members' training is resumed (none changes the members); a
     re-ranker's own training resumes only with the settings it was started with.
     """
@@ -44,8 +45,8 @@ class RerankConfig:
         for name in ("rerank_dim", "rerank_epochs", "rerank_batch_size", "rerank_max_labels"):
             _require(getattr(self, name) >= 1, f"rerank.{name}", getattr(self, name), "must be >= 1")
         _require(self.sampled_negatives >= 0, "rerank.sampled_negatives", self.sampled_negatives, "must be >= 0")
-        _require(self.rerank_learning_rate > 0, "rerank.rerank_learning_rate", self.rerank_learning_rate,
-                 "must be > 0")
+        _require(0 < self.rerank_learning_rate < float("inf"), "rerank.rerank_learning_rate",
+                 self.rerank_learning_rate, "must be > 0 and finite")
         _require(0.0 <= self.rerank_dropout < 1.0, "rerank.rerank_dropout", self.rerank_dropout,
                  "must be in [0, 1)")
 

@@ -271,7 +271,7 @@ class EvalConfig:
         _require(self.bucket_cap is None or self.bucket_cap >= 1, "eval.bucket_cap", self.bucket_cap,
                  "must be >= 1 or None (no cap)")
         _require(self.reranker in RERANKER_USES, "eval.reranker", self.reranker, f"must be one of {RERANKER_USES}")
-        _require(self.rerank_mix >= 0, "eval.rerank_mix", self.rerank_mix, "must be >= 0")
+        _require(0 <= self.rerank_mix < float("inf"), "eval.rerank_mix", self.rerank_mix, "must be >= 0 and finite")
 
 
 @dataclasses.dataclass(frozen=True)

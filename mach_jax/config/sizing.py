@@ -8,7 +8,7 @@ The rule (measured on the four real sets in ../shared/data; docs/large_labels.md
 - **loss**: softmax when L >= 2,000, else sigmoid. Sigmoid was better on every set with L <= 983
   (bibtex, corel5k, delicious presets); softmax on citeulike-users (L = 7,947) and on the
   52,946-label set of the issue (sigmoid 8.8 points of P@1 behind). Between, it is not measured.
-- **B** = min(L / 2, N / 4), two significant digits, within [64, 20,000]: about two classes per
+- **B** = min(L / 2, N / 4), two significant digits, within [64, 20,000] and below L: about two classes per
   bucket (B = 4,000 beat 2,000 on citeulike-users, L = 7,947), and at least about 4 training points
   per bucket so that each bucket's logit sees data. The cap keeps the output layer R x H x B
   within a few GB.
@@ -51,9 +51,9 @@ def rule_loss(shape: DataShape) -> str:
     return "softmax" if shape.num_labels >= SOFTMAX_FROM_LABELS else "sigmoid"
 
 
-def count_min_repetitions(shape: DataShape, num_buckets: int, delta: float = 0.01) -> int:
+def count_min_repetitions(shape: DataShape, num_buckets: int, delta: float = 0.01) -> float:
     """The smallest R with L (p / B)^R <= delta, p = labels per point: R members rarely all
-    put a wrong class in one of a point's true buckets."""
+    put a wrong class in one of a point's true buckets (``math.inf`` when B <= p: no R does)."""
     ratio = num_buckets / max(shape.labels_per_point, 1.0)
     if ratio <= 1.0:
         return math.inf

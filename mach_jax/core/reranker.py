@@ -76,8 +76,8 @@ def training_candidates(shortlist: jax.Array, label_ids: jax.Array, label_mask: 
       num_labels: L.
 
     Returns:
-      ``(candidates, is_true)``: int32 [N, K + P] (L where empty; each class at most once) and
-      bool [N, K + P].
+      ``(candidates, is_true)``: int32 [N, K + P] (L where empty; a class at most once, as a
+      point's labels are distinct) and bool [N, K + P].
     """
     positives = jnp.where(label_mask > 0, label_ids, num_labels)  # [N, P]
     listed = (positives[:, :, None] == shortlist[:, None, :]).any(-1)
@@ -96,7 +96,8 @@ def sampled_softmax_loss(params: RerankParams, batch: dict[str, jax.Array], key:
         ``shortlist`` int32 [N, K]; ``point_mask`` [N] (0: padding point).
       key: the step's key (negatives and dropout).
       num_labels: L; num_negatives: S, uniform classes shared by the batch (a true class of a
-        point is never its negative); dropout: on q.
+        point is never its negative; a negative may repeat a shortlist class or another draw,
+        and then counts twice in the softmax's denominator); dropout: on q.
 
     Returns:
       The loss, a scalar (0 for a batch with no labelled point).
@@ -113,6 +114,7 @@ def sampled_softmax_loss(params: RerankParams, batch: dict[str, jax.Array], key:
         scores = jnp.concatenate([scores, jnp.where(clash, -jnp.inf, shared_scores(params, q, negatives))], 1)
         is_true = jnp.concatenate([is_true, jnp.zeros(clash.shape, bool)], axis=1)
     num_true = is_true.sum(axis=1)
+    scores = jnp.where(jnp.isfinite(scores).any(axis=1, keepdims=True), scores, 0.0)  # no candidate: no NaN
     log_probs = jax.nn.log_softmax(scores, axis=1)
     per_point = -jnp.where(is_true, log_probs, 0.0).sum(axis=1) / jnp.maximum(num_true, 1)
     counted = batch["point_mask"] * (num_true > 0)

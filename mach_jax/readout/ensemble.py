@@ -83,6 +83,7 @@ class MachEnsemble:
         if reranker is not None and config.eval.reranker != "off":
             self.reranker = placed(dataclasses.replace(reranker, mix=config.eval.rerank_mix), self.mesh)
         self._approx: ApproxDecoder | None = None
+        self.checkpoint_step: int | None = None  # the members' training step, when loaded from a workdir
 
     def decoder(self, approx: bool | None = None) -> ExactDecoder | ApproxDecoder:
         """The exact decoder, or (``approx``) the approximate one, its index built on first use;
@@ -118,8 +119,10 @@ class MachEnsemble:
         reranker = None
         if config.eval.reranker != "off":
             reranker = load_reranker(Path(workdirs[0]), info.num_features, info.num_labels, config.eval.rerank_mix)
-        return cls(config, info, params, wd.read_label_counts(groups[0].path),
-                   feature_idf=wd.read_feature_idf(groups[0].path), reranker=reranker)
+        ensemble = cls(config, info, params, wd.read_label_counts(groups[0].path),
+                       feature_idf=wd.read_feature_idf(groups[0].path), reranker=reranker)
+        ensemble.checkpoint_step = next(iter(steps_done.values()))
+        return ensemble
 
     def with_eval(self, **eval_overrides) -> "MachEnsemble":
         """The same members read out with other eval settings (e.g. ``eval_repetitions=r`` for

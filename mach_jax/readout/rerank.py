@@ -42,6 +42,8 @@ class Reranker:
 
     def shortlist_width(self, k: int) -> int:
         """How many classes the decoder hands over: K, at least k, at most L."""
+        if k > self.num_labels:
+            raise ValueError(f"top-k of k={k} asked for, but there are only L={self.num_labels} classes")
         return min(max(self.shortlist_size, k), self.num_labels)
 
     def rerank(self, batch: dict[str, jax.Array], shortlist_scores: jax.Array, shortlist_ids: jax.Array,
@@ -59,6 +61,7 @@ class Reranker:
         present = jnp.isfinite(shortlist_scores) & (shortlist_ids < self.num_labels)
         q = reranker.query(self.params, batch["feat_ids"], batch["feat_vals"])
         own = jnp.where(present, reranker.candidate_scores(self.params, q, shortlist_ids), -jnp.inf)
+        own = jnp.where(present.any(axis=1, keepdims=True), own, 0.0)  # an empty row: no NaN, all masked below
         mach = mach_log_score(shortlist_scores, num_members, aggregation)
         mixed = jax.nn.log_softmax(own, axis=1) + self.mix * mach
         mixed = jnp.where(present, mixed, -jnp.inf)

@@ -46,8 +46,9 @@ def write_record(workdir: Path, record: dict[str, Any]) -> None:
 
 
 def check_resumable(workdir: Path, record: dict[str, Any] | None, expected: dict[str, Any]) -> None:
-    """A started re-ranker resumes only for the same data and settings (``expected`` holds the
-    record's identifying fields: num_features, num_labels, settings, shortlist_from)."""
+    """A started re-ranker resumes only for the same members, data and settings (``expected``
+    holds the record's identifying fields: D, L, the members' number and checkpoint step, N, the
+    ``rerank`` settings and the decoder that proposed the shortlists)."""
     if record is None:
         return
     for key, value in expected.items():

@@ -157,6 +157,8 @@ def _run_epochs(settings: RerankConfig, seed: int, data: XCDataset, shortlist: n
             log.info("re-ranker epoch %d: loss %.4f", epoch + 1, total / steps_per_epoch)
     finally:
         bar.close()
+    if first == settings.rerank_epochs:  # stopped after the last save, before its record
+        rerank_store.write_record(workdir, {**identity, "epochs_done": first, "finished": True})
     return state
 
 
