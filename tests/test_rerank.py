@@ -242,9 +242,20 @@ def test_members_trained_further_refuse_the_old_reranker(trained, tmp_path):
         train_and_evaluate(longer, copy, progress=False)
 
 
-def test_a_group_cannot_train_it():
+def test_a_group_cannot_train_it_but_the_merged_groups_can(trained, tmp_path):
     with pytest.raises(ConfigError, match="python -m mach_jax.rerank"):
         tiny_config().replace(parallel={"rep_range": (0, 2)}).validate()
+    # Two groups of the tiny ensemble's members, trained apart, then one re-ranker for all four:
+    # the same members as one run, so the same shortlists, so the same re-ranker.
+    workdir, _ = trained
+    groups = tmp_path / "groups"
+    for rep_range in ((0, 2), (2, 4)):
+        train_and_evaluate(get_preset("tiny").replace(parallel={"rep_range": rep_range}), groups, progress=False)
+    train, _, _ = sources.load_train_eval(tiny_config().data)
+    fit_reranker(tiny_config(), [groups], train, progress=False)
+    merged, single = MachEnsemble.load(groups).reranker.params, MachEnsemble.load(workdir).reranker.params
+    for name in single:
+        np.testing.assert_allclose(np.asarray(merged[name]), np.asarray(single[name]), rtol=1e-5, atol=1e-7)
 
 
 def test_class_rows_split_over_four_devices_give_the_one_device_reranker(trained, tmp_path):
