@@ -191,22 +191,36 @@ def test_a_finished_reranker_is_kept_and_other_settings_are_refused(trained):
         fit_reranker(tiny_config(rerank_dim=8), [workdir], train, progress=False)
 
 
-def test_an_interrupted_reranker_resumes_to_the_uninterrupted_result(trained, tmp_path, monkeypatch):
-    workdir, _ = trained
+def copy_without_reranker(workdir, tmp_path):
     copy = tmp_path / "run"
     shutil.copytree(workdir, copy, ignore=shutil.ignore_patterns("rerank"))
+    return copy
+
+
+def fit_until_interrupted(copy, monkeypatch, stop_at, after_writing: bool):
+    """fit_reranker on ``copy``, stopped (KeyboardInterrupt) at the first record ``stop_at``
+    accepts, just after or just before it is written. Returns the training data."""
     train, _, _ = sources.load_train_eval(tiny_config().data)
     real_write = rerank_store.write_record
 
-    def stop_after_first_epoch(path, record):
-        real_write(path, record)
-        if record["epochs_done"] == 1:
+    def write(path, record):
+        if stop_at(record) and not after_writing:
             raise KeyboardInterrupt
-    monkeypatch.setattr(rerank_store, "write_record", stop_after_first_epoch)
+        real_write(path, record)
+        if stop_at(record):
+            raise KeyboardInterrupt
+    monkeypatch.setattr(rerank_store, "write_record", write)
     with pytest.raises(KeyboardInterrupt):
         fit_reranker(tiny_config(), [copy], train, progress=False)
     monkeypatch.undo()
     assert not rerank_store.read_record(copy)["finished"]
+    return train
+
+
+def test_an_interrupted_reranker_resumes_to_the_uninterrupted_result(trained, tmp_path, monkeypatch):
+    workdir, _ = trained
+    copy = copy_without_reranker(workdir, tmp_path)
+    train = fit_until_interrupted(copy, monkeypatch, lambda record: record["epochs_done"] == 1, after_writing=True)
     fit_reranker(tiny_config(), [copy], train, progress=False)
     resumed, uninterrupted = MachEnsemble.load(copy).reranker.params, MachEnsemble.load(workdir).reranker.params
     for name in resumed:
@@ -215,19 +229,9 @@ def test_an_interrupted_reranker_resumes_to_the_uninterrupted_result(trained, tm
 
 def test_a_reranker_saved_but_not_recorded_as_finished_is_finished_on_rerun(trained, tmp_path, monkeypatch):
     workdir, _ = trained
-    copy = tmp_path / "run"
-    shutil.copytree(workdir, copy, ignore=shutil.ignore_patterns("rerank"))
-    train, _, _ = sources.load_train_eval(tiny_config().data)
-    real_write = rerank_store.write_record
-
-    def die_before_the_last_record(path, record):
-        if record["finished"]:
-            raise KeyboardInterrupt  # the last epoch is saved, its record never written
-        real_write(path, record)
-    monkeypatch.setattr(rerank_store, "write_record", die_before_the_last_record)
-    with pytest.raises(KeyboardInterrupt):
-        fit_reranker(tiny_config(), [copy], train, progress=False)
-    monkeypatch.undo()
+    copy = copy_without_reranker(workdir, tmp_path)
+    # The last epoch is saved, its record never written.
+    train = fit_until_interrupted(copy, monkeypatch, lambda record: record["finished"], after_writing=False)
     assert MachEnsemble.load(copy).reranker is None  # unfinished: not used
     fit_reranker(tiny_config(), [copy], train, progress=False)
     assert rerank_store.read_record(copy)["finished"] and MachEnsemble.load(copy).reranker is not None
@@ -260,8 +264,7 @@ def test_a_group_cannot_train_it_but_the_merged_groups_can(trained, tmp_path):
 
 def test_class_rows_split_over_four_devices_give_the_one_device_reranker(trained, tmp_path):
     workdir, _ = trained
-    copy = tmp_path / "run"
-    shutil.copytree(workdir, copy, ignore=shutil.ignore_patterns("rerank"))
+    copy = copy_without_reranker(workdir, tmp_path)
     script = textwrap.dedent(f"""
         import jax, numpy as np
         from mach_jax import get_preset
@@ -297,8 +300,7 @@ def test_class_rows_split_over_four_devices_give_the_one_device_reranker(trained
 def test_the_command_adds_a_reranker_to_a_trained_ensemble(trained, tmp_path):
     from support import run_in_process
     workdir, metrics = trained
-    copy = tmp_path / "run"
-    shutil.copytree(workdir, copy, ignore=shutil.ignore_patterns("rerank"))
+    copy = copy_without_reranker(workdir, tmp_path)
     flags = [f"--{name.replace('_', '-')}={value}" for name, value in RERANK.items()]
     result = run_in_process("mach_jax.rerank", "--workdir", str(copy), "--quiet", *flags, cwd=tmp_path)
     assert "re-ranked (shortlist 20, mix 1)" in result.stdout and "without the re-ranker" in result.stdout
