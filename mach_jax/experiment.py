@@ -19,7 +19,6 @@ from mach_jax.core import model
 from mach_jax.data import sources
 from mach_jax.data.csr import XCDataset
 from mach_jax.data.prepare import RunInfo, sized_for
-from mach_jax.errors import ConfigError
 from mach_jax.readout.ensemble import MachEnsemble
 from mach_jax.storage import workdir as wd
 from mach_jax.training import loop
@@ -54,10 +53,8 @@ def train_and_evaluate(config: Config, workdir: str | Path, progress: bool = Tru
       The metrics dict (P@k, nDCG@k, PSP@k for k = 1, 3, 5, the split and the run's settings).
     """
     config.validate()
-    if config.rerank.enabled and jax.process_count() > 1:  # before the members train, not after
-        raise ConfigError("the re-ranker trains in one process: train the members without "
-                          "--rerank-shortlist, then run python -m mach_jax.rerank --workdir W in one process",
-                          field="rerank.shortlist_size")
+    if config.rerank.enabled:
+        rerank_stage.require_one_process()  # before the members train, not after
     train_data, eval_data, split = sources.load_train_eval(config.data, progress)
     eval_data.require_points("evaluate")
     config = sized_for(config, train_data)

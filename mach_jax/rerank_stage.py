@@ -46,9 +46,7 @@ def fit_reranker(config: Config, workdirs: list[Path], train_data: XCDataset,
     if not settings.enabled:
         raise ConfigError("rerank.shortlist_size=0: give the shortlist size K (e.g. 100) to train a "
                           "re-ranker", field="rerank.shortlist_size")
-    if jax.process_count() > 1:
-        raise ConfigError("the re-ranker trains in one process: once every process has finished, run "
-                          "python -m mach_jax.rerank --workdir W in one", field="rerank.shortlist_size")
+    require_one_process()
     ensemble = MachEnsemble.load(*workdirs, **{**dataclasses.asdict(config.eval), "reranker": "off"})
     identity = {"num_features": ensemble.info.num_features, "num_labels": ensemble.info.num_labels,
                 "num_members": len(ensemble.rep_ids), "members_step": ensemble.checkpoint_step,
@@ -68,6 +66,15 @@ def fit_reranker(config: Config, workdirs: list[Path], train_data: XCDataset,
                                    source=train_data.source, what="labels")
     data = XCDataset(ensemble.member_features(train_data.features, train_data.source), labels, train_data.source)
     return train_reranker(settings, config.train.seed, workdirs[0], data, shortlist, identity, progress)
+
+
+def require_one_process() -> None:
+    """The re-ranker trains in one process: a multi-process run is refused (before its members
+    train, when ``experiment`` asks first)."""
+    if jax.process_count() > 1:
+        raise ConfigError("the re-ranker trains in one process: train the members without "
+                          "--rerank-shortlist, then run python -m mach_jax.rerank --workdir W in one process",
+                          field="rerank.shortlist_size")
 
 
 def evaluate_with_reranker(config: Config, workdirs: list[Path], eval_data: XCDataset, without: dict,

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 RerankParams = dict[str, jax.Array]
 
@@ -31,6 +33,16 @@ CLASS_ROW_MULTIPLE = 64
 def padded_num_classes(num_labels: int) -> int:
     """Lp: L + 1 rounded up to a multiple of ``CLASS_ROW_MULTIPLE``."""
     return -(-(num_labels + 1) // CLASS_ROW_MULTIPLE) * CLASS_ROW_MULTIPLE
+
+
+def class_row_sharding(mesh) -> NamedSharding:
+    """Where arrays of class rows ([Lp, ...]: E, e and their Adam moments) live on ``mesh``: split
+    over all its devices when their number divides ``CLASS_ROW_MULTIPLE`` (so Lp splits evenly),
+    else replicated. Training and read-out lay the rows out the same way."""
+    devices = mesh.devices.size
+    if devices == 1 or CLASS_ROW_MULTIPLE % devices:
+        return NamedSharding(mesh, P())
+    return NamedSharding(mesh, P(tuple(mesh.axis_names)))
 
 
 def init_params(key: jax.Array, num_features: int, num_labels: int, dim: int) -> RerankParams:

@@ -20,7 +20,6 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
 from mach_jax.core import mesh as mesh_lib
 from mach_jax.core import reranker
@@ -76,17 +75,8 @@ def mach_log_score(summed: jax.Array, num_members: int, aggregation: str) -> jax
     return summed / num_members
 
 
-def class_sharding(mesh) -> NamedSharding:
-    """The re-ranker's parameters on ``mesh``: class rows split over all its devices when they
-    divide ``CLASS_ROW_MULTIPLE``, everything else replicated."""
-    devices = mesh.devices.size
-    if reranker.CLASS_ROW_MULTIPLE % devices or devices == 1:
-        return NamedSharding(mesh, P())
-    return NamedSharding(mesh, P(tuple(mesh.axis_names)))
-
-
 def param_shardings(params: reranker.RerankParams, mesh) -> dict[str, NamedSharding]:
-    rows = class_sharding(mesh)
+    rows = reranker.class_row_sharding(mesh)
     return {name: rows if name.startswith("class_") else mesh_lib.replicated(mesh) for name in params}
 
 

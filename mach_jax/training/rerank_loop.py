@@ -3,7 +3,7 @@
 It is handed each training point's shortlist (the read-out's best K classes, computed by the
 caller, ``mach_jax.rerank_stage``), so training still knows nothing of decoders. One jitted Adam
 step per batch over the sampled-softmax loss; the class rows live split over the devices
-(``readout.rerank.class_sharding`` lays them out the same way). A checkpoint after every epoch
+(``reranker.class_row_sharding``, as in the read-out). A checkpoint after every epoch
 under ``workdir/rerank/``; re-running resumes from the newest one; the batches are a pure function
 of (seed, epoch), as for the members.
 """
@@ -20,7 +20,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
 
 from mach_jax.config import RerankConfig
@@ -88,13 +87,10 @@ def _abstract_state(settings: RerankConfig, data: XCDataset, mesh) -> dict:
 
 
 def _sharding_of(path, mesh) -> NamedSharding:
-    """Class rows (``class_emb``, ``class_bias`` and their Adam moments) split over the devices
-    when they divide ``CLASS_ROW_MULTIPLE``; everything else replicated."""
-    devices = mesh.devices.size
+    """Class rows (``class_emb``, ``class_bias`` and their Adam moments) as
+    ``reranker.class_row_sharding`` lays them out; everything else replicated."""
     is_class_rows = any(str(getattr(part, "key", "")).startswith("class_") for part in path)
-    if is_class_rows and devices > 1 and reranker.CLASS_ROW_MULTIPLE % devices == 0:
-        return NamedSharding(mesh, P(tuple(mesh.axis_names)))
-    return mesh_lib.replicated(mesh)
+    return reranker.class_row_sharding(mesh) if is_class_rows else mesh_lib.replicated(mesh)
 
 
 def _initial_state(settings: RerankConfig, seed: int, data: XCDataset, mesh, abstract: dict) -> dict:
