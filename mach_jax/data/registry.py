@@ -89,6 +89,10 @@ class DatasetInfo:
       points_per_label: published average, or None.
       downloads: the files to fetch (usually one archive).
       layout: where train and test are inside them.
+      propensity_a, propensity_b: the A, B of the propensity model p_l = 1 / (1 + C e^{-A
+        log(N_l + B)}) that the repository's evaluation tools use for this dataset's PSP@k:
+        0.6 / 2.6 for Amazon-670K and Amazon-3M, 0.5 / 0.4 for WikiLSHTC-325K and
+        Wikipedia-500K, 0.55 / 1.5 for the others.
     """
 
     name: str
@@ -100,6 +104,8 @@ class DatasetInfo:
     points_per_label: float | None
     downloads: tuple[Download, ...]
     layout: Layout
+    propensity_a: float = 0.55
+    propensity_b: float = 1.5
 
     def __post_init__(self):
         self.layout.validate()
@@ -140,9 +146,11 @@ _ENTRIES = (
     DatasetInfo("Delicious-200K", 782585, 205443, 196606, 100095, 75.54, 72.29,
                 _drive("0B3lPMIHmG6vGR3lBWWYyVlhDLWM"), _separate("deliciousLarge")),
     DatasetInfo("WikiLSHTC-325K", 1617899, 325056, 1778351, 587084, 3.19, 17.46,
-                _drive("0B3lPMIHmG6vGSHE1SWx4TVRva3c"), _separate("wikiLSHTC")),
+                _drive("0B3lPMIHmG6vGSHE1SWx4TVRva3c"), _separate("wikiLSHTC"),
+                propensity_a=0.5, propensity_b=0.4),
     DatasetInfo("Amazon-670K", 135909, 670091, 490449, 153025, 5.45, 3.99,
-                _drive("0B3lPMIHmG6vGdUJwRzltS1dvUVk"), _separate("amazon")),
+                _drive("0B3lPMIHmG6vGdUJwRzltS1dvUVk"), _separate("amazon"),
+                propensity_a=0.6, propensity_b=2.6),
 )
 
 REGISTRY: dict[str, DatasetInfo] = {entry.name.lower(): entry for entry in _ENTRIES}
