@@ -13,7 +13,7 @@ import logging
 import sys
 from typing import Any, Callable
 
-from mach_jax.config import (AGGREGATIONS, DECODERS, EMBEDDING_OPTIMIZERS, EMBEDDING_UPDATES, INPUT_LAYERS,
+from mach_jax.config import (AGGREGATIONS, DECODERS, EMBEDDING_OPTIMIZERS, EMBEDDING_UPDATES, HOST_LOADERS, INPUT_LAYERS,
                              INPUT_TRANSFORMS, LR_SCHEDULES, OVERFLOW_POLICIES, PRESETS, RERANKER_USES, Config,
                              get_preset)
 from mach_jax.errors import USER_ERRORS, ConfigError, TrainingInterrupted
@@ -35,6 +35,7 @@ _ALIASES = {
 _CHOICES = {
     "data.overflow": OVERFLOW_POLICIES,
     "data.input_transform": INPUT_TRANSFORMS,
+    "data.host_loader": HOST_LOADERS,
     "model.input_layer": INPUT_LAYERS,
     "train.embedding_update": EMBEDDING_UPDATES,
     "train.embedding_optimizer": EMBEDDING_OPTIMIZERS,

@@ -22,6 +22,7 @@ EMBEDDING_UPDATES = ("auto", "lazy", "dense")
 EMBEDDING_OPTIMIZERS = ("adam", "rowwise_adagrad")
 LR_SCHEDULES = ("constant", "cosine", "linear")
 RERANKER_USES = ("auto", "off")
+HOST_LOADERS = ("thread", "grain")  # see data/batches.py (thread) and data/grain_batches.py
 ROWWISE_ADAGRAD_LEARNING_RATE = 0.1
 
 
@@ -75,6 +76,10 @@ class DataConfig:
     ``dataset`` = "tfds:NAME" reads the train and test splits of a built TensorFlow Datasets
     source instead of files (see ``mach_jax.data.tfds``; ``tfds_data_dir``: its data_dir).
 
+    ``host_loader``: who builds the training batches on the host: "thread" (our prefetch thread)
+    or "grain" (Grain's multi-threaded loader, ``pip install grain``); the batches, and so the
+    results, are the same.
+
     ``valid_frac`` > 0 holds out that share of the training points (a permutation seeded by
     ``valid_seed``, see ``data.sources.validation_split``): the model trains on the rest and is
     evaluated on them instead of the test set, so settings can be chosen without the test split.
@@ -91,6 +96,7 @@ class DataConfig:
     cache_dir: str | None = may_change_on_resume(None)
     valid_frac: float = 0.0
     valid_seed: int = 0
+    host_loader: str = may_change_on_resume("thread")
     synthetic: SyntheticConfig = SyntheticConfig()
 
     def validate(self) -> None:
@@ -111,6 +117,8 @@ class DataConfig:
         _require(isinstance(self.valid_frac, (int, float)) and 0.0 <= self.valid_frac < 1.0,
                  "data.valid_frac", self.valid_frac, "must be in [0, 1) (0: no validation split)")
         _require(0 <= self.valid_seed < 2**32, "data.valid_seed", self.valid_seed, "must be in [0, 2**32)")
+        _require(self.host_loader in HOST_LOADERS, "data.host_loader", self.host_loader,
+                 f"must be one of {HOST_LOADERS}")
         self.synthetic.validate()
 
 
