@@ -91,8 +91,12 @@ def add_config_flags(parser: argparse.ArgumentParser, sections: tuple[str, ...],
                      with_preset: bool = True) -> None:
     """Adds ``--preset`` (optional) and one flag per field of the named config sections."""
     if with_preset:
-        parser.add_argument("--preset", default="default", choices=sorted(PRESETS),
-                            help="named settings to start from (default: %(default)s)")
+        parser.add_argument("--preset", default=None, choices=sorted(PRESETS),
+                            help="named settings to start from (default: default)")
+        parser.add_argument("--config", default=None, metavar="FILE",
+                            help="start from this config file instead of a preset: a workdir's config.json, "
+                                 "or a JSON tree written by hand ({\"model\": {\"num_buckets\": 2000}}); "
+                                 "flags override it")
     from mach_jax.core.losses import LOSSES  # the registry imports JAX: only when flags are built
 
     choices = dict(_CHOICES, **{"train.loss": (*LOSSES, "auto")})
@@ -133,8 +137,17 @@ def flag_overrides(args: argparse.Namespace) -> dict[str, dict]:
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
-    """The preset, with every flag the user gave written over it."""
-    return get_preset(getattr(args, "preset", "default")).replace(**flag_overrides(args))
+    """The preset (or ``--config`` file), with every flag the user gave written over it."""
+    preset, config_file = getattr(args, "preset", None), getattr(args, "config", None)
+    if config_file is not None:
+        if preset is not None:
+            raise ConfigError("give --preset or --config, not both (a config file holds every setting)")
+        from mach_jax.config.files import read_config_file
+
+        base = read_config_file(config_file)
+    else:
+        base = get_preset(preset or "default")
+    return base.replace(**flag_overrides(args))
 
 
 def run_cli(main: Callable[[], int]) -> None:

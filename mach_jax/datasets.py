@@ -8,10 +8,12 @@
 file that a re-run resumes; unpacks zip, tar(.gz), .gz or plain files; writes ``train.txt`` and
 ``test.txt`` in XC format (for data + split-file layouts, the points named by split column
 ``--split``, 1-based row numbers); and checks every header's N, D, L against the registry and
-each file's sha256 where the registry has one. A dataset verified before (``.verified.json``
-beside the files) is not fetched again. Lines are copied as they are, except that trailing
-spaces and CRs are dropped and a point without labels gets its leading space; ids are checked
-later by the strict reader (`read_xc`), as for any XC file.
+each file's sha256 where the registry has one, else its md5 (Mediamill, Bibtex, Delicious,
+EURLex-4K), else nothing. A checksum mismatch stops with an error and keeps the file;
+``--accept-checksum-mismatch`` uses it anyway, with a warning, and ``.verified.json`` beside the
+files records that. A dataset verified before is not fetched again. Lines are copied as they
+are, except that trailing spaces and CRs are dropped and a point without labels gets its leading
+space; ids are checked later by the strict reader (`read_xc`), as for any XC file.
 
 ``convert-vw`` turns a Vowpal Wabbit multiclass file (as used by the MACH paper for ODP and
 ImageNet) into an XC file; see `mach_jax.data.vw_format`.
@@ -46,6 +48,8 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     get.add_argument("--split", type=int, default=1,
                      help="split column for data + split-file layouts (default: %(default)s)")
     get.add_argument("--keep-archive", action="store_true", help="keep the downloaded files")
+    get.add_argument("--accept-checksum-mismatch", action="store_true",
+                     help="use a file whose sha256/md5 does not match the registry's (warns)")
     get.add_argument("--quiet", action="store_true", help="no progress bar or messages")
     vw = commands.add_parser("convert-vw", help="Vowpal Wabbit multiclass file -> XC file")
     vw.add_argument("input", help="VW file (plain or gzip)")
@@ -72,7 +76,8 @@ def do_list(args: argparse.Namespace) -> int:
 
 def do_download(args: argparse.Namespace) -> int:
     out_dir = download(args.name, args.dir, urls=args.url, split=args.split,
-                       progress=not args.quiet, keep_archive=args.keep_archive)
+                       progress=not args.quiet, keep_archive=args.keep_archive,
+                       accept_checksum_mismatch=args.accept_checksum_mismatch)
     if not args.quiet:
         print(f"{out_dir / 'train.txt'}\n{out_dir / 'test.txt'}")
     return 0

@@ -22,6 +22,10 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
                         help="checkpoints, config.json and metrics.json go here "
                              "(default: runs/<preset>, or runs/<folder of --train>)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the config these flags resolve to (JSON, what --config reads) and exit "
+                             "without training; what the data decides (B 0, loss auto, propensities null) "
+                             "is filled in when training starts")
     distributed.add_flags(parser)
     cli.add_config_flags(parser, ("data", "model", "train", "eval", "parallel", "rerank"))
     return parser.parse_args(argv)
@@ -33,7 +37,9 @@ def default_workdir(args: argparse.Namespace) -> Path:
         return Path("runs") / Path(train_path).resolve().parent.name
     if dataset:
         return Path("runs") / dataset.partition(":")[2].lower()
-    return Path("runs") / args.preset
+    if args.config:
+        return Path("runs") / Path(args.config).stem
+    return Path("runs") / (args.preset or "default")
 
 
 def do_train(args: argparse.Namespace) -> int:
@@ -41,6 +47,9 @@ def do_train(args: argparse.Namespace) -> int:
     from mach_jax.experiment import train_and_evaluate
 
     config = cli.config_from_args(args).validate()
+    if args.print_config:
+        print(config.to_json())
+        return 0
     distributed.initialize_from_args(args)  # before any device is touched
     workdir = Path(args.workdir) if args.workdir else default_workdir(args)
     model = config.model

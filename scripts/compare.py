@@ -224,12 +224,11 @@ def peer_metrics(ids, train, test, chunk: int = 4096) -> dict[str, float]:
     import jax
 
     from mach_jax.readout import metrics
-    from mach_jax.config import EvalConfig
-    from mach_jax.data import prepare
+    from mach_jax.data import known_datasets, prepare
 
-    settings = EvalConfig()
-    inv = metrics.inverse_propensity(prepare.label_counts(train), train.num_points,
-                                     settings.propensity_a, settings.propensity_b)
+    # The dataset's PSP@k convention, as mach_jax's own run resolves it.
+    a, b, _ = known_datasets.propensity_for(train.source, train.num_features, train.num_labels)
+    inv = metrics.inverse_propensity(prepare.label_counts(train), train.num_points, a, b)
     inv = np.append(inv, np.float32(0))
     ids = np.where(ids < 0, test.num_labels, ids).astype(np.int32)
     width = max(int(test.labels.row_nnz().max(initial=0)), 1)

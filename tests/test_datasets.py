@@ -5,6 +5,7 @@ import gzip
 import hashlib
 import http.server
 import io
+import json
 import logging
 import os
 import subprocess
@@ -15,10 +16,10 @@ import zipfile
 
 import numpy as np
 import pytest
-from support import from_rows
+from support import from_rows, run_in_process
 
 from mach_jax import cli, datasets
-from mach_jax.data.download import download
+from mach_jax.data.download import MARKER, download, is_verified
 from mach_jax.data.registry import REGISTRY, Download, Layout, get_dataset
 from mach_jax.data.vw_format import convert_vw
 from mach_jax.data.xc_format import read_xc
@@ -141,11 +142,11 @@ def amazon_like(server):
     return train, test, archive
 
 
-def entry(base: str, server, path: str, sha256=None, **stats):
+def entry(base: str, server, path: str, sha256=None, md5=None, **stats):
     """A test-only copy of a real registry entry: same layout, small statistics, local URL."""
     stats = {"num_features": D, "num_labels": L, "num_train": N_TRAIN, "num_test": N_TEST} | stats
     return dataclasses.replace(REGISTRY[base], **stats,
-                               downloads=(Download(server.url + path, sha256),))
+                               downloads=(Download(server.url + path, sha256, md5=md5),))
 
 
 def expected(features, labels, ids):
@@ -223,7 +224,8 @@ def test_an_override_registry_and_a_local_file_url(bibtex_like, tmp_path):
     archive = tmp_path / "Bibtex.zip"
     archive.write_bytes(bibtex_like[3])
     mine = {"toy": dataclasses.replace(REGISTRY["bibtex"], name="Toy", num_features=D,
-                                       num_labels=L, num_train=N_TRAIN, num_test=N_TEST)}
+                                       num_labels=L, num_train=N_TRAIN, num_test=N_TEST,
+                                       downloads=(Download("https://example.org/toy.zip"),))}
     out = download("TOY", tmp_path / "data", urls=[str(archive)], registry=mine,
                    progress=False)
     assert read(out / "test.txt").num_points == N_TEST and archive.exists()
@@ -254,15 +256,93 @@ def test_header_mismatch_names_the_file_and_the_numbers(server, bibtex_like, tmp
                        num_test=N_TEST + 1), tmp_path, progress=False)
 
 
-def test_checksums_are_checked_when_known(server, amazon_like, tmp_path):
+def sources(out_dir):
+    """The marker's per-file records, each as (checksum status, algorithm, expected digest)."""
+    marker = json.loads((out_dir / MARKER).read_text())
+    return [(s["checksum"], s["algorithm"], s["expected"]) for s in marker["sources"]]
+
+
+def test_the_registry_holds_the_four_published_md5s():
+    md5s = {e.name: d.md5 for e in REGISTRY.values() for d in e.downloads if d.md5}
+    assert md5s == {"Bibtex": "78db23bd26486d4188502abf6a39b856",
+                    "Delicious": "e73730438e67ad179d724503e6770b1a",
+                    "EURLex-4K": "ec8feb2a9a0bd0f32d8f4c2b00725524",
+                    "Mediamill": "11cfdb9269ae5a301bb0c6f333cc6999"}
+    assert not any(d.sha256 for e in REGISTRY.values() for d in e.downloads)
+
+
+def test_sha256_is_checked_when_known_and_preferred_over_md5(server, amazon_like, tmp_path):
     good = hashlib.sha256(amazon_like[2]).hexdigest()
-    download(entry("amazon-670k", server, "/amazon.tar.gz", good), tmp_path / "a",
-             progress=False)
-    with pytest.raises(DatasetError, match=f"sha256 {good} does not match the registry's 0+ "
-                                           r"\(file from http://127.0.0.1:\d+/amazon.tar.gz"):
+    out = download(entry("amazon-670k", server, "/amazon.tar.gz", good, md5="0" * 32),
+                   tmp_path / "a", progress=False)  # the wrong md5 is not looked at
+    assert sources(out) == [("verified", "sha256", good)]
+    with pytest.raises(DatasetError, match=f"amazon.tar.gz: sha256 mismatch, expected 0{{64}}, "
+                                           f"got {good} "
+                                           r"\(from http://127.0.0.1:\d+/amazon.tar.gz\)"):
         download(entry("amazon-670k", server, "/amazon.tar.gz", "0" * 64), tmp_path / "b",
                  progress=False)
-    assert not (tmp_path / "b" / "Amazon-670K" / "downloads" / "amazon.tar.gz").exists()
+    assert (tmp_path / "b" / "Amazon-670K" / "downloads" / "amazon.tar.gz").exists()
+
+
+def test_md5_is_checked_when_no_sha256_is_known(server, bibtex_like, tmp_path, caplog):
+    good = hashlib.md5(bibtex_like[3]).hexdigest()
+    out = download(entry("bibtex", server, "/Bibtex.zip", md5=good.upper()), tmp_path / "a",
+                   progress=False)
+    assert sources(out) == [("verified", "md5", good)]
+    with caplog.at_level(logging.INFO, logger="mach_jax"):
+        out = download(entry("bibtex", server, "/Bibtex.zip"), tmp_path / "b")
+    assert sources(out) == [("unknown", None, None)]
+    assert f"{out / 'downloads' / 'Bibtex.zip'}: no sha256 or md5 known, not checked" in caplog.text
+
+
+def test_a_checksum_mismatch_keeps_the_file_and_names_the_flag(server, bibtex_like, tmp_path,
+                                                               caplog):
+    good, bad = hashlib.md5(bibtex_like[3]).hexdigest(), "1" * 32
+    info = entry("bibtex", server, "/Bibtex.zip", md5=bad)
+    kept = tmp_path / "Bibtex" / "downloads" / "Bibtex.zip"
+    for _ in range(2):  # the kept file is checked again, not fetched again
+        with pytest.raises(DatasetError) as error:
+            download(info, tmp_path, progress=False)
+        assert str(error.value) == (
+            f"{kept}: md5 mismatch, expected {bad}, got {good} (from {server.url}/Bibtex.zip); "
+            f"remove {kept} to fetch it again, or pass --accept-checksum-mismatch to use it "
+            "anyway")
+        assert kept.read_bytes() == bibtex_like[3]
+    before = len(server.log)
+    out = download(info, tmp_path, progress=False, accept_checksum_mismatch=True)
+    assert len(server.log) == before and read(out / "test.txt").num_points == N_TEST
+    warning = (f"warning: {kept}: md5 mismatch, expected {bad}, got {good}; using it anyway "
+               "(--accept-checksum-mismatch)")
+    assert caplog.messages == [warning]
+    assert sources(out) == [("mismatch accepted", "md5", bad)]
+    assert json.loads((out / MARKER).read_text())["sources"][0]["md5"] == good
+
+
+def test_the_cli_accepts_a_checksum_mismatch_with_the_flag(server, bibtex_like, tmp_path,
+                                                           monkeypatch):
+    monkeypatch.setitem(REGISTRY, "bibtex", entry("bibtex", server, "/Bibtex.zip", md5="2" * 32))
+    command = ["download", "bibtex", "--dir", str(tmp_path), "--accept-checksum-mismatch"]
+    accepted = run_in_process("mach_jax.datasets", *command, cwd=tmp_path)
+    kept, good = tmp_path / "Bibtex" / "downloads" / "Bibtex.zip", hashlib.md5(bibtex_like[3])
+    assert (f"warning: {kept}: md5 mismatch, expected {'2' * 32}, got {good.hexdigest()}; "
+            "using it anyway") in accepted.stderr
+    assert sources(tmp_path / "Bibtex") == [("mismatch accepted", "md5", "2" * 32)]
+    again = run_in_process("mach_jax.datasets", *command[:-1], cwd=tmp_path)  # done: nothing fetched
+    assert ("Bibtex: already downloaded and verified in "
+            f"{tmp_path / 'Bibtex'} (with a checksum mismatch accepted)") in again.stderr
+
+
+def test_the_marker_records_the_propensity_and_older_markers_stay_valid(server, amazon_like,
+                                                                        tmp_path):
+    info = entry("amazon-670k", server, "/amazon.tar.gz")
+    out = download(info, tmp_path, progress=False)
+    marker = json.loads((out / MARKER).read_text())
+    assert marker["propensity"] == {"a": 0.6, "b": 2.6}
+    assert "propensity" not in json.dumps(marker["dataset"])
+    del marker["propensity"]
+    marker["sources"] = [{"url": s["url"], "sha256": s["sha256"]} for s in marker["sources"]]
+    (out / MARKER).write_text(json.dumps(marker))  # as written before checksums were recorded
+    assert is_verified(out, info)
 
 
 def test_http_404_and_unreachable_hosts_are_clear_errors(server, tmp_path):
@@ -353,16 +433,23 @@ def test_cli_list_and_a_failed_download_exit_status(server, tmp_path):
         f"error: {server.url}/nothing.zip: HTTP error 404 (Not Found)"]
 
 
-def test_cli_download_refuses_data_not_matching_the_real_registry(server, bibtex_like, tmp_path,
-                                                                  capsys):
-    # The real Bibtex entry expects 7395 points of 1836 features: the synthetic archive is refused.
-    with pytest.raises(SystemExit) as exit_info:
-        cli.run_cli(lambda: datasets.main(["download", "Bibtex", "--dir", str(tmp_path), "--quiet",
-                                           "--url", server.url + "/Bibtex.zip"]))
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err
-    assert err.startswith("error: ") and "points 30 in the file, 7395 in the registry" in err
-    assert "features 20 in the file, 1836 in the registry" in err
+def test_cli_download_refuses_data_not_matching_the_real_registry(server, bibtex_like, tmp_path):
+    # The real Bibtex entry's md5 applies to a --url in its place: the synthetic archive fails it.
+    command = ["download", "Bibtex", "--dir", str(tmp_path), "--quiet",
+               "--url", server.url + "/Bibtex.zip"]
+    refused = run_in_process("mach_jax.datasets", *command, cwd=tmp_path, check=False)
+    assert refused.returncode == 2
+    assert refused.stderr.startswith("error: ") and refused.stderr.count("\n") == 1
+    assert (f"md5 mismatch, expected 78db23bd26486d4188502abf6a39b856, got "
+            f"{hashlib.md5(bibtex_like[3]).hexdigest()}") in refused.stderr
+    assert "--accept-checksum-mismatch" in refused.stderr
+    # Accepted, it still expects 7395 points of 1836 features: the headers refuse it.
+    accepted = run_in_process("mach_jax.datasets", *command, "--accept-checksum-mismatch", cwd=tmp_path,
+                              check=False)
+    assert accepted.returncode == 2
+    assert "warning: " in accepted.stderr and "using it anyway" in accepted.stderr  # even with --quiet
+    assert "points 30 in the file, 7395 in the registry" in accepted.stderr
+    assert "features 20 in the file, 1836 in the registry" in accepted.stderr
 
 
 # ---- VW conversion ----

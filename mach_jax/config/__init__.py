@@ -1,18 +1,18 @@
 """Configuration: a small tree of frozen dataclasses, the only place defaults live.
 
-``sections`` holds five sections (``rerank`` the sixth) and their validation, ``tree`` the whole ``Config`` and its
+``sections`` holds four sections (``evaluation`` the fifth, ``rerank`` the sixth) and their validation, ``tree`` the whole ``Config`` and its
 JSON round trip, ``presets`` the named settings. Import from here.
 """
 
+from mach_jax.config.evaluation import AGGREGATIONS, DECODERS, DEFAULT_PROPENSITY, RERANKER_USES, EvalConfig
 from mach_jax.config.presets import PRESETS, get_preset
 from mach_jax.config.rerank import RerankConfig
-from mach_jax.config.sections import (AGGREGATIONS, DECODERS, EMBEDDING_OPTIMIZERS, EMBEDDING_UPDATES, HOST_LOADERS,
-                                      INPUT_LAYERS, INPUT_TRANSFORMS, LR_SCHEDULES, OVERFLOW_POLICIES, RERANKER_USES,
-                                      ROWWISE_ADAGRAD_LEARNING_RATE, DataConfig, EvalConfig, ModelConfig,
-                                      ParallelConfig, SyntheticConfig, TrainConfig)
+from mach_jax.config.sections import (EMBEDDING_OPTIMIZERS, EMBEDDING_UPDATES, HOST_LOADERS, INPUT_LAYERS,
+                                      INPUT_TRANSFORMS, LR_SCHEDULES, OVERFLOW_POLICIES, ROWWISE_ADAGRAD_LEARNING_RATE,
+                                      DataConfig, ModelConfig, ParallelConfig, SyntheticConfig, TrainConfig)
 from mach_jax.config.tree import FORMAT_VERSION, Config, resumable_fields
 
-__all__ = ["AGGREGATIONS", "DECODERS", "EMBEDDING_OPTIMIZERS", "EMBEDDING_UPDATES", "FORMAT_VERSION", "HOST_LOADERS",
+__all__ = ["AGGREGATIONS", "DECODERS", "DEFAULT_PROPENSITY", "EMBEDDING_OPTIMIZERS", "EMBEDDING_UPDATES", "FORMAT_VERSION", "HOST_LOADERS",
            "INPUT_LAYERS", "INPUT_TRANSFORMS", "LR_SCHEDULES", "OVERFLOW_POLICIES", "PRESETS", "RERANKER_USES",
            "ROWWISE_ADAGRAD_LEARNING_RATE", "Config", "DataConfig", "EvalConfig", "ModelConfig", "ParallelConfig",
            "RerankConfig", "SyntheticConfig", "TrainConfig", "get_preset", "resumable_fields"]

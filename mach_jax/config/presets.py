@@ -62,15 +62,18 @@ PRESETS: dict[str, Config] = {
         model={"num_repetitions": 32, "num_buckets": 10_000, "hidden_sizes": [500, 500],
                "feat_hash_dim": 100_000},
         train={"epochs": 10, "batch_size": 1024, "learning_rate": 1e-3, "loss": "sigmoid"},
+        eval={"propensity_a": 0.6, "propensity_b": 2.6},  # the repository's PSP@k convention for it
     ),
     "delicious200k": _preset(
         model={"num_repetitions": 32, "num_buckets": 5_000, "hidden_sizes": [500, 500],
                "feat_hash_dim": 100_000},
         train={"epochs": 10, "batch_size": 1024, "learning_rate": 1e-3, "loss": "sigmoid"},
+        eval={"propensity_a": 0.55, "propensity_b": 1.5},
     ),
     "wiki10_31k": _preset(
         model={"num_repetitions": 32, "num_buckets": 2_000, "hidden_sizes": [500, 500]},
         train={"epochs": 10, "batch_size": 256, "learning_rate": 1e-3, "loss": "sigmoid"},
+        eval={"propensity_a": 0.55, "propensity_b": 1.5},
     ),
 }
 

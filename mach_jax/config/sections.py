@@ -13,15 +13,12 @@ from typing import Any
 
 from mach_jax.errors import ConfigError
 
-AGGREGATIONS = ("prob", "logit", "log_prob")
-DECODERS = ("exact", "approx")
 OVERFLOW_POLICIES = ("truncate", "error")
 INPUT_TRANSFORMS = ("none", "log1p", "l2", "log1p_l2", "tfidf_l2")  # see data/transforms.py
 INPUT_LAYERS = ("auto", "sparse", "dense")
 EMBEDDING_UPDATES = ("auto", "lazy", "dense")
 EMBEDDING_OPTIMIZERS = ("adam", "rowwise_adagrad")
 LR_SCHEDULES = ("constant", "cosine", "linear")
-RERANKER_USES = ("auto", "off")
 HOST_LOADERS = ("thread", "grain")  # see data/batches.py (thread) and data/grain_batches.py
 ROWWISE_ADAGRAD_LEARNING_RATE = 0.1
 
@@ -236,50 +233,6 @@ class TrainConfig:
         _require(self.keep_checkpoints >= 1, "train.keep_checkpoints", self.keep_checkpoints, "must be >= 1")
         _require(self.eval_every_epochs >= 0, "train.eval_every_epochs", self.eval_every_epochs,
                  "must be >= 0 (0: evaluate only at the end)")
-
-
-@dataclasses.dataclass(frozen=True)
-class EvalConfig:
-    """Count-min read-out and metrics. ``eval_repetitions``: use the first r <= R members (None: all).
-
-    ``decoder``: "exact" scores all L classes; "approx" only the classes in each member's
-    ``top_buckets`` best buckets, keeping those in at least ``min_votes`` members' top buckets
-    (relaxed to reach k) and at most ``bucket_cap`` classes per bucket (None: all); see
-    ``mach_jax.readout.approx_decode``. ``reranker``: "auto" re-scores the shortlist with the
-    workdir's re-ranker when it has one, "off" reads out the members alone; ``rerank_mix``: the
-    weight of the read-out's log-score beside the re-ranker's (``readout.rerank``).
-    """
-
-    aggregation: str = may_change_on_resume("prob")
-    eval_repetitions: int | None = may_change_on_resume(None)
-    eval_batch_size: int = may_change_on_resume(256)
-    class_chunk_size: int = may_change_on_resume(4_096)
-    propensity_a: float = may_change_on_resume(0.55)
-    propensity_b: float = may_change_on_resume(1.5)
-    decoder: str = may_change_on_resume("exact")
-    top_buckets: int = may_change_on_resume(4)
-    min_votes: int = may_change_on_resume(1)
-    bucket_cap: int | None = may_change_on_resume(None)
-    reranker: str = may_change_on_resume("auto")
-    rerank_mix: float = may_change_on_resume(1.0)
-
-    def validate(self, num_repetitions: int | None = None) -> None:
-        _require(self.aggregation in AGGREGATIONS, "eval.aggregation", self.aggregation,
-                 f"must be one of {AGGREGATIONS}")
-        _require(self.eval_repetitions is None or self.eval_repetitions >= 1, "eval.eval_repetitions",
-                 self.eval_repetitions, "must be >= 1 or None")
-        if num_repetitions is not None and self.eval_repetitions is not None:
-            _require(self.eval_repetitions <= num_repetitions, "eval.eval_repetitions",
-                     self.eval_repetitions, f"must be <= the trained R = {num_repetitions}")
-        _require(self.eval_batch_size >= 1, "eval.eval_batch_size", self.eval_batch_size, "must be >= 1")
-        _require(self.class_chunk_size >= 1, "eval.class_chunk_size", self.class_chunk_size, "must be >= 1")
-        _require(self.decoder in DECODERS, "eval.decoder", self.decoder, f"must be one of {DECODERS}")
-        _require(self.top_buckets >= 1, "eval.top_buckets", self.top_buckets, "must be >= 1")
-        _require(self.min_votes >= 1, "eval.min_votes", self.min_votes, "must be >= 1")
-        _require(self.bucket_cap is None or self.bucket_cap >= 1, "eval.bucket_cap", self.bucket_cap,
-                 "must be >= 1 or None (no cap)")
-        _require(self.reranker in RERANKER_USES, "eval.reranker", self.reranker, f"must be one of {RERANKER_USES}")
-        _require(0 <= self.rerank_mix < float("inf"), "eval.rerank_mix", self.rerank_mix, "must be >= 0 and finite")
 
 
 @dataclasses.dataclass(frozen=True)

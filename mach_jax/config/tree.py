@@ -11,14 +11,15 @@ import json
 from typing import Any
 
 from mach_jax.config.rerank import RerankConfig
-from mach_jax.config.sections import (_RESUME, DataConfig, EvalConfig, ModelConfig, ParallelConfig,
+from mach_jax.config.evaluation import EvalConfig
+from mach_jax.config.sections import (_RESUME, DataConfig, ModelConfig, ParallelConfig,
                                       TrainConfig)
 from mach_jax.errors import ConfigError
 
 FORMAT_VERSION = 1
 
 # Fields that older config.json files may hold but that no longer exist, with why; dropped on load.
-_RETIRED_FIELDS = {"eval.top_k": "P@1, P@3 and P@5 are always reported; larger k changed nothing"}
+RETIRED_FIELDS = {"eval.top_k": "P@1, P@3 and P@5 are always reported; larger k changed nothing"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,7 +79,7 @@ def _merge(tree: dict[str, Any], fields: dict[str, Any], where: str) -> None:
 def _from_dict(cls, tree: dict[str, Any], where: str):
     fields = {f.name: f for f in dataclasses.fields(cls)}
     tree = {name: value for name, value in tree.items() if f"{where}.{name}".removeprefix("config.")
-            not in _RETIRED_FIELDS}
+            not in RETIRED_FIELDS}
     unknown = set(tree) - set(fields)
     if unknown:
         raise ConfigError(f"unknown config field(s) in {where}: {sorted(unknown)}")

@@ -5,10 +5,13 @@
 finds the files of the entry's layout (`mach_jax.data.archives`); writes ``train.txt`` and
 ``test.txt`` in XC format (for data + split-file layouts, the points named by one split column,
 1-based row numbers); and checks every header's N, D, L against the registry and each file's
-sha256 where the registry has one. A dataset verified before (`MARKER` beside the files) is not
-fetched again. Lines are copied as they are, except that trailing spaces and CRs are dropped and
-a point without labels gets its leading space; ids are checked later by the strict reader
-(`read_xc`), as for any XC file. ``python -m mach_jax.datasets download`` is the command line.
+sha256 where the registry has one, else its md5 where it has one, else nothing (logged). A
+checksum mismatch is an error that keeps the file, unless ``accept_checksum_mismatch`` (then a
+warning). `MARKER` beside the files records the sources, their checksum status and the PSP@k
+propensity A, B; a dataset verified before is not fetched again. Lines are copied as they are,
+except that trailing spaces and CRs are dropped and a point without labels gets its leading
+space; ids are checked later by the strict reader (`read_xc`), as for any XC file.
+``python -m mach_jax.datasets download`` is the command line.
 """
 
 from __future__ import annotations
@@ -132,12 +135,14 @@ def fetch(url: str, dest: Path, *, progress: bool = True, _hops: int = 0) -> Pat
     return dest
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
+def _digests(path: Path) -> dict[str, str]:
+    """{"sha256": ..., "md5": ...} of the file, read once."""
+    digests = {"sha256": hashlib.sha256(), "md5": hashlib.md5(usedforsecurity=False)}
     with open(path, "rb") as f:
         while chunk := f.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
+            for digest in digests.values():
+                digest.update(chunk)
+    return {name: digest.hexdigest() for name, digest in digests.items()}
 
 
 def _summary(info: DatasetInfo, split: int) -> dict:
@@ -171,12 +176,13 @@ def is_verified(out_dir: Path, info: DatasetInfo, split: int = 1) -> bool:
 
 @dataclasses.dataclass(frozen=True)
 class _Fetched:
-    """One downloaded file: where it is, where it came from, its sha256, its name as data."""
+    """One downloaded file: where it is, where it came from, its name as data, and its
+    checksums as the marker records them (`_check`)."""
 
     path: Path
     url: str
-    sha256: str
     single_name: str
+    record: dict
 
 
 def _local_name(info: DatasetInfo, item: Download, index: int) -> str:
@@ -198,22 +204,47 @@ def _downloads(info: DatasetInfo, urls: Sequence[str] | None) -> tuple[Download,
     return items
 
 
+def _check(item: Download, dest: Path, say: Callable[[str], None], accept_mismatch: bool) -> dict:
+    """Checks dest against the item's sha256, else its md5; returns the marker's record.
+
+    Raises:
+      DatasetError: a mismatch, unless accepted (then a warning); the file is kept either way.
+    """
+    digests = _digests(dest)
+    algorithm = "sha256" if item.sha256 else "md5" if item.md5 else None
+    record = {"url": item.url, **digests, "checksum": "unknown", "algorithm": algorithm,
+              "expected": None}
+    if algorithm is None:
+        say(f"{dest}: no sha256 or md5 known, not checked (the headers still are)")
+        return record
+    expected, actual = getattr(item, algorithm).lower(), digests[algorithm]
+    record["expected"] = expected
+    if actual == expected:
+        record["checksum"] = "verified"
+        return record
+    if not accept_mismatch:
+        raise DatasetError(f"{dest}: {algorithm} mismatch, expected {expected}, got {actual} "
+                           f"(from {item.url}); remove {dest} to fetch it again, or pass "
+                           "--accept-checksum-mismatch to use it anyway")
+    logger.warning(f"warning: {dest}: {algorithm} mismatch, expected {expected}, got {actual}; "
+                   "using it anyway (--accept-checksum-mismatch)")
+    record["checksum"] = "mismatch accepted"
+    return record
+
+
 def _fetch_all(info: DatasetInfo, items: Sequence[Download], folder: Path,
-               say: Callable[[str], None], progress: bool) -> list[_Fetched]:
-    """Fetches each item into folder (unless an earlier run did) and checks its sha256."""
+               say: Callable[[str], None], progress: bool, accept_mismatch: bool
+               ) -> list[_Fetched]:
+    """Fetches each item into folder (unless an earlier run did) and checks its checksum."""
     fetched = []
     for index, item in enumerate(items):
         dest = folder / _local_name(info, item, index)
         if not dest.exists():
             say(f"{info.name}: fetching {item.url}")
             fetch(item.url, dest, progress=progress)
-        digest = _sha256(dest)
-        if item.sha256 and digest != item.sha256.lower():
-            dest.unlink()
-            raise DatasetError(f"{dest}: sha256 {digest} does not match the registry's "
-                               f"{item.sha256} (file from {item.url} removed)")
+        record = _check(item, dest, say, accept_mismatch)
         single = item.filename or PurePosixPath(urllib.parse.urlparse(item.url).path).name
-        fetched.append(_Fetched(dest, item.url, digest, single))
+        fetched.append(_Fetched(dest, item.url, single, record))
     return fetched
 
 
@@ -234,7 +265,8 @@ def _unpack(info: DatasetInfo, fetched: list[_Fetched], out_dir: Path, split: in
 
 
 def download(dataset: str | DatasetInfo, root: str | os.PathLike, *, urls=None, split: int = 1,
-             progress: bool = True, keep_archive: bool = False, registry=None) -> Path:
+             progress: bool = True, keep_archive: bool = False, registry=None,
+             accept_checksum_mismatch: bool = False) -> Path:
     """Fetches, unpacks and verifies a dataset into ``root/NAME/{train,test}.txt``.
 
     Args:
@@ -246,6 +278,8 @@ def download(dataset: str | DatasetInfo, root: str | os.PathLike, *, urls=None, 
       progress: show a progress bar and log what happens (logger "mach_jax", INFO).
       keep_archive: keep the downloaded files after a successful conversion.
       registry: entries to look `dataset` up in; default `REGISTRY`.
+      accept_checksum_mismatch: use a file whose checksum does not match (a warning is logged,
+        even without `progress`, and the marker records it) instead of raising.
 
     Returns:
       The dataset folder, holding train.txt (num_train points) and test.txt (num_test points)
@@ -262,16 +296,20 @@ def download(dataset: str | DatasetInfo, root: str | os.PathLike, *, urls=None, 
     say = logger.info if progress else (lambda message: None)
     out_dir = Path(root) / info.name
     if is_verified(out_dir, info, split):
-        say(f"{info.name}: already downloaded and verified in {out_dir}")
+        sources = json.loads((out_dir / MARKER).read_text()).get("sources", [])
+        accepted = any(s.get("checksum") == "mismatch accepted" for s in sources)
+        say(f"{info.name}: already downloaded and verified in {out_dir}"
+            + (" (with a checksum mismatch accepted)" if accepted else ""))
         return out_dir
     folder = out_dir / "downloads"  # apart from the outputs, which may share their names
     folder.mkdir(parents=True, exist_ok=True)
     (out_dir / MARKER).unlink(missing_ok=True)  # half-replaced outputs must not look verified
-    fetched = _fetch_all(info, items, folder, say, progress)
+    fetched = _fetch_all(info, items, folder, say, progress, accept_checksum_mismatch)
     _unpack(info, fetched, out_dir, split)
-    sources = [{"url": f.url, "sha256": f.sha256} for f in fetched]
-    write_json_atomically(out_dir / MARKER, {"dataset": _summary(info, split),
-                                             "bytes": _output_sizes(out_dir), "sources": sources})
+    write_json_atomically(out_dir / MARKER, {
+        "dataset": _summary(info, split), "bytes": _output_sizes(out_dir),
+        "sources": [f.record for f in fetched],
+        "propensity": {"a": info.propensity_a, "b": info.propensity_b}})
     if not keep_archive:
         shutil.rmtree(folder)
     say(f"{info.name}: wrote {out_dir / 'train.txt'} ({info.num_train} points) and "

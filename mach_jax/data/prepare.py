@@ -12,7 +12,7 @@ import logging
 import numpy as np
 
 from mach_jax.config import Config, sizing
-from mach_jax.data import batches, transforms
+from mach_jax.data import batches, known_datasets, transforms
 from mach_jax.data.csr import XCDataset
 from mach_jax.errors import ConfigError
 
@@ -73,9 +73,24 @@ def prepare_train_data(config: Config, train: XCDataset,
     return XCDataset(features, labels, train.source), info
 
 
+def with_propensity(config: Config, train: XCDataset) -> Config:
+    """The config with PSP@k's A, B left to the data (None) set to the training data's convention
+    (``data.known_datasets``), logged; unchanged when both are given."""
+    evaluation = config.eval
+    if evaluation.propensity_a is not None and evaluation.propensity_b is not None:
+        return config
+    a, b, source = known_datasets.propensity_for(config.data.train_path, train.num_features, train.num_labels)
+    a = a if evaluation.propensity_a is None else evaluation.propensity_a
+    b = b if evaluation.propensity_b is None else evaluation.propensity_b
+    log.info(f"PSP@k propensities: A={a:g}, B={b:g} ({source}; --propensity-a/--propensity-b to change)")
+    return config.replace(eval={"propensity_a": a, "propensity_b": b})
+
+
 def sized_for(config: Config, train: XCDataset) -> Config:
-    """The config with what it leaves to the data (``model.num_buckets`` 0, ``train.loss`` "auto")
-    filled in by ``config.sizing``, the choice logged; unchanged when it leaves nothing."""
+    """The config with what it leaves to the data filled in: PSP@k's A, B (``with_propensity``),
+    and ``model.num_buckets`` 0 and ``train.loss`` "auto" by ``config.sizing``, the choices logged;
+    unchanged when it leaves nothing."""
+    config = with_propensity(config, train)
     if not sizing.needs_sizing(config):
         return config
     shape = sizing.DataShape(train.num_labels, train.num_points,

@@ -6,8 +6,12 @@ D features, L labels, train and test points, average labels per point and points
 Bibtex and Delicious agree with the headers of ``../shared/data/{bibtex,delicious}`` (tested).
 
 Downloads are the repository's Google Drive links for the bag-of-words versions (the ids its
-page and reference scripts use, e.g. napkinXC's ``datasets.py``). No checksums are published,
-so `sha256` is None for all of them; a mirror with known contents can set one.
+page and reference scripts use, e.g. napkinXC's ``datasets.py``). The repository publishes no
+checksums; the MD5s of the Mediamill, Bibtex, Delicious and EURLex-4K archives are the ones a
+public setup script records beside the same Drive ids (its ``download_data()``: "Eurlex" there is
+EURLex-4K here), so `md5` is set for those four and unknown (None) for the others. No sha256 is
+known (a mirror with known contents can set one). The downloader checks sha256 when known, else
+md5, else nothing (and says so); a mismatch is an error unless accepted.
 
 Two archive layouts occur:
 
@@ -34,14 +38,16 @@ class Download:
 
     Attributes:
       url: http(s) or file URL.
-      sha256: hex digest of the file, or None when unknown (then not checked).
+      sha256: hex digest of the file, or None when unknown; checked when known.
       filename: name to use for the file when it is a single data file, not an archive
         (default: the URL's last path component, without ``.gz``).
+      md5: hex digest of the file, or None when unknown; checked when sha256 is unknown.
     """
 
     url: str
     sha256: str | None = None
     filename: str | None = None
+    md5: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,8 +121,8 @@ class DatasetInfo:
             raise ValueError(f"{self.name}: statistics must be non-negative")
 
 
-def _drive(file_id: str) -> tuple[Download, ...]:
-    return (Download(f"https://drive.google.com/uc?export=download&id={file_id}"),)
+def _drive(file_id: str, md5: str | None = None) -> tuple[Download, ...]:
+    return (Download(f"https://drive.google.com/uc?export=download&id={file_id}", md5=md5),)
 
 
 def _separate(prefix: str) -> Layout:
@@ -132,13 +138,17 @@ def _with_splits(name: str) -> Layout:
 
 _ENTRIES = (
     DatasetInfo("Mediamill", 120, 101, 30993, 12914, 4.38, 1902.15,
-                _drive("0B3lPMIHmG6vGY3B4TXRmZnZBTkk"), _with_splits("Mediamill")),
+                _drive("0B3lPMIHmG6vGY3B4TXRmZnZBTkk",
+                       "11cfdb9269ae5a301bb0c6f333cc6999"), _with_splits("Mediamill")),
     DatasetInfo("Bibtex", 1836, 159, 4880, 2515, 2.40, 111.71,
-                _drive("0B3lPMIHmG6vGcy1xM2pJZ09MMGM"), _with_splits("Bibtex")),
+                _drive("0B3lPMIHmG6vGcy1xM2pJZ09MMGM",
+                       "78db23bd26486d4188502abf6a39b856"), _with_splits("Bibtex")),
     DatasetInfo("Delicious", 500, 983, 12920, 3185, 19.03, 311.61,
-                _drive("0B3lPMIHmG6vGdG1jZ19VS2NWRVU"), _with_splits("Delicious")),
+                _drive("0B3lPMIHmG6vGdG1jZ19VS2NWRVU",
+                       "e73730438e67ad179d724503e6770b1a"), _with_splits("Delicious")),
     DatasetInfo("EURLex-4K", 5000, 3993, 15539, 3809, 5.31, 25.73,
-                _drive("0B3lPMIHmG6vGU0VTR1pCejFpWjg"), _separate("eurlex")),
+                _drive("0B3lPMIHmG6vGU0VTR1pCejFpWjg",
+                       "ec8feb2a9a0bd0f32d8f4c2b00725524"), _separate("eurlex")),
     DatasetInfo("Wiki10-31K", 101938, 30938, 14146, 6616, 18.64, 8.52,
                 _drive("0B3lPMIHmG6vGaDdOeGliWF9EOTA"), _separate("wiki10")),
     DatasetInfo("AmazonCat-13K", 203882, 13330, 1186239, 306782, 5.04, 448.57,

@@ -66,7 +66,7 @@ class MachEnsemble:
             self.params = mesh_lib.put(params, mesh_lib.stacked(self.mesh))
         self.seeds = member_seeds(config, self.rep_ids, self.mesh)
         self.inv_propensity = mesh_lib.put(metrics.inverse_propensity(
-            label_counts, info.num_train_points, config.eval.propensity_a, config.eval.propensity_b),
+            label_counts, info.num_train_points, *config.eval.propensity()),
             mesh_lib.replicated(self.mesh))
         self.spec = member_spec(config, info.num_features, info.max_nnz, self.mesh)
         read_out = dict(spec=self.spec, aggregation=config.eval.aggregation)
@@ -213,6 +213,7 @@ class MachEnsemble:
         result["num_repetitions"] = int(jax.tree.leaves(self.params)[0].shape[0])
         result["aggregation"] = self.config.eval.aggregation
         result["decoder"] = decoder.describe()
+        result["propensity"] = dict(zip(("a", "b"), self.config.eval.propensity()))
         if self.reranker is not None:
             result["reranker"] = {"shortlist_size": self.reranker.shortlist_size, "mix": self.reranker.mix}
         return result

@@ -1,0 +1,95 @@
+"""Config files: ``python -m mach_jax.train --config FILE`` starts from one, flags override it.
+
+A file is either a workdir's ``config.json`` (``{"format_version": ..., "config": {...},
+"run_info": {...}}``: its config is taken, the rest ignored) or a config tree written by hand,
+whole or in part: ``{"model": {"num_buckets": 2000}, "train": {"epochs": 5}}``. Fields it leaves
+out keep the default preset's values. Every key and value is checked before anything runs: an
+unknown or misspelt key is refused with its dotted path (and the closest known key), a value of
+the wrong type with its path and the type expected.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+from pathlib import Path
+from typing import Any
+
+from mach_jax.config.tree import FORMAT_VERSION, RETIRED_FIELDS, Config
+from mach_jax.errors import ConfigError
+
+_WORKDIR_KEYS = {"format_version", "config", "run_info"}
+
+
+def read_config_file(path: str | Path, base: Config | None = None) -> Config:
+    """The config a file describes, over ``base`` (default: the default preset).
+
+    Raises:
+      ConfigError: the file cannot be read, is not a JSON object, or has an unknown key or a
+        value of the wrong type (the message names the file and the key's dotted path).
+    """
+    tree = _load(Path(path))
+    _check_tree(tree, Config, "", str(path))
+    return (base or Config()).replace(**tree)
+
+
+def _load(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start})") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the config file ({e.strerror or e})") from None
+    try:
+        tree = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path}: line {e.lineno}, column {e.colno}: not valid JSON ({e.msg})") from None
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path}: expected a JSON object of config sections, got {type(tree).__name__}")
+    if "config" in tree and set(tree) <= _WORKDIR_KEYS:  # a workdir's config.json
+        version = tree.get("format_version")
+        if version is not None and version != FORMAT_VERSION:
+            raise ConfigError(f"{path}: format_version {version!r}, this mach_jax reads {FORMAT_VERSION}")
+        tree = tree["config"]
+        if not isinstance(tree, dict):
+            raise ConfigError(f"{path}: \"config\" must be a JSON object")
+    return tree
+
+
+def _check_tree(tree: dict[str, Any], cls: type, where: str, source: str) -> None:
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    defaults = cls()
+    for key, value in tree.items():
+        path = f"{where}{key}"
+        if path in RETIRED_FIELDS:
+            continue
+        if key not in fields:
+            close = difflib.get_close_matches(key, fields, n=1)
+            hint = f" (did you mean {where}{close[0]}?)" if close else f" (known: {', '.join(fields)})"
+            raise ConfigError(f"{source}: unknown key {path}{hint}")
+        default = getattr(defaults, key)
+        if dataclasses.is_dataclass(default):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{source}: {path} must be a JSON object of its fields, got {value!r}")
+            _check_tree(value, type(default), f"{path}.", source)
+        else:
+            _check_value(value, fields[key].type, path, source)
+
+
+_EXPECTED = {"int": "an integer", "float": "a number", "str": "a string",
+             "tuple[int, ...]": "a list of integers"}
+
+
+def _check_value(value: Any, annotation: str, path: str, source: str) -> None:
+    base = annotation.replace(" | None", "")
+    if value is None and "None" in annotation:
+        return
+    fits = {"int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+            "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+            "str": lambda v: isinstance(v, str),
+            "tuple[int, ...]": lambda v: isinstance(v, list) and all(
+                isinstance(x, int) and not isinstance(x, bool) for x in v)}[base]
+    if not fits(value):
+        expected = _EXPECTED[base] + (" or null" if "None" in annotation else "")
+        raise ConfigError(f"{source}: {path} must be {expected}, got {json.dumps(value)}")
