@@ -2,7 +2,7 @@
 
     python scripts/bench.py                              # the CPU preset: under a minute on 2 cores
     python scripts/bench.py --preset amazon670k --scale 0.1
-    python scripts/bench.py --only train                 # parse | train | pipeline | decode
+    python scripts/bench.py --only train                 # parse | train | pipeline | decode | host_loader
     python scripts/bench.py --only approx --decode-labels 10000000 --decode-buckets 32768
     XLA_FLAGS=--xla_force_host_platform_device_count=8 python scripts/bench.py --only steps
 
@@ -14,6 +14,10 @@ Records:
             then the lazy/dense speed-up;
   pipeline  host time to build and transfer one batch, the step time fed by the background
             prefetcher, and its ratio to the device compute alone;
+  host_loader  host batches/s at batch 1,024 on Amazon-670K-shaped rows (D = 135,909, L = 670,091,
+            about 75 features and 5.45 labels a point; --host-points rows): our prefetch thread
+            (data.host_loader = "thread") and Grain with 1, 2 and 4 threads ("grain"), each fed
+            through the trainer's Prefetcher with no device transfer (docs/host_loader.md);
   decode    exact top-k: queries/s of the on-device chunked decoder and of the straightforward
             numpy baseline (a loop over R adding probs[r][:, lookup[r]] into [N, L], then
             argpartition), their ratio, and the decoder's compiled peak memory;
@@ -47,9 +51,12 @@ from mach_jax.training.program import build_program
 from mach_jax.data import prepare
 from mach_jax.core import hashing, mesh as mesh_lib
 from mach_jax.data import batches as input_pipeline
+from mach_jax.data import grain_batches
+from mach_jax.data.csr import CsrMatrix, XCDataset
 from mach_jax.config import Config
 from mach_jax.data.synthetic import make_synthetic
 from mach_jax.data.xc_format import read_xc, write_xc
+from mach_jax.errors import ConfigError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -236,6 +243,65 @@ def bench_pipeline(preset: BenchPreset, train, steps: int) -> None:
           "prefetched_step_ms": round(fed_ms, 2), "prefetched_over_compute": round(fed_ms / compute_ms, 3)})
 
 
+def amazon_shaped_rows(num_points: int, seed: int = 0) -> XCDataset:
+    """Random rows shaped as Amazon-670K's: features [N, 135,909] (Poisson, mean 75 a point, at
+    least 1) and labels [N, 670,091] (Poisson, mean 5.45, at least 1)."""
+    rng = np.random.default_rng(seed)
+
+    def rows(mean: float, num_cols: int, values: bool) -> CsrMatrix:
+        counts = np.maximum(1, rng.poisson(mean, num_points))
+        indptr = np.concatenate([[0], np.cumsum(counts)])
+        nnz = int(indptr[-1])
+        vals = rng.random(nnz, dtype=np.float32) + 0.01 if values else np.ones(nnz, np.float32)
+        return CsrMatrix(indptr, rng.integers(0, num_cols, nnz), vals, num_cols)
+
+    return XCDataset(rows(75.0, 135_909, True), rows(5.45, 670_091, False), "amazon670k-shaped")
+
+
+def bench_host_loader(num_points: int, batch_size: int = 1_024, epochs: int = 2, repeats: int = 5) -> None:
+    """Host batches/s of each loader: items through the trainer's Prefetcher, no device transfer."""
+    data = amazon_shaped_rows(num_points)
+    shape = input_pipeline.BatchShape(batch_size, input_pipeline.widest_row(data.features),
+                                      input_pipeline.widest_row(data.labels))
+    steps_per_epoch = input_pipeline.num_batches(num_points, batch_size)
+    args = (data, shape, 0, 0, steps_per_epoch, epochs)
+
+    def thread_items():  # the trainer's thread path: one epoch after the other (loop._batches_from)
+        for epoch in range(epochs):
+            yield from ((epoch, batch) for batch in input_pipeline.train_batches(data, shape, 0, epoch))
+
+    loaders = [("thread", 1, thread_items)] + [
+        ("grain", threads, functools.partial(grain_batches.grain_batches, *args, num_threads=threads))
+        for threads in (1, 2, 4)]
+    best = {}
+    for _ in range(repeats):  # the loaders in turn, so that a busy moment of the machine hits all
+        for loader, threads, make_items in loaders:
+            try:
+                start = time.perf_counter()
+                items = make_items()
+                with input_pipeline.Prefetcher(items, lambda item: item) as prefetched:
+                    count = sum(1 for _ in prefetched)
+                seconds = time.perf_counter() - start
+                getattr(items, "close", lambda: None)()
+            except ConfigError as error:  # Grain is not installed
+                best[loader, threads] = str(error)
+                continue
+            best[loader, threads] = min(best.get((loader, threads), float("inf")), seconds)
+    thread_rate = count / best["thread", 1]
+    for (loader, threads), seconds in best.items():
+        if isinstance(seconds, str):
+            emit({"bench": "host_loader", "loader": loader, "threads": threads, "error": seconds})
+            continue
+        rate = count / seconds
+        emit({"bench": "host_loader", "loader": loader, "threads": threads, "batch_size": batch_size,
+              "points": num_points, "D": data.features.num_cols, "L": data.labels.num_cols,
+              "K": shape.max_nnz, "M": shape.max_labels,
+              "mean_nnz": round(data.features.indptr[-1] / num_points, 2),
+              "mean_labels": round(data.labels.indptr[-1] / num_points, 2), "batches": count,
+              "batches_per_s": round(rate, 1), "ms_per_batch": round(1e3 / rate, 2),
+              "over_thread": round(rate / thread_rate, 3)})
+
+
 def numpy_decode(probs: np.ndarray, lookup: np.ndarray, k: int) -> np.ndarray:
     """The straightforward baseline: dense [N, L] scores, summed over R, then argpartition."""
     scores = np.zeros((probs.shape[1], lookup.shape[1]), np.float32)
@@ -337,8 +403,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="cpu", choices=sorted(PRESETS))
     parser.add_argument("--scale", type=float, default=1.0, help="shrink D, L and B by this factor")
-    parser.add_argument("--only", choices=("parse", "train", "pipeline", "decode", "steps", "approx"),
-                        default=None)
+    parser.add_argument("--only", choices=("parse", "train", "pipeline", "host_loader", "decode", "steps",
+                                           "approx"), default=None)
+    parser.add_argument("--host-points", type=int, default=32_768,
+                        help="with host_loader: the Amazon-670K-shaped rows synthesized")
     parser.add_argument("--decode-labels", type=int, default=None, help="L of the decode benchmarks")
     parser.add_argument("--decode-buckets", type=int, default=None, help="B of the decode benchmarks")
     parser.add_argument("--top-buckets", type=int, nargs="+", default=[1, 2, 4, 8],
@@ -368,6 +436,8 @@ def main() -> None:
         bench_train(preset, train, args.steps)
     if wanted("pipeline"):
         bench_pipeline(preset, train, args.steps)
+    if wanted("host_loader"):
+        bench_host_loader(args.host_points)
     if wanted("decode"):
         bench_decode(preset, args.class_chunk)
     bench_memory()

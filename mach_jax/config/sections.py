@@ -9,6 +9,7 @@ every other field of a resumed run must match the saved config.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 from typing import Any
 
 from mach_jax.errors import ConfigError
@@ -116,6 +117,8 @@ class DataConfig:
         _require(0 <= self.valid_seed < 2**32, "data.valid_seed", self.valid_seed, "must be in [0, 2**32)")
         _require(self.host_loader in HOST_LOADERS, "data.host_loader", self.host_loader,
                  f"must be one of {HOST_LOADERS}")
+        _require(self.host_loader != "grain" or importlib.util.find_spec("grain") is not None,
+                 "data.host_loader", self.host_loader, "needs Grain: pip install grain")
         self.synthetic.validate()
 
 

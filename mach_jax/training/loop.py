@@ -9,6 +9,7 @@ Evaluations are the caller's: ``run_training`` takes an ``EvaluatorFactory`` (se
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import time
@@ -21,7 +22,7 @@ from tqdm.auto import tqdm
 
 from mach_jax.config import Config
 from mach_jax.core import mesh as mesh_lib, model
-from mach_jax.data import batches
+from mach_jax.data import batches, grain_batches
 from mach_jax.data.csr import XCDataset
 from mach_jax.data.prepare import (RunInfo, check_enough_labels, feature_idf, label_counts, prepare_train_data,
                                    sized_for)
@@ -120,11 +121,14 @@ def _loop(config: Config, program: TrainingProgram, state: State, train_data: XC
         metric_log.write(kind, at_step, learning_rate=scheduled, **fields)
 
     loss_log = LossLog(program.rep_ids, shape.batch_size, bar, write_train)
-    host_batches = _batches_from(train_data, shape, config.train.seed, step, steps_per_epoch,
-                                 config.train.epochs)
+    # The same items either way; with Grain its threads build them and ours only places them.
+    make_host_batches = grain_batches.grain_batches if config.data.host_loader == "grain" else _batches_from
+    host_batches = make_host_batches(train_data, shape, config.train.seed, step, steps_per_epoch,
+                                     config.train.epochs)
     place = functools.partial(_place, program=program)
-    try:
-        with StopOnSignals() as stop, batches.Prefetcher(host_batches, place) as prefetched:
+    try:  # closed once the prefetcher's thread has stopped (Grain's threads stop with it)
+        with (StopOnSignals() as stop, contextlib.closing(host_batches),
+              batches.Prefetcher(host_batches, place) as prefetched):
             for _, batch, train_step in prefetched:
                 state, step_metrics = train_step(state, batch, program.seeds)
                 step += 1
