@@ -13,7 +13,9 @@ EURLex-4K), else nothing. A checksum mismatch stops with an error and keeps the 
 ``--accept-checksum-mismatch`` uses it anyway, with a warning, and ``.verified.json`` beside the
 files records that. A dataset verified before is not fetched again. Lines are copied as they
 are, except that trailing spaces and CRs are dropped and a point without labels gets its leading
-space; ids are checked later by the strict reader (`read_xc`), as for any XC file.
+space; ids are checked later by the strict reader (`read_xc`), as for any XC file. Files are
+streamed, never read whole: a line over ``--max-line-bytes`` (64M) or an unpacked file over
+``--max-member-bytes`` (64G) is refused as soon as it is met.
 
 ``convert-vw`` turns a Vowpal Wabbit multiclass file (as used by the MACH paper for ODP and
 ImageNet) into an XC file; see `mach_jax.data.vw_format`.
@@ -24,6 +26,7 @@ from __future__ import annotations
 import argparse
 
 from mach_jax import cli
+from mach_jax.data.archives import Limits
 from mach_jax.data.download import download
 from mach_jax.data.registry import REGISTRY
 from mach_jax.data.vw_format import convert_vw
@@ -33,6 +36,15 @@ def _non_negative(text: str) -> int:
     if not text.isdigit():
         raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
     return int(text)
+
+
+def _byte_count(text: str) -> int:
+    """``65536``, ``64K``, ``64M``, ``64G`` or ``1T`` (binary units) -> a positive int."""
+    number, unit = (text[:-1], text[-1].upper()) if text[-1:].isalpha() else (text, "")
+    if not number.isdecimal() or unit not in ("", "K", "M", "G", "T") or int(number) == 0:
+        raise argparse.ArgumentTypeError(f"expected a size in bytes such as 65536 or 64M, got "
+                                         f"{text!r}")
+    return int(number) << 10 * " KMGT".index(unit or " ")
 
 
 def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
@@ -51,6 +63,10 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     get.add_argument("--accept-checksum-mismatch", action="store_true",
                      help="use a file whose sha256/md5 does not match the registry's (warns)")
     get.add_argument("--quiet", action="store_true", help="no progress bar or messages")
+    get.add_argument("--max-line-bytes", type=_byte_count, default=Limits().line, metavar="SIZE",
+                     help="refuse a longer line (default: 64M)")
+    get.add_argument("--max-member-bytes", type=_byte_count, default=Limits().member,
+                     metavar="SIZE", help="refuse a larger unpacked file (default: 64G)")
     vw = commands.add_parser("convert-vw", help="Vowpal Wabbit multiclass file -> XC file")
     vw.add_argument("input", help="VW file (plain or gzip)")
     vw.add_argument("output", help="XC file to write (.gz: compressed)")
@@ -77,7 +93,8 @@ def do_list(args: argparse.Namespace) -> int:
 def do_download(args: argparse.Namespace) -> int:
     out_dir = download(args.name, args.dir, urls=args.url, split=args.split,
                        progress=not args.quiet, keep_archive=args.keep_archive,
-                       accept_checksum_mismatch=args.accept_checksum_mismatch)
+                       accept_checksum_mismatch=args.accept_checksum_mismatch,
+                       limits=Limits(args.max_line_bytes, args.max_member_bytes))
     if not args.quiet:
         print(f"{out_dir / 'train.txt'}\n{out_dir / 'test.txt'}")
     return 0

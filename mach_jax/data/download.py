@@ -1,23 +1,16 @@
 """Fetching, unpacking and verifying the registry's datasets, as ``root/NAME/{train,test}.txt``.
 
-`download` fetches an entry's files (see `mach_jax.data.registry`), each streamed into a
-``.part`` file that a re-run resumes (`fetch`); unpacks zip, tar(.gz), .gz or plain files and
-finds the files of the entry's layout (`mach_jax.data.archives`); writes ``train.txt`` and
-``test.txt`` in XC format (for data + split-file layouts, the points named by one split column,
-1-based row numbers); and checks every header's N, D, L against the registry and each file's
-sha256 where the registry has one, else its md5 where it has one, else nothing (logged). A
-checksum mismatch is an error that keeps the file, unless ``accept_checksum_mismatch`` (then a
-warning). `MARKER` beside the files records the sources, their checksum status and the PSP@k
-propensity A, B; a dataset verified before is not fetched again. Lines are copied as they are,
-except that trailing spaces and CRs are dropped and a point without labels gets its leading
-space; ids are checked later by the strict reader (`read_xc`), as for any XC file.
-``python -m mach_jax.datasets download`` is the command line.
+`download` fetches an entry's files (`mach_jax.data.registry`), each streamed into a ``.part``
+file that a re-run resumes (`fetch`), and checks each one's sha256, else md5, where the registry
+has one (a mismatch keeps the file and is an error, or a warning when accepted); then writes
+``train.txt`` and ``test.txt`` atomically, their headers checked (`mach_jax.data.archives`), and
+last `MARKER`: the sources, their checksum status and the PSP@k propensity A, B. A dataset
+verified before is not fetched again. ``python -m mach_jax.datasets download`` is the CLI.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import html.parser
 import http.client
 import json
@@ -32,14 +25,13 @@ from pathlib import Path, PurePosixPath
 
 from tqdm import tqdm
 
-from mach_jax.data.archives import DAMAGED, convert_members, list_members, locate_members
-from mach_jax.data.files import write_json_atomically
+from mach_jax.data.archives import DAMAGED, Limits, convert_members, list_members, locate_members
+from mach_jax.data.files import BLOCK_BYTES, file_digests, write_json_atomically
 from mach_jax.data.registry import DatasetInfo, Download, get_dataset
 from mach_jax.errors import DatasetError
 
 MARKER = ".verified.json"
 _OUTPUTS = ("train.txt", "test.txt")
-_CHUNK = 1 << 20
 _TIMEOUT_S = 60
 logger = logging.getLogger("mach_jax")
 
@@ -79,20 +71,18 @@ def _open_url(url: str, start: int):
         if e.code == 416 and start:
             return None
         raise DatasetError(f"{url}: HTTP error {e.code} ({e.reason})") from None
-    except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
+    except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as e:
         raise DatasetError(f"{url}: cannot connect ({getattr(e, 'reason', e)})") from None
 
 
 def fetch(url: str, dest: Path, *, progress: bool = True, _hops: int = 0) -> Path:
-    """Downloads url to dest, streamed through ``dest.part``, which a later call resumes.
+    """Downloads url to dest (and returns dest), streamed through ``dest.part``, which a later
+    call resumes.
 
     Args:
       url: what to fetch (http(s), or file:// for a local file).
       dest: where the complete file goes.
       progress: show a progress bar.
-
-    Returns:
-      dest.
 
     Raises:
       DatasetError: HTTP or network failure, an HTML page instead of data, a cut-off transfer.
@@ -120,7 +110,7 @@ def fetch(url: str, dest: Path, *, progress: bool = True, _hops: int = 0) -> Pat
                 total=total, initial=start, unit="B", unit_scale=True, unit_divisor=1024,
                 desc=dest.name, disable=not progress, leave=False) as bar:
             try:
-                while chunk := response.read(_CHUNK):
+                while chunk := response.read(BLOCK_BYTES):
                     f.write(chunk)
                     bar.update(len(chunk))
                     done += len(chunk)
@@ -133,16 +123,6 @@ def fetch(url: str, dest: Path, *, progress: bool = True, _hops: int = 0) -> Pat
                            "run the same command again to resume")
     os.replace(part, dest)
     return dest
-
-
-def _digests(path: Path) -> dict[str, str]:
-    """{"sha256": ..., "md5": ...} of the file, read once."""
-    digests = {"sha256": hashlib.sha256(), "md5": hashlib.md5(usedforsecurity=False)}
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            for digest in digests.values():
-                digest.update(chunk)
-    return {name: digest.hexdigest() for name, digest in digests.items()}
 
 
 def _summary(info: DatasetInfo, split: int) -> dict:
@@ -186,12 +166,18 @@ class _Fetched:
 
 
 def _local_name(info: DatasetInfo, item: Download, index: int) -> str:
+    """The URL's file name, or NAME-index.download when it has no extension or is ``..``."""
     name = PurePosixPath(urllib.parse.urlparse(item.url).path).name
-    return name if "." in name else f"{info.name}-{index}.download"
+    return name if "." in name.strip(".") else f"{info.name}-{index}.download"
 
 
 def _as_url(text: str) -> str:
-    return Path(text).resolve().as_uri() if "://" not in text and os.path.exists(text) else text
+    """A URL as it is; anything without ``://`` is a local file, as a file:// URL."""
+    if "://" not in text and not os.path.isfile(text):
+        problem = "is a folder, not a file" if os.path.isdir(text) else "no such file"
+        raise DatasetError(f"{text}: {problem}; --url takes a downloaded file or a URL with its "
+                           "scheme (https://...)")
+    return text if "://" in text else Path(text).resolve().as_uri()
 
 
 def _downloads(info: DatasetInfo, urls: Sequence[str] | None) -> tuple[Download, ...]:
@@ -210,7 +196,7 @@ def _check(item: Download, dest: Path, say: Callable[[str], None], accept_mismat
     Raises:
       DatasetError: a mismatch, unless accepted (then a warning); the file is kept either way.
     """
-    digests = _digests(dest)
+    digests = file_digests(dest, ("sha256", "md5"))
     algorithm = "sha256" if item.sha256 else "md5" if item.md5 else None
     record = {"url": item.url, **digests, "checksum": "unknown", "algorithm": algorithm,
               "expected": None}
@@ -248,11 +234,12 @@ def _fetch_all(info: DatasetInfo, items: Sequence[Download], folder: Path,
     return fetched
 
 
-def _unpack(info: DatasetInfo, fetched: list[_Fetched], out_dir: Path, split: int) -> None:
+def _unpack(info: DatasetInfo, fetched: list[_Fetched], out_dir: Path, split: int,
+            limits: Limits) -> None:
     """Writes out_dir/{train,test}.txt from the fetched files; removes them if damaged."""
     try:
         members = [m for f in fetched for m in list_members(f.path, f.single_name)]
-        convert_members(info, locate_members(members, info), out_dir, split)
+        convert_members(info, locate_members(members, info), out_dir, split, limits)
     except DAMAGED as e:
         for f in fetched:
             f.path.unlink(missing_ok=True)
@@ -264,9 +251,20 @@ def _unpack(info: DatasetInfo, fetched: list[_Fetched], out_dir: Path, split: in
                            "hand and pass the data files with --url") from None
 
 
+def _make_folder(folder: Path, out_dir: Path) -> None:
+    """Creates folder, or says which file on its path stands in the way."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        blocker = next((p for p in (folder, *folder.parents) if p.is_file()), None)
+        problem = f"{blocker}: is a file" if blocker else f"{folder}: {e.strerror or e}"
+        raise DatasetError(f"{problem}, cannot create the folder {out_dir}; pass another "
+                           "--dir") from None
+
+
 def download(dataset: str | DatasetInfo, root: str | os.PathLike, *, urls=None, split: int = 1,
              progress: bool = True, keep_archive: bool = False, registry=None,
-             accept_checksum_mismatch: bool = False) -> Path:
+             accept_checksum_mismatch: bool = False, limits: Limits = Limits()) -> Path:
     """Fetches, unpacks and verifies a dataset into ``root/NAME/{train,test}.txt``.
 
     Args:
@@ -280,13 +278,14 @@ def download(dataset: str | DatasetInfo, root: str | os.PathLike, *, urls=None, 
       registry: entries to look `dataset` up in; default `REGISTRY`.
       accept_checksum_mismatch: use a file whose checksum does not match (a warning is logged,
         even without `progress`, and the marker records it) instead of raising.
+      limits: the longest line and the largest unpacked file, checked while they stream.
 
     Returns:
       The dataset folder, holding train.txt (num_train points) and test.txt (num_test points)
       of D features and L labels.
 
     Raises:
-      DatasetError: network, archive, layout, header or checksum problems (one-line message).
+      DatasetError: network, file, archive, layout, header, checksum or size problems (one line).
     """
     info = dataset if isinstance(dataset, DatasetInfo) else get_dataset(dataset, registry)
     if split < 1:
@@ -302,10 +301,13 @@ def download(dataset: str | DatasetInfo, root: str | os.PathLike, *, urls=None, 
             + (" (with a checksum mismatch accepted)" if accepted else ""))
         return out_dir
     folder = out_dir / "downloads"  # apart from the outputs, which may share their names
-    folder.mkdir(parents=True, exist_ok=True)
+    _make_folder(folder, out_dir)
     (out_dir / MARKER).unlink(missing_ok=True)  # half-replaced outputs must not look verified
-    fetched = _fetch_all(info, items, folder, say, progress, accept_checksum_mismatch)
-    _unpack(info, fetched, out_dir, split)
+    try:
+        fetched = _fetch_all(info, items, folder, say, progress, accept_checksum_mismatch)
+        _unpack(info, fetched, out_dir, split, limits)
+    except OSError as e:  # disk full, no permission... (damaged archives are DatasetErrors)
+        raise DatasetError(f"{info.name}: {e.filename or out_dir}: {e.strerror or e}") from None
     write_json_atomically(out_dir / MARKER, {
         "dataset": _summary(info, split), "bytes": _output_sizes(out_dir),
         "sources": [f.record for f in fetched],

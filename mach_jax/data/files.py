@@ -1,4 +1,5 @@
-"""Files on disk, in one place: the gzip sniff and the atomic writer.
+"""Files on disk, in one place: the gzip sniff, block-wise hashing, the bounded line reader and
+the atomic writer.
 
 Every file mach_jax writes goes through ``atomic_output`` (or its two shorthands): the bytes go
 to a temporary file beside the target, which replaces the target only once complete, so a reader
@@ -9,13 +10,18 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import hashlib
+import itertools
 import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, BinaryIO, Iterator
+from typing import Any, BinaryIO, Iterator, Sequence
+
+from mach_jax.errors import DataFormatError
 
 GZIP_MAGIC = b"\x1f\x8b"
+BLOCK_BYTES = 1 << 20
 
 
 def is_gzip(prefix: bytes) -> bool:
@@ -28,6 +34,62 @@ def open_binary(path: str | os.PathLike) -> BinaryIO:
     with open(path, "rb") as probe:
         magic = probe.read(2)
     return gzip.open(path, "rb") if is_gzip(magic) else open(path, "rb")
+
+
+def hash_stream(stream: BinaryIO, *digests) -> None:
+    """Feeds the stream's remaining bytes to each ``hashlib`` digest, 1 MiB at a time."""
+    while block := stream.read(BLOCK_BYTES):
+        for digest in digests:
+            digest.update(block)
+
+
+def file_digests(path: str | os.PathLike, names: Sequence[str]) -> dict[str, str]:
+    """``{name: hex digest}`` of the file for each ``hashlib`` algorithm name, read once."""
+    digests = {name: hashlib.new(name, usedforsecurity=False) for name in names}
+    with open(path, "rb") as f:
+        hash_stream(f, *digests.values())
+    return {name: digest.hexdigest() for name, digest in digests.items()}
+
+
+def read_lines(stream: BinaryIO, where: str, max_line: int, max_total: int,
+               hints: tuple[str, str] = ("", "")) -> Iterator[tuple[int, bytes]]:
+    """The stream's lines, checked against size limits while they stream: a file without a
+    newline is refused after ``max_line`` bytes, never read whole.
+
+    Args:
+      stream: a binary stream whose ``readline`` takes a size limit.
+      where: the file, as messages name it.
+      max_line: the longest line allowed, in bytes, its newline left out.
+      max_total: the most bytes the stream may hold.
+      hints: what to do, appended to the message about a line and about the stream.
+
+    Yields:
+      (1-based line number, the line with its newline).
+
+    Raises:
+      DataFormatError: a longer line (naming it) or a longer stream.
+    """
+    total = 0
+    for number in itertools.count(1):
+        line = stream.readline(max_line + 1)
+        if not line:
+            return
+        total += len(line)
+        if len(line) > max_line and not line.endswith(b"\n"):
+            raise DataFormatError(where, number, f"line longer than {_size(max_line)}: not a "
+                                  f"text file of one record per line{hints[0]}")
+        if total > max_total:
+            raise DataFormatError(where, None, f"longer than {_size(max_total)}, refused while "
+                                  f"reading it{hints[1]}")
+        yield number, line
+
+
+def _size(count: int) -> str:
+    """``67,108,864 bytes (64 MiB)``: the binary unit only where it is exact."""
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if count >= 1 << shift and count % (1 << shift) == 0:
+            return f"{count:,} bytes ({count >> shift} {unit})"
+    return f"{count:,} bytes"
 
 
 @contextlib.contextmanager

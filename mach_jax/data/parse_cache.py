@@ -1,6 +1,12 @@
-"""The parsed-array cache of ``xc_format.read_xc``: ``.npz`` files keyed by the source file's
-absolute path, size and modification time (and the parser's format version), loaded with
-``allow_pickle=False``."""
+"""The parsed-array cache of ``xc_format.read_xc``: ``.npz`` files keyed by a hash of the source
+file's bytes (and the parser's format version), loaded with ``allow_pickle=False``.
+
+The key is the content, not the path, size and modification time: a file edited in place with
+its size and mtime kept is parsed again, and the source is read (so a file that became
+unreadable is an error) even on a cache hit. Hashing costs little beside parsing: on a 69 MB
+file (2 busy cores) SHA-256 read 0.6-0.8 GB/s (BLAKE2b 0.3-0.4 GB/s: this CPU has SHA
+instructions) where the parser read 15-25 MB/s, so a hit takes 0.11-0.20 s instead of 2.7-4.7 s.
+"""
 
 from __future__ import annotations
 
@@ -8,14 +14,15 @@ import glob
 import hashlib
 import os
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
 from mach_jax.data.csr import CsrMatrix, XCDataset
-from mach_jax.data.files import atomic_output
+from mach_jax.data.files import atomic_output, hash_stream
 
 # Bump when the parse of the same bytes could change; invalidates every cache entry.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 def default_cache_dir() -> Path:
@@ -26,19 +33,29 @@ def default_cache_dir() -> Path:
     return Path(base) / "mach_jax"
 
 
-def cache_path(cache_dir: Path, path: str, stat: os.stat_result) -> Path:
-    """<name>.<hash of the path>.<hash of path, size, mtime, version>.npz"""
+def content_key(source: BinaryIO | bytes) -> str:
+    """The cache key of a file's raw bytes (read from the stream's position, 1 MiB at a time,
+    or given whole): their SHA-256 after the format version, 32 hex digits."""
+    digest = hashlib.sha256(b"mach_jax parse cache %d\n" % FORMAT_VERSION)
+    if isinstance(source, bytes):
+        digest.update(source)
+    else:
+        hash_stream(source, digest)
+    return digest.hexdigest()[:32]
+
+
+def cache_path(cache_dir: Path, path: str, key: str) -> Path:
+    """<name>.<hash of the absolute path>.<content key>.npz"""
     path = os.path.abspath(path)
-    key = f"{FORMAT_VERSION}\n{path}\n{stat.st_size}\n{stat.st_mtime_ns}"
-    digests = [hashlib.sha256(k.encode()).hexdigest()[:16] for k in (path, key)]
-    return cache_dir / f"{Path(path).name}.{digests[0]}.{digests[1]}.npz"
+    return cache_dir / f"{Path(path).name}.{hashlib.sha256(path.encode()).hexdigest()[:16]}.{key}.npz"
 
 
-def load_cache(file: Path, source: str) -> XCDataset | None:
-    """The cached dataset, or None when there is no usable cache."""
+def load_cache(file: Path, source: str, key: str) -> XCDataset | None:
+    """The cached dataset of the bytes whose content key is ``key``, or None when there is no
+    usable cache. Features [N, D] and labels [N, L], as ``read_xc`` returns them."""
     try:
         with np.load(file, allow_pickle=False) as z:
-            if int(z["format_version"]) != FORMAT_VERSION:
+            if int(z["format_version"]) != FORMAT_VERSION or str(z["content_key"]) != key:
                 return None
             _, num_features, num_labels = z["shape"].tolist()
             labels = z["label_indices"]
@@ -51,13 +68,13 @@ def load_cache(file: Path, source: str) -> XCDataset | None:
         return None
 
 
-def save_cache(file: Path, dataset: XCDataset) -> None:
-    """Writes the parsed arrays (atomically: readers never see a half-written cache) and removes
-    older caches of the same source file."""
+def save_cache(file: Path, dataset: XCDataset, key: str) -> None:
+    """Writes the parsed arrays of the bytes whose content key is ``key`` (atomically: readers
+    never see a half-written cache) and removes older caches of the same source file."""
     try:
         file.parent.mkdir(parents=True, exist_ok=True)
         with atomic_output(file) as f:
-            np.savez(f, format_version=FORMAT_VERSION, shape=np.array(
+            np.savez(f, format_version=FORMAT_VERSION, content_key=np.array(key), shape=np.array(
                 [dataset.num_points, dataset.num_features, dataset.num_labels], np.int64),
                 feature_indptr=dataset.features.indptr, feature_indices=dataset.features.indices,
                 feature_values=dataset.features.values, label_indptr=dataset.labels.indptr,

@@ -15,8 +15,8 @@ Parsing is vectorised, in chunks of about 4 MB of text: lines are split and join
 label blob and one feature blob with C-level bytes methods, then tokenised and converted with
 numpy (digits by SWAR arithmetic on uint64 words). Range, finiteness and duplicate errors are
 located with searchsorted; when a structural check fails, a slow line-by-line validator over
-that chunk finds the first bad line. `read_xc` caches parsed arrays in `.npz` files keyed by
-absolute path, size and mtime.
+that chunk finds the first bad line. `read_xc` caches parsed arrays in `.npz` files keyed by a
+hash of the file's bytes (`parse_cache`).
 """
 
 from __future__ import annotations
@@ -218,10 +218,13 @@ def read_xc(path: str | os.PathLike, *, cache_dir: str | os.PathLike | None = No
             use_cache: bool = True) -> XCDataset:
     """Reads an XC file (plain or gzip), using a parsed-array cache when allowed.
 
+    The cache is keyed by a hash of the file's bytes (`parse_cache`), so the file is read even
+    on a cache hit: an edited file is parsed again, an unreadable one is an error.
+
     Args:
       path: the file; never written to, nor its directory.
       cache_dir: where `.npz` caches live; default `parse_cache.default_cache_dir()`.
-      use_cache: False neither reads nor writes the cache.
+      use_cache: False neither reads nor writes the cache (nor does a pipe).
 
     Returns:
       The dataset with features [N, D] and labels [N, L], source = str(path).
@@ -230,25 +233,27 @@ def read_xc(path: str | os.PathLike, *, cache_dir: str | os.PathLike | None = No
       DataFormatError: the file is missing, unreadable or malformed.
     """
     path = os.fspath(path)
+    cache_dir = Path(cache_dir or parse_cache.default_cache_dir()) if use_cache else None
     try:
-        stat = os.stat(path)
-        cache_file = None
-        if use_cache:
-            cache_file = parse_cache.cache_path(Path(cache_dir or parse_cache.default_cache_dir()), path, stat)
-            cached = parse_cache.load_cache(cache_file, str(path))
-            if cached is not None:
-                return cached
         with open(path, "rb") as f:
+            if not f.seekable():  # a pipe (``<(zcat ...)``): read once, nothing to cache
+                cache_dir = None
+            if cache_dir is not None:
+                key = parse_cache.content_key(f)
+                cached = parse_cache.load_cache(parse_cache.cache_path(cache_dir, path, key), path,
+                                                key)
+                if cached is not None:
+                    return cached
+                f.seek(0)
             data = f.read()
-        after = os.stat(path)
     except FileNotFoundError:
         raise DataFormatError(path, None, "no such file") from None
     except OSError as e:
         raise DataFormatError(path, None, f"cannot read file ({e.strerror or e})") from None
-    dataset = parse_xc_bytes(data, str(path))
-    # A file modified while being read must not be cached under its old size and mtime.
-    if cache_file is not None and (after.st_size, after.st_mtime_ns) == (stat.st_size, stat.st_mtime_ns):
-        parse_cache.save_cache(cache_file, dataset)
+    dataset = parse_xc_bytes(data, path)
+    if cache_dir is not None:  # keyed by the bytes parsed, even if the file changed meanwhile
+        key = parse_cache.content_key(data)
+        parse_cache.save_cache(parse_cache.cache_path(cache_dir, path, key), dataset, key)
     return dataset
 
 
