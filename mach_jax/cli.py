@@ -3,13 +3,19 @@
 Every config field gets a flag (``model.num_buckets`` -> ``--num-buckets``, synthetic-data fields
 get a ``--synthetic-`` prefix); common ones have short aliases (``-R``, ``-B``, ``--lr``, ...). A
 flag that is not given leaves the preset's value untouched.
+
+The commands' parsers (``ArgumentParser``) take whole flag names only (``--top`` is not
+``--top-buckets``), and a bad flag or value is a ``ConfigError``: one ``error:`` line and status 2
+from ``run_cli``, the one place every expected failure is reported.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import io
 import logging
+import os
 import sys
 from typing import Any, Callable
 
@@ -17,6 +23,9 @@ from mach_jax.config import (AGGREGATIONS, DECODERS, EMBEDDING_OPTIMIZERS, EMBED
                              INPUT_TRANSFORMS, LR_SCHEDULES, OVERFLOW_POLICIES, PRESETS, RERANKER_USES, Config,
                              get_preset)
 from mach_jax.errors import USER_ERRORS, ConfigError, TrainingInterrupted
+
+# An int flag outside int64 cannot reach numpy or JAX: refused where it is parsed.
+_INT64 = (-2**63, 2**63)
 
 _ALIASES = {
     "data.train_path": ["--train"],
@@ -46,10 +55,47 @@ _CHOICES = {
 }
 
 
-def _parse_int_tuple(text: str) -> tuple[int, ...]:
+class ArgumentParser(argparse.ArgumentParser):
+    """The commands' parser: whole flag names only, and a bad flag or value raises ConfigError
+    (one ``error:`` line and status 2 through ``run_cli``) instead of printing the usage."""
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        super().__init__(allow_abbrev=False, **kwargs)
+
+    def error(self, message: str):
+        if message.startswith(("unrecognized arguments", "the following arguments are required")):
+            message += f" (python -m {self.prog.split()[-1]} --help lists the flags)"
+        raise ConfigError(message.removeprefix("argument "))
+
+
+def parse_int(text: str) -> int:
+    """An integer flag value; one outside int64 is refused (it could reach no array)."""
     try:
-        return tuple(int(part) for part in text.split(",") if part.strip())
+        value = int(text)
     except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if not _INT64[0] <= value < _INT64[1]:
+        raise argparse.ArgumentTypeError(f"{text} is out of range (|value| < 2**63)")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """An integer flag value >= 1."""
+    value = parse_int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _parse_int_tuple(text: str) -> tuple[int, ...]:
+    """'512,256' -> (512, 256); an empty part ('32,,16', '32,') is refused, not skipped."""
+    parts = text.split(",")
+    if not all(part.strip() for part in parts):
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r} (an empty item)")
+    try:
+        return tuple(parse_int(part) for part in parts)
+    except argparse.ArgumentTypeError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
@@ -58,8 +104,8 @@ def _parse_rep_range(text: str) -> tuple[int, ...]:
     if text.strip().lower() in ("", "all"):
         return ()
     try:
-        start, stop = (int(part) for part in text.split(":"))
-    except ValueError:
+        start, stop = (parse_int(part) for part in text.split(":"))
+    except (ValueError, argparse.ArgumentTypeError):
         raise argparse.ArgumentTypeError(f"expected START:STOP (e.g. 0:8), got {text!r}") from None
     return start, stop
 
@@ -74,7 +120,7 @@ def _converter(path: str, annotation: str) -> Callable[[str], Any]:
     if path == "parallel.rep_range":
         return _parse_rep_range
     base = annotation.replace(" | None", "")
-    convert = {"int": int, "float": float, "str": str, "tuple[int, ...]": _parse_int_tuple}[base]
+    convert = {"int": parse_int, "float": float, "str": str, "tuple[int, ...]": _parse_int_tuple}[base]
     return _optional(convert) if "None" in annotation else convert
 
 
@@ -88,8 +134,9 @@ def _config_fields(cls, path: str, prefix: str = ""):
 
 
 def add_config_flags(parser: argparse.ArgumentParser, sections: tuple[str, ...],
-                     with_preset: bool = True) -> None:
-    """Adds ``--preset`` (optional) and one flag per field of the named config sections."""
+                     with_preset: bool = True, skip: tuple[str, ...] = ()) -> None:
+    """Adds ``--preset`` (optional) and one flag per field of the named config sections, but
+    none for the dotted fields in ``skip`` (those that play no part in the command)."""
     if with_preset:
         parser.add_argument("--preset", default=None, choices=sorted(PRESETS),
                             help="named settings to start from (default: default)")
@@ -104,6 +151,8 @@ def add_config_flags(parser: argparse.ArgumentParser, sections: tuple[str, ...],
         group = parser.add_argument_group(f"{section} settings")
         section_cls = type(getattr(Config(), section))
         for path, flag, field in _config_fields(section_cls, section):
+            if path in skip:
+                continue
             default = getattr(get_preset("default"), section)
             for part in path.split(".")[1:]:
                 default = getattr(default, part)
@@ -151,7 +200,11 @@ def config_from_args(args: argparse.Namespace) -> Config:
 
 
 def run_cli(main: Callable[[], int]) -> None:
-    """Runs a CLI body: expected errors print one clear line and exit 2, no traceback."""
+    """Runs a CLI body: expected errors print one clear line and exit 2, no traceback.
+
+    Expected errors are those of ``errors.USER_ERRORS`` and any ``OSError`` (a file that cannot
+    be read or written: permissions, a folder where a file should be, a full disk).
+    """
     logger = logging.getLogger("mach_jax")
     if not logger.handlers:
         handler = logging.StreamHandler()
@@ -163,14 +216,52 @@ def run_cli(main: Callable[[], int]) -> None:
         sys.exit(main())
     except ConfigError as error:
         flag = flag_of(error.field) if error.field else None
-        print(f"error: {flag + ': ' if flag else ''}{error}", file=sys.stderr)
-        sys.exit(2)
+        _fail(f"{flag + ': ' if flag else ''}{error}")
+    except BrokenPipeError:  # stdout's reader left early (``| head``): nothing more to say
+        _detach_stdout()
+        sys.exit(141)  # 128 + SIGPIPE, what a shell reports for a writer its reader left
+    except OSError as error:
+        _fail(describe_os_error(error))
     except USER_ERRORS as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+        _fail(str(error))
     except TrainingInterrupted as interrupted:
         print(f"stopped: {interrupted}", file=sys.stderr)
         sys.exit(128 + interrupted.signum)
     except KeyboardInterrupt:  # outside the training loop (which saves first): nothing to save
         print("stopped: interrupted", file=sys.stderr)
         sys.exit(130)
+
+
+def describe_os_error(error: OSError) -> str:
+    """'PATH: Permission denied'; for a failed rename (a temporary file onto its target), the
+    target's path; else the error's own text."""
+    if error.filename is None or not error.strerror:
+        return str(error)
+    if error.filename2 is not None:
+        return f"cannot write {error.filename2}: {error.strerror}"
+    return f"{error.filename}: {error.strerror}"
+
+
+def _fail(message: str) -> None:
+    """The one ``error:`` line (a message of several lines is joined into one) and status 2."""
+    print("error: " + " ".join(message.split("\n")), file=sys.stderr)
+    sys.exit(2)
+
+
+def _detach_stdout() -> None:
+    """Points stdout at /dev/null, so that flushing it at exit does not fail a second time."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, io.UnsupportedOperation):  # not a real file (tests): nothing to do
+        pass
+
+
+def warn_if_unfinished(ensemble, workdirs: list[str], doing: str) -> None:
+    """One ``warning:`` line on stderr when the ensemble (a ``readout.MachEnsemble`` loaded from
+    ``workdirs``) was restored from a step before its run's final one; ``doing``: "evaluating"."""
+    step, final = ensemble.checkpoint_step, ensemble.final_step
+    if step is not None and step < final:
+        logging.getLogger("mach_jax").warning(
+            f"warning: {', '.join(map(str, workdirs))}: {doing} step {step} of {final}: the run has not "
+            "finished (or another run is writing here)")

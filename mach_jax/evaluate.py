@@ -5,20 +5,27 @@ the run is evaluated on what it was evaluated on after training: its validation 
 was trained with ``--valid-frac``, else its test data (its test file, or the synthetic test split
 it was trained with); ``--split valid|test`` picks one of the two. Eval flags (``--aggregation``,
 ``--eval-reps``, ...) change only the read-out.
+
+The metrics are printed (stdout) and written beside the training run's ``metrics.json``, never
+over it, as ``eval-<decoder>.json`` (``eval-exact.json``, ``eval-approx.json``). Reading a
+checkpoint older than the run's final step (the run is still training, or was stopped) is said
+in a ``warning:`` line.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 from pathlib import Path
 
 from mach_jax import cli
 from mach_jax.readout.metrics import format_metrics
 
+log = logging.getLogger("mach_jax")
+
 
 def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m mach_jax.evaluate", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.ArgumentParser(prog="python -m mach_jax.evaluate", description=__doc__)
     parser.add_argument("--workdir", required=True, action="append",
                         help="a workdir written by mach_jax.train; repeat it to merge repetition "
                              "groups trained in separate workdirs")
@@ -31,17 +38,27 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def eval_file(workdir: str | Path, decoder: str) -> Path:
+    """Where an evaluation with this decoder ("exact", "approx") is written: beside the run's
+    ``metrics.json``."""
+    return Path(workdir) / f"eval-{decoder}.json"
+
+
 def do_evaluate(args: argparse.Namespace) -> int:
     from mach_jax.data import sources
-    from mach_jax.storage import workdir as wd
+    from mach_jax.data.files import write_json_atomically
     from mach_jax.readout.ensemble import MachEnsemble
 
     ensemble = MachEnsemble.load(*args.workdir, **cli.flag_overrides(args).get("eval", {}))
+    cli.warn_if_unfinished(ensemble, args.workdir, "evaluating")
     data, split = sources.load_eval_data(ensemble.config.data, args.test, args.split, progress=not args.quiet)
     metrics = ensemble.evaluate(data, progress=not args.quiet)
     metrics.update(sources.eval_fields(ensemble.config.data, data, split))
-    path = wd.write_metrics(Path(args.workdir[0]), metrics)
-    print(f"{format_metrics(metrics)}\nwritten to {path}")
+    metrics["checkpoint_step"] = ensemble.checkpoint_step
+    print(format_metrics(metrics))  # the result, before the file: a failed write loses nothing
+    path = eval_file(args.workdir[0], ensemble.config.eval.decoder)
+    write_json_atomically(path, metrics)
+    log.info(f"written to {path}")
     return 0
 
 

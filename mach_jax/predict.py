@@ -2,7 +2,9 @@
 
 Reads the input (XC format, plain or gzip; labels optional: a line may start with a space) in
 chunks of ``--chunk-rows`` points, so any size runs in bounded memory, and writes one line per
-input point: ``id:score id:score ...``, best first (to stdout without ``--output``).
+input point: ``id:score id:score ...``, best first (to stdout without ``--output``). ``--output``
+is written to a temporary file beside it and renamed only once every point is written: a failed
+run leaves an existing file as it was (it may even be the input).
 ``--decoder approx`` (with ``--top-buckets M``, ``--min-votes V``, ``--bucket-cap C``) scores only
 the classes in each member's top buckets (see ``mach_jax.readout.approx_decode``).
 ``--export FILE`` also writes the ensemble plus decoder as a StableHLO function (see
@@ -12,24 +14,32 @@ the classes in each member's top buckets (see ``mach_jax.readout.approx_decode``
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from pathlib import Path
+from typing import Callable
 
 from mach_jax import cli
+from mach_jax.errors import ConfigError, DataFormatError
+
+# The eval fields that play no part in a prediction: PSP@k's propensity model is for metrics.
+NOT_FOR_PREDICTION = ("eval.propensity_a", "eval.propensity_b")
 
 
 def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m mach_jax.predict", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.ArgumentParser(prog="python -m mach_jax.predict", description=__doc__)
     parser.add_argument("--workdir", required=True, action="append",
                         help="a trained workdir; repeat it to merge repetition groups")
     parser.add_argument("--input", help="points to score, XC format")
-    parser.add_argument("--k", type=int, default=5, help="classes per point (default: %(default)s)")
+    parser.add_argument("--k", type=cli.positive_int, default=5,
+                        help="classes per point, 1 to L (default: %(default)s)")
     parser.add_argument("--output", default=None, help="where to write (default: stdout)")
-    parser.add_argument("--chunk-rows", type=int, default=65_536, help="points read at a time")
+    parser.add_argument("--chunk-rows", type=cli.positive_int, default=65_536, help="points read at a time")
     parser.add_argument("--export", default=None, help="also export a StableHLO predictor here")
-    parser.add_argument("--export-max-nnz", type=int, default=256, help="K of the exported function")
+    parser.add_argument("--export-max-nnz", type=cli.positive_int, default=256,
+                        help="K of the exported function: feature slots per point (default: %(default)s)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    cli.add_config_flags(parser, ("eval",), with_preset=False)
+    cli.add_config_flags(parser, ("eval",), with_preset=False, skip=NOT_FOR_PREDICTION)
     return parser.parse_args(argv)
 
 
@@ -40,12 +50,54 @@ def format_predictions(scores, ids) -> list[str]:
             for row_ids, row_scores in zip(ids.tolist(), scores.tolist())]
 
 
-def do_predict(args: argparse.Namespace) -> int:
-    from mach_jax.readout.ensemble import MachEnsemble
+def check_request(args: argparse.Namespace, num_labels: int) -> None:
+    """Refuses, before anything is read or written, what cannot succeed: nothing to do, ``--k``
+    above L, an unreadable ``--input``, an ``--output`` or ``--export`` that cannot be written."""
+    if not args.input and not args.export:
+        raise ConfigError("nothing to do: give --input FILE (the points to score) or --export FILE")
+    if args.k > num_labels:
+        raise ConfigError(f"--k {args.k}: the model has only L={num_labels} classes; ask for at most {num_labels}")
+    if args.input:
+        try:
+            with open(args.input, "rb"):
+                pass
+        except OSError as error:
+            raise DataFormatError(args.input, None, f"cannot read file ({error.strerror or error})") from None
+    for flag in ("--output", "--export"):
+        path = getattr(args, flag[2:])
+        if path:
+            _check_writable(flag, Path(path))
+
+
+def _check_writable(flag: str, path: Path) -> None:
+    if path.is_dir():
+        raise ConfigError(f"{flag} {path}: is a folder; give the name of the file to write")
+    folder = path.parent
+    if not folder.is_dir():
+        raise ConfigError(f"{flag} {path}: the folder {folder} does not exist; create it first")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ConfigError(f"{flag} {path}: the folder {folder} is not writable; write elsewhere")
+
+
+def write_predictions(ensemble, args: argparse.Namespace, write: Callable[[str], object]) -> None:
+    """Streams ``--input`` through the ensemble in chunks of ``--chunk-rows`` points, ``write``-ing
+    the text lines of each chunk (``format_predictions``) as it goes."""
     from mach_jax.data.xc_stream import iter_xc_chunks
     from tqdm.auto import tqdm
 
+    for chunk in tqdm(iter_xc_chunks(args.input, args.chunk_rows), disable=args.quiet, desc="predict",
+                      unit="chunk"):
+        scores, ids = ensemble.predict(chunk.features, k=args.k, source=args.input)
+        write("".join(line + "\n" for line in format_predictions(scores, ids)))
+
+
+def do_predict(args: argparse.Namespace) -> int:
+    from mach_jax.data.files import atomic_output
+    from mach_jax.readout.ensemble import MachEnsemble
+
     ensemble = MachEnsemble.load(*args.workdir, **cli.flag_overrides(args).get("eval", {}))
+    check_request(args, ensemble.info.num_labels)
+    cli.warn_if_unfinished(ensemble, args.workdir, "predicting with")
     if args.export:
         from mach_jax.readout.export import export_ensemble
 
@@ -54,15 +106,11 @@ def do_predict(args: argparse.Namespace) -> int:
         print(f"exported to {path} (spec in {path}.json)", file=sys.stderr)
     if not args.input:
         return 0
-    out = open(args.output, "w") if args.output else sys.stdout
-    try:
-        for chunk in tqdm(iter_xc_chunks(args.input, args.chunk_rows), disable=args.quiet, desc="predict",
-                          unit="chunk"):
-            scores, ids = ensemble.predict(chunk.features, k=args.k, source=args.input)
-            out.write("".join(line + "\n" for line in format_predictions(scores, ids)))
-    finally:
-        if out is not sys.stdout:
-            out.close()
+    if not args.output:
+        write_predictions(ensemble, args, sys.stdout.write)
+        return 0
+    with atomic_output(args.output) as out:
+        write_predictions(ensemble, args, lambda text: out.write(text.encode()))
     return 0
 
 

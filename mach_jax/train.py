@@ -8,16 +8,18 @@ command resumes from the newest checkpoint in ``--workdir``.
 from __future__ import annotations
 
 import argparse
+import logging
 from pathlib import Path
 
 from mach_jax import cli
 from mach_jax.training import distributed
 from mach_jax.readout.metrics import format_metrics
 
+log = logging.getLogger("mach_jax")
+
 
 def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m mach_jax.train", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.ArgumentParser(prog="python -m mach_jax.train", description=__doc__)
     parser.add_argument("--workdir", default=None,
                         help="checkpoints, config.json and metrics.json go here "
                              "(default: runs/<preset>, or runs/<folder of --train>)")
@@ -59,7 +61,8 @@ def do_train(args: argparse.Namespace) -> int:
           f"workdir={workdir}")
     metrics = train_and_evaluate(config, workdir, progress=not args.quiet)
     written = workdir_lib.group_dir(workdir, config.parallel.rep_range) / workdir_lib.METRICS_FILE
-    print(f"{format_metrics(metrics)}\nwritten to {written}")
+    print(format_metrics(metrics))  # the result on stdout; status lines go to stderr
+    log.info(f"written to {written}")
     return 0
 
 

@@ -56,7 +56,7 @@ def test_evaluate_restores_and_reproduces_the_training_metrics(trained):
     root, _ = trained
     before = json.loads((root / "work" / "metrics.json").read_text())
     result = run("mach_jax.evaluate", "--workdir", "work", "--test", "test.txt.gz", "--quiet", cwd=root)
-    after = json.loads((root / "work" / "metrics.json").read_text())
+    after = json.loads((root / "work" / "eval-exact.json").read_text())  # beside metrics.json
     assert "P@5" in result.stdout
     for key in ("P@1", "P@3", "P@5", "nDCG@5", "PSP@5"):
         assert after[key] == pytest.approx(before[key], abs=1e-6), key
@@ -66,7 +66,7 @@ def test_evaluate_with_fewer_repetitions_and_logit_aggregation(trained):
     root, _ = trained
     run("mach_jax.evaluate", "--workdir", "work", "--quiet", "--eval-reps", "2", "--aggregation", "logit",
         cwd=root)
-    metrics = json.loads((root / "work" / "metrics.json").read_text())
+    metrics = json.loads((root / "work" / "eval-exact.json").read_text())
     assert metrics["num_repetitions"] == 2 and metrics["aggregation"] == "logit"
 
 

@@ -121,13 +121,13 @@ def test_evaluate_defaults_to_the_validation_split_and_takes_the_test_file(valid
     write_xc(tmp_path / "test.txt", test)
 
     assert evaluate.main(["--workdir", str(workdir), "--quiet"]) == 0
-    again = json.loads((workdir / "metrics.json").read_text())
+    again = json.loads((workdir / "eval-exact.json").read_text())
     assert again["split"] == "valid" and "validation metrics on 150 points" in capsys.readouterr().out
     for key in METRIC_KEYS:
         assert again[key] == pytest.approx(metrics[key], abs=1e-6), key
 
     assert evaluate.main(["--workdir", str(workdir), "--quiet", "--test", str(tmp_path / "test.txt")]) == 0
-    on_file = json.loads((workdir / "metrics.json").read_text())
+    on_file = json.loads((workdir / "eval-exact.json").read_text())
     assert on_file["split"] == "test" and on_file["num_points"] == test.num_points
     assert on_file["test_source"] == str(tmp_path / "test.txt")
     assert "test metrics on 200 points" in capsys.readouterr().out
@@ -136,7 +136,7 @@ def test_evaluate_defaults_to_the_validation_split_and_takes_the_test_file(valid
         assert on_file[key] == pytest.approx(expected[key], abs=1e-6), key
 
     assert evaluate.main(["--workdir", str(workdir), "--quiet", "--split", "test"]) == 0
-    on_split = json.loads((workdir / "metrics.json").read_text())
+    on_split = json.loads((workdir / "eval-exact.json").read_text())
     assert on_split["split"] == "test" and on_split["P@1"] == pytest.approx(on_file["P@1"], abs=1e-6)
 
 

@@ -37,6 +37,7 @@ def _reference_parse(text: bytes):
         lines.pop()
     if not "".join(lines).strip(" \t\n\r\x0b\x0c"):
         raise _RefError(None)
+    lines[0] = lines[0].removeprefix("\xef\xbb\xbf")  # a UTF-8 byte order mark is skipped
     header = lines[0].encode("latin-1").split()  # bytes: ASCII whitespace only
     if re.search("[^0-9 \t]", lines[0]):  # only spaces and tabs separate header fields
         raise _RefError(1)
@@ -132,6 +133,7 @@ def test_empty_dataset_and_header_only():
     b"2 4 3\n0,1 0:1e0 2:5E-1\n 3:+0.2e+1\n",             # exponents and signs
     b"2 4 3\n0,1 0:10e-1 2:0.5\n 3:+2\n",                  # as many e/+/- as tokens
     b"2 4 3\n0,1 0:1 2:0.5\n 00000000000000000003:2\n",    # a 20-digit id
+    b"\xef\xbb\xbf2 4 3\n0,1 0:1 2:0.5\n 3:2\n",           # a UTF-8 byte order mark
 ])
 def test_accepted_variants_give_the_same_arrays(text):
     want = xc.parse_xc_bytes(b"2 4 3\n0,1 0:1 2:0.5\n 3:2\n")

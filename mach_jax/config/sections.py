@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import numbers
 from typing import Any
 
 from mach_jax.errors import ConfigError
@@ -39,6 +40,15 @@ def _require(condition: bool, field: str, value: Any, why: str) -> None:
         raise ConfigError(f"{field}={value!r}: {why}", field=field)
 
 
+def _require_seed(field: str, value: Any) -> None:
+    """Seeds become uint32 hash and generator seeds: [0, 2**32)."""
+    _require(isinstance(value, numbers.Integral) and 0 <= value < 2**32, field, value, "must be in [0, 2**32)")
+
+
+def _require_finite_positive(field: str, value: Any) -> None:
+    _require(isinstance(value, numbers.Real) and 0 < value < float("inf"), field, value, "must be > 0 and finite")
+
+
 @dataclasses.dataclass(frozen=True)
 class SyntheticConfig:
     """The embedded, deterministic power-law dataset used when no files are given."""
@@ -61,6 +71,7 @@ class SyntheticConfig:
                  self.mean_labels_per_point, "must be >= 1")
         _require(self.label_zipf_exponent > 0, "data.synthetic.label_zipf_exponent",
                  self.label_zipf_exponent, "must be > 0")
+        _require_seed("data.synthetic.seed", self.seed)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,7 +125,7 @@ class DataConfig:
                  f"must be one of {INPUT_TRANSFORMS}")
         _require(isinstance(self.valid_frac, (int, float)) and 0.0 <= self.valid_frac < 1.0,
                  "data.valid_frac", self.valid_frac, "must be in [0, 1) (0: no validation split)")
-        _require(0 <= self.valid_seed < 2**32, "data.valid_seed", self.valid_seed, "must be in [0, 2**32)")
+        _require_seed("data.valid_seed", self.valid_seed)
         _require(self.host_loader in HOST_LOADERS, "data.host_loader", self.host_loader,
                  f"must be one of {HOST_LOADERS}")
         _require(self.host_loader != "grain" or importlib.util.find_spec("grain") is not None,
@@ -152,8 +163,7 @@ class ModelConfig:
         _require(self.input_layer in INPUT_LAYERS, "model.input_layer", self.input_layer,
                  f"must be one of {INPUT_LAYERS}")
         for name in ("label_hash_seed", "feature_hash_seed"):
-            value = getattr(self, name)
-            _require(0 <= value < 2**32, f"model.{name}", value, "must be in [0, 2**32)")
+            _require_seed(f"model.{name}", getattr(self, name))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -213,18 +223,20 @@ class TrainConfig:
                  self.embedding_update, f"must be one of {EMBEDDING_UPDATES}")
         _require(self.embedding_optimizer in EMBEDDING_OPTIMIZERS, "train.embedding_optimizer",
                  self.embedding_optimizer, f"must be one of {EMBEDDING_OPTIMIZERS}")
-        _require(self.embedding_learning_rate is None or self.embedding_learning_rate > 0,
-                 "train.embedding_learning_rate", self.embedding_learning_rate, "must be > 0 or None")
+        if self.embedding_learning_rate is not None:
+            _require_finite_positive("train.embedding_learning_rate", self.embedding_learning_rate)
         _require(self.epochs >= 1, "train.epochs", self.epochs, "must be >= 1")
         _require(self.lr_schedule in LR_SCHEDULES, "train.lr_schedule", self.lr_schedule,
                  f"must be one of {LR_SCHEDULES}")
         _require(self.warmup_steps >= 0, "train.warmup_steps", self.warmup_steps, "must be >= 0")
         _require(0.0 <= self.dropout < 1.0, "train.dropout", self.dropout, "must be in [0, 1)")
-        _require(self.weight_decay >= 0.0, "train.weight_decay", self.weight_decay, "must be >= 0")
+        _require(0.0 <= self.weight_decay < float("inf"), "train.weight_decay", self.weight_decay,
+                 "must be >= 0 and finite")
         _require(0.0 <= self.label_smoothing < 1.0, "train.label_smoothing", self.label_smoothing,
                  "must be in [0, 1)")
         _require(self.batch_size >= 1, "train.batch_size", self.batch_size, "must be >= 1")
-        _require(self.learning_rate > 0, "train.learning_rate", self.learning_rate, "must be > 0")
+        _require_finite_positive("train.learning_rate", self.learning_rate)
+        _require_seed("train.seed", self.seed)
         # Imported here, not at the top: the loss registry imports JAX, and importing the config
         # alone (the data commands, scripts before they need JAX) should not.
         from mach_jax.core.losses import LOSSES

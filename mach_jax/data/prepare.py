@@ -18,8 +18,8 @@ from mach_jax.errors import ConfigError
 
 log = logging.getLogger("mach_jax")
 
-# Every evaluation reports P@1, P@3 and P@5.
-MIN_LABELS = 5
+# Evaluations report P@1, P@3 and P@5, those k <= L (``readout.metrics.top_k``): one class is enough.
+MIN_LABELS = 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,10 +35,10 @@ class RunInfo:
 
 
 def check_enough_labels(num_labels: int) -> None:
-    """P@5 needs at least 5 classes; refused before anything is trained or compiled."""
+    """Data with no class to predict is refused before anything is trained or compiled."""
     if num_labels < MIN_LABELS:
-        raise ConfigError(f"the data has only L={num_labels} labels: every evaluation reports "
-                          f"P@{MIN_LABELS}, which needs at least {MIN_LABELS}")
+        raise ConfigError(f"the data has L={num_labels} labels (its header's third number): there is "
+                          f"nothing to classify; MACH needs at least {MIN_LABELS} label")
 
 
 def label_counts(dataset: XCDataset) -> np.ndarray:

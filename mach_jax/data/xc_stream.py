@@ -24,14 +24,17 @@ def iter_xc_chunks(path: str | os.PathLike, rows_per_chunk: int = 65_536) -> Ite
 
     Args:
       path: an XC file, plain or gzip.
-      rows_per_chunk: points per chunk (the last one may be shorter).
+      rows_per_chunk: points per chunk, >= 1 (the last one may be shorter).
 
     Yields:
       XCDatasets with features [<= rows_per_chunk, D] and labels [<= rows_per_chunk, L].
 
     Raises:
       DataFormatError: naming the file and the line in the whole file.
+      ValueError: ``rows_per_chunk`` < 1.
     """
+    if rows_per_chunk < 1:
+        raise ValueError(f"rows_per_chunk={rows_per_chunk}: must be >= 1")
     path = os.fspath(path)
     try:
         handle = open_binary(path)

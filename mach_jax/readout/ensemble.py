@@ -75,7 +75,8 @@ class MachEnsemble:
         everywhere = mesh_lib.replicated(self.mesh)
         self._predict_step = jax.jit(functools.partial(step.predict_step, **read_out),
                                      static_argnames=("k",), out_shardings=everywhere)
-        self._eval_step = jax.jit(functools.partial(step.eval_step, **read_out), out_shardings=everywhere)
+        self._eval_step = jax.jit(functools.partial(_eval_sums, **read_out, k=metrics.top_k(info.num_labels)),
+                                  out_shardings=everywhere)
         self._label_counts = np.asarray(label_counts)
         self._exact = ExactDecoder(info.num_labels, config.eval.class_chunk_size)
         self.trained_reranker = reranker
@@ -124,6 +125,12 @@ class MachEnsemble:
         ensemble.checkpoint_step = next(iter(steps_done.values()))
         return ensemble
 
+    @property
+    def final_step(self) -> int:
+        """The step the run ends at: epochs x ceil(N_train / batch_size) (its config and run_info)."""
+        return self.config.train.epochs * batches.num_batches(self.info.num_train_points,
+                                                              self.config.train.batch_size)
+
     def with_eval(self, **eval_overrides) -> "MachEnsemble":
         """The same members read out with other eval settings (e.g. ``eval_repetitions=r`` for
         the first r of them), from the parameters in memory rather than the checkpoint."""
@@ -168,6 +175,8 @@ class MachEnsemble:
         Returns:
           ``(scores, ids)``: float32 [N, k] and int32 [N, k], best first.
         """
+        if not 1 <= k <= self.info.num_labels:
+            raise ValueError(f"k={k}: must be between 1 and L={self.info.num_labels}, the number of classes")
         self._check_features(source, features)
         if features.num_rows == 0:
             return np.zeros((0, k), np.float32), np.zeros((0, k), np.int32)
@@ -189,7 +198,7 @@ class MachEnsemble:
 
     def evaluate(self, dataset: XCDataset, progress: bool = True,
                  approx: bool | None = None) -> dict[str, float]:
-        """P@k, nDCG@k and PSP@k (k = 1, 3, 5) of the ensemble on a labelled dataset.
+        """P@k, nDCG@k and PSP@k (k = 1, 3, 5, those <= L) of the ensemble on a labelled dataset.
 
         ``approx`` chooses the decoder as in ``predict``.
         """
@@ -217,6 +226,16 @@ class MachEnsemble:
         if self.reranker is not None:
             result["reranker"] = {"shortlist_size": self.reranker.shortlist_size, "mix": self.reranker.mix}
         return result
+
+
+def _eval_sums(params: model.Params, batch: dict[str, jax.Array], seeds, inv_propensity: jax.Array, decoder,
+               reranker: Reranker | None = None, *, spec, aggregation: str, k: int) -> dict[str, jax.Array]:
+    """``step.eval_step`` with the top k = min(5, L) read out (a data set with L < 5 has no P@5):
+    the metric sums of a batch (``metrics.metric_sums``) of the [N, k] top classes."""
+    _, topk_ids = step.predict_step(params, batch, seeds, decoder, reranker, spec=spec,
+                                    aggregation=aggregation, k=k)
+    return metrics.metric_sums(topk_ids, batch["label_ids"], batch["label_mask"], batch["point_mask"],
+                               inv_propensity)
 
 
 def _next_power_of_two(width: int) -> int:

@@ -7,7 +7,8 @@ input is a fixed-shape batch (pad the last one):
     exported = jax.export.deserialize(bytearray(open("model.stablehlo", "rb").read()))
     scores, ids = exported.call(feat_ids, feat_vals)   # int32 [N, K], float32 [N, K] -> [N, k] each
 
-A JSON file beside it records N, K, k, D and L.
+A JSON file beside it records N, K, k, D and L. Both files are written to a temporary file beside
+their target and renamed once complete, so an existing export is never left half overwritten.
 """
 
 from __future__ import annotations
@@ -37,7 +38,16 @@ def export_ensemble(ensemble: MachEnsemble, path: str | Path, batch_size: int, m
 
     Returns:
       The written path.
+
+    Raises:
+      ValueError: ``batch_size`` or ``max_nnz`` below 1, or k outside [1, L].
     """
+    num_labels = ensemble.info.num_labels
+    for name, value in (("batch_size", batch_size), ("max_nnz", max_nnz)):
+        if value < 1:
+            raise ValueError(f"{name}={value}: must be >= 1")
+    if not 1 <= k <= num_labels:
+        raise ValueError(f"k={k}: must be between 1 and L={num_labels}, the number of classes")
     params, seeds = jax.device_get((ensemble.params, ensemble.seeds))  # constants, one device
     spec = dataclasses.replace(ensemble.spec, rep_shards=1)
     decoder = ensemble.decoder(approx=False)

@@ -9,7 +9,8 @@ Definitions (Jain et al. 2016; the XC repository's ``xclib``):
   best possible ranking (each point's labels ordered by 1/p), with propensity
   p_l = 1 / (1 + C (N_l + B)^-A), C = (ln N - 1) (B + 1)^A, N_l the training count of label l.
 
-``metric_sums`` returns per-batch sums; the host adds them up and divides (``finalize``).
+``metric_sums`` returns per-batch sums; the host adds them up and divides (``finalize``). A data set
+with L < 5 classes has no P@5: the metrics are those of the k in KS with k <= L (``top_k``).
 """
 
 from __future__ import annotations
@@ -19,6 +20,11 @@ import jax.numpy as jnp
 import numpy as np
 
 KS = (1, 3, 5)
+
+
+def top_k(num_labels: int) -> int:
+    """How many classes an evaluation reads out: the largest k in KS, or all L when L is smaller."""
+    return min(max(KS), num_labels)
 
 
 def inverse_propensity(label_counts: np.ndarray, num_train_points: int, a: float = 0.55,
@@ -33,16 +39,16 @@ def metric_sums(topk_ids: jax.Array, label_ids: jax.Array, label_mask: jax.Array
     """Sums of the metrics over one batch.
 
     Args:
-      topk_ids: int32 [N, k] predicted classes, best first (k >= max(KS)); id L marks an empty
-        place (approximate decoding), counted as a miss.
+      topk_ids: int32 [N, k] predicted classes, best first (k = ``top_k(L)``: the metrics are
+        those of the k in KS up to it); id L marks an empty place (approximate decoding), a miss.
       label_ids: int32 [N, M] true labels, padded; label_mask float32 [N, M] marks the real ones.
       point_mask: float32 [N], 0 for padding points.
       inv_propensity: float32 [L], 1/p_l.
 
     Returns:
-      Scalar sums: ``points``, ``P@k``, ``nDCG@k``, ``PSP@k`` and ``PSP@k_ideal`` for k in KS.
+      Scalar sums: ``points``, ``P@k``, ``nDCG@k``, ``PSP@k`` and ``PSP@k_ideal`` for k in KS, k <= k_max.
     """
-    k_max = max(KS)
+    k_max = min(max(KS), topk_ids.shape[1])
     topk_ids = topk_ids[:, :k_max]
     hits = (topk_ids[:, :, None] == label_ids[:, None, :]) & (label_mask[:, None, :] > 0)
     relevant = hits.any(-1).astype(jnp.float32) * point_mask[:, None]  # [N, k]
@@ -56,7 +62,7 @@ def metric_sums(topk_ids: jax.Array, label_ids: jax.Array, label_mask: jax.Array
     best_gains = best_gains[:, :k_max] * point_mask[:, None]
 
     sums = {"points": point_mask.sum()}
-    for k in KS:
+    for k in (k for k in KS if k <= k_max):
         sums[f"P@{k}"] = relevant[:, :k].sum() / k
         dcg = (relevant[:, :k] * discounts[:k]).sum(-1)
         ideal_slots = jnp.arange(k)[None, :] < jnp.minimum(num_labels, k)[:, None]
@@ -68,10 +74,10 @@ def metric_sums(topk_ids: jax.Array, label_ids: jax.Array, label_mask: jax.Array
 
 
 def finalize(totals: dict[str, float]) -> dict[str, float]:
-    """Host-side division of accumulated sums into the reported metrics."""
+    """Host-side division of accumulated sums into the reported metrics (the k that were summed)."""
     points = max(float(totals["points"]), 1.0)
     metrics = {"num_points": int(totals["points"])}
-    for k in KS:
+    for k in (k for k in KS if f"P@{k}" in totals):
         metrics[f"P@{k}"] = float(totals[f"P@{k}"]) / points
         metrics[f"nDCG@{k}"] = float(totals[f"nDCG@{k}"]) / points
         ideal = float(totals[f"PSP@{k}_ideal"])
@@ -82,20 +88,26 @@ def finalize(totals: dict[str, float]) -> dict[str, float]:
 def format_metrics(metrics: dict[str, float]) -> str:
     """A heading, then one line per family in percent: 'P@1  64.53  P@3  38.56  P@5  27.94'.
 
-    The heading names the split: "test metrics on ..." or "validation metrics on ..." (``split``).
+    The heading names the split ("test metrics on ..." or "validation metrics on ...", from
+    ``split``) and the read-out (members, aggregation, decoder, re-ranker); the lines hold the k
+    the metrics have (no P@5 for L < 5).
     """
     split = metrics.get("split", "test")
     held_out = (f", {100 * metrics['valid_frac']:g}% of the training data held out with seed "
                 f"{metrics['valid_seed']}") if split == "valid" and "valid_frac" in metrics else ""
-    lines = [f"{'validation' if split == 'valid' else 'test'} metrics on {metrics['num_points']} points "
-             f"({metrics.get(f'{split}_source', '?')}{held_out}), "
-             f"{metrics['num_repetitions']} repetitions, {metrics['aggregation']} aggregation:"]
+    heading = (f"{'validation' if split == 'valid' else 'test'} metrics on {metrics['num_points']} points "
+               f"({metrics.get(f'{split}_source', '?')}{held_out}), "
+               f"{metrics['num_repetitions']} repetitions, {metrics['aggregation']} aggregation")
+    if "decoder" in metrics:
+        heading += f", {metrics['decoder']} decoder"
     if "reranker" in metrics:
-        lines[0] = lines[0][:-1] + (f", re-ranked (shortlist {metrics['reranker']['shortlist_size']}, "
-                                    f"mix {metrics['reranker']['mix']:g}):")
+        heading += (f", re-ranked (shortlist {metrics['reranker']['shortlist_size']}, "
+                    f"mix {metrics['reranker']['mix']:g})")
+    lines = [heading + ":"]
+    ks = [k for k in KS if f"P@{k}" in metrics]
     for family in ("P", "nDCG", "PSP"):
-        lines.append("  ".join(f"{family}@{k} {100 * metrics[f'{family}@{k}']:6.2f}" for k in KS))
+        lines.append("  ".join(f"{family}@{k} {100 * metrics[f'{family}@{k}']:6.2f}" for k in ks))
     if "without_reranker" in metrics:
         lines.append("without the re-ranker: " + "  ".join(
-            f"P@{k} {100 * metrics['without_reranker'][f'P@{k}']:6.2f}" for k in KS))
+            f"P@{k} {100 * metrics['without_reranker'][f'P@{k}']:6.2f}" for k in ks))
     return "\n".join(lines)
