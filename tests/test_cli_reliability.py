@@ -203,3 +203,14 @@ def test_metrics_of_fewer_than_5_classes_are_those_of_k_up_to_l():
         assert narrow[key] == pytest.approx(wide[key]), key
     shown = metrics.format_metrics({**narrow, "num_repetitions": 2, "aggregation": "prob", "decoder": "exact"})
     assert shown.splitlines()[1] == f"P@1 {100 * narrow['P@1']:6.2f}  P@3 {100 * narrow['P@3']:6.2f}"
+
+
+def test_a_tab_between_labels_and_features_or_after_labels_reads_as_a_space(tmp_path):
+    from mach_jax.data.xc_format import read_xc
+
+    (tmp_path / "tabs.txt").write_text("3 4 3\n0,1\t0:1 2:0.5\n2\t\n\t1:2\n")
+    (tmp_path / "spaces.txt").write_text("3 4 3\n0,1 0:1 2:0.5\n2 \n 1:2\n")
+    tabs, spaces = (read_xc(tmp_path / name, use_cache=False) for name in ("tabs.txt", "spaces.txt"))
+    np.testing.assert_array_equal(tabs.features.to_dense(), spaces.features.to_dense())
+    np.testing.assert_array_equal(tabs.labels.to_dense(), spaces.labels.to_dense())
+    assert tabs.labels.to_dense()[1].tolist() == [0, 0, 1] and tabs.features.to_dense()[1].sum() == 0

@@ -32,7 +32,7 @@ def _reference_parse(text: bytes):
     """Pure-Python parser: (N, D, L, label rows, feature rows) or _RefError(line)."""
     if text[:2] == b"\x1f\x8b":
         text = gzip.decompress(text)
-    lines = text.decode("latin-1").replace("\r\n", "\n").split("\n")
+    lines = text.decode("latin-1").replace("\r\n", "\n").replace("\t", " ").split("\n")
     if lines[-1] == "":
         lines.pop()
     if not "".join(lines).strip(" \t\n\r\x0b\x0c"):

@@ -7,7 +7,8 @@
 Files may be plain or gzip (detected by the magic bytes 1f 8b, not the name). The parser is
 strict: every problem raises `DataFormatError` naming the file, the 1-based line (header = line
 1) and the problem; nothing is skipped. Accepted leniencies: CRLF endings, one final newline,
-trailing spaces, runs of spaces/tabs between features, leading zeros. Values follow Python's
+a UTF-8 byte order mark, trailing spaces, a tab wherever a space may be (between labels and
+features too), runs of spaces/tabs between features, leading zeros. Values follow Python's
 `float` grammar without underscores, nan or inf. Ids keep their file order within a row (rows
 are not sorted), so a round trip through `write_xc` is exact.
 
@@ -195,6 +196,8 @@ def parse_xc_bytes(data: bytes, path: str = "<bytes>") -> XCDataset:
         raise DataFormatError(path, None, "file is empty")
     if b"\r" in data:
         data = data.replace(b"\r\n", b"\n")
+    if b"\t" in data:  # a tab is only ever whitespace in XC: between labels and features too
+        data = data.replace(b"\t", b" ")
     lines = data.split(b"\n")
     if lines[-1] == b"":
         lines.pop()
