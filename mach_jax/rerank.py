@@ -5,14 +5,18 @@ groups in separate workdirs): reads the training data named in the run's config 
 validation split), computes every point's K-class shortlist with the members' read-out, trains
 the re-ranker (``--rerank-*`` flags; see ``mach_jax.core.reranker``) into ``W/rerank/``, then
 evaluates the ensemble with and without it (eval flags such as ``--rerank-mix`` or ``--decoder``
-apply to both) and writes ``W/metrics.json``. Re-running resumes an
-interrupted re-ranker; a finished one is kept.
+apply to both) and writes ``W/metrics.json``, keeping the training's ``train_seconds`` beside
+the re-ranker's ``rerank_seconds``. Re-running resumes an interrupted re-ranker; a finished one
+is kept.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
+import logging
+import time
 from pathlib import Path
 
 from mach_jax import cli
@@ -20,8 +24,7 @@ from mach_jax.readout.metrics import format_metrics
 
 
 def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m mach_jax.rerank", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.ArgumentParser(prog="python -m mach_jax.rerank", description=__doc__)
     parser.add_argument("--workdir", required=True, action="append",
                         help="a workdir written by mach_jax.train; repeat it for groups in separate workdirs")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -42,14 +45,29 @@ def do_rerank(args: argparse.Namespace) -> int:
                             parallel={"rep_range": ()})
     config.validate()
     train_data, eval_data, split = sources.load_train_eval(config.data, progress=not args.quiet)
+    start = time.perf_counter()
     rerank_stage.fit_reranker(config, workdirs, train_data, progress=not args.quiet)
+    rerank_seconds = round(time.perf_counter() - start, 2)
     without = MachEnsemble.load(*workdirs, **{**dataclasses.asdict(config.eval), "reranker": "off"}).evaluate(
         eval_data, progress=not args.quiet)
     metrics = rerank_stage.evaluate_with_reranker(config, workdirs, eval_data, without, progress=not args.quiet)
-    metrics.update(sources.eval_fields(config.data, eval_data, split))
+    metrics.update(sources.eval_fields(config.data, eval_data, split), **_training_seconds(workdirs[0]),
+                   rerank_seconds=rerank_seconds)
     path = wd.write_metrics(workdirs[0], metrics)
-    print(f"{format_metrics(metrics)}\nwritten to {path}")
+    print(format_metrics(metrics))  # the result on stdout; status lines go to stderr
+    logging.getLogger("mach_jax").info(f"written to {path}")
     return 0
+
+
+def _training_seconds(workdir: Path) -> dict:
+    """The members' ``train_seconds`` from the training run's metrics.json, kept when it is rewritten."""
+    from mach_jax.storage import workdir as wd
+
+    try:
+        saved = json.loads((workdir / wd.METRICS_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return {"train_seconds": saved["train_seconds"]} if isinstance(saved, dict) and "train_seconds" in saved else {}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -306,3 +306,5 @@ def test_the_command_adds_a_reranker_to_a_trained_ensemble(trained, tmp_path):
     assert "re-ranked (shortlist 20, mix 1)" in result.stdout and "without the re-ranker" in result.stdout
     written = json.loads((copy / "metrics.json").read_text())
     assert written["P@5"] == metrics["P@5"] and written["without_reranker"] == metrics["without_reranker"]
+    # The training's own time is kept beside the re-ranker's.
+    assert written["train_seconds"] == metrics["train_seconds"] and written["rerank_seconds"] > 0
