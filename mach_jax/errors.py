@@ -2,7 +2,8 @@
 
 Each is an expected failure with a message a user can act on: the command-line entry points
 (``cli.run_cli``) print it as one line and exit with status 2 (``TrainingInterrupted``: 128 +
-the signal). Anything else is a bug and keeps its traceback.
+the signal), as they do any ``OSError`` (a path that cannot be read or written, a full disk).
+Anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
