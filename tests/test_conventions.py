@@ -152,3 +152,10 @@ def test_config_and_preset_are_exclusive_and_a_missing_file_is_named(tmp_path):
     (tmp_path / "latin1.json").write_bytes(b'{"model": {"num_buckets": 64}} \xff')
     latin = run_in_process("mach_jax.train", "--config", "latin1.json", cwd=tmp_path, check=False)
     assert latin.returncode == 2 and "latin1.json: not UTF-8 text" in latin.stderr
+
+
+def test_a_retired_key_in_a_config_file_is_ignored_with_a_note(tmp_path):
+    (tmp_path / "old.json").write_text('{"eval": {"top_k": 10}}')
+    shown = run_in_process("mach_jax.train", "--config", "old.json", "--print-config", cwd=tmp_path)
+    assert "old.json: eval.top_k is ignored: P@1, P@3 and P@5 are always reported" in shown.stderr
+    assert "top_k" not in shown.stdout

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,10 @@ def read_config_file(path: str | Path, base: Config | None = None) -> Config:
     """
     tree = _load(Path(path))
     _check_tree(tree, Config, "", str(path))
+    for retired in RETIRED_FIELDS:
+        section, _, name = retired.partition(".")
+        if isinstance(tree.get(section), dict):
+            tree[section] = {key: value for key, value in tree[section].items() if key != name}
     return (base or Config()).replace(**tree)
 
 
@@ -63,6 +68,7 @@ def _check_tree(tree: dict[str, Any], cls: type, where: str, source: str) -> Non
     for key, value in tree.items():
         path = f"{where}{key}"
         if path in RETIRED_FIELDS:
+            logging.getLogger("mach_jax").warning(f"{source}: {path} is ignored: {RETIRED_FIELDS[path]}")
             continue
         if key not in fields:
             close = difflib.get_close_matches(key, fields, n=1)
