@@ -75,7 +75,7 @@ class MachEnsemble:
         everywhere = mesh_lib.replicated(self.mesh)
         self._predict_step = jax.jit(functools.partial(step.predict_step, **read_out),
                                      static_argnames=("k",), out_shardings=everywhere)
-        self._eval_step = jax.jit(functools.partial(_eval_sums, **read_out, k=metrics.top_k(info.num_labels)),
+        self._eval_step = jax.jit(functools.partial(step.eval_step, **read_out, k=metrics.top_k(info.num_labels)),
                                   out_shardings=everywhere)
         self._label_counts = np.asarray(label_counts)
         self._exact = ExactDecoder(info.num_labels, config.eval.class_chunk_size)
@@ -226,16 +226,6 @@ class MachEnsemble:
         if self.reranker is not None:
             result["reranker"] = {"shortlist_size": self.reranker.shortlist_size, "mix": self.reranker.mix}
         return result
-
-
-def _eval_sums(params: model.Params, batch: dict[str, jax.Array], seeds, inv_propensity: jax.Array, decoder,
-               reranker: Reranker | None = None, *, spec, aggregation: str, k: int) -> dict[str, jax.Array]:
-    """``step.eval_step`` with the top k = min(5, L) read out (a data set with L < 5 has no P@5):
-    the metric sums of a batch (``metrics.metric_sums``) of the [N, k] top classes."""
-    _, topk_ids = step.predict_step(params, batch, seeds, decoder, reranker, spec=spec,
-                                    aggregation=aggregation, k=k)
-    return metrics.metric_sums(topk_ids, batch["label_ids"], batch["label_mask"], batch["point_mask"],
-                               inv_propensity)
 
 
 def _next_power_of_two(width: int) -> int:

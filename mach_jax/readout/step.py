@@ -33,9 +33,9 @@ def predict_step(params: model.Params, batch: Batch, seeds: Seeds, decoder: Exac
 
 def eval_step(params: model.Params, batch: Batch, seeds: Seeds, inv_propensity: jax.Array,
               decoder: ExactDecoder | ApproxDecoder, reranker: Reranker | None = None, *, spec: MemberSpec,
-              aggregation: str) -> dict[str, jax.Array]:
-    """Metric sums of a batch (see ``metrics.metric_sums``); the host adds and divides."""
-    _, topk_ids = predict_step(params, batch, seeds, decoder, reranker, spec=spec, aggregation=aggregation,
-                               k=max(metrics.KS))
+              aggregation: str, k: int = max(metrics.KS)) -> dict[str, jax.Array]:
+    """Metric sums of a batch's [N, k] top classes (see ``metrics.metric_sums``); the host adds and
+    divides. ``k``: ``metrics.top_k(L)`` = min(5, L) (a data set with L < 5 has no P@5)."""
+    _, topk_ids = predict_step(params, batch, seeds, decoder, reranker, spec=spec, aggregation=aggregation, k=k)
     return metrics.metric_sums(topk_ids, batch["label_ids"], batch["label_mask"],
                                batch["point_mask"], inv_propensity)
