@@ -24,6 +24,11 @@ class ConfigError(ValueError):
         self.field = field
 
 
+class ResourceError(ConfigError):
+    """The run would not fit in the memory that is free; the message gives the estimate, what is
+    free and settings that would fit (``training.resource_check``)."""
+
+
 class DataFormatError(ValueError):
     """Malformed XC input; `line` is 1-based (header = 1) or None for whole-file problems."""
 

@@ -21,8 +21,9 @@ from mach_jax.data.csr import XCDataset
 from mach_jax.data.prepare import RunInfo, sized_for
 from mach_jax.readout.ensemble import MachEnsemble
 from mach_jax.storage import workdir as wd
-from mach_jax.training import loop
+from mach_jax.training import loop, resource_check
 from mach_jax.training.loop import Evaluate
+from mach_jax.training.resources import run_shape
 
 
 def evaluator(config: Config, eval_data: XCDataset, split: str):
@@ -49,6 +50,9 @@ def train_and_evaluate(config: Config, workdir: str | Path, progress: bool = Tru
     data. The evaluation is also logged to ``metrics.jsonl`` (with the per-epoch ones that
     ``train.eval_every_epochs`` asks for) and to ``tensorboard/``.
 
+    Once the data is loaded it logs the model's size and refuses a run whose memory estimate
+    (``training.resources``) does not fit in what is free, before anything is allocated or written.
+
     Returns:
       The metrics dict (P@k, nDCG@k, PSP@k for k = 1, 3, 5, the split and the run's settings).
     """
@@ -58,6 +62,8 @@ def train_and_evaluate(config: Config, workdir: str | Path, progress: bool = Tru
     train_data, eval_data, split = sources.load_train_eval(config.data, progress)
     eval_data.require_points("evaluate")
     config = sized_for(config, train_data)
+    # Before anything big is allocated or written: a table that cannot fit is refused here.
+    resource_check.require_fits(config, run_shape(train_data, eval_data), config.data.train_path)
     fields = sources.eval_fields(config.data, eval_data, split)
     _, _, metrics = loop.run_training(config, workdir, train_data, progress,
                                       evaluator=evaluator(config, eval_data, split), final_fields=fields)

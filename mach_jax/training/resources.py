@@ -1,0 +1,248 @@
+"""How much memory a run needs, from its config and the data's shape, before anything is allocated.
+
+``estimate(config, shape)`` adds up what each phase of a run holds at once (every array is 4
+bytes an entry: float32 values, int32 ids) and returns the largest, part by part:
+
+- training: the parameters, the optimiser's moments (Adam: 2 per parameter; row-wise Adagrad:
+  1 per embedding row), the gradients (only the touched rows of a lazily updated table), the
+  activations (the dense input layer keeps one [N, D] matrix per member), the batches on the
+  device and on the host (the prefetcher holds up to 3 of [N, K] ids + values, [N, M] labels);
+- evaluation: the same state, one [N_eval, K_eval] batch, the bucket scores and the exact
+  decoder's class chunks (``readout.decode``), or the approximate decoder's [R, L] index;
+- re-ranking: the members' parameters and the re-ranker's [D, h] and [L, h] tables, with their
+  Adam moments and gradients;
+- in every phase the label arrays: the training label counts [L] (int64) and the propensities.
+
+Device parts are those of one device: ``rep_shards`` devices split the R members and
+``data_shards`` split each training batch (``parallel.rep_devices`` / ``data_devices``). The
+figures are upper bounds of what XLA allocates (it may fuse some away); the tests check the
+state's against the real pytree.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from mach_jax.config import Config, ModelConfig
+from mach_jax.core import model
+from mach_jax.data.csr import XCDataset
+from mach_jax.training.spec import uses_lazy_update
+
+ENTRY = 4  # bytes of one float32 value or int32 id
+PREFETCHED_BATCHES = 3  # the prefetcher's queue (2) and the batch in the step (data/batches.py)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunShape:
+    """What the data fixes that memory depends on.
+
+    Attributes:
+      num_features, num_labels, num_train_points: D, L and N_train.
+      widest_features, widest_labels: the widest training row's features and labels.
+      widest_features_row: which training point that widest feature row is (0-based).
+      eval_widest_features, eval_widest_labels, eval_widest_features_row: the same of the
+        evaluation data.
+      train_bytes: the training CSR's bytes (preparing the data copies it once).
+    """
+
+    num_features: int
+    num_labels: int
+    num_train_points: int
+    widest_features: int
+    widest_labels: int
+    widest_features_row: int
+    eval_widest_features: int
+    eval_widest_labels: int
+    eval_widest_features_row: int
+    train_bytes: int
+
+
+def run_shape(train: XCDataset, eval_data: XCDataset) -> RunShape:
+    """The ``RunShape`` of a run's loaded data (its row widths: no array is built)."""
+    nnz, eval_nnz = train.features.row_nnz(), eval_data.features.row_nnz()
+    matrices = (train.features, train.labels)
+    return RunShape(
+        num_features=train.num_features, num_labels=train.num_labels, num_train_points=train.num_points,
+        widest_features=int(nnz.max(initial=0)), widest_labels=int(train.labels.row_nnz().max(initial=0)),
+        widest_features_row=int(nnz.argmax()) if nnz.size else 0,
+        eval_widest_features=int(eval_nnz.max(initial=0)),
+        eval_widest_labels=int(eval_data.labels.row_nnz().max(initial=0)),
+        eval_widest_features_row=int(eval_nnz.argmax()) if eval_nnz.size else 0,
+        train_bytes=sum(m.indptr.nbytes + m.indices.nbytes + m.values.nbytes for m in matrices))
+
+
+@dataclasses.dataclass(frozen=True)
+class Part:
+    """One part of a phase's memory: ``name``, ``bytes``, and whether it lives on the device."""
+
+    name: str
+    bytes: int
+    on_device: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class Estimate:
+    """The phase of a run that needs the most memory, and what it holds."""
+
+    phase: str
+    parts: tuple[Part, ...]
+
+    def total(self, on_device: bool | None = None) -> int:
+        """All parts' bytes, or only the device's (True) or the host's (False)."""
+        return sum(p.bytes for p in self.parts if on_device is None or p.on_device == on_device)
+
+
+def member_matrices(config: ModelConfig, num_features: int) -> list[tuple[int, int]]:
+    """A member's weight matrices, [in, out] each: [D or feat_hash_dim, H1], [H1, H2], ..., [H, B]."""
+    widths = [model.member_input_dim(config, num_features), *config.hidden_sizes, config.num_buckets]
+    return list(zip(widths[:-1], widths[1:]))
+
+
+def member_parameters(config: ModelConfig, num_features: int) -> int:
+    """One member's parameters: every weight matrix and its bias."""
+    return sum(rows * cols + cols for rows, cols in member_matrices(config, num_features))
+
+
+def moment_entries(config: Config, num_features: int) -> int:
+    """One member's optimiser moments: Adam's two per parameter; row-wise Adagrad keeps one
+    accumulator per embedding row instead of the table's two moments."""
+    entries = 2 * member_parameters(config.model, num_features)
+    if config.train.embedding_optimizer == "rowwise_adagrad":
+        rows, width = member_matrices(config.model, num_features)[0]
+        entries -= 2 * rows * width - rows
+    return entries
+
+
+def moments_name(config: Config) -> str:
+    if config.train.embedding_optimizer == "rowwise_adagrad":
+        return "Adam moments and row-wise Adagrad accumulators"
+    return "Adam moments"
+
+
+def batch_widths(config: Config, shape: RunShape) -> tuple[int, int, int, int]:
+    """(K, M, K_eval, M_eval): the padded widths of the training and evaluation batches, as
+    ``data.prepare`` and ``readout.ensemble`` pick them (the evaluation's rounded up to a power of 2)."""
+    data = config.data
+    eval_width = _power_of_two(shape.eval_widest_features)
+    if data.max_nnz:
+        eval_width = min(eval_width, data.max_nnz)
+    return (data.max_nnz or max(shape.widest_features, 1), data.max_labels or max(shape.widest_labels, 1),
+            eval_width, _power_of_two(shape.eval_widest_labels))
+
+
+def estimate(config: Config, shape: RunShape, rep_shards: int = 1, data_shards: int = 1) -> Estimate:
+    """The phase of the run that needs the most memory (on one device plus the host), part by part.
+
+    Args:
+      config: the run's config, sized for the data (``prepare.sized_for``: B filled in).
+      shape: the data's ``RunShape``.
+      rep_shards, data_shards: the devices that split the members and each batch.
+
+    Raises:
+      ConfigError: where the config cannot run on this data at all (``spec.uses_lazy_update``).
+    """
+    members = -(-config.parallel.num_members(config.model.num_repetitions) // rep_shards)
+    params = members * member_parameters(config.model, shape.num_features) * ENTRY
+    state = [Part("parameters", params, True),
+             Part(moments_name(config), members * moment_entries(config, shape.num_features) * ENTRY, True)]
+    labels = _label_parts(config, shape)
+    phases = {"training": state + _training_parts(config, shape, members, data_shards) + labels,
+              "evaluation": state + _evaluation_parts(config, shape, members) + labels}
+    if config.rerank.enabled:
+        phases["re-ranking"] = state[:1] + _rerank_parts(config, shape) + labels
+    phase = max(phases, key=lambda name: sum(p.bytes for p in phases[name]))
+    return Estimate(phase, tuple(p for p in phases[phase] if p.bytes))
+
+
+def _training_parts(config: Config, shape: RunShape, members: int, data_shards: int) -> list[Part]:
+    """The train step's gradients, activations and batches (``members`` on this device)."""
+    width, max_labels, _, _ = batch_widths(config, shape)
+    points = -(-config.train.batch_size // data_shards)
+    (rows, hidden), *_ = member_matrices(config.model, shape.num_features)
+    dense_input = model.uses_dense_input(config.model, shape.num_features, width)
+    lazy = uses_lazy_update(config.model, config.train.embedding_update, shape.num_features, width,
+                            config.train.batch_size, config.train.embedding_optimizer)
+    gradients = member_parameters(config.model, shape.num_features)
+    if lazy:  # the touched rows only: gathered, their gradients and both moments
+        gradients += 4 * min(rows, points * width) * hidden - rows * hidden
+    bag = members * points * rows if dense_input else 2 * points * width * hidden
+    hashed_ids = members * points * width if config.model.feat_hash_dim else 0
+    heads = 3 * members * points * (sum(config.model.hidden_sizes) + config.model.num_buckets)
+    batch = (2 * width + 2 * max_labels + 1) * ENTRY
+    return [Part("gradients", members * gradients * ENTRY, True),
+            Part("activations", (bag + hashed_ids + heads) * ENTRY, True),
+            Part("training batches", PREFETCHED_BATCHES * points * batch, True),
+            Part("host batches", PREFETCHED_BATCHES * config.train.batch_size * batch, False),
+            Part("prepared training data", shape.train_bytes, False)]
+
+
+def _evaluation_parts(config: Config, shape: RunShape, members: int) -> list[Part]:
+    """One evaluation batch (replicated on every device), its read-out and the decoder's buffers."""
+    _, _, width, max_labels = batch_widths(config, shape)
+    points, buckets = config.eval.eval_batch_size, config.model.num_buckets
+    (rows, hidden), *_ = member_matrices(config.model, shape.num_features)
+    train_width = batch_widths(config, shape)[0]
+    dense_input = model.uses_dense_input(config.model, shape.num_features, train_width)
+    bag = members * points * rows if dense_input else points * width * hidden
+    heads = 2 * members * points * (sum(config.model.hidden_sizes) + 2 * buckets)
+    if config.eval.decoder == "approx":  # the [R, L] inverse index and each point's candidates
+        slots = members * config.eval.top_buckets * -(-3 * shape.num_labels // (2 * buckets))
+        decoder = 2 * members * (shape.num_labels + buckets + 1) + 3 * points * slots
+    else:  # a chunk of C classes' scores, the running top-k beside it, the chunk's buckets
+        chunk = min(config.eval.class_chunk_size, shape.num_labels)
+        decoder = 2 * chunk * points + 4 * points * (chunk + 5) + members * chunk
+    batch = points * (2 * width + 2 * max_labels + 1) * ENTRY
+    return [Part("evaluation batch", batch, True),
+            Part("evaluation activations", (bag + heads) * ENTRY, True),
+            Part("decoding", decoder * ENTRY, True),
+            Part("host evaluation batch", batch, False)]
+
+
+def _rerank_parts(config: Config, shape: RunShape) -> list[Part]:
+    """The re-ranker's W [D, h], E [L + 1, h] and biases, each with 2 Adam moments and a gradient."""
+    dim, classes = config.rerank.rerank_dim, shape.num_labels + 1
+    return [Part("re-ranker state", 4 * (shape.num_features * dim + dim + classes * (dim + 1)) * ENTRY, True)]
+
+
+def _label_parts(config: Config, shape: RunShape) -> list[Part]:
+    """[L] label counts (int64), the propensities computed from them (float64 temporaries, float32
+    on the device), and a tf-idf input's [D] idf (float32, from int64 document counts)."""
+    idf = 3 * shape.num_features * ENTRY if config.data.input_transform == "tfidf_l2" else 0
+    return [Part("label arrays [L]", 7 * shape.num_labels * ENTRY, False),
+            Part("label arrays [L] on the device", shape.num_labels * ENTRY, True),
+            Part("feature idf [D]", idf, False)]
+
+
+def _power_of_two(width: int) -> int:
+    """The smallest power of 2 >= ``width`` (1 for 0), as ``readout.ensemble`` pads evaluation rows."""
+    return 1 << max(int(width) - 1, 0).bit_length()
+
+
+def format_bytes(count: float) -> str:
+    """'512 B', '12.3 MiB', '4.0 TiB'."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if count < 1024 or unit == "TiB":
+            return f"{count:.0f} {unit}" if unit == "B" or count >= 100 else f"{count:.1f} {unit}"
+        count /= 1024
+    raise AssertionError("unreachable")
+
+
+def format_count(count: int) -> str:
+    """'950', '54.9 K', '12.3 M', '274.9 G'."""
+    for scale, unit in ((1e9, " G"), (1e6, " M"), (1e3, " K")):
+        if count >= scale:
+            return f"{count / scale:.1f}{unit}"
+    return str(count)
+
+
+def describe_state(config: Config, shape: RunShape) -> str:
+    """'R=4 x (400x32 + 32x32) = 14.0 K parameters, state 164 KiB (params 55 KiB + Adam moments
+    109 KiB)': the members trained here, their parameters and optimiser state."""
+    members = config.parallel.num_members(config.model.num_repetitions)
+    matrices = " + ".join(f"{rows}x{cols}" for rows, cols in member_matrices(config.model, shape.num_features))
+    params = members * member_parameters(config.model, shape.num_features)
+    moments = members * moment_entries(config, shape.num_features)
+    return (f"R={members} x ({matrices}) = {format_count(params)} parameters, state "
+            f"{format_bytes((params + moments) * ENTRY)} (params {format_bytes(params * ENTRY)} + "
+            f"{moments_name(config)} {format_bytes(moments * ENTRY)})")
+

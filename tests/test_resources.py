@@ -1,0 +1,204 @@
+"""Resource checks before allocating (issue: never stuck, never losing a file), case 6.
+
+A header declaring a table that cannot be allocated (D = 2^31 - 1 or 10^8), L = 2^31 - 1, or one
+row of 10^6 features used to hang the first step or crash with a memory traceback. Now
+``experiment.train_and_evaluate`` estimates the run's memory (``training.resources``) once the
+data is loaded and refuses it in one line, with the values of the flags that would fit, before
+anything is allocated or written; a run that fits logs its parameters and state at start-up.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from mach_jax import cli, train as train_command
+from mach_jax.config import Config, get_preset
+from mach_jax.core import model
+from mach_jax.data import sources
+from mach_jax.data.prepare import prepare_train_data, sized_for
+from mach_jax.errors import ResourceError
+from mach_jax.training import optimizer, resource_check, resources
+from mach_jax.training.program import build_program
+from mach_jax.training.resource_check import Budget
+from support import run_in_process
+
+GiB = 1 << 30
+SMALL_MACHINE = Budget(device=None, host=4 * GiB)  # a laptop with 4 GiB free
+
+
+def write_xc(path: Path, num_features: int, num_labels: int, wide_row: int = 0) -> Path:
+    """12 points of 2 features and 2 labels each; with ``wide_row``, point 0 has that many features."""
+    lines = [f"12 {num_features} {num_labels}"]
+    for i in range(12):
+        features = range(wide_row) if i == 0 and wide_row else sorted({i % 10, (i * 7 + 3) % 10})
+        lines.append(f"{i % 6},{(i + 1) % 6} " + " ".join(f"{k}:1" for k in features))
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def train(tmp_path: Path, data: Path, *flags: str):
+    return run_in_process("mach_jax.train", "--preset", "tiny", "--train", str(data), "--test", str(data),
+                          "--workdir", "w", "--quiet", *flags, cwd=tmp_path, check=False)
+
+
+def refusal(result, tmp_path: Path) -> str:
+    """The one error line of a refused run; nothing was written."""
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr and lines[-1].startswith("error: not enough memory: ")
+    assert sum(line.startswith("error:") for line in lines) == 1
+    assert not (tmp_path / "w").exists()
+    return lines[-1]
+
+
+@pytest.fixture
+def small_machine(monkeypatch):
+    monkeypatch.setattr(resource_check, "memory_budget", lambda: SMALL_MACHINE)
+
+
+def suggested(message: str, flag: str) -> int:
+    return int(re.search(rf"(?:with |or ){re.escape(flag)} (\d+)", message).group(1))
+
+
+def test_case6_header_d_2_31_is_refused_in_one_line_on_any_machine(tmp_path):
+    # 4 members x 2^31 x 32 floats with two Adam moments: 3 TiB, more than any machine has free.
+    message = refusal(train(tmp_path, write_xc(tmp_path / "d.txt", 2**31 - 1, 6)), tmp_path)
+    assert "needs about 3.0 TiB" in message and "(in " in message
+    assert f"R=4 x [2147483647 x 32] (D=2147483647 from the header of {tmp_path / 'd.txt'}:1)" in message
+    assert re.search(r"\), but (host RAM|each [A-Z]+ \(.*\)) has [\d.]+ [KMGT]?i?B free; ", message)
+    assert "it fits with --feat-hash-dim " in message
+
+
+def test_case6_header_d_1e8_is_refused_with_a_feat_hash_dim_that_fits(tmp_path, small_machine):
+    result = train(tmp_path, write_xc(tmp_path / "d.txt", 10**8, 6))
+    message = refusal(result, tmp_path)
+    assert "needs about 143 GiB" in message and "Adam moments 95.4 GiB + parameters 47.7 GiB" in message
+    assert "but host RAM has 4.0 GiB free" in message
+    assert "model: R=4 x (100000000x32 + 32x32) = 12.8 G parameters, state 143 GiB" in result.stderr
+    config, shape = data_run(tmp_path / "d.txt")
+    value = suggested(message, "--feat-hash-dim")
+    hashed = config.replace(model={"feat_hash_dim": value})
+    assert resource_check.fits(hashed, shape, SMALL_MACHINE)
+    assert not resource_check.fits(hashed.replace(model={"feat_hash_dim": 2 * value}), shape, SMALL_MACHINE)
+
+
+def test_case6_header_l_2_31_is_refused_naming_the_header(tmp_path, small_machine):
+    message = refusal(train(tmp_path, write_xc(tmp_path / "l.txt", 10, 2**31 - 1)), tmp_path)
+    assert f"L=2147483647 labels (the header of {tmp_path / 'l.txt'}:1)" in message
+    assert "label counts and propensities alone need 64.0 GiB and no setting makes L smaller" in message
+
+
+def test_case6_a_million_feature_row_is_refused_with_a_max_nnz_that_fits(tmp_path, small_machine):
+    data = write_xc(tmp_path / "wide.txt", 10**6, 6, wide_row=10**6)
+    message = refusal(train(tmp_path, data), tmp_path)
+    assert f"training point 0 ({data}:2) has 1000000" in message
+    assert "rows are padded to K=1000000 features (training) and 1048576 (evaluation)" in message
+    config, shape = data_run(data)
+    value = suggested(message, "--max-nnz")
+    assert resource_check.fits(config.replace(data={"max_nnz": value}), shape, SMALL_MACHINE)
+    assert not resource_check.fits(config.replace(data={"max_nnz": 2 * value}), shape, SMALL_MACHINE)
+
+
+def data_run(path: Path) -> tuple[Config, resources.RunShape]:
+    config = get_preset("tiny").replace(data={"train_path": str(path), "test_path": str(path)})
+    train_data, test_data = sources.load_datasets(config.data)
+    return sized_for(config, train_data), resources.run_shape(train_data, test_data)
+
+
+def tiny_run(**sections) -> tuple[Config, resources.RunShape, object, object]:
+    config = get_preset("tiny").replace(**sections).validate()
+    train_data, test_data = sources.load_datasets(config.data)
+    config = sized_for(config, train_data)
+    prepared, info = prepare_train_data(config, train_data)
+    return config, resources.run_shape(train_data, test_data), prepared, info
+
+
+@pytest.mark.parametrize("sections", [
+    {},  # dense input, dense Adam
+    {"model": {"input_layer": "sparse"}, "train": {"embedding_update": "lazy"}},  # row-sparse Adam
+    {"model": {"input_layer": "sparse"}, "train": {"embedding_optimizer": "rowwise_adagrad"}},
+    {"model": {"feat_hash_dim": 96, "hidden_sizes": [32, 32]}, "train": {"weight_decay": 0.1}},
+], ids=["adam", "lazy_adam", "rowwise_adagrad", "hashed_two_layers_adamw"])
+def test_the_state_estimate_is_the_real_state(sections):
+    """Parameters and optimiser state as training creates them (``optimizer.create_state``), allocated."""
+    config, shape, prepared, info = tiny_run(**sections)
+    members = jnp.arange(config.model.num_repetitions)
+    params = model.init_params(config.model, info.num_features, members, config.train.seed)
+    state = optimizer.create_state(params, build_program(config, info, prepared).spec)
+    real_params = sum(leaf.size for leaf in jax.tree.leaves(state["params"]))
+    real_moments = sum(leaf.nbytes for leaf in jax.tree.leaves(state["opt_state"]) if leaf.ndim)  # no counts
+    parts = {p.name: p.bytes for p in resources.estimate(config, shape).parts}
+    assert 4 * real_params == parts["parameters"]
+    assert real_moments == parts[resources.moments_name(config)]
+    assert f"= {resources.format_count(real_params)} parameters" in resources.describe_state(config, shape)
+
+
+def test_refusal_names_the_estimate_what_is_free_and_flags_that_fit(tmp_path, monkeypatch):
+    config, shape, _, _ = tiny_run()
+    need = resources.estimate(config, shape).total()
+    budget = Budget(None, int(need * 0.8))  # 90 % of it may be planned: about 72 % of the need
+    monkeypatch.setattr(resource_check, "memory_budget", lambda: budget)
+    result = run_in_process("mach_jax.train", "--preset", "tiny", "--workdir", "w", "--quiet",
+                            cwd=tmp_path, check=False)
+    message = refusal(result, tmp_path)
+    assert f"needs about {resources.format_bytes(need)} at its peak" in message
+    assert f"host RAM has {resources.format_bytes(budget.host)} free" in message
+    options = resource_check.suggestions(config, shape, budget)
+    assert len(options) >= 3 and message.endswith("it fits with " + ", or ".join(options))
+    for option in options:  # each flag exists, and with its value the run fits
+        args = train_command.parse_arguments(["--preset", "tiny", *option.split()])
+        assert resource_check.fits(sized_for(cli.config_from_args(args), sources.load_datasets(
+            config.data)[0]), shape, budget), option
+    # The start-up line, logged before the check: 4 x (400 x 32 + 32 + 32 x 32 + 32) parameters.
+    assert (f"model: R=4 x (400x32 + 32x32) = 55.6 K parameters, state 651 KiB (params 217 KiB + Adam "
+            f"moments 434 KiB); peak memory about {resources.format_bytes(need)} (in ") in result.stderr
+
+
+def test_accelerator_memory_is_per_device_and_the_members_split_over_devices(monkeypatch):
+    class FakeGpu:
+        platform, device_kind = "gpu", "NVIDIA H200"
+
+        def memory_stats(self):
+            return {"bytes_limit": 10 * GiB, "bytes_in_use": GiB}
+
+    monkeypatch.setattr(jax, "local_devices", lambda: [FakeGpu()])
+    budget = resource_check.memory_budget()
+    assert (budget.device, budget.device_name) == (9 * GiB, "each GPU (NVIDIA H200)")
+    config, shape, _, _ = tiny_run()
+    config = config.replace(model={"num_repetitions": 8}, data={"max_nnz": 64})
+    whole, halves = resources.estimate(config, shape), resources.estimate(config, shape, rep_shards=2)
+    state = ("parameters", "Adam moments")
+    assert [2 * p.bytes for p in halves.parts if p.name in state] == [p.bytes for p in whole.parts if p.name in state]
+    # A device too small for 8 members but large enough for 2: four devices of this size would do.
+    per_member = whole.total(True) / 8
+    small = Budget(int(3 * per_member / resource_check.FIT_FRACTION), 64 * GiB, "each GPU (test)")
+    assert resource_check.suggestions(config, shape, small)[-1] == "4 devices of this size"
+
+
+def test_host_memory_is_what_meminfo_and_the_cgroup_leave(tmp_path, monkeypatch):
+    (tmp_path / "meminfo").write_text("MemTotal: 900 kB\nMemAvailable:   1000 kB\n")
+    (tmp_path / "max").write_text("614400\n")
+    (tmp_path / "current").write_text("102400\n")
+    monkeypatch.setattr(resource_check, "MEMINFO", tmp_path / "meminfo")
+    monkeypatch.setattr(resource_check, "CGROUP_FILES", ((tmp_path / "max", tmp_path / "current"),))
+    assert resource_check.host_available() == 512000  # the cgroup's 600 KiB less 100 KiB in use
+    (tmp_path / "max").write_text("max\n")
+    assert resource_check.host_available() == 1000 * 1024
+
+
+def test_a_tf_idf_input_over_a_huge_d_is_blamed_on_its_idf_not_on_l():
+    config = get_preset("tiny").replace(data={"input_transform": "tfidf_l2"}, model={"feat_hash_dim": 1000})
+    shape = resources.RunShape(num_features=2**31 - 1, num_labels=6, num_train_points=12, widest_features=2,
+                               widest_labels=2, widest_features_row=0, eval_widest_features=2,
+                               eval_widest_labels=2, eval_widest_features_row=0, train_bytes=500)
+    with pytest.raises(ResourceError) as refused:
+        resource_check.require_fits(config, shape, "train.txt", SMALL_MACHINE)
+    message = str(refused.value)
+    assert "(in evaluation: feature idf [D] 24.0 GiB + " in message and "L=6" not in message
+    assert "D=2147483647 features (the header of train.txt:1) and a tf-idf input, whose idf is [D]" in message
+    assert message.endswith("it fits with --input-transform log1p_l2")
