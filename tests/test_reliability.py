@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -23,6 +24,7 @@ from mach_jax.errors import TrainingDivergedError
 from mach_jax.data.synthetic import make_synthetic
 from mach_jax.errors import WorkdirError
 from mach_jax.data.xc_format import write_xc
+from support import run_in_process
 
 # 100 epochs of 10 steps with a checkpoint every 50 steps: long enough to interrupt.
 LONG = ["--preset", "tiny", "--quiet", "--epochs", "100", "--checkpoint-every-steps", "50",
@@ -191,8 +193,8 @@ def test_empty_data_and_too_few_labels_are_refused_before_training(tmp_path):
     empty = from_rows([], [], 400, 300, source="empty.txt")
     with pytest.raises(DataFormatError, match="empty.txt:1: the header declares 0 points"):
         trainer.train(config, tmp_path / "a", empty, progress=False)
-    few = from_rows([{0: 1.0}, {1: 1.0}], [[0], [1]], 400, 3, source="few.txt")
-    with pytest.raises(ConfigError, match="the data has only L=3 labels"):
+    few = from_rows([{0: 1.0}, {1: 1.0}], [[], []], 400, 0, source="few.txt")
+    with pytest.raises(ConfigError, match="the data has L=0 labels"):
         trainer.train(config, tmp_path / "b", few, progress=False)
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
@@ -206,3 +208,114 @@ def test_resuming_on_other_data_of_the_same_shape_is_refused(tmp_path):
     other = XCDataset(train.features, shifted, "other.txt")
     with pytest.raises(WorkdirError, match="trained on other data"):
         trainer.train(config, tmp_path, other, progress=False)
+
+
+def test_sigkill_two_concurrent_runs_then_rerun_equals_an_uninterrupted_run(tmp_path, uninterrupted):
+    env, work = environment(tmp_path), tmp_path / "work"
+    runs = [subprocess.Popen(command(work), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for _ in range(2)]
+    deadline = time.time() + 120
+    while not [s for s in saved_steps(work) if s >= 100] and time.time() < deadline:
+        time.sleep(0.01)
+    for run in runs:
+        run.send_signal(signal.SIGKILL)  # the one refused has exited already
+    results = [(run.wait(timeout=120), run.communicate()[1]) for run in runs]
+    refused = [(run, stderr) for run, (code, stderr) in zip(runs, results) if code == 2]
+    holder = [run for run, (code, _) in zip(runs, results) if code == -signal.SIGKILL]
+    assert len(refused) == len(holder) == 1, results
+    assert f"is in use by another training run (pid {holder[0].pid} on " in refused[0][1]
+    assert saved_steps(work) and saved_steps(work)[-1] < 1000
+    result = subprocess.run(command(work), env=env, capture_output=True, text=True, check=True)
+    assert f"taking over the lock of a run that ended without releasing it (pid {holder[0].pid}" in result.stderr
+    assert_same_run(work, uninterrupted)
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """A finished tiny run (checkpoints 10 and 20) trained in-process, and a file to predict."""
+    root = tmp_path_factory.mktemp("finished")
+    config = get_preset("tiny")
+    train, test = make_synthetic(config.data.synthetic)
+    trainer.train(config, root / "base", train, progress=False)
+    write_xc(root / "test.txt", test)
+    return root
+
+
+def copy_of(root, name):
+    shutil.rmtree(root / name, ignore_errors=True)
+    shutil.copytree(root / "base", root / name)
+    return root / name
+
+
+def data_files(workdir, step):
+    return sorted((Path(workdir) / "checkpoints" / str(step) / "default" / "ocdbt.process_0" / "d").iterdir())
+
+
+def flip_bytes(workdir, step):
+    """Flips 8 bytes at five places of every data file of one checkpoint, sizes kept."""
+    for path in data_files(workdir, step):
+        data = bytearray(path.read_bytes())
+        for start in (int(len(data) * fraction) for fraction in (0.1, 0.3, 0.5, 0.7, 0.9)):
+            data[start:start + 8] = bytes(b ^ 0xFF for b in data[start:start + 8])
+        path.write_bytes(bytes(data))
+
+
+def one_error_line(result):
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    last = result.stderr.rstrip("\n").splitlines()[-1]
+    assert last.startswith("error: ") and "Traceback" not in result.stderr, result.stderr
+    return last
+
+
+def test_case1_flipped_checkpoint_bytes_are_refused_in_evaluate_and_predict(finished):
+    work = copy_of(finished, "flipped")
+    for step in (10, 20):
+        flip_bytes(work, step)
+    commands = {"evaluate": [], "predict": ["--input", "test.txt"],
+                "train": ["--preset", "tiny"]}
+    for module, args in commands.items():
+        result = run_in_process(f"mach_jax.{module}", "--workdir", "flipped", "--quiet", *args, cwd=finished,
+                                check=False)
+        line = one_error_line(result)
+        assert "flipped/checkpoints: every checkpoint is damaged (step 20: " in line, line
+        assert re.search(r"step 10: (the content of \S+ does not match its checksum|it cannot be read)", line)
+        assert "nan" not in result.stdout
+
+
+def test_case11_a_damaged_newest_checkpoint_falls_back_to_the_intact_older_one(finished):
+    work = copy_of(finished, "no_metadata")
+    (work / "checkpoints" / "20" / "_CHECKPOINT_METADATA").unlink()
+    result = run_in_process("mach_jax.evaluate", "--workdir", "no_metadata", "--quiet", cwd=finished)
+    assert ("no_metadata/checkpoints/20 is damaged (its metadata file _CHECKPOINT_METADATA is missing); using "
+            "the checkpoint of step 10 instead") in result.stderr
+    work = copy_of(finished, "no_data")
+    for path in data_files(work, 20):
+        path.unlink()
+    result = run_in_process("mach_jax.train", "--preset", "tiny", "--workdir", "no_data", "--quiet", cwd=finished)
+    assert re.search(r"no_data/checkpoints/20 is damaged \(it cannot be read: .*\); using the checkpoint of "
+                     r"step 10 instead", result.stderr), result.stderr
+    assert "resuming from the checkpoint at step 10" in result.stderr
+    assert (work / "damaged_checkpoints" / "20" / "default").is_dir()  # set aside, not deleted
+    ensemble, reference = MachEnsemble.load(work), MachEnsemble.load(finished / "base")
+    assert ensemble.checkpoint_step == 20
+    for leaf, ref_leaf in zip(jax.tree.leaves(ensemble.params), jax.tree.leaves(reference.params)):
+        np.testing.assert_array_equal(np.asarray(leaf), np.asarray(ref_leaf))  # step 20 made again, exactly
+
+
+@pytest.mark.parametrize("args, damage", [
+    (["mach_jax.evaluate", "--workdir", "refused"], "data files"),
+    (["mach_jax.train", "--preset", "tiny", "--workdir", "refused", "-B", "16"], "config.json"),
+], ids=["evaluate-damaged", "train-other-B-without-config"])
+def test_case8_a_refused_run_exits_with_one_line_and_no_event_loop_traceback(finished, args, damage):
+    work = copy_of(finished, "refused")
+    if damage == "data files":
+        for step in (10, 20):
+            for path in data_files(work, step):
+                path.unlink()
+    else:
+        (work / "config.json").unlink()
+    result = subprocess.run([sys.executable, "-m", *args, "--quiet"], cwd=finished, env=environment(finished),
+                            capture_output=True, text=True)
+    one_error_line(result)
+    assert not re.search(r"Event loop is closed|Exception ignored|^ERROR", result.stderr, re.MULTILINE), result.stderr
+    assert not (work / "config.json").exists() or damage == "data files"

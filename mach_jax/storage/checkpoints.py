@@ -1,13 +1,25 @@
-"""Orbax checkpoints of the training state under ``workdir/checkpoints/<step>/``.
+"""Orbax checkpoints of the training state under ``FOLDER/checkpoints/<step>/``, checked on load.
 
 Written by Orbax's CheckpointManager, asynchronously and atomically (a step folder appears only
-once it is complete); a read-only manager (evaluation) touches nothing, so it is safe while
-another process still trains there.
+once it is complete), each with a record in Orbax's step metadata: the checksums of its arrays
+(``integrity.check_tree``, computed once per save, on device), the run's identity
+(``workdir.identity``: config, data shape, data fingerprint) and the run's final step.
+
+Restoring takes the newest checkpoint that is intact: one that cannot be read, whose step
+metadata is gone, or whose arrays do not match their checksums or hold NaN or infinite values, is
+damaged; the next older one is used, with a warning naming the damaged one (a checkpoint saved
+before records is checked for finite values only). A checkpoint of another run (its record's identity differs) is refused, never skipped.
+Restoring touches nothing, so evaluation is safe while another process still trains there.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
+import re
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,95 +27,271 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from mach_jax.errors import WorkdirError
+from mach_jax.errors import TrainingDivergedError, WorkdirError
+from mach_jax.storage import integrity, orbax_io, run_file, workdir as wd
 
 CHECKPOINT_DIR = "checkpoints"
+DAMAGED_DIR = "damaged_checkpoints"
+RECORD_KEY = "mach_jax"
+_STEP_METADATA = "_CHECKPOINT_METADATA"  # Orbax's per-step metadata file (its custom_metadata)
+
+log = logging.getLogger("mach_jax")
 
 
-def checkpoint_manager(workdir: Path, keep: int = 2, read_only: bool = False) -> ocp.CheckpointManager:
-    """Orbax manager of ``workdir/checkpoints``.
+def checkpoint_manager(folder: Path, keep: int = 2, read_only: bool = False) -> ocp.CheckpointManager:
+    """Orbax manager of ``folder/checkpoints`` (see ``orbax_io.manager``); close it when done."""
+    return orbax_io.manager(Path(folder) / CHECKPOINT_DIR, keep, read_only)
 
-    A training manager removes the leftovers of an interrupted save; a ``read_only`` one (for
-    evaluation) touches nothing, so it is safe while another process still trains there.
+
+def opened(folder: Path, keep: int = 2):
+    """The training manager of ``folder/checkpoints`` for a ``with`` block (``orbax_io.opened``):
+    a save in flight completes before the block is left, and the manager is closed."""
+    return orbax_io.opened(Path(folder) / CHECKPOINT_DIR, keep)
+
+
+@dataclasses.dataclass(frozen=True)
+class Restored:
+    """The newest intact checkpoint: its step, the restored tree, and the newer damaged ones as
+    ``(step, why)``."""
+
+    step: int
+    state: Any
+    damaged: tuple[tuple[int, str], ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class Progress:
+    """How far a folder's training got: its newest checkpoint's step (None: none yet) and the
+    step its run ends at (None when the checkpoint predates records)."""
+
+    step: int | None
+    final_step: int | None
+
+    @property
+    def finished(self) -> bool | None:
+        return None if self.step is None or self.final_step is None else self.step >= self.final_step
+
+
+def save_state(manager: ocp.CheckpointManager, step: int, state: Any, identity: dict | None = None,
+               final_step: int | None = None) -> None:
+    """Saves (asynchronously) unless this step is already saved, with its record.
+
+    Raises:
+      TrainingDivergedError: the state holds NaN or infinite values (it is not saved).
+      WorkdirError: the disk is full or the folder not writable (this save or the one before).
     """
-    if read_only:
-        _silence_read_only_notice()
-    options = ocp.CheckpointManagerOptions(
-        max_to_keep=None if read_only else keep, save_interval_steps=0 if read_only else 1,
-        create=not read_only, cleanup_tmp_directories=not read_only, read_only=read_only)
-    return ocp.CheckpointManager(Path(workdir).absolute() / CHECKPOINT_DIR, options=options)
+    if manager.latest_step() == step:
+        return
+    checks = integrity.check_tree(state)  # a sync point: the state's checksums, once per save
+    non_finite = [name for name, check in checks.items() if not check.finite]
+    if non_finite:
+        raise TrainingDivergedError(f"{', '.join(non_finite[:3])} hold NaN or infinite values at step {step}: "
+                                    "not saved; the newest checkpoint predates it")
+    record = {"digests": {name: check.digest for name, check in checks.items()}, "identity": identity,
+              "final_step": final_step}
+    with orbax_io.write_errors(manager.directory, f"saving checkpoints (at step {step})"):
+        manager.save(step, args=ocp.args.StandardSave(state), custom_metadata={RECORD_KEY: record})
 
 
-class _ReadOnlyNotice(logging.Filter):
-    """Drops orbax's "Given directory is read only" warning: read-only is what we asked for."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith("Given directory is read only")
-
-
-def _silence_read_only_notice() -> None:
-    absl_logger = logging.getLogger("absl")
-    if not any(isinstance(f, _ReadOnlyNotice) for f in absl_logger.filters):
-        absl_logger.addFilter(_ReadOnlyNotice())
+def wait_until_saved(manager: ocp.CheckpointManager) -> None:
+    """Blocks until the save in flight is on disk (a failed one: WorkdirError)."""
+    with orbax_io.write_errors(manager.directory, "saving checkpoints"):
+        manager.wait_until_finished()
 
 
-def save_state(manager: ocp.CheckpointManager, step: int, state: Any) -> None:
-    """Saves (asynchronously) unless this step is already saved."""
-    if manager.latest_step() != step:
-        manager.save(step, args=ocp.args.StandardSave(state))
-
-
-def restore_checkpoint(manager: ocp.CheckpointManager, step: int, args: Any) -> Any:
-    """Restores one step; a checkpoint that does not fit the config is a WorkdirError."""
-    try:
-        return manager.restore(step, args=args)
-    except Exception as error:  # Orbax raises many types; the user needs one clear message.
-        detail = str(error).strip().splitlines()[0] if str(error).strip() else ""
-        raise WorkdirError(
-            f"{manager.directory}/{step}: the checkpoint cannot be restored for this config "
-            f"({type(error).__name__}: {detail[:300]}); was config.json edited, or the checkpoint "
-            "written by another run?") from error
-
-
-def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any) -> Any | None:
-    """Restores the newest complete checkpoint onto the shardings in ``abstract_state``.
+def restore_latest(folder: Path, abstract_state: Any, identity: dict | None = None) -> Restored | None:
+    """Restores the newest intact checkpoint of ``folder`` onto the shardings in ``abstract_state``.
 
     Args:
-      manager: from ``checkpoint_manager``.
+      folder: the folder holding ``checkpoints/`` (a workdir, a group, ``rerank/``).
       abstract_state: pytree of ``jax.ShapeDtypeStruct`` with shardings for the current mesh.
+      identity: what the checkpoint's record must match (``workdir.identity`` of this run), or None.
 
     Returns:
-      The state, or None when the workdir has no checkpoint yet.
+      The restored checkpoint, or None when the folder has no checkpoint yet.
+
+    Raises:
+      WorkdirError: the checkpoint was written by another run (naming the difference), does not
+        fit this config, or every checkpoint is damaged.
     """
-    step = manager.latest_step()
-    if step is None:
-        return None
-    return restore_checkpoint(manager, step, ocp.args.StandardRestore(abstract_state))
+    def refuse(step: int, saved: dict) -> str | None:
+        return wd.describe_difference(f"{folder / CHECKPOINT_DIR / str(step)}", saved, identity)
+
+    return _restore_newest(Path(folder), abstract_state, ocp.args.StandardRestore(abstract_state),
+                           refuse if identity is not None else None)
 
 
 def restore_params(folder: Path, abstract_params: Any) -> tuple[int, Any]:
-    """``(step, parameters)`` of a workdir's newest checkpoint (no optimizer state), as host arrays.
+    """``(step, parameters)`` of a folder's newest intact checkpoint (no optimizer state), as host
+    arrays; checked against the folder's own ``config.json`` where it has one.
 
     Args:
-      folder: the workdir (or group folder) holding ``checkpoints/``.
+      folder: the workdir (or group folder, or ``rerank/``) holding ``checkpoints/``.
       abstract_params: the parameters' shapes and dtypes (``jax.eval_shape`` of the init).
     """
-    manager = checkpoint_manager(folder, read_only=True)
+    folder = Path(folder)
+    abstract = {"params": abstract_params}
+    args = ocp.args.PyTreeRestore(
+        item=abstract, partial_restore=True,
+        restore_args=jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), abstract))
+    refuse = None
+    if (folder / run_file.CONFIG_FILE).exists():
+        saved = run_file.read_run_file(folder)
+        expected = wd.identity(saved.config, saved.info, saved.data_fingerprint)
+
+        def refuse(step: int, recorded: dict) -> str | None:
+            difference = wd.identity_difference(recorded, expected)
+            if difference is None:
+                return None
+            key, trained, written = difference
+            return (f"{folder / CHECKPOINT_DIR / str(step)}: the checkpoint cannot be restored for this config: "
+                    f"{folder / run_file.CONFIG_FILE} has {key}={written!r}, the checkpoint was trained with "
+                    f"{trained!r}; was config.json edited or replaced? put back the run's own config.json")
+
+    restored = _restore_newest(folder, abstract, args, refuse)
+    if restored is None:
+        raise WorkdirError(f"{folder}: no checkpoint found under {CHECKPOINT_DIR}/")
+    return restored.step, restored.state["params"]
+
+
+def set_aside(folder: Path, damaged: tuple[tuple[int, str], ...]) -> None:
+    """Moves damaged step folders to ``FOLDER/damaged_checkpoints/`` (kept, never deleted), so
+    that training can save those steps again (process 0 of a multi-host run)."""
+    for step, _ in damaged if jax.process_index() == 0 else ():
+        target = Path(folder) / DAMAGED_DIR / str(step)
+        suffix = 1
+        while target.exists():
+            target, suffix = Path(folder) / DAMAGED_DIR / f"{step}.{suffix}", suffix + 1
+        with wd.storage_errors(Path(folder), "setting a damaged checkpoint aside"):
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(Path(folder) / CHECKPOINT_DIR / str(step)), str(target))
+        log.warning("warning: the damaged checkpoint of step %d is kept in %s", step, target)
+
+
+def training_progress(folder: Path) -> Progress:
+    """The newest checkpoint's step of ``folder`` and its run's final step (from its record);
+    reads two small files, no arrays."""
+    steps = _steps(Path(folder) / CHECKPOINT_DIR)
+    if not steps:
+        return Progress(None, None)
+    record = _record(Path(folder) / CHECKPOINT_DIR, steps[0])
+    final = record.get("final_step") if isinstance(record, dict) else None
+    return Progress(steps[0], final if isinstance(final, int) else None)
+
+
+def _steps(directory: Path) -> list[int]:
+    """The complete steps, newest first (Orbax writes a step under a temporary name first)."""
+    if not directory.is_dir():
+        return []
+    return sorted((int(p.name) for p in directory.iterdir() if p.name.isdigit() and p.is_dir()), reverse=True)
+
+
+def _record(directory: Path, step: int) -> dict | None | str:
+    """A step's record: a dict, None for a checkpoint saved without one, or why it is unreadable."""
+    path = directory / str(step) / _STEP_METADATA
     try:
-        step = manager.latest_step()
-        if step is None:
-            raise WorkdirError(f"{folder}: no checkpoint found under {CHECKPOINT_DIR}/")
-        abstract = {"params": abstract_params}
-        args = ocp.args.PyTreeRestore(
-            item=abstract, partial_restore=True,
-            restore_args=jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), abstract))
-        params = restore_checkpoint(manager, step, args)["params"]
-    finally:
-        manager.close()
-    expected = jax.tree.map(lambda leaf: leaf.shape, abstract_params)
-    found = jax.tree.map(lambda leaf: leaf.shape, params)
+        record = json.loads(path.read_text()).get("custom_metadata", {}).get(RECORD_KEY)
+    except FileNotFoundError:
+        return f"its metadata file {_STEP_METADATA} is missing"
+    except (OSError, ValueError, AttributeError) as error:
+        return f"its metadata file {_STEP_METADATA} cannot be read ({str(error)[:100]})"
+    return record if isinstance(record, dict) and isinstance(record.get("digests"), dict) else None
+
+
+def _restore_newest(folder: Path, abstract: Any, args: Any,
+                    refuse: Callable[[int, dict], str | None] | None) -> Restored | None:
+    directory = folder / CHECKPOINT_DIR
+    steps = _steps(directory)
+    if not steps:
+        return None
+    damaged: list[tuple[int, str]] = []
+    with orbax_io.opened(directory, read_only=True) as manager:
+        for step in steps:
+            record = _record(directory, step)  # None: saved before records, nothing to check against
+            if isinstance(record, str):
+                damaged.append((step, record))
+                continue
+            if record is not None and refuse is not None and record.get("identity"):
+                message = refuse(step, record["identity"])
+                if message:
+                    raise WorkdirError(message)
+            _refuse_other_shapes(directory, step, abstract)
+            try:
+                tree = manager.restore(step, args=args)
+            except Exception as error:  # Orbax raises many types; the user needs one clear message.
+                damaged.append((step, f"it cannot be read: {_read_failure(error)}"))
+                continue
+            problem = _verify(directory, step, tree, abstract, record)
+            if problem:
+                damaged.append((step, problem))
+                continue
+            for bad_step, why in damaged:
+                log.warning("warning: %s/%d is damaged (%s); using the checkpoint of step %d instead",
+                            directory, bad_step, why, step)
+            return Restored(step, tree, tuple(damaged))
+    raise WorkdirError(f"{directory}: every checkpoint is damaged (" + "; ".join(
+        f"step {step}: {why}" for step, why in damaged) + f"); move {directory} away to train from scratch")
+
+
+def _verify(directory: Path, step: int, tree: Any, abstract: Any, record: dict | None) -> str | None:
+    """Why a restored tree is not what was saved (None: it is)."""
+    expected = jax.tree.map(lambda leaf: tuple(leaf.shape), abstract)
+    found = jax.tree.map(lambda leaf: tuple(leaf.shape), tree)
     if found != expected:
+        raise WorkdirError(f"{directory}/{step}: the checkpoint cannot be restored for this config: its "
+                           f"shapes {found} differ from {expected}; was config.json edited?")
+    checks = integrity.check_tree(tree)
+    if record is not None:
+        for name, check in checks.items():
+            if record["digests"].get(name) != check.digest:
+                return f"the content of {name} does not match its checksum"
+    non_finite = [name for name, check in checks.items() if not check.finite]
+    if non_finite:
+        return f"{', '.join(non_finite[:3])} hold NaN or infinite values"
+    return None
+
+
+def _refuse_other_shapes(directory: Path, step: int, abstract: Any) -> None:
+    """A checkpoint saved with other shapes is not damaged: it belongs to another config (a
+    WorkdirError), found from Orbax's tree metadata before any array is read."""
+    stored = _stored_shapes(directory / str(step))
+    wanted = {integrity.leaf_name(path): tuple(leaf.shape)
+              for path, leaf in jax.tree_util.tree_leaves_with_path(abstract)}
+    differing = sorted((not name.startswith("params"), name) for name, shape in wanted.items()
+                       if name in stored and stored[name] != shape)
+    if differing:
+        name = differing[0][1]
         raise WorkdirError(
-            f"{manager.directory}/{step}: the checkpoint cannot be restored for this config: its "
-            f"parameter shapes {found} differ from {expected}; was config.json edited?")
-    return step, params
+            f"{directory}/{step}: the checkpoint cannot be restored for this config: it holds {name} of "
+            f"shape {stored[name]}, this config needs {wanted[name]}; was config.json edited, or the "
+            "checkpoint written by another run?")
+
+
+def _stored_shapes(step_dir: Path) -> dict[str, tuple[int, ...]]:
+    """The global shape of each array as Orbax's metadata records it (empty when it cannot be read:
+    the restore then says what is wrong)."""
+    handler = ocp.StandardCheckpointHandler()
+    try:
+        metadata = handler.metadata(step_dir.absolute() / "default")
+        tree = getattr(metadata, "tree", metadata)
+        return {integrity.leaf_name(path): tuple(leaf.shape)
+                for path, leaf in jax.tree_util.tree_leaves_with_path(tree) if hasattr(leaf, "shape")}
+    except Exception:  # a damaged checkpoint: unknown shapes, reported by the restore that follows
+        return {}
+    finally:
+        handler.close()
+
+
+def _read_failure(error: BaseException) -> str:
+    """What a failed restore says, in one short line: TensorStore's status message (``NOT_FOUND:
+    Error reading ...``) where it is in the chain of causes, else the error's first line."""
+    first = error
+    for _ in range(8):
+        if error is None:
+            break
+        text = str(error).strip()
+        if re.match(r"[A-Z_]+: ", text):
+            return text.splitlines()[0][:240]
+        error = error.__cause__ or error.__context__
+    text = str(first).strip().split(" See full TensorStore details")[0]
+    return f"{type(first).__name__}: {text.splitlines()[0][:240] if text else ''}"

@@ -15,6 +15,7 @@ from typing import Any
 
 from mach_jax.data.files import write_json_atomically
 from mach_jax.errors import WorkdirError
+from mach_jax.storage.workdir import storage_errors
 
 RERANK_DIR = "rerank"
 RECORD_FILE = "rerank.json"
@@ -34,15 +35,23 @@ def read_record(workdir: Path) -> dict[str, Any] | None:
     if not path.exists():
         return None
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise WorkdirError(f"{path}: not valid JSON ({error.msg}, line {error.lineno}); delete "
-                           f"{rerank_dir(workdir)} to train the re-ranker again") from error
+        record = json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        problem = (f"not valid JSON ({error.msg}, line {error.lineno})" if isinstance(error, json.JSONDecodeError)
+                   else f"not UTF-8 text (byte {error.start})")
+        raise WorkdirError(f"{path}: {problem}; delete {rerank_dir(workdir)} to train the re-ranker "
+                           "again") from None
+    if not isinstance(record, dict):
+        raise WorkdirError(f"{path}: expected a JSON object, got {type(record).__name__}; delete "
+                           f"{rerank_dir(workdir)} to train the re-ranker again")
+    return record
 
 
 def write_record(workdir: Path, record: dict[str, Any]) -> None:
-    rerank_dir(workdir).mkdir(parents=True, exist_ok=True)
-    write_json_atomically(record_path(workdir), record)
+    """Writes the record atomically (a failed write: WorkdirError)."""
+    with storage_errors(rerank_dir(workdir), "writing the re-ranker's record"):
+        rerank_dir(workdir).mkdir(parents=True, exist_ok=True)
+        write_json_atomically(record_path(workdir), record)
 
 
 def check_resumable(workdir: Path, record: dict[str, Any] | None, expected: dict[str, Any]) -> None:

@@ -1,14 +1,18 @@
 """A training workdir: ``config.json``, ``label_counts.npy``, ``checkpoints/`` and ``metrics.json``.
 
 ``config.json`` holds the config tree and what the data fixed (D, L, the batch geometry, the
-training-set size), so that evaluation and prediction need nothing but the workdir: the hashes
-are recomputed from the seeds in the config. Checkpoints are written by Orbax's
-CheckpointManager, atomically (a step folder appears only once it is complete).
+training-set size, the data's fingerprint), so that evaluation and prediction need nothing but
+the workdir: the hashes are recomputed from the seeds in the config. Checkpoints are written by
+Orbax's CheckpointManager, atomically (a step folder appears only once it is complete), each with
+a record of the run's identity (``identity``) and its arrays' checksums (``storage.checkpoints``).
+A run is checked (``check_run``) before anything is written, and every file is written atomically.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
 import json
 from pathlib import Path
 from typing import Any
@@ -17,15 +21,17 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from mach_jax.config import FORMAT_VERSION, Config, resumable_fields
-from mach_jax.data.files import write_json_atomically
+from mach_jax.config import Config, resumable_fields
+from mach_jax.config.tree import RETIRED_FIELDS
+from mach_jax.data.files import atomic_output, write_json_atomically
 from mach_jax.data.prepare import RunInfo
 from mach_jax.errors import WorkdirError
+from mach_jax.storage.run_file import (CONFIG_FILE, FEATURE_IDF_FILE, LABEL_COUNTS_FILE, payload, read_array,
+                                       read_run_file)
 
-CONFIG_FILE = "config.json"
-LABEL_COUNTS_FILE = "label_counts.npy"
-FEATURE_IDF_FILE = "feature_idf.npy"
 METRICS_FILE = "metrics.json"
+# The errors of a write that the user can act on: no space, no permission, a read-only disk.
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EACCES, errno.EPERM, errno.EROFS}
 
 GROUP_PREFIX = "reps-"
 
@@ -35,34 +41,67 @@ def group_dir(workdir: Path, rep_range: tuple[int, ...]) -> Path:
     return Path(workdir) / f"{GROUP_PREFIX}{rep_range[0]}-{rep_range[1]}" if rep_range else Path(workdir)
 
 
+def check_run(workdir: Path, config: Config, info: RunInfo, label_counts: np.ndarray,
+              feature_idf: np.ndarray | None, data_fingerprint: str | None) -> None:
+    """Refuses a run that may not continue the one recorded in ``workdir/config.json`` (another
+    config, data of another shape or content); writes nothing. A workdir without config.json
+    passes (its checkpoints are checked against their own record when restored).
+    """
+    if not (workdir / CONFIG_FILE).exists():
+        return
+    saved = read_run_file(workdir)
+    message = describe_difference(str(workdir), identity(saved.config, saved.info, saved.data_fingerprint),
+                                  identity(config, info, data_fingerprint))
+    if message:
+        raise WorkdirError(message)
+    saved_counts = read_array(workdir, LABEL_COUNTS_FILE, "the training label counts", saved.info.num_labels,
+                              integer=True)
+    if saved_counts is not None and not np.array_equal(saved_counts, label_counts):
+        raise WorkdirError(f"{workdir} was trained on other data (its label counts differ from "
+                           "this run's training file); use another --workdir")
+    saved_idf = read_array(workdir, FEATURE_IDF_FILE, "the training features' idf")
+    if saved_idf is not None and feature_idf is not None and not np.array_equal(saved_idf, feature_idf):
+        raise WorkdirError(f"{workdir} was trained on other data (its feature idf differs from "
+                           "this run's training file); use another --workdir")
+
+
 def write_run(workdir: Path, config: Config, info: RunInfo, label_counts: np.ndarray,
-              feature_idf: np.ndarray | None = None) -> None:
-    """Writes config.json, label_counts.npy (and feature_idf.npy for a tf-idf input), or checks
-    them against an earlier run.
+              feature_idf: np.ndarray | None = None, data_fingerprint: str | None = None) -> None:
+    """Writes what the workdir lacks of config.json, label_counts.npy and (tf-idf input)
+    feature_idf.npy, each atomically; call it once the run is accepted (``check_run`` and the
+    checkpoint's own record). config.json goes last: it marks a complete workdir.
 
     With several processes (multi-host), process 0 writes and the others wait for it.
     """
-    path = workdir / CONFIG_FILE
-    if path.exists():
-        saved_config, saved_info = read_run(workdir)
-        _check_resumable(workdir, saved_config, saved_info, config, info)
-        if not np.array_equal(read_label_counts(workdir), label_counts):
-            raise WorkdirError(f"{workdir} was trained on other data (its label counts differ from "
-                               "this run's training file); use another --workdir")
-        saved_idf = read_feature_idf(workdir)
-        if not (saved_idf is feature_idf is None or np.array_equal(saved_idf, feature_idf)):
-            raise WorkdirError(f"{workdir} was trained on other data (its feature idf differs from "
-                               "this run's training file); use another --workdir")
-    elif jax.process_index() == 0:
-        workdir.mkdir(parents=True, exist_ok=True)
-        np.save(workdir / LABEL_COUNTS_FILE, label_counts.astype(np.int64), allow_pickle=False)
-        if feature_idf is not None:
-            np.save(workdir / FEATURE_IDF_FILE, feature_idf.astype(np.float32), allow_pickle=False)
-        payload = {"format_version": FORMAT_VERSION, "config": config.to_dict(),
-                   "run_info": dataclasses.asdict(info)}
-        write_json_atomically(path, payload)
+    if jax.process_index() == 0:
+        with storage_errors(workdir, "writing the run's files"):
+            workdir.mkdir(parents=True, exist_ok=True)
+            if not (workdir / LABEL_COUNTS_FILE).exists():
+                _save_array(workdir / LABEL_COUNTS_FILE, label_counts.astype(np.int64))
+            if feature_idf is not None and not (workdir / FEATURE_IDF_FILE).exists():
+                _save_array(workdir / FEATURE_IDF_FILE, feature_idf.astype(np.float32))
+            if not (workdir / CONFIG_FILE).exists():
+                write_json_atomically(workdir / CONFIG_FILE, payload(config, info, data_fingerprint))
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices(f"mach_jax.write_run:{workdir}")
+
+
+def _save_array(path: Path, array: np.ndarray) -> None:
+    with atomic_output(path) as file:
+        np.save(file, array, allow_pickle=False)
+
+
+@contextlib.contextmanager
+def storage_errors(folder: Path, doing: str):
+    """Turns a failed write (a full disk, a read-only or foreign folder) into one WorkdirError."""
+    try:
+        yield
+    except OSError as error:
+        if isinstance(error, FileNotFoundError) or error.errno not in WRITE_ERRNOS:
+            raise
+        where = error.filename or folder
+        raise WorkdirError(f"{where}: {error.strerror} while {doing}; free space or give --workdir a "
+                           "folder you can write to, then run the same command again") from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,8 +139,8 @@ def find_groups(workdirs: list[Path]) -> tuple[Config, RunInfo, list[Group]]:
     groups, owner = [], {}
     for folder, config, info in runs:
         # Unlike a resumed run, groups must also agree on the epochs they were trained for.
-        difference = _first_difference(first_config, config, frozenset({"parallel.rep_range"}),
-                                       check={"train.epochs"})
+        difference = _first_difference(_flatten(first_config.to_dict()), _flatten(config.to_dict()),
+                                       frozenset({"parallel.rep_range"}), check={"train.epochs"})
         if difference:
             key, first_value, value = difference
             raise WorkdirError(f"inconsistent groups: {folder} has {key}={value!r} but {first_folder} "
@@ -109,7 +148,7 @@ def find_groups(workdirs: list[Path]) -> tuple[Config, RunInfo, list[Group]]:
         if not _same_data(info, first_info):
             raise WorkdirError(f"inconsistent groups: {folder} was trained on data with {info}, "
                                f"{first_folder} on {first_info}")
-        if not np.array_equal(read_label_counts(folder), read_label_counts(first_folder)):
+        if not np.array_equal(read_label_counts(folder, info.num_labels), read_label_counts(first_folder)):
             raise WorkdirError(f"{folder}: trained on other data than {first_folder} (label counts differ)")
         rep_ids = config.parallel.rep_ids(config.model.num_repetitions)
         for rep in rep_ids:
@@ -136,49 +175,80 @@ def _ranges(ids: list[int]) -> str:
 
 
 def read_run(workdir: Path) -> tuple[Config, RunInfo]:
-    """Reads config.json; a clear WorkdirError when it is missing or of another format."""
-    path = Path(workdir) / CONFIG_FILE
-    if not path.exists():
-        raise WorkdirError(f"{path}: not found; is {workdir} a mach_jax workdir that was trained?")
-    try:
-        payload = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise WorkdirError(f"{path}: not valid JSON ({error})") from None
-    version = payload.get("format_version")
-    if version != FORMAT_VERSION:
-        raise WorkdirError(f"{path}: format_version {version!r}, this mach_jax reads {FORMAT_VERSION}")
-    return Config.from_dict(payload["config"]), RunInfo(**payload["run_info"])
+    """Reads config.json (``run_file.read_run_file``); a clear WorkdirError when it is missing,
+    damaged or of another format."""
+    saved = read_run_file(workdir)
+    return saved.config, saved.info
 
 
-def read_label_counts(workdir: Path) -> np.ndarray:
-    """Training label counts [L] (for the propensity-scored metrics)."""
-    return np.load(Path(workdir) / LABEL_COUNTS_FILE, allow_pickle=False)
+def read_label_counts(workdir: Path, num_labels: int | None = None) -> np.ndarray:
+    """Training label counts int [L] (for the propensity-scored metrics)."""
+    counts = read_array(workdir, LABEL_COUNTS_FILE, "the training label counts", num_labels, integer=True)
+    if counts is None:
+        raise WorkdirError(f"{Path(workdir) / LABEL_COUNTS_FILE}: not found; it holds the training label "
+                           "counts: re-run the training command to write it again")
+    return counts
 
 
 def read_feature_idf(workdir: Path) -> np.ndarray | None:
     """The training features' idf, float32 [D], of a run with a tf-idf input (else None)."""
-    path = Path(workdir) / FEATURE_IDF_FILE
-    return np.load(path, allow_pickle=False) if path.exists() else None
+    return read_array(workdir, FEATURE_IDF_FILE, "the training features' idf")
 
 
 def write_metrics(workdir: Path, metrics: dict[str, Any]) -> Path:
+    """Writes ``metrics.json`` atomically; a failed write is a WorkdirError."""
     path = Path(workdir) / METRICS_FILE
-    write_json_atomically(path, metrics)
+    with storage_errors(Path(workdir), f"writing {path.name}"):
+        write_json_atomically(path, metrics)
     return path
 
 
-def _check_resumable(workdir: Path, saved: Config, saved_info: RunInfo, config: Config,
-                     info: RunInfo) -> None:
-    # A decaying schedule is drawn over the run's total steps: more epochs would change its past.
-    check = {"train.epochs"} if saved.train.lr_schedule != "constant" else set()
-    difference = _first_difference(saved, config, check=check)
+def identity(config: Config, info: RunInfo, data_fingerprint: str | None) -> dict[str, Any]:
+    """What a run is, as JSON (config.json and every checkpoint's record hold it): the config,
+    what the data fixed, and the data's fingerprint."""
+    return json.loads(json.dumps({"config": config.to_dict(), "run_info": dataclasses.asdict(info),
+                                  "data_fingerprint": data_fingerprint}))
+
+
+def identity_difference(saved: dict[str, Any], new: dict[str, Any]) -> tuple[str, Any, Any] | None:
+    """The first ``(what, saved, new)`` by which run ``new`` may not continue run ``saved`` (both
+    from ``identity``): a config field a resumed run may not change (``train.epochs`` too under a
+    decaying schedule), the data's shape (``"data"``) or content (``"data_fingerprint"``; skipped
+    when either lacks one: older workdirs)."""
+    saved_flat, new_flat = _flatten(saved["config"]), _flatten(new["config"])
+    check = {"train.epochs"} if saved_flat.get("train.lr_schedule", "constant") != "constant" else set()
+    difference = _first_difference(saved_flat, new_flat, check=check)
     if difference:
-        key, saved_value, new_value = difference
-        raise WorkdirError(f"{workdir} was trained with {key}={saved_value!r}, this run asks for "
-                           f"{new_value!r}; use another --workdir or the same settings")
-    if not _same_data(saved_info, info):
-        raise WorkdirError(f"{workdir} was trained on data with {saved_info}, this run's data gives "
-                           f"{info}; use another --workdir")
+        return difference
+    saved_info = {k: v for k, v in saved["run_info"].items() if k != "train_source"}
+    new_info = {k: v for k, v in new["run_info"].items() if k != "train_source"}
+    if saved_info != new_info:
+        return "data", saved_info, new_info
+    fingerprints = saved.get("data_fingerprint"), new.get("data_fingerprint")
+    if None not in fingerprints and fingerprints[0] != fingerprints[1]:
+        return "data_fingerprint", *fingerprints
+    return None
+
+
+def describe_difference(who: str, saved: dict[str, Any], new: dict[str, Any]) -> str | None:
+    """The refusal of a run ``new`` in a folder trained as ``saved`` (``who`` names the folder or
+    the checkpoint), or None when it may continue it."""
+    difference = identity_difference(saved, new)
+    if difference is None:
+        return None
+    what, saved_value, new_value = difference
+    if what == "data":
+        return (f"{who} was trained on data with {_shape(saved_value)}, this run's data gives "
+                f"{_shape(new_value)}; use another --workdir")
+    if what == "data_fingerprint":
+        return (f"{who} was trained on other data: same N, D, L and widths, other content (training data "
+                f"fingerprint {saved_value[:19]}..., this run's {new_value[:19]}...); use another --workdir")
+    return (f"{who} was trained with {what}={saved_value!r}, this run asks for {new_value!r}; use "
+            "another --workdir or the same settings")
+
+
+def _shape(run_info: dict[str, Any]) -> str:
+    return ", ".join(f"{key}={value}" for key, value in run_info.items())
 
 
 def _same_data(a: RunInfo, b: RunInfo) -> bool:
@@ -186,16 +256,15 @@ def _same_data(a: RunInfo, b: RunInfo) -> bool:
     return dataclasses.replace(a, train_source=b.train_source) == b
 
 
-def _first_difference(saved: Config, config: Config, ignore: frozenset[str] = frozenset(),
-                      check: set[str] = frozenset()):
+def _first_difference(saved_flat: dict[str, Any], new_flat: dict[str, Any],
+                      ignore: frozenset[str] = frozenset(), check: set[str] = frozenset()):
     """The first (field, saved value, new value) that a resumed run or a group may not change.
 
-    The fields a resumed run may change (``config.resumable_fields``) and ``ignore`` are skipped,
-    unless in ``check``.
+    The fields a resumed run may change (``config.resumable_fields``), retired fields and
+    ``ignore`` are skipped, unless in ``check``.
     """
-    saved_flat, new_flat = _flatten(saved.to_dict()), _flatten(config.to_dict())
     for key in sorted(saved_flat):
-        skipped = key in resumable_fields() or key in ignore
+        skipped = key in resumable_fields() or key in ignore or key in RETIRED_FIELDS
         if skipped and key not in check:
             continue
         if saved_flat[key] != new_flat.get(key):

@@ -1,8 +1,11 @@
 """The training loop, start to end: data made ready, the program, the state (restored or
 created sharded), the steps with their logs, checkpoints and evaluations.
 
-Re-running it on the same workdir resumes from the newest checkpoint: the data order is a pure
-function of (seed, epoch), so the resumed run sees exactly the batches it would have seen.
+Re-running it on the same workdir resumes from the newest intact checkpoint: the data order is a
+pure function of (seed, epoch), so the resumed run sees exactly the batches it would have seen.
+One run at a time holds a workdir (``storage.lock``), and a run is checked against what the
+workdir recorded (config, data shape and content, the checkpoint's own record) before it writes
+anything there.
 Evaluations are the caller's: ``run_training`` takes an ``EvaluatorFactory`` (see
 ``mach_jax.experiment``), so training never imports the read-out.
 """
@@ -13,8 +16,8 @@ import contextlib
 import functools
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import jax
 import numpy as np
@@ -27,7 +30,7 @@ from mach_jax.data.csr import XCDataset
 from mach_jax.data.prepare import (RunInfo, check_enough_labels, feature_idf, label_counts, prepare_train_data,
                                    sized_for)
 from mach_jax.errors import TrainingInterrupted
-from mach_jax.storage import checkpoints, workdir as wd
+from mach_jax.storage import checkpoints, integrity, lock, workdir as wd
 from mach_jax.training.metric_log import MetricLog
 from mach_jax.training.monitoring import LossLog, StopOnSignals
 from mach_jax.training.optimizer import State
@@ -75,41 +78,55 @@ def run_training(config: Config, workdir: str | Path, train_data: XCDataset, pro
     check_enough_labels(train_data.num_labels)
     counts = label_counts(train_data)  # before any --max-labels cut: PSP@k uses the true counts
     idf = feature_idf(config, train_data)
+    fingerprint = integrity.data_fingerprint(train_data)
     train_data, info = prepare_train_data(config, train_data, idf)
-    wd.write_run(workdir, config, info, counts, idf)
+    # One run per workdir; nothing is written until the run is accepted: its settings and data
+    # match config.json and the newest intact checkpoint's own record.
+    with lock.hold(workdir, enabled=jax.process_index() == 0):
+        program, state = _accept(config, workdir, train_data, info, counts, idf, fingerprint)
+        evaluate = None if evaluator is None else evaluator(info, counts, program.rep_ids, idf)
+        steps_per_epoch = batches.num_batches(train_data.num_points, config.train.batch_size)
+        total_steps = config.train.epochs * steps_per_epoch
+        shape = batches.BatchShape(config.train.batch_size, info.max_nnz, info.max_labels)
+        with MetricLog(workdir, int(state["step"]), jax.process_index(), steps_per_epoch) as metric_log:
+            with checkpoints.opened(workdir, config.train.keep_checkpoints) as manager:
+                save = functools.partial(checkpoints.save_state, manager, final_step=total_steps,
+                                         identity=wd.identity(config, info, fingerprint))
+                state = _loop(config, program, state, train_data, shape, workdir, save, metric_log, evaluate,
+                              progress)
+            if evaluate is None:
+                return state["params"], info, None
+            train_seconds = time.perf_counter() - start
+            result = evaluate(state["params"], progress=progress)
+            result.update(final_fields or {}, train_seconds=round(train_seconds, 2))
+            metric_log.write("eval", int(state["step"]), final=True, **result)
+            return state["params"], info, result
+
+
+def _accept(config: Config, workdir: Path, train_data: XCDataset, info: RunInfo, counts: np.ndarray,
+            idf: np.ndarray | None, fingerprint: str) -> tuple[TrainingProgram, State]:
+    """Checks the run against the workdir (config.json, then the newest intact checkpoint's own
+    record), and only then writes the run's files: ``(program, state)`` to start from."""
+    wd.check_run(workdir, config, info, counts, idf, fingerprint)
     if config.model.num_buckets >= info.num_labels:
         log.warning("B=%d buckets >= L=%d labels: hashing compresses nothing; use B < L",
                     config.model.num_buckets, info.num_labels)
     program = build_program(config, info, train_data)
-    manager = checkpoints.checkpoint_manager(workdir, config.train.keep_checkpoints)
-    state = checkpoints.restore_latest(manager, program.abstract_state)
-    if state is None:
-        state = program.create_state()
-    else:
-        log.info("resuming from the checkpoint at step %d in %s", int(state["step"]), workdir)
-    evaluate = None if evaluator is None else evaluator(info, counts, program.rep_ids, idf)
-    steps_per_epoch = batches.num_batches(train_data.num_points, config.train.batch_size)
-    shape = batches.BatchShape(config.train.batch_size, info.max_nnz, info.max_labels)
-    with MetricLog(workdir, int(state["step"]), jax.process_index(), steps_per_epoch) as metric_log:
-        try:
-            state = _loop(config, program, state, train_data, shape, workdir, manager, metric_log,
-                          evaluate, progress)
-        finally:
-            manager.wait_until_finished()  # an async save in flight completes before we leave
-            manager.close()
-        if evaluate is None:
-            return state["params"], info, None
-        train_seconds = time.perf_counter() - start
-        result = evaluate(state["params"], progress=progress)
-        result.update(final_fields or {}, train_seconds=round(train_seconds, 2))
-        metric_log.write("eval", int(state["step"]), final=True, **result)
-        return state["params"], info, result
+    restored = checkpoints.restore_latest(workdir, program.abstract_state, wd.identity(config, info, fingerprint))
+    if restored is not None:
+        checkpoints.set_aside(workdir, restored.damaged)
+    wd.write_run(workdir, config, info, counts, idf, fingerprint)  # accepted: the run's files, then its state
+    if restored is None:
+        return program, program.create_state()
+    log.info("resuming from the checkpoint at step %d in %s", restored.step, workdir)
+    return program, restored.state
 
 
 def _loop(config: Config, program: TrainingProgram, state: State, train_data: XCDataset,
-          shape: batches.BatchShape, workdir: Path, manager, metric_log: MetricLog,
+          shape: batches.BatchShape, workdir: Path, save: Callable[[int, State], None], metric_log: MetricLog,
           evaluate: Callable | None, progress: bool) -> State:
-    """Runs the steps from ``state["step"]`` to the end: logs, checkpoints, per-epoch evaluations."""
+    """Runs the steps from ``state["step"]`` to the end: logs, checkpoints (``save(step, state)``),
+    per-epoch evaluations."""
     steps_per_epoch = batches.num_batches(train_data.num_points, shape.batch_size)
     total_steps = config.train.epochs * steps_per_epoch
     checkpoint_every = config.train.checkpoint_every_steps or steps_per_epoch
@@ -147,7 +164,7 @@ def _loop(config: Config, program: TrainingProgram, state: State, train_data: XC
                             f"P@{k} {100 * result[f'P@{k}']:.2f}" for k in (1, 3, 5)))
                 if step % checkpoint_every == 0 or step == total_steps or stop.signum:
                     loss_log.flush()  # never checkpoint a state whose loss went non-finite
-                    checkpoints.save_state(manager, step, state)
+                    save(step, state)
                 if stop.signum:
                     raise TrainingInterrupted(stop.signum, step, workdir)
     finally:

@@ -28,7 +28,7 @@ from mach_jax.core import reranker
 from mach_jax.data import batches
 from mach_jax.data.csr import XCDataset
 from mach_jax.errors import TrainingDivergedError
-from mach_jax.storage import checkpoints, rerank_store
+from mach_jax.storage import checkpoints, lock, rerank_store
 
 log = logging.getLogger("mach_jax")
 
@@ -52,23 +52,22 @@ def train_reranker(settings: RerankConfig, seed: int, workdir: Path, data: XCDat
     Returns:
       The parameters (``reranker.RerankParams``), class rows sharded over the devices.
     """
-    record = rerank_store.read_record(workdir)
-    rerank_store.check_resumable(workdir, record, identity)
-    mesh = mesh_lib.make_mesh(jax.device_count())
-    abstract = _abstract_state(settings, data, mesh)
-    manager = checkpoints.checkpoint_manager(rerank_store.rerank_dir(workdir), keep=1)
-    try:
-        state = checkpoints.restore_latest(manager, abstract)
-        if state is None:
+    folder = rerank_store.rerank_dir(workdir)
+    with lock.hold(folder, enabled=jax.process_index() == 0):
+        record = rerank_store.read_record(workdir)
+        rerank_store.check_resumable(workdir, record, identity)
+        mesh = mesh_lib.make_mesh(jax.device_count())
+        abstract = _abstract_state(settings, data, mesh)
+        restored = checkpoints.restore_latest(folder, abstract)
+        if restored is None:
             state = _initial_state(settings, seed, data, mesh, abstract)
             rerank_store.write_record(workdir, {**identity, "epochs_done": 0, "finished": False})
         else:
-            log.info("resuming the re-ranker after epoch %d in %s", int(state["epoch"]),
-                     rerank_store.rerank_dir(workdir))
-        state = _run_epochs(settings, seed, data, shortlist, state, manager, workdir, identity, mesh, progress)
-    finally:
-        manager.wait_until_finished()
-        manager.close()
+            checkpoints.set_aside(folder, restored.damaged)
+            state = restored.state
+            log.info("resuming the re-ranker after epoch %d in %s", int(state["epoch"]), folder)
+        with checkpoints.opened(folder, keep=1) as manager:
+            state = _run_epochs(settings, seed, data, shortlist, state, manager, workdir, identity, mesh, progress)
     return state["params"]
 
 
@@ -146,7 +145,7 @@ def _run_epochs(settings: RerankConfig, seed: int, data: XCDataset, shortlist: n
                 bar.update()
             state = {**state, "epoch": jnp.asarray(epoch + 1, jnp.int32)}
             checkpoints.save_state(manager, epoch + 1, state)
-            manager.wait_until_finished()
+            checkpoints.wait_until_saved(manager)
             done = epoch + 1 == settings.rerank_epochs
             rerank_store.write_record(workdir, {**identity, "epochs_done": epoch + 1, "finished": done,
                                                 "last_epoch_loss": total / steps_per_epoch})
