@@ -124,6 +124,13 @@ def test_evaluate_and_predict_warn_when_the_checkpoint_is_not_the_run_final_step
     assert result.returncode == 0 and warning in result.stderr.splitlines()
     result = run(tmp_path, "predict", "--workdir", "unfinished", "--input", "test.txt", "--k", "1", "--quiet")
     assert result.returncode == 0 and "predicting with step 10 of 20" in result.stderr
+    # The run's last step is what its checkpoint recorded, not what config.json's epochs would give.
+    shutil.copytree(trained / "work", tmp_path / "finished")
+    saved = json.loads((tmp_path / "finished" / "config.json").read_text())
+    saved["config"]["train"]["epochs"] = 5
+    (tmp_path / "finished" / "config.json").write_text(json.dumps(saved))
+    result = run(tmp_path, "evaluate", "--workdir", "finished", "--quiet")
+    assert result.returncode == 0 and "warning" not in result.stderr, result.stderr
 
 
 def test_flags_are_whole_words_and_predict_offers_only_what_affects_prediction(trained):

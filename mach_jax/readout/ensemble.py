@@ -85,6 +85,7 @@ class MachEnsemble:
             self.reranker = placed(dataclasses.replace(reranker, mix=config.eval.rerank_mix), self.mesh)
         self._approx: ApproxDecoder | None = None
         self.checkpoint_step: int | None = None  # the members' training step, when loaded from a workdir
+        self.recorded_final_step: int | None = None  # the run's last step, as its checkpoint records it
 
     def decoder(self, approx: bool | None = None) -> ExactDecoder | ApproxDecoder:
         """The exact decoder, or (``approx``) the approximate one, its index built on first use;
@@ -123,11 +124,15 @@ class MachEnsemble:
         ensemble = cls(config, info, params, wd.read_label_counts(groups[0].path),
                        feature_idf=wd.read_feature_idf(groups[0].path), reranker=reranker)
         ensemble.checkpoint_step = next(iter(steps_done.values()))
+        ensemble.recorded_final_step = checkpoints.training_progress(groups[0].path).final_step
         return ensemble
 
     @property
     def final_step(self) -> int:
-        """The step the run ends at: epochs x ceil(N_train / batch_size) (its config and run_info)."""
+        """The step the run ends at: as its newest checkpoint records it (a resume may have changed
+        ``--epochs``), else epochs x ceil(N_train / batch_size) from its config and run_info."""
+        if self.recorded_final_step is not None:
+            return self.recorded_final_step
         return self.config.train.epochs * batches.num_batches(self.info.num_train_points,
                                                               self.config.train.batch_size)
 
