@@ -57,7 +57,11 @@ def do_evaluate(args: argparse.Namespace) -> int:
     metrics["checkpoint_step"] = ensemble.checkpoint_step
     print(format_metrics(metrics))  # the result, before the file: a failed write loses nothing
     path = eval_file(args.workdir[0], ensemble.config.eval.decoder)
-    write_json_atomically(path, metrics)
+    try:
+        write_json_atomically(path, metrics)
+    except OSError as error:  # a read-only workdir (a shared model, say) is still evaluated
+        log.warning(f"warning: cannot write {path} ({error.strerror or error}): the metrics above are not saved")
+        return 0
     log.info(f"written to {path}")
     return 0
 

@@ -180,8 +180,10 @@ def test_case8_files_that_cannot_be_read_or_written_are_one_line_errors(trained,
     (tmp_path / "work" / "eval-exact.json").mkdir()  # a folder where the results go
     shutil.copy(trained / "test.txt", tmp_path)
     result = run(tmp_path, "evaluate", "--workdir", "work", "--quiet")
-    assert_one_error_line(result, "cannot write work/eval-exact.json: Is a directory")
-    assert result.stdout.startswith("test metrics on 200 points")  # the results were printed first
+    # The results are printed first; a workdir that cannot take them (read-only, say) is warned of.
+    assert result.returncode == 0 and result.stdout.startswith("test metrics on 200 points")
+    assert result.stderr.strip().splitlines()[-1] == (
+        "warning: cannot write work/eval-exact.json (Is a directory): the metrics above are not saved")
     assert [p.name for p in (tmp_path / "work").iterdir() if p.name.endswith(".tmp")] == []
     assert_one_error_line(run(tmp_path, "evaluate", "--workdir", "work", "--test", ".", "--quiet"),
                           ".: cannot read file (Is a directory)")
