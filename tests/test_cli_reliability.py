@@ -165,9 +165,11 @@ def test_data_with_fewer_than_5_labels_trains_and_reports_the_k_it_has(tmp_path)
     write("train.txt", 64)
     write("test.txt", 30)
     result = run(tmp_path, "train", "--preset", "tiny", "--train", "train.txt", "--test", "test.txt",
-                 "-R", "2", "-B", "2", "--hidden", "8", "--epochs", "1", "--workdir", "w", "--quiet")
+                 "-R", "2", "-B", "2", "--hidden", "8", "--epochs", "2", "--eval-every-epochs", "1", "--workdir", "w")
     assert result.returncode == 0, result.stderr
     assert "P@1" in result.stdout and "P@3" in result.stdout and "P@5" not in result.stdout
+    epoch_line = next(line for line in result.stderr.splitlines() if "epoch 1: " in line)  # on stderr
+    assert "P@3" in epoch_line and "P@5" not in epoch_line
     metrics = json.loads((tmp_path / "w" / "metrics.json").read_text())
     assert {"P@1", "P@3", "PSP@3"} <= set(metrics) and "P@5" not in metrics and "nDCG@5" not in metrics
     assert "written to w/metrics.json" in result.stderr  # status on stderr

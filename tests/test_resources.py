@@ -9,6 +9,7 @@ anything is allocated or written; a run that fits logs its parameters and state 
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 
@@ -202,3 +203,15 @@ def test_a_tf_idf_input_over_a_huge_d_is_blamed_on_its_idf_not_on_l():
     assert "(in evaluation: feature idf [D] 24.0 GiB + " in message and "L=6" not in message
     assert "D=2147483647 features (the header of train.txt:1) and a tf-idf input, whose idf is [D]" in message
     assert message.endswith("it fits with --input-transform log1p_l2")
+
+
+def test_a_large_state_is_announced_before_it_is_created_and_compiled(tmp_path, monkeypatch, caplog):
+    from mach_jax.training import loop
+
+    config = get_preset("tiny")
+    train, _ = sources.load_datasets(config.data)
+    monkeypatch.setattr(loop, "_ANNOUNCED_STATE_BYTES", 1)  # every state counts as large here
+    with caplog.at_level(logging.INFO, logger="mach_jax"):
+        loop.train(config, tmp_path / "w", train, progress=False)
+    assert any(r.getMessage().startswith("creating the training state (0.0 GiB), then compiling")
+               for r in caplog.records)

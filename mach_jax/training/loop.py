@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -103,6 +104,10 @@ def run_training(config: Config, workdir: str | Path, train_data: XCDataset, pro
             return state["params"], info, result
 
 
+# A state this large takes long enough to create and compile that the phase is announced.
+_ANNOUNCED_STATE_BYTES = 1 << 30
+
+
 def _accept(config: Config, workdir: Path, train_data: XCDataset, info: RunInfo, counts: np.ndarray,
             idf: np.ndarray | None, fingerprint: str) -> tuple[TrainingProgram, State]:
     """Checks the run against the workdir (config.json, then the newest intact checkpoint's own
@@ -116,6 +121,10 @@ def _accept(config: Config, workdir: Path, train_data: XCDataset, info: RunInfo,
     if restored is not None:
         checkpoints.set_aside(workdir, restored.damaged)
     wd.write_run(workdir, config, info, counts, idf, fingerprint)  # accepted: the run's files, then its state
+    state_bytes = sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(program.abstract_state))
+    if state_bytes >= _ANNOUNCED_STATE_BYTES:  # minutes for a large state: never a silent phase
+        log.info("%s the training state (%.1f GiB), then compiling the train step",
+                 "creating" if restored is None else "restored", state_bytes / 2**30)
     if restored is None:
         return program, program.create_state()
     log.info("resuming from the checkpoint at step %d in %s", restored.step, workdir)
@@ -160,8 +169,9 @@ def _loop(config: Config, program: TrainingProgram, state: State, train_data: XC
                     metric_log.write("eval", step, final=False, **result)
                     loss_log.restart_clock()
                     if progress:
-                        bar.write(f"epoch {step // steps_per_epoch}: " + "  ".join(
-                            f"P@{k} {100 * result[f'P@{k}']:.2f}" for k in (1, 3, 5)))
+                        bar.write(f"epoch {step // steps_per_epoch}: " + "  ".join(  # P@k for k <= L
+                            f"P@{k} {100 * result[f'P@{k}']:.2f}" for k in (1, 3, 5) if f"P@{k}" in result),
+                            file=sys.stderr)
                 if step % checkpoint_every == 0 or step == total_steps or stop.signum:
                     loss_log.flush()  # never checkpoint a state whose loss went non-finite
                     save(step, state)
