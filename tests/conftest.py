@@ -17,10 +17,13 @@ subprocesses the command-line tests start.
 from __future__ import annotations
 
 import atexit
+import http.server
+import logging
 import os
 import shutil
 import struct
 import tempfile
+import threading
 from pathlib import Path
 
 import pytest
@@ -73,3 +76,55 @@ def pytest_collection_modifyitems(items):
         return _LONGEST_FIRST.index(name) if name in _LONGEST_FIRST else len(_LONGEST_FIRST)
 
     items.sort(key=rank)
+
+
+# ---- a loopback HTTP server for the downloader's tests (test_datasets, test_input_reliability) ----
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    """Serves server.files by path; honours 'Range: bytes=N-'; paths in server.cut send half."""
+
+    def do_GET(self):
+        server = self.server
+        path = self.path.split("?")[0]
+        server.log.append((self.path, self.headers.get("Range")))
+        if path not in server.files:
+            self.send_error(404, "Not Found")
+            return
+        body = server.files[path]
+        start = int(self.headers["Range"][6:-1]) if self.headers.get("Range") else 0
+        self.send_response(206 if start else 200)
+        self.send_header("Content-Type", "text/html" if path.endswith(".html") or path == "/drive"
+                         else "application/octet-stream")
+        self.send_header("Content-Length", str(len(body) - start))
+        self.end_headers()
+        if path in server.cut:
+            server.cut.discard(path)
+            self.wfile.write(body[start:start + len(body) // 2])
+            self.close_connection = True
+            return
+        self.wfile.write(body[start:])
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture(scope="module")
+def server():
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    httpd.files, httpd.log, httpd.cut = {}, [], set()
+    httpd.url = f"http://127.0.0.1:{httpd.server_address[1]}"
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield httpd
+    httpd.shutdown()
+    httpd.server_close()
+
+
+@pytest.fixture
+def isolated_logger(monkeypatch):
+    """No proxy for the local server; the logger run_cli configures is restored afterwards."""
+    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+    logger = logging.getLogger("mach_jax")
+    saved = logger.handlers[:], logger.level, logger.propagate
+    yield
+    logger.handlers[:], logger.level, logger.propagate = saved

@@ -96,3 +96,11 @@ def run_in_process(module: str, *args: str, cwd: Path, check: bool = True) -> Co
     if check and code != 0:
         raise AssertionError(f"{module} {args} exited {code}:\n{result.stdout}\n{result.stderr}")
     return result
+
+
+def one_error_line(result: CommandResult) -> str:
+    """The one ``error:`` line a refused command ends with (status 2, no traceback)."""
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    last = result.stderr.rstrip("\n").splitlines()[-1]
+    assert last.startswith("error: ") and "Traceback" not in result.stderr, result.stderr
+    return last

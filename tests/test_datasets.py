@@ -3,7 +3,6 @@
 import dataclasses
 import gzip
 import hashlib
-import http.server
 import io
 import json
 import logging
@@ -11,7 +10,6 @@ import os
 import subprocess
 import sys
 import tarfile
-import threading
 import zipfile
 
 import numpy as np
@@ -25,57 +23,9 @@ from mach_jax.data.vw_format import convert_vw
 from mach_jax.data.xc_format import read_xc
 from mach_jax.errors import DataFormatError, DatasetError
 
+pytestmark = pytest.mark.usefixtures("isolated_logger")  # no proxy; the logger restored (conftest.py)
+
 D, L, N_TRAIN, N_TEST = 20, 7, 18, 12
-
-
-class _Handler(http.server.BaseHTTPRequestHandler):
-    """Serves server.files by path; honours 'Range: bytes=N-'; paths in server.cut send half."""
-
-    def do_GET(self):
-        server = self.server
-        path = self.path.split("?")[0]
-        server.log.append((self.path, self.headers.get("Range")))
-        if path not in server.files:
-            self.send_error(404, "Not Found")
-            return
-        body = server.files[path]
-        start = int(self.headers["Range"][6:-1]) if self.headers.get("Range") else 0
-        self.send_response(206 if start else 200)
-        self.send_header("Content-Type", "text/html" if path.endswith(".html") or path == "/drive"
-                         else "application/octet-stream")
-        self.send_header("Content-Length", str(len(body) - start))
-        self.end_headers()
-        if path in server.cut:
-            server.cut.discard(path)
-            self.wfile.write(body[start:start + len(body) // 2])
-            self.close_connection = True
-            return
-        self.wfile.write(body[start:])
-
-    def log_message(self, *args):
-        pass
-
-
-@pytest.fixture(scope="module")
-def server():
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    httpd.files, httpd.log, httpd.cut = {}, [], set()
-    httpd.url = f"http://127.0.0.1:{httpd.server_address[1]}"
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield httpd
-    httpd.shutdown()
-    httpd.server_close()
-
-
-@pytest.fixture(autouse=True)
-def _isolated(monkeypatch):
-    """No proxy for the local server; the logger run_cli configures is restored afterwards."""
-    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
-    logger = logging.getLogger("mach_jax")
-    saved = logger.handlers[:], logger.level, logger.propagate
-    yield
-    logger.handlers[:], logger.level, logger.propagate = saved
 
 
 def make_points(seed: int, n: int):

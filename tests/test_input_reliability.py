@@ -8,9 +8,7 @@ a loopback HTTP server, with tiny archives and small limits.
 
 import dataclasses
 import gzip
-import http.server
 import io
-import logging
 import os
 import tarfile
 import threading
@@ -26,48 +24,10 @@ from mach_jax.data.archives import Limits
 from mach_jax.data.registry import REGISTRY, Download
 from mach_jax.errors import DataFormatError
 
+pytestmark = pytest.mark.usefixtures("isolated_logger")  # no proxy; the logger restored (conftest.py)
+
 D, L, N_TRAIN, N_TEST = 5, 4, 3, 2
 POINTS = b"0,1 0:1 3:0.5\n2 1:2\n 4:1\n"
-
-
-class _Handler(http.server.BaseHTTPRequestHandler):
-    """Serves server.files by exact path (``..`` included: urllib sends it as it is)."""
-
-    def do_GET(self):
-        body = self.server.files.get(self.path)
-        if body is None:
-            self.send_error(404, "Not Found")
-            return
-        self.send_response(200)
-        self.send_header("Content-Type", "application/octet-stream")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
-
-
-@pytest.fixture(scope="module")
-def server():
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    httpd.files = {}
-    httpd.url = f"http://127.0.0.1:{httpd.server_address[1]}"
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield httpd
-    httpd.shutdown()
-    httpd.server_close()
-
-
-@pytest.fixture(autouse=True)
-def _isolated(monkeypatch):
-    """No proxy for the local server; the logger run_cli configures is restored afterwards."""
-    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
-    logger = logging.getLogger("mach_jax")
-    saved = logger.handlers[:], logger.level, logger.propagate
-    yield
-    logger.handlers[:], logger.level, logger.propagate = saved
 
 
 def tar_gz(members: dict[str, bytes], links: dict[str, str] | None = None) -> bytes:

@@ -24,7 +24,7 @@ from mach_jax.errors import TrainingDivergedError
 from mach_jax.data.synthetic import make_synthetic
 from mach_jax.errors import WorkdirError
 from mach_jax.data.xc_format import write_xc
-from support import run_in_process
+from support import one_error_line, run_in_process
 
 # 100 epochs of 10 steps with a checkpoint every 50 steps: long enough to interrupt.
 LONG = ["--preset", "tiny", "--quiet", "--epochs", "100", "--checkpoint-every-steps", "50",
@@ -258,13 +258,6 @@ def flip_bytes(workdir, step):
         for start in (int(len(data) * fraction) for fraction in (0.1, 0.3, 0.5, 0.7, 0.9)):
             data[start:start + 8] = bytes(b ^ 0xFF for b in data[start:start + 8])
         path.write_bytes(bytes(data))
-
-
-def one_error_line(result):
-    assert result.returncode == 2, (result.stdout, result.stderr)
-    last = result.stderr.rstrip("\n").splitlines()[-1]
-    assert last.startswith("error: ") and "Traceback" not in result.stderr, result.stderr
-    return last
 
 
 def test_case1_flipped_checkpoint_bytes_are_refused_in_evaluate_and_predict(finished):

@@ -16,7 +16,7 @@ import subprocess
 
 import numpy as np
 import pytest
-from support import run_in_process
+from support import one_error_line, run_in_process
 
 from mach_jax.config import get_preset
 from mach_jax.data.csr import CsrMatrix, XCDataset
@@ -49,25 +49,17 @@ def copy(root, name):
     return root / name
 
 
-def error_line(result):
-    """The one ``error:`` line a refused command ends with (status 2, no traceback)."""
-    assert result.returncode == 2, (result.stdout, result.stderr)
-    last = result.stderr.rstrip("\n").splitlines()[-1]
-    assert last.startswith("error: ") and "Traceback" not in result.stderr, result.stderr
-    return last
-
-
 def test_case2_other_hash_seeds_are_checked_against_the_checkpoints_own_record(trained):
     work = copy(trained, "seeds")
     (work / "config.json").unlink()
-    line = error_line(run(trained, "train", "--workdir", "seeds", "--label-hash-seed", "5"))
+    line = one_error_line(run(trained, "train", "--workdir", "seeds", "--label-hash-seed", "5"))
     assert "seeds/checkpoints/20 was trained with model.label_hash_seed=0, this run asks for 5" in line
     assert not (work / "config.json").exists()
     run(trained, "train", "--workdir", "seeds")  # the same settings resume and restore config.json
     edited = json.loads((work / "config.json").read_text())
     edited["config"]["model"]["label_hash_seed"] = 7
     (work / "config.json").write_text(json.dumps(edited))
-    line = error_line(run(trained, "evaluate", "--workdir", "seeds"))
+    line = one_error_line(run(trained, "evaluate", "--workdir", "seeds"))
     assert "config.json has model.label_hash_seed=7, the checkpoint was trained with 0" in line
 
 
@@ -77,7 +69,7 @@ def test_case3_other_feature_values_of_the_same_shape_are_refused_on_resume(trai
     f = train.features
     write_xc(trained / "other.txt", XCDataset(CsrMatrix(f.indptr, f.indices, f.values * 2, f.num_cols),
                                               train.labels, ""))
-    line = error_line(run_in_process("mach_jax.train", "--preset", "tiny", "--train", "other.txt", "--test",
+    line = one_error_line(run_in_process("mach_jax.train", "--preset", "tiny", "--train", "other.txt", "--test",
                                      "test.txt", "--workdir", "values", "--quiet", cwd=trained, check=False))
     assert "values was trained on other data: same N, D, L and widths, other content" in line
 
@@ -87,7 +79,7 @@ def test_case5_a_second_run_is_refused_naming_the_holder_and_a_dead_holder_is_ta
 
     work = copy(trained, "locked")
     with lock.hold(work):
-        line = error_line(run(trained, "train", "--workdir", "locked"))
+        line = one_error_line(run(trained, "train", "--workdir", "locked"))
         assert f"is in use by another training run (pid {os.getpid()} on " in line
     dead = subprocess.Popen(["sleep", "60"])
     dead.send_signal(signal.SIGKILL)
@@ -105,7 +97,7 @@ def test_case10_a_refused_rerun_writes_nothing_and_the_original_command_still_re
     work = copy(trained, "refused")
     (work / "config.json").unlink()
     before = sorted(p.relative_to(work) for p in work.rglob("*"))
-    line = error_line(run(trained, "train", "--workdir", "refused", "-B", "16"))
+    line = one_error_line(run(trained, "train", "--workdir", "refused", "-B", "16"))
     assert "refused/checkpoints/20 was trained with model.num_buckets=32, this run asks for 16" in line
     assert sorted(p.relative_to(work) for p in work.rglob("*")) == before
     assert run(trained, "train", "--workdir", "refused").returncode == 0
@@ -139,7 +131,7 @@ def test_case7_a_damaged_config_json_is_one_line_in_train_and_evaluate(trained, 
     base = json.loads((work / "config.json").read_text())
     (work / "config.json").write_bytes(config_variants(base)[variant])
     for module in ("evaluate", "train"):
-        line = error_line(run(trained, module, "--workdir", "damaged_config"))
+        line = one_error_line(run(trained, module, "--workdir", "damaged_config"))
         assert f"damaged_config/config.json: {EXPECTED[variant]}" in line
 
 
@@ -147,13 +139,13 @@ def test_case7_garbage_label_counts_and_a_workdir_that_is_a_file_are_one_line(tr
     work = copy(trained, "garbage")
     (work / "label_counts.npy").write_bytes(b"\x93NUMPY garbage" * 8)
     for module in ("evaluate", "train"):
-        assert "label_counts.npy: not a numpy array file" in error_line(run(trained, module, "--workdir", "garbage"))
+        assert "label_counts.npy: not a numpy array file" in one_error_line(run(trained, module, "--workdir", "garbage"))
     (work / "label_counts.npy").unlink()  # as the message says: the training command writes it again
     assert run(trained, "train", "--workdir", "garbage").returncode == 0
     np.testing.assert_array_equal(np.load(work / "label_counts.npy"), np.load(trained / "base/label_counts.npy"))
     (trained / "a_file").write_text("not a folder")
-    assert "a_file: is a file, not a folder" in error_line(run(trained, "train", "--workdir", "a_file"))
-    line = error_line(run(trained, "train", "--workdir", "a_file/sub"))
+    assert "a_file: is a file, not a folder" in one_error_line(run(trained, "train", "--workdir", "a_file"))
+    line = one_error_line(run(trained, "train", "--workdir", "a_file/sub"))
     assert "a_file/sub: lies under" in line and "which is a file, not a folder" in line
 
 
@@ -183,7 +175,7 @@ def read_only(folder):
 def test_case7_a_read_only_workdir_is_one_line_even_when_training_is_complete(trained):
     work = copy(trained, "read_only")
     with read_only(work):
-        line = error_line(run(trained, "train", "--workdir", "read_only"))
+        line = one_error_line(run(trained, "train", "--workdir", "read_only"))
     assert "read_only: cannot write there (Operation not permitted" in line or "(Permission denied" in line
 
 
@@ -199,7 +191,7 @@ def test_case7_a_full_disk_during_a_save_is_one_line(trained, monkeypatch):
 
     monkeypatch.setattr(checkpoints.ocp.CheckpointManager, "save", save_on_a_full_disk)
     try:
-        line = error_line(run(trained, "train", "--workdir", "full", "--epochs", "1"))
+        line = one_error_line(run(trained, "train", "--workdir", "full", "--epochs", "1"))
     finally:
         resource.setrlimit(resource.RLIMIT_FSIZE, limits)
         signal.signal(signal.SIGXFSZ, previous_handler)

@@ -98,6 +98,18 @@ class _OrbaxNoise(logging.Filter):
         return storage_failure(failure) is None and not _OS_ERROR_CODE.search(message)
 
 
+class _LeftoverReads(logging.Filter):
+    """Drops asyncio's "Task exception was never retrieved" for the reads a failed restore leaves
+    running (TensorStore's errors: the restore has already been reported as one line)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        failure = record.exc_info[1] if record.exc_info else getattr(record, "exception", None)
+        if not record.getMessage().startswith("Task exception was never retrieved"):
+            return True
+        text = str(failure) if failure is not None else record.getMessage()
+        return not any(mark in text for mark in ("Error reading", "OCDBT", "FAILED_PRECONDITION"))
+
+
 class _DropClosedLoop:
     """``sys.unraisablehook`` that drops what a failed Orbax restore leaves behind ("Event loop
     is closed", its read coroutines' errors) and passes the rest on."""
@@ -119,5 +131,8 @@ def quiet_orbax() -> None:
     absl_logger = logging.getLogger("absl")
     if not any(isinstance(f, _OrbaxNoise) for f in absl_logger.filters):
         absl_logger.addFilter(_OrbaxNoise())
+    asyncio_logger = logging.getLogger("asyncio")
+    if not any(isinstance(f, _LeftoverReads) for f in asyncio_logger.filters):
+        asyncio_logger.addFilter(_LeftoverReads())
     if not isinstance(sys.unraisablehook, _DropClosedLoop):
         sys.unraisablehook = _DropClosedLoop(sys.unraisablehook)
