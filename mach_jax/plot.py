@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from mach_jax import cli
+from mach_jax.data.files import atomic_output
 
 KS = (1, 3, 5)
 CURVES_FILE = "training_curves.png"
@@ -99,7 +100,8 @@ def plot_training_curves(logs: list[tuple[str, list[dict]]], path: Path) -> Path
         eval_axis.set(xlabel="epoch", ylabel="%", title="test precision")
         eval_axis.legend()
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
+    with atomic_output(path) as file:  # a failed write never leaves half a picture
+        figure.savefig(file, dpi=100, format="png")
     return path
 
 
@@ -118,7 +120,8 @@ def plot_precision_vs_repetitions(results: list[dict[str, Any]], path: Path) -> 
     axis.grid(alpha=0.3)
     axis.legend()
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
+    with atomic_output(path) as file:  # a failed write never leaves half a picture
+        figure.savefig(file, dpi=100, format="png")
     return path
 
 

@@ -33,7 +33,7 @@ import numpy as np
 from mach_jax.data.csr import CsrMatrix, XCDataset  # noqa: F401 (re-exported)
 from mach_jax.errors import DataFormatError
 from mach_jax.data import parse_cache
-from mach_jax.data.files import is_gzip
+from mach_jax.data.files import is_gzip, write_bytes_atomically
 from mach_jax.data.xc_header import parse_header, show
 from mach_jax.data.xc_tokenize import VALUE_RE, parse_features, parse_labels, to_float32
 
@@ -297,5 +297,4 @@ def write_xc(path: str | os.PathLike, dataset: XCDataset) -> None:
     data = b"\n".join(lines) + b"\n"
     if os.fspath(path).endswith(".gz"):
         data = gzip.compress(data, mtime=0)
-    with open(path, "wb") as f:
-        f.write(data)
+    write_bytes_atomically(path, data)  # a failed write never leaves half a file
