@@ -30,8 +30,12 @@ def evaluator(config: Config, eval_data: XCDataset, split: str):
     """A ``loop.EvaluatorFactory``: P@k, nDCG@k, PSP@k of the members trained (the first
     ``eval.eval_repetitions``) on ``eval_data``, tagged with its ``split``."""
     def bind(info: RunInfo, counts: np.ndarray, rep_ids: tuple[int, ...], idf: np.ndarray | None) -> Evaluate:
+        built: list[MachEnsemble] = []  # one read-out per run: its steps compile once, every epoch reuses them
+
         def evaluate(params: model.Params, progress: bool) -> dict:
-            ensemble = MachEnsemble(config, info, params, counts, rep_ids=rep_ids, feature_idf=idf)
+            if not built:
+                built.append(MachEnsemble(config, info, params, counts, rep_ids=rep_ids, feature_idf=idf))
+            ensemble = built[0].with_params(params)
             return {**ensemble.evaluate(eval_data, progress=progress), "split": split}
         return evaluate
     return bind

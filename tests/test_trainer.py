@@ -137,3 +137,29 @@ def test_loading_a_workdir_logs_no_read_only_warning(tmp_path, data, caplog):
     with caplog.at_level("INFO"):
         MachEnsemble.load(tmp_path / "run")
     assert not [r for r in caplog.records if "read only" in r.getMessage()]
+
+
+def test_per_epoch_evaluations_build_one_read_out_and_compile_its_step_once(tmp_path, monkeypatch):
+    config = get_preset("tiny").replace(train={"epochs": 3, "eval_every_epochs": 1})
+    built, compiled = [], []
+    real_init, real_jit = MachEnsemble.__init__, jax.jit
+
+    def counting_init(self, *args, **kwargs):
+        built.append(self)
+        real_init(self, *args, **kwargs)
+
+    def counting_jit(fun, *args, **kwargs):
+        compiled.append(getattr(getattr(fun, "func", fun), "__name__", ""))
+        return real_jit(fun, *args, **kwargs)
+
+    monkeypatch.setattr(MachEnsemble, "__init__", counting_init)
+    monkeypatch.setattr(jax, "jit", counting_jit)
+    metrics = experiment.train_and_evaluate(config, tmp_path / "w", progress=False)
+    monkeypatch.undo()
+    assert len(built) == 1 and compiled.count("eval_step") == 1  # 2 per-epoch evaluations + the final
+    from mach_jax.training.metric_log import metrics_log_file, read_records
+    evals = [r for r in read_records(metrics_log_file(tmp_path / "w")) if r["kind"] == "eval"]
+    assert len(evals) == 3
+    _, test = make_synthetic(config.data.synthetic)
+    again = MachEnsemble.load(tmp_path / "w").evaluate(test, progress=False)
+    assert [again[f"P@{k}"] for k in (1, 3, 5)] == [metrics[f"P@{k}"] for k in (1, 3, 5)]

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 from pathlib import Path
@@ -59,11 +60,7 @@ class MachEnsemble:
         num_reps = config.eval.eval_repetitions or num_members
         self.rep_ids = tuple(rep_ids if rep_ids is not None else range(num_members))[:num_reps]
         self.mesh = mesh_lib.make_mesh(num_reps)
-        params = jax.tree.map(lambda leaf: leaf[:num_reps], params)
-        if all(isinstance(leaf, jax.Array) for leaf in jax.tree.leaves(params)):
-            self.params = jax.device_put(params, mesh_lib.stacked(self.mesh))  # resharding on device
-        else:
-            self.params = mesh_lib.put(params, mesh_lib.stacked(self.mesh))
+        self.params = self._placed(params)
         self.seeds = member_seeds(config, self.rep_ids, self.mesh)
         self.inv_propensity = mesh_lib.put(metrics.inverse_propensity(
             label_counts, info.num_train_points, *config.eval.propensity()),
@@ -86,6 +83,20 @@ class MachEnsemble:
         self._approx: ApproxDecoder | None = None
         self.checkpoint_step: int | None = None  # the members' training step, when loaded from a workdir
         self.recorded_final_step: int | None = None  # the run's last step, as its checkpoint records it
+
+    def _placed(self, params: model.Params) -> model.Params:
+        """The first r members' parameters [r, ...], sharded over the read-out's mesh."""
+        params = jax.tree.map(lambda leaf: leaf[:len(self.rep_ids)], params)
+        if all(isinstance(leaf, jax.Array) for leaf in jax.tree.leaves(params)):
+            return jax.device_put(params, mesh_lib.stacked(self.mesh))  # resharding on device
+        return mesh_lib.put(params, mesh_lib.stacked(self.mesh))
+
+    def with_params(self, params: model.Params) -> "MachEnsemble":
+        """The same read-out over other parameters of the same members and shapes (the next
+        epoch's, say): its compiled steps, seeds and decoders are reused, so nothing recompiles."""
+        other = copy.copy(self)
+        other.params = self._placed(params)
+        return other
 
     def decoder(self, approx: bool | None = None) -> ExactDecoder | ApproxDecoder:
         """The exact decoder, or (``approx``) the approximate one, its index built on first use;
