@@ -215,3 +215,16 @@ def test_a_large_state_is_announced_before_it_is_created_and_compiled(tmp_path, 
         loop.train(config, tmp_path / "w", train, progress=False)
     assert any(r.getMessage().startswith("creating the training state (0.0 GiB), then compiling")
                for r in caplog.records)
+
+
+@pytest.mark.parametrize("sections, rules", [
+    ({}, "dense-matmul input bag, dense Adam on the embedding tables"),
+    ({"model": {"input_layer": "sparse"}, "train": {"embedding_update": "lazy"}},
+     "gathered input bag, row-sparse (lazy) Adam on the embedding tables"),
+    ({"model": {"input_layer": "sparse"}, "train": {"embedding_optimizer": "rowwise_adagrad"}},
+     "gathered input bag, row-sparse (lazy) row-wise Adagrad on the embedding tables"),
+], ids=["dense", "lazy_adam", "rowwise_adagrad"])
+def test_the_start_up_line_names_the_rules_training_uses(sections, rules):
+    config, shape, prepared, info = tiny_run(**sections)
+    assert resources.describe_rules(config, shape) == rules
+    assert build_program(config, info, prepared).spec.lazy_embedding == ("row-sparse" in rules)

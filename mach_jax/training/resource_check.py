@@ -93,7 +93,7 @@ def require_fits(config: Config, shape: RunShape, data_file: str | None = None,
     estimate = resources.estimate(config, shape, *_shards(config, budget))
     need, free, where = _overflow(estimate, budget) or _usage(estimate, budget)
     log.info(f"model: {resources.describe_state(config, shape)}; peak memory about {format_bytes(need)} "
-             f"(in {estimate.phase}) of {format_bytes(free)} free ({where})")
+             f"(in {estimate.phase}) of {format_bytes(free)} free ({where}); {resources.describe_rules(config, shape)}")
     if _overflow(estimate, budget):
         raise ResourceError(_refusal(config, shape, estimate, budget, data_file))
     return estimate

@@ -235,6 +235,19 @@ def format_count(count: int) -> str:
     return str(count)
 
 
+def describe_rules(config: Config, shape: RunShape) -> str:
+    """'dense-matmul input bag, dense Adam' or 'gathered input bag, row-sparse (lazy) Adam': the
+    implementations the "auto" settings resolve to for this data (``model.input_layer``,
+    ``train.embedding_update``)."""
+    width = batch_widths(config, shape)[0]
+    dense_input = model.uses_dense_input(config.model, shape.num_features, width)
+    lazy = uses_lazy_update(config.model, config.train.embedding_update, shape.num_features, width,
+                            config.train.batch_size, config.train.embedding_optimizer)
+    optimiser = "row-wise Adagrad" if config.train.embedding_optimizer == "rowwise_adagrad" else "Adam"
+    return (f"{'dense-matmul' if dense_input else 'gathered'} input bag, "
+            f"{'row-sparse (lazy) ' if lazy else 'dense '}{optimiser} on the embedding tables")
+
+
 def describe_state(config: Config, shape: RunShape) -> str:
     """'R=4 x (400x32 + 32x32) = 14.0 K parameters, state 164 KiB (params 55 KiB + Adam moments
     109 KiB)': the members trained here, their parameters and optimiser state."""
