@@ -56,9 +56,9 @@ def do_train(args: argparse.Namespace) -> int:
     workdir = Path(args.workdir) if args.workdir else default_workdir(args)
     model = config.model
     buckets = model.num_buckets or "from the data"
-    print(f"mach_jax: R={model.num_repetitions} members, B={buckets} buckets, "
-          f"hidden={list(model.hidden_sizes)}, loss={config.train.loss.replace('auto', 'from the data')}, "
-          f"workdir={workdir}")
+    log.info(f"mach_jax: R={model.num_repetitions} members, B={buckets} buckets, "  # status: stderr
+             f"hidden={list(model.hidden_sizes)}, loss={config.train.loss.replace('auto', 'from the data')}, "
+             f"workdir={workdir}")
     metrics = train_and_evaluate(config, workdir, progress=not args.quiet)
     written = workdir_lib.group_dir(workdir, config.parallel.rep_range) / workdir_lib.METRICS_FILE
     print(format_metrics(metrics))  # the result on stdout; status lines go to stderr

@@ -225,3 +225,12 @@ def test_a_tab_between_labels_and_features_or_after_labels_reads_as_a_space(tmp_
     np.testing.assert_array_equal(tabs.features.to_dense(), spaces.features.to_dense())
     np.testing.assert_array_equal(tabs.labels.to_dense(), spaces.labels.to_dense())
     assert tabs.labels.to_dense()[1].tolist() == [0, 0, 1] and tabs.features.to_dense()[1].sum() == 0
+
+
+def test_train_prints_only_its_results_on_stdout(tmp_path):
+    result = run(tmp_path, "train", "--preset", "tiny", "--workdir", "w", "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[0].startswith("test metrics on 200 points")
+    assert [line.split()[0] for line in result.stdout.splitlines()[1:]] == ["P@1", "nDCG@1", "PSP@1"]
+    for status in ("mach_jax: R=4 members", "data: synthetic", "model: R=4", "written to w/metrics.json"):
+        assert status in result.stderr
