@@ -48,10 +48,13 @@ def do_evaluate(args: argparse.Namespace) -> int:
     from mach_jax.data import sources
     from mach_jax.data.files import write_json_atomically
     from mach_jax.readout.ensemble import MachEnsemble
+    from mach_jax.training import eval_resources
 
     ensemble = MachEnsemble.load(*args.workdir, **cli.flag_overrides(args).get("eval", {}))
     cli.warn_if_unfinished(ensemble, args.workdir, "evaluating")
     data, split = sources.load_eval_data(ensemble.config.data, args.test, args.split, progress=not args.quiet)
+    eval_resources.require_evaluation_fits(ensemble.config, ensemble.info, len(ensemble.rep_ids), data.features,
+                                           data.labels, data.source)
     metrics = ensemble.evaluate(data, progress=not args.quiet)
     metrics.update(sources.eval_fields(ensemble.config.data, data, split))
     metrics["checkpoint_step"] = ensemble.checkpoint_step

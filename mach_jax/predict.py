@@ -85,8 +85,14 @@ def write_predictions(ensemble, args: argparse.Namespace, write: Callable[[str],
     from mach_jax.data.xc_stream import iter_xc_chunks
     from tqdm.auto import tqdm
 
+    from mach_jax.training import eval_resources
+    from mach_jax.training.resource_check import memory_budget
+
+    budget = memory_budget()
     for chunk in tqdm(iter_xc_chunks(args.input, args.chunk_rows), disable=args.quiet, desc="predict",
                       unit="chunk"):
+        eval_resources.require_evaluation_fits(ensemble.config, ensemble.info, len(ensemble.rep_ids),
+                                               chunk.features, None, args.input, budget)
         scores, ids = ensemble.predict(chunk.features, k=args.k, source=args.input)
         write("".join(line + "\n" for line in format_predictions(scores, ids)))
 

@@ -228,3 +228,36 @@ def test_the_start_up_line_names_the_rules_training_uses(sections, rules):
     config, shape, prepared, info = tiny_run(**sections)
     assert resources.describe_rules(config, shape) == rules
     assert build_program(config, info, prepared).spec.lazy_embedding == ("row-sparse" in rules)
+
+
+def test_evaluate_and_predict_refuse_a_file_too_wide_for_memory_naming_an_eval_batch_size(tmp_path, monkeypatch):
+    from mach_jax import MachEnsemble
+    from mach_jax.data.xc_format import read_xc
+    from mach_jax.training import eval_resources
+
+    write_xc(tmp_path / "train.txt", 5000, 6)
+    wide_file = write_xc(tmp_path / "wide.txt", 5000, 6, wide_row=5000)
+    run_in_process("mach_jax.train", "--preset", "tiny", "--train", "train.txt", "--test", "train.txt",
+                   "--workdir", "w", "--quiet", cwd=tmp_path)
+    ensemble, wide = MachEnsemble.load(tmp_path / "w"), read_xc(wide_file, use_cache=False)
+    need = eval_resources.evaluation_estimate(ensemble.config, ensemble.info, 4, wide.features, wide.labels).total()
+    budget = Budget(device=None, host=int(need * 0.5))  # half of what the default batch of 256 needs
+    monkeypatch.setattr(eval_resources, "memory_budget", lambda: budget)
+    monkeypatch.setattr("mach_jax.training.resource_check.memory_budget", lambda: budget)
+    for command in (["mach_jax.evaluate", "--workdir", "w", "--test", "wide.txt"],
+                    ["mach_jax.predict", "--workdir", "w", "--input", "wide.txt", "--output", "top.txt"]):
+        result = run_in_process(*command, "--quiet", cwd=tmp_path, check=False)
+        assert result.returncode == 2 and result.stderr.strip().splitlines()[-1].startswith(
+            "error: not enough memory to read out wide.txt: about "), result.stderr
+        assert "its widest point has 5,000 features (every batch is padded to it)" in result.stderr
+    assert not (tmp_path / "top.txt").exists()
+    batch = int(re.search(r"--eval-batch-size (\d+)", result.stderr).group(1))
+    assert 1 <= batch < 256
+    sized = ensemble.config.replace(eval={"eval_batch_size": batch})
+    assert eval_resources.evaluation_estimate(sized, ensemble.info, 4, wide.features, None).total() <= 0.9 * budget.host
+    fits = run_in_process("mach_jax.evaluate", "--workdir", "w", "--test", "wide.txt", "--quiet",
+                          "--eval-batch-size", str(batch), cwd=tmp_path, check=False)
+    assert fits.returncode == 0, fits.stderr
+    # The training file (2 features a point) reads out with the default batch in the same memory.
+    assert run_in_process("mach_jax.evaluate", "--workdir", "w", "--test", "train.txt", "--quiet",
+                          cwd=tmp_path, check=False).returncode == 0
