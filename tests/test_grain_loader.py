@@ -96,3 +96,15 @@ def test_missing_grain_is_one_config_error(monkeypatch):
     with pytest.raises(ConfigError, match="needs Grain: pip install grain") as error:
         get_preset("tiny").replace(data={"host_loader": "grain"}).validate()
     assert error.value.field == "data.host_loader"
+
+
+def test_auto_is_grain_on_an_accelerator_with_grain_installed_and_the_thread_on_cpu(monkeypatch):
+    from mach_jax.core import backend
+
+    assert get_preset("tiny").data.host_loader == "auto"
+    assert not trainer.uses_grain("auto")  # this CPU: the train step uses every core
+    assert trainer.uses_grain("grain") and not trainer.uses_grain("thread")
+    monkeypatch.setattr(backend, "current_backend", lambda: "gpu")
+    assert trainer.uses_grain("auto") and not trainer.uses_grain("thread")
+    monkeypatch.setitem(sys.modules, "grain", None)  # not installed: the thread, even on a GPU
+    assert not trainer.uses_grain("auto")

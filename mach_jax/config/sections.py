@@ -21,7 +21,7 @@ INPUT_LAYERS = ("auto", "sparse", "dense")
 EMBEDDING_UPDATES = ("auto", "lazy", "dense")
 EMBEDDING_OPTIMIZERS = ("adam", "rowwise_adagrad")
 LR_SCHEDULES = ("constant", "cosine", "linear")
-HOST_LOADERS = ("thread", "grain")  # see data/batches.py (thread) and data/grain_batches.py
+HOST_LOADERS = ("auto", "thread", "grain")  # see data/batches.py (thread) and data/grain_batches.py
 ROWWISE_ADAGRAD_LEARNING_RATE = 0.1
 
 
@@ -85,8 +85,9 @@ class DataConfig:
     ``dataset`` = "tfds:NAME" reads the train and test splits of a built TensorFlow Datasets
     source instead of files (see ``mach_jax.data.tfds``; ``tfds_data_dir``: its data_dir).
 
-    ``host_loader``: who builds the training batches on the host: "thread" (our prefetch thread)
-    or "grain" (Grain's multi-threaded loader, ``pip install grain``); the batches, and so the
+    ``host_loader``: who builds the training batches on the host: "thread" (our prefetch thread),
+    "grain" (Grain's threads, ``pip install grain``) or "auto" (Grain on an accelerator when it is
+    installed, else the thread: ``core.backend.grain_pays_off``); the batches, and so the
     results, are the same.
 
     ``valid_frac`` > 0 holds out that share of the training points (a permutation seeded by
@@ -105,7 +106,7 @@ class DataConfig:
     cache_dir: str | None = may_change_on_resume(None)
     valid_frac: float = 0.0
     valid_seed: int = 0
-    host_loader: str = may_change_on_resume("thread")
+    host_loader: str = may_change_on_resume("auto")
     synthetic: SyntheticConfig = SyntheticConfig()
 
     def validate(self) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib.util
 import logging
 import sys
 import time
@@ -25,7 +26,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from mach_jax.config import Config
-from mach_jax.core import mesh as mesh_lib, model
+from mach_jax.core import backend, mesh as mesh_lib, model
 from mach_jax.data import batches, grain_batches
 from mach_jax.data.csr import XCDataset
 from mach_jax.data.prepare import (RunInfo, check_enough_labels, feature_idf, label_counts, prepare_train_data,
@@ -148,7 +149,7 @@ def _loop(config: Config, program: TrainingProgram, state: State, train_data: XC
 
     loss_log = LossLog(program.rep_ids, shape.batch_size, bar, write_train)
     # The same items either way; with Grain its threads build them and ours only places them.
-    make_host_batches = grain_batches.grain_batches if config.data.host_loader == "grain" else _batches_from
+    make_host_batches = grain_batches.grain_batches if uses_grain(config.data.host_loader) else _batches_from
     host_batches = make_host_batches(train_data, shape, config.train.seed, step, steps_per_epoch,
                                      config.train.epochs)
     place = functools.partial(_place, program=program)
@@ -180,6 +181,14 @@ def _loop(config: Config, program: TrainingProgram, state: State, train_data: XC
     finally:
         bar.close()
     return state
+
+
+def uses_grain(host_loader: str) -> bool:
+    """``data.host_loader`` resolved: "grain", or "auto" where Grain is installed and pays off
+    (``backend.grain_pays_off``: on an accelerator, not on the CPU, whose cores the step uses)."""
+    if host_loader == "auto":
+        return backend.grain_pays_off() and importlib.util.find_spec("grain") is not None
+    return host_loader == "grain"
 
 
 def _place(item: tuple[int, batches.Batch], program: TrainingProgram) -> tuple[int, dict, Callable]:
