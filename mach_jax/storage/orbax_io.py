@@ -14,6 +14,7 @@ import contextlib
 import logging
 import os
 import re
+import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,6 +37,9 @@ def manager(directory: Path, keep: int = 2, read_only: bool = False) -> ocp.Chec
     evaluation) touches nothing, so it is safe while another process still trains there.
     """
     quiet_orbax()
+    if not read_only:  # Orbax's own cleanup runs in the background: not done when a short run ends
+        for leftover in Path(directory).glob("*.orbax-checkpoint-tmp*"):
+            shutil.rmtree(leftover, ignore_errors=True)
     options = ocp.CheckpointManagerOptions(
         max_to_keep=None if read_only else keep, save_interval_steps=0 if read_only else 1,
         create=not read_only, cleanup_tmp_directories=not read_only, read_only=read_only)
