@@ -122,7 +122,7 @@ EXPECTED = {"not UTF-8": "not UTF-8 text (byte 43)", "a list": "expected a JSON 
             "no run_info": "no 'run_info'", "an extra key": "unknown key 'notes'",
             "an extra run_info key": "unknown key run_info.x",
             "a number as a string": 'run_info.num_features must be a non-negative integer, got "400"',
-            "a config number as a string": 'model.num_buckets must be of type int, got "32"'}
+            "a config number as a string": 'model.num_buckets must be an integer, got "32"'}
 
 
 @pytest.mark.parametrize("variant", list(EXPECTED))

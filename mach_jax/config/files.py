@@ -31,7 +31,7 @@ def read_config_file(path: str | Path, base: Config | None = None) -> Config:
         value of the wrong type (the message names the file and the key's dotted path).
     """
     tree = _load(Path(path))
-    _check_tree(tree, Config, "", str(path))
+    check_config_tree(tree, str(path))
     for retired in RETIRED_FIELDS:
         section, _, name = retired.partition(".")
         if isinstance(tree.get(section), dict):
@@ -62,32 +62,44 @@ def _load(path: Path) -> dict[str, Any]:
     return tree
 
 
-def _check_tree(tree: dict[str, Any], cls: type, where: str, source: str) -> None:
+def check_config_tree(tree: dict[str, Any], source: str | None = None, note_retired: bool = True) -> None:
+    """Checks a config tree as JSON holds it, whole or in part: every key known, every value of its
+    field's type (a number is not a string). Retired keys are skipped, with a note if
+    ``note_retired``.
+
+    Raises:
+      ConfigError: naming the key's dotted path (after ``source: `` when given).
+    """
+    _check_tree(tree, Config, "", f"{source}: " if source else "", note_retired)
+
+
+def _check_tree(tree: dict[str, Any], cls: type, where: str, prefix: str, note_retired: bool) -> None:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     defaults = cls()
     for key, value in tree.items():
         path = f"{where}{key}"
         if path in RETIRED_FIELDS:
-            logging.getLogger("mach_jax").warning(f"{source}: {path} is ignored: {RETIRED_FIELDS[path]}")
+            if note_retired:
+                logging.getLogger("mach_jax").warning(f"{prefix}{path} is ignored: {RETIRED_FIELDS[path]}")
             continue
         if key not in fields:
             close = difflib.get_close_matches(key, fields, n=1)
             hint = f" (did you mean {where}{close[0]}?)" if close else f" (known: {', '.join(fields)})"
-            raise ConfigError(f"{source}: unknown key {path}{hint}")
+            raise ConfigError(f"{prefix}unknown key {path}{hint}")
         default = getattr(defaults, key)
         if dataclasses.is_dataclass(default):
             if not isinstance(value, dict):
-                raise ConfigError(f"{source}: {path} must be a JSON object of its fields, got {value!r}")
-            _check_tree(value, type(default), f"{path}.", source)
+                raise ConfigError(f"{prefix}{path} must be a JSON object of its fields, got {value!r}")
+            _check_tree(value, type(default), f"{path}.", prefix, note_retired)
         else:
-            _check_value(value, fields[key].type, path, source)
+            _check_value(value, fields[key].type, path, prefix)
 
 
 _EXPECTED = {"int": "an integer", "float": "a number", "str": "a string",
              "tuple[int, ...]": "a list of integers"}
 
 
-def _check_value(value: Any, annotation: str, path: str, source: str) -> None:
+def _check_value(value: Any, annotation: str, path: str, prefix: str) -> None:
     base = annotation.replace(" | None", "")
     if value is None and "None" in annotation:
         return
@@ -98,4 +110,4 @@ def _check_value(value: Any, annotation: str, path: str, source: str) -> None:
                 isinstance(x, int) and not isinstance(x, bool) for x in v)}[base]
     if not fits(value):
         expected = _EXPECTED[base] + (" or null" if "None" in annotation else "")
-        raise ConfigError(f"{source}: {path} must be {expected}, got {json.dumps(value)}")
+        raise ConfigError(f"{prefix}{path} must be {expected}, got {json.dumps(value)}")

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from mach_jax.config import FORMAT_VERSION, Config
+from mach_jax.config.files import check_config_tree
 from mach_jax.data.prepare import RunInfo
 from mach_jax.errors import ConfigError, WorkdirError
 
@@ -60,8 +61,8 @@ def read_run_file(workdir: Path) -> RunFile:
     if version != FORMAT_VERSION:
         raise WorkdirError(f"{path}: format_version {version!r}, this mach_jax reads {FORMAT_VERSION}")
     try:
+        check_config_tree(tree["config"], note_retired=False)  # older files hold retired keys
         config = Config.from_dict(tree["config"])
-        _check_types(config, "config")
     except ConfigError as error:
         raise WorkdirError(f"{path}: {error}; was it edited? put back the run's own config.json") from None
     run_info = dict(tree["run_info"])
@@ -115,27 +116,6 @@ def _run_info(path: Path, fields: dict[str, Any]) -> RunInfo:
             raise WorkdirError(f"{path}: run_info.{name} must be {wanted}, got {json.dumps(value)}; put "
                                "back the run's own config.json")
     return RunInfo(**fields)
-
-
-def _check_types(node: Any, where: str) -> None:
-    """Every field of the config tree has its annotated type (a number is not a string)."""
-    for field in dataclasses.fields(node):
-        value, path = getattr(node, field.name), f"{where}.{field.name}"
-        if dataclasses.is_dataclass(value):
-            _check_types(value, path)
-            continue
-        kind = str(field.type)
-        if value is None and "None" in kind:
-            continue
-        base = kind.replace(" | None", "")
-        fits = {"int": lambda v: isinstance(v, int) and not isinstance(v, bool),
-                "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
-                "str": lambda v: isinstance(v, str),
-                "bool": lambda v: isinstance(v, bool),
-                "tuple[int, ...]": lambda v: isinstance(v, (list, tuple)) and all(
-                    isinstance(x, int) and not isinstance(x, bool) for x in v)}.get(base, lambda v: True)
-        if not fits(value):
-            raise ConfigError(f"{path.removeprefix('config.')} must be of type {kind}, got {json.dumps(value)}")
 
 
 def read_array(workdir: Path, name: str, what: str, length: int | None = None,
