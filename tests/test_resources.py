@@ -240,7 +240,8 @@ def test_evaluate_and_predict_refuse_a_file_too_wide_for_memory_naming_an_eval_b
     run_in_process("mach_jax.train", "--preset", "tiny", "--train", "train.txt", "--test", "train.txt",
                    "--workdir", "w", "--quiet", cwd=tmp_path)
     ensemble, wide = MachEnsemble.load(tmp_path / "w"), read_xc(wide_file, use_cache=False)
-    need = eval_resources.evaluation_estimate(ensemble.config, ensemble.info, 4, wide.features, wide.labels).total()
+    need = eval_resources.evaluation_estimate(
+        ensemble.config, eval_resources.evaluation_shape(ensemble.info, wide.features, wide.labels), 4).total()
     budget = Budget(device=None, host=int(need * 0.5))  # half of what the default batch of 256 needs
     monkeypatch.setattr(eval_resources, "memory_budget", lambda: budget)
     monkeypatch.setattr("mach_jax.training.resource_check.memory_budget", lambda: budget)
@@ -254,7 +255,8 @@ def test_evaluate_and_predict_refuse_a_file_too_wide_for_memory_naming_an_eval_b
     batch = int(re.search(r"--eval-batch-size (\d+)", result.stderr).group(1))
     assert 1 <= batch < 256
     sized = ensemble.config.replace(eval={"eval_batch_size": batch})
-    assert eval_resources.evaluation_estimate(sized, ensemble.info, 4, wide.features, None).total() <= 0.9 * budget.host
+    assert eval_resources.evaluation_estimate(
+        sized, eval_resources.evaluation_shape(ensemble.info, wide.features, None), 4).total() <= 0.9 * budget.host
     fits = run_in_process("mach_jax.evaluate", "--workdir", "w", "--test", "wide.txt", "--quiet",
                           "--eval-batch-size", str(batch), cwd=tmp_path, check=False)
     assert fits.returncode == 0, fits.stderr

@@ -140,6 +140,12 @@ def widest_row(matrix: CsrMatrix) -> int:
     return int(matrix.row_nnz().max(initial=0))
 
 
+def next_power_of_two(width: int) -> int:
+    """The smallest power of 2 >= ``width`` (1 for 0): evaluation rows are padded to it, so inputs
+    of similar width reuse one compilation."""
+    return 1 << max(int(width) - 1, 0).bit_length()
+
+
 class Prefetcher:
     """Builds batches on a background thread and transfers them ahead of the step.
 

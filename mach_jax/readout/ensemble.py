@@ -164,10 +164,10 @@ class MachEnsemble:
     def _batch_shape(self, features: CsrMatrix, labels: CsrMatrix | None) -> batches.BatchShape:
         # Widths rounded up to a power of two: inputs of similar width reuse one compilation.
         widest = batches.widest_row(features)
-        max_nnz = _next_power_of_two(widest)
+        max_nnz = batches.next_power_of_two(widest)
         if self.config.data.max_nnz:
             max_nnz = min(max_nnz, self.config.data.max_nnz)
-        max_labels = _next_power_of_two(batches.widest_row(labels)) if labels is not None else 1
+        max_labels = batches.next_power_of_two(batches.widest_row(labels)) if labels is not None else 1
         return batches.BatchShape(self.config.eval.eval_batch_size, max_nnz, max_labels)
 
     def member_features(self, features: CsrMatrix, source: str) -> CsrMatrix:
@@ -242,10 +242,6 @@ class MachEnsemble:
         if self.reranker is not None:
             result["reranker"] = {"shortlist_size": self.reranker.shortlist_size, "mix": self.reranker.mix}
         return result
-
-
-def _next_power_of_two(width: int) -> int:
-    return 1 << max(int(width) - 1, 0).bit_length()
 
 
 def _abstract_params(config: Config, info: RunInfo, rep_ids: tuple[int, ...]) -> model.Params:

@@ -38,11 +38,6 @@ _STEP_METADATA = "_CHECKPOINT_METADATA"  # Orbax's per-step metadata file (its c
 log = logging.getLogger("mach_jax")
 
 
-def checkpoint_manager(folder: Path, keep: int = 2, read_only: bool = False) -> ocp.CheckpointManager:
-    """Orbax manager of ``folder/checkpoints`` (see ``orbax_io.manager``); close it when done."""
-    return orbax_io.manager(Path(folder) / CHECKPOINT_DIR, keep, read_only)
-
-
 def opened(folder: Path, keep: int = 2):
     """The training manager of ``folder/checkpoints`` for a ``with`` block (``orbax_io.opened``):
     a save in flight completes before the block is left, and the manager is closed."""
@@ -108,7 +103,8 @@ def restore_latest(folder: Path, abstract_state: Any, identity: dict | None = No
       identity: what the checkpoint's record must match (``workdir.identity`` of this run), or None.
 
     Returns:
-      The restored checkpoint, or None when the folder has no checkpoint yet.
+      The restored checkpoint, or None when the folder has no checkpoint yet. Damaged newer
+      steps are set aside (``set_aside``) so that training can save those steps again.
 
     Raises:
       WorkdirError: the checkpoint was written by another run (naming the difference), does not
@@ -117,8 +113,11 @@ def restore_latest(folder: Path, abstract_state: Any, identity: dict | None = No
     def refuse(step: int, saved: dict) -> str | None:
         return wd.describe_difference(f"{folder / CHECKPOINT_DIR / str(step)}", saved, identity)
 
-    return _restore_newest(Path(folder), abstract_state, ocp.args.StandardRestore(abstract_state),
-                           refuse if identity is not None else None)
+    restored = _restore_newest(Path(folder), abstract_state, ocp.args.StandardRestore(abstract_state),
+                               refuse if identity is not None else None)
+    if restored is not None:
+        set_aside(folder, restored.damaged)
+    return restored
 
 
 def restore_params(folder: Path, abstract_params: Any) -> tuple[int, Any]:

@@ -10,25 +10,29 @@ every batch's size: refused here, in one line, before a batch is built, with the
 from __future__ import annotations
 
 from mach_jax.config import Config
+from mach_jax.data import batches
 from mach_jax.data.csr import CsrMatrix
 from mach_jax.data.prepare import RunInfo
 from mach_jax.errors import ResourceError
 from mach_jax.training import resources
-from mach_jax.training.resource_check import FIT_FRACTION, Budget, _largest, memory_budget
+from mach_jax.training.resource_check import FIT_FRACTION, Budget, _largest, _usage, memory_budget
 from mach_jax.training.resources import Estimate, RunShape, format_bytes
 
 
-def evaluation_estimate(config: Config, info: RunInfo, members: int, features: CsrMatrix,
-                        labels: CsrMatrix | None) -> Estimate:
-    """The read-out's peak beside the loaded ensemble: one batch of the widest of these rows
-    (features [N, D], labels [N, L] or None), its activations, the decoder's buffers, the [L] arrays."""
+def evaluation_shape(info: RunInfo, features: CsrMatrix, labels: CsrMatrix | None) -> RunShape:
+    """The ``RunShape`` a read-out of these rows (features [N, D], labels [N, L] or None) depends on."""
     widths = features.row_nnz()
-    shape = RunShape(num_features=info.num_features, num_labels=info.num_labels,
-                     num_train_points=info.num_train_points, widest_features=info.max_nnz,
-                     widest_labels=info.max_labels, widest_features_row=0,
-                     eval_widest_features=int(widths.max(initial=0)),
-                     eval_widest_labels=int(labels.row_nnz().max(initial=0)) if labels is not None else 1,
-                     eval_widest_features_row=int(widths.argmax()) if widths.size else 0, train_bytes=0)
+    return RunShape(num_features=info.num_features, num_labels=info.num_labels,
+                    num_train_points=info.num_train_points, widest_features=info.max_nnz,
+                    widest_labels=info.max_labels, widest_features_row=0,
+                    eval_widest_features=int(widths.max(initial=0)),
+                    eval_widest_labels=batches.widest_row(labels) if labels is not None else 1,
+                    eval_widest_features_row=int(widths.argmax()) if widths.size else 0, train_bytes=0)
+
+
+def evaluation_estimate(config: Config, shape: RunShape, members: int) -> Estimate:
+    """The read-out's peak beside the loaded ensemble: one batch of the widest rows of ``shape``,
+    its activations, the decoder's buffers, the [L] arrays."""
     parts = resources._evaluation_parts(config, shape, members) + resources._label_parts(config, shape)
     return Estimate("evaluation", tuple(parts))
 
@@ -38,20 +42,20 @@ def require_evaluation_fits(config: Config, info: RunInfo, members: int, feature
     """Refuses (ResourceError) reading out ``members`` members on these rows when it would not fit
     in the memory free now (the ensemble's parameters are already loaded, so already counted)."""
     budget = budget or memory_budget()
-    free, where = (budget.host, "host RAM") if budget.device is None else (budget.device, budget.device_name)
+    shape = evaluation_shape(info, features, labels)
 
     def need(batch_size: int) -> int:
-        sized = config.replace(eval={"eval_batch_size": batch_size})
-        estimate = evaluation_estimate(sized, info, members, features, labels)
-        return estimate.total() if budget.device is None else estimate.total(True)
+        estimate = evaluation_estimate(config.replace(eval={"eval_batch_size": batch_size}), shape, members)
+        return _usage(estimate, budget)[0]
 
-    if need(config.eval.eval_batch_size) <= FIT_FRACTION * free:
+    peak, free, where = _usage(evaluation_estimate(config, shape, members), budget)
+    if peak <= FIT_FRACTION * free:
         return
-    widest = int(features.row_nnz().max(initial=0))
     fitting = _largest(lambda size: need(size) <= FIT_FRACTION * free, 1, config.eval.eval_batch_size)
     remedy = (f"it fits with --eval-batch-size {fitting}" if fitting else
               "no batch size fits: give the points fewer features (a training run's --max-nnz caps them)")
     raise ResourceError(f"not enough memory to read out {source}: about "
-                        f"{format_bytes(need(config.eval.eval_batch_size))} at its peak, but {where} has "
-                        f"{format_bytes(free)} free; its widest point has {widest:,} features (every "
-                        f"batch is padded to it); {remedy}")
+                        f"{format_bytes(peak)} at its peak, but {where} has "
+                        f"{format_bytes(free)} free; its widest point has {shape.eval_widest_features:,} "
+                        f"features (every batch is padded to it); {remedy}")
+

@@ -85,7 +85,8 @@ def run_training(config: Config, workdir: str | Path, train_data: XCDataset, pro
     # One run per workdir; nothing is written until the run is accepted: its settings and data
     # match config.json and the newest intact checkpoint's own record.
     with lock.hold(workdir, enabled=jax.process_index() == 0):
-        program, state = _accept(config, workdir, train_data, info, counts, idf, fingerprint)
+        identity = wd.identity(config, info, fingerprint)  # what the checkpoints' records must match
+        program, state = _accept(config, workdir, train_data, info, counts, idf, fingerprint, identity)
         evaluate = None if evaluator is None else evaluator(info, counts, program.rep_ids, idf)
         steps_per_epoch = batches.num_batches(train_data.num_points, config.train.batch_size)
         total_steps = config.train.epochs * steps_per_epoch
@@ -93,7 +94,7 @@ def run_training(config: Config, workdir: str | Path, train_data: XCDataset, pro
         with MetricLog(workdir, int(state["step"]), jax.process_index(), steps_per_epoch) as metric_log:
             with checkpoints.opened(workdir, config.train.keep_checkpoints) as manager:
                 save = functools.partial(checkpoints.save_state, manager, final_step=total_steps,
-                                         identity=wd.identity(config, info, fingerprint))
+                                         identity=identity)
                 state = _loop(config, program, state, train_data, shape, workdir, save, metric_log, evaluate,
                               progress)
             if evaluate is None:
@@ -110,7 +111,7 @@ _ANNOUNCED_STATE_BYTES = 1 << 30
 
 
 def _accept(config: Config, workdir: Path, train_data: XCDataset, info: RunInfo, counts: np.ndarray,
-            idf: np.ndarray | None, fingerprint: str) -> tuple[TrainingProgram, State]:
+            idf: np.ndarray | None, fingerprint: str, identity: dict) -> tuple[TrainingProgram, State]:
     """Checks the run against the workdir (config.json, then the newest intact checkpoint's own
     record), and only then writes the run's files: ``(program, state)`` to start from."""
     wd.check_run(workdir, config, info, counts, idf, fingerprint)
@@ -118,9 +119,7 @@ def _accept(config: Config, workdir: Path, train_data: XCDataset, info: RunInfo,
         log.warning("B=%d buckets >= L=%d labels: hashing compresses nothing; use B < L",
                     config.model.num_buckets, info.num_labels)
     program = build_program(config, info, train_data)
-    restored = checkpoints.restore_latest(workdir, program.abstract_state, wd.identity(config, info, fingerprint))
-    if restored is not None:
-        checkpoints.set_aside(workdir, restored.damaged)
+    restored = checkpoints.restore_latest(workdir, program.abstract_state, identity)
     wd.write_run(workdir, config, info, counts, idf, fingerprint)  # accepted: the run's files, then its state
     state_bytes = sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(program.abstract_state))
     if state_bytes >= _ANNOUNCED_STATE_BYTES:  # minutes for a large state: never a silent phase

@@ -63,7 +63,6 @@ def train_reranker(settings: RerankConfig, seed: int, workdir: Path, data: XCDat
             state = _initial_state(settings, seed, data, mesh, abstract)
             rerank_store.write_record(workdir, {**identity, "epochs_done": 0, "finished": False})
         else:
-            checkpoints.set_aside(folder, restored.damaged)
             state = restored.state
             log.info("resuming the re-ranker after epoch %d in %s", int(state["epoch"]), folder)
         with checkpoints.opened(folder, keep=1) as manager:

@@ -25,6 +25,7 @@ import dataclasses
 
 from mach_jax.config import Config, ModelConfig
 from mach_jax.core import model
+from mach_jax.data import batches
 from mach_jax.data.csr import XCDataset
 from mach_jax.training.spec import uses_lazy_update
 
@@ -123,11 +124,11 @@ def batch_widths(config: Config, shape: RunShape) -> tuple[int, int, int, int]:
     """(K, M, K_eval, M_eval): the padded widths of the training and evaluation batches, as
     ``data.prepare`` and ``readout.ensemble`` pick them (the evaluation's rounded up to a power of 2)."""
     data = config.data
-    eval_width = _power_of_two(shape.eval_widest_features)
+    eval_width = batches.next_power_of_two(shape.eval_widest_features)
     if data.max_nnz:
         eval_width = min(eval_width, data.max_nnz)
     return (data.max_nnz or max(shape.widest_features, 1), data.max_labels or max(shape.widest_labels, 1),
-            eval_width, _power_of_two(shape.eval_widest_labels))
+            eval_width, batches.next_power_of_two(shape.eval_widest_labels))
 
 
 def estimate(config: Config, shape: RunShape, rep_shards: int = 1, data_shards: int = 1) -> Estimate:
@@ -211,11 +212,6 @@ def _label_parts(config: Config, shape: RunShape) -> list[Part]:
     return [Part("label arrays [L]", 7 * shape.num_labels * ENTRY, False),
             Part("label arrays [L] on the device", shape.num_labels * ENTRY, True),
             Part("feature idf [D]", idf, False)]
-
-
-def _power_of_two(width: int) -> int:
-    """The smallest power of 2 >= ``width`` (1 for 0), as ``readout.ensemble`` pads evaluation rows."""
-    return 1 << max(int(width) - 1, 0).bit_length()
 
 
 def format_bytes(count: float) -> str:
