@@ -82,17 +82,21 @@ def _check_writable(flag: str, path: Path) -> None:
 def write_predictions(ensemble, args: argparse.Namespace, write: Callable[[str], object]) -> None:
     """Streams ``--input`` through the ensemble in chunks of ``--chunk-rows`` points, ``write``-ing
     the text lines of each chunk (``format_predictions``) as it goes."""
+    from mach_jax.data.batches import widest_row
     from mach_jax.data.xc_stream import iter_xc_chunks
     from tqdm.auto import tqdm
 
     from mach_jax.training import eval_resources
     from mach_jax.training.resource_check import memory_budget
 
-    budget = memory_budget()
+    budget, checked_width = memory_budget(), -1
     for chunk in tqdm(iter_xc_chunks(args.input, args.chunk_rows), disable=args.quiet, desc="predict",
                       unit="chunk"):
-        eval_resources.require_evaluation_fits(ensemble.config, ensemble.info, len(ensemble.rep_ids),
-                                               chunk.features, None, args.input, budget)
+        widest = widest_row(chunk.features)
+        if widest > checked_width:  # the estimate grows with the widest row alone: checked once per width
+            eval_resources.require_evaluation_fits(ensemble.config, ensemble.info, len(ensemble.rep_ids),
+                                                   chunk.features, None, args.input, budget)
+            checked_width = widest
         scores, ids = ensemble.predict(chunk.features, k=args.k, source=args.input)
         write("".join(line + "\n" for line in format_predictions(scores, ids)))
 

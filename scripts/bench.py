@@ -47,6 +47,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mach_jax.readout import approx_decode, decode
+from mach_jax.training import loop
 from mach_jax.training.program import build_program
 from mach_jax.data import prepare
 from mach_jax.core import hashing, mesh as mesh_lib
@@ -266,11 +267,7 @@ def bench_host_loader(num_points: int, batch_size: int = 1_024, epochs: int = 2,
     steps_per_epoch = input_pipeline.num_batches(num_points, batch_size)
     args = (data, shape, 0, 0, steps_per_epoch, epochs)
 
-    def thread_items():  # the trainer's thread path: one epoch after the other (loop._batches_from)
-        for epoch in range(epochs):
-            yield from ((epoch, batch) for batch in input_pipeline.train_batches(data, shape, 0, epoch))
-
-    loaders = [("thread", 1, thread_items)] + [
+    loaders = [("thread", 1, functools.partial(loop._batches_from, *args))] + [
         ("grain", threads, functools.partial(grain_batches.grain_batches, *args, num_threads=threads))
         for threads in (1, 2, 4)]
     best = {}
