@@ -120,11 +120,24 @@ def server():
     httpd.server_close()
 
 
-@pytest.fixture
-def isolated_logger(monkeypatch):
-    """No proxy for the local server; the logger run_cli configures is restored afterwards."""
-    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+@pytest.fixture(autouse=True)
+def pristine_logger():
+    """Every test starts and ends with the ``mach_jax`` logger as Python made it: no handlers,
+    no level, propagating. ``cli.run_cli`` attaches a handler to the stderr of its moment and
+    stops propagation; left so (by a test or a module-scoped fixture), later tests in the same
+    worker would capture no log records and write to a closed stream."""
     logger = logging.getLogger("mach_jax")
-    saved = logger.handlers[:], logger.level, logger.propagate
+
+    def reset():
+        logger.handlers.clear()
+        logger.setLevel(logging.NOTSET)
+        logger.propagate = True
+    reset()
     yield
-    logger.handlers[:], logger.level, logger.propagate = saved
+    reset()
+
+
+@pytest.fixture
+def no_proxy(monkeypatch):
+    """No proxy for the local server."""
+    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")

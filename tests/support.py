@@ -78,7 +78,7 @@ def run_in_process(module: str, *args: str, cwd: Path, check: bool = True) -> Co
 
     main = importlib.import_module(module).main
     logger = logging.getLogger("mach_jax")
-    saved_handlers = logger.handlers[:]
+    saved = logger.handlers[:], logger.level, logger.propagate
     logger.handlers.clear()  # run_cli attaches a handler to the redirected stderr
     out, err = io.StringIO(), io.StringIO()
     with pytest.MonkeyPatch.context() as patch:
@@ -91,7 +91,7 @@ def run_in_process(module: str, *args: str, cwd: Path, check: bool = True) -> Co
         except SystemExit as stop:
             code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
         finally:
-            logger.handlers[:] = saved_handlers
+            logger.handlers[:], logger.level, logger.propagate = saved
     result = CommandResult(code, out.getvalue(), err.getvalue())
     if check and code != 0:
         raise AssertionError(f"{module} {args} exited {code}:\n{result.stdout}\n{result.stderr}")

@@ -23,7 +23,7 @@ from mach_jax.data.vw_format import convert_vw
 from mach_jax.data.xc_format import read_xc
 from mach_jax.errors import DataFormatError, DatasetError
 
-pytestmark = pytest.mark.usefixtures("isolated_logger")  # no proxy; the logger restored (conftest.py)
+pytestmark = pytest.mark.usefixtures("no_proxy")  # the local server reached directly (conftest.py)
 
 D, L, N_TRAIN, N_TEST = 20, 7, 18, 12
 

@@ -24,7 +24,7 @@ from mach_jax.data.archives import Limits
 from mach_jax.data.registry import REGISTRY, Download
 from mach_jax.errors import DataFormatError
 
-pytestmark = pytest.mark.usefixtures("isolated_logger")  # no proxy; the logger restored (conftest.py)
+pytestmark = pytest.mark.usefixtures("no_proxy")  # the local server reached directly (conftest.py)
 
 D, L, N_TRAIN, N_TEST = 5, 4, 3, 2
 POINTS = b"0,1 0:1 3:0.5\n2 1:2\n 4:1\n"
