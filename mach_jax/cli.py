@@ -19,8 +19,8 @@ import os
 import sys
 from typing import Any, Callable
 
-from mach_jax.config import (AGGREGATIONS, DECODERS, EMBEDDING_OPTIMIZERS, EMBEDDING_UPDATES, HOST_LOADERS, INPUT_LAYERS,
-                             INPUT_TRANSFORMS, LR_SCHEDULES, OVERFLOW_POLICIES, PRESETS, RERANKER_USES, Config,
+from mach_jax.config import (AGGREGATIONS, DECODERS, DEVICE_DATA, EMBEDDING_OPTIMIZERS, EMBEDDING_UPDATES, HOST_LOADERS, INPUT_LAYERS,
+                             INPUT_TRANSFORMS, KERNEL_FORMS, LR_SCHEDULES, OVERFLOW_POLICIES, PRESETS, RERANKER_USES, Config,
                              get_preset)
 from mach_jax.errors import USER_ERRORS, ConfigError, TrainingInterrupted
 
@@ -45,7 +45,9 @@ _CHOICES = {
     "data.overflow": OVERFLOW_POLICIES,
     "data.input_transform": INPUT_TRANSFORMS,
     "data.host_loader": HOST_LOADERS,
+    "data.device_data": DEVICE_DATA,
     "model.input_layer": INPUT_LAYERS,
+    "model.kernel_forms": KERNEL_FORMS,
     "train.embedding_update": EMBEDDING_UPDATES,
     "train.embedding_optimizer": EMBEDDING_OPTIMIZERS,
     "train.lr_schedule": LR_SCHEDULES,

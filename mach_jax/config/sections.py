@@ -22,6 +22,8 @@ EMBEDDING_UPDATES = ("auto", "lazy", "dense")
 EMBEDDING_OPTIMIZERS = ("adam", "rowwise_adagrad")
 LR_SCHEDULES = ("constant", "cosine", "linear")
 HOST_LOADERS = ("auto", "thread", "grain")  # see data/batches.py (thread) and data/grain_batches.py
+DEVICE_DATA = ("auto", "on", "off")  # training data kept on the device (training/device_data.py)
+KERNEL_FORMS = ("auto", "loop", "batched")  # see core/backend.py
 ROWWISE_ADAGRAD_LEARNING_RATE = 0.1
 
 
@@ -107,6 +109,7 @@ class DataConfig:
     valid_frac: float = 0.0
     valid_seed: int = 0
     host_loader: str = may_change_on_resume("auto")
+    device_data: str = may_change_on_resume("auto")
     synthetic: SyntheticConfig = SyntheticConfig()
 
     def validate(self) -> None:
@@ -129,6 +132,8 @@ class DataConfig:
         _require_seed("data.valid_seed", self.valid_seed)
         _require(self.host_loader in HOST_LOADERS, "data.host_loader", self.host_loader,
                  f"must be one of {HOST_LOADERS}")
+        _require(self.device_data in DEVICE_DATA, "data.device_data", self.device_data,
+                 f"must be one of {DEVICE_DATA}")
         _require(self.host_loader != "grain" or importlib.util.find_spec("grain") is not None,
                  "data.host_loader", self.host_loader, "needs Grain: pip install grain")
         self.synthetic.validate()
@@ -142,7 +147,10 @@ class ModelConfig:
     seeds), as the reference code did for large D. ``input_layer`` picks how the embedding bag is
     computed ("sparse": gather rows; "dense": a [N, D] matmul; "auto": dense when D <= 16 K); the
     parameters are the same either way. ``num_buckets`` 0: sized from the training data
-    (``config.sizing``, as ``--preset large`` does).
+    (``config.sizing``, as ``--preset large`` does). ``kernel_forms`` picks how the members'
+    loops are compiled ("loop": member by member, tuned on CPU; "batched": one batched kernel
+    over the members, for GPUs and TPUs; "auto": per backend, ``core.backend``); results are the
+    same either way.
     """
 
     num_repetitions: int = 8
@@ -150,6 +158,7 @@ class ModelConfig:
     hidden_sizes: tuple[int, ...] = (256,)
     feat_hash_dim: int = 0
     input_layer: str = "auto"
+    kernel_forms: str = may_change_on_resume("auto")
     label_hash_seed: int = 0
     feature_hash_seed: int = 1_000_003
 
@@ -163,6 +172,8 @@ class ModelConfig:
                  "must be >= 0 (0 turns feature hashing off)")
         _require(self.input_layer in INPUT_LAYERS, "model.input_layer", self.input_layer,
                  f"must be one of {INPUT_LAYERS}")
+        _require(self.kernel_forms in KERNEL_FORMS, "model.kernel_forms", self.kernel_forms,
+                 f"must be one of {KERNEL_FORMS}")
         for name in ("label_hash_seed", "feature_hash_seed"):
             _require_seed(f"model.{name}", getattr(self, name))
 
@@ -204,6 +215,7 @@ class TrainConfig:
     checkpoint_every_steps: int = may_change_on_resume(0)
     keep_checkpoints: int = may_change_on_resume(2)
     eval_every_epochs: int = may_change_on_resume(0)
+    steps_per_call: int = may_change_on_resume(0)  # S train steps per jitted call (0: auto)
     embedding_optimizer: str = "adam"
     embedding_learning_rate: float | None = None
     lr_schedule: str = "constant"
@@ -247,6 +259,8 @@ class TrainConfig:
         _require(self.checkpoint_every_steps >= 0, "train.checkpoint_every_steps",
                  self.checkpoint_every_steps, "must be >= 0 (0: at the end of every epoch)")
         _require(self.keep_checkpoints >= 1, "train.keep_checkpoints", self.keep_checkpoints, "must be >= 1")
+        _require(self.steps_per_call >= 0, "train.steps_per_call", self.steps_per_call,
+                 "must be >= 0 (0: chosen per backend)")
         _require(self.eval_every_epochs >= 0, "train.eval_every_epochs", self.eval_every_epochs,
                  "must be >= 0 (0: evaluate only at the end)")
 
