@@ -10,8 +10,10 @@ Records:
   parse     MB/s of the XC text reader (cold) and the cached reload time;
   train     per embedding update ("dense" Adam, the baseline, and "lazy" row-sparse Adam): compile
             time, device step time with pre-staged batches, examples/s, XLA's FLOP count of the
-            step and the achieved FLOP/s next to a plain dense matmul's (the roofline ratio);
-            then the lazy/dense speed-up;
+            step and the achieved FLOP/s next to a plain dense matmul's (the roofline ratio), all
+            of the kernel form "auto" picks here ("kernel_forms"), and "forms": the step_ms of
+            both forms, "loop" and "batched" (``core.backend.batched_forms``); then the lazy/dense
+            speed-up;
   pipeline  host time to build and transfer one batch, the step time fed by the background
             prefetcher, and its ratio to the device compute alone;
   host_loader  host batches/s at batch 1,024 on Amazon-670K-shaped rows (D = 135,909, L = 670,091,
@@ -20,7 +22,8 @@ Records:
             through the trainer's Prefetcher with no device transfer (docs/host_loader.md);
   decode    exact top-k: queries/s of the on-device chunked decoder and of the straightforward
             numpy baseline (a loop over R adding probs[r][:, lookup[r]] into [N, L], then
-            argpartition), their ratio, and the decoder's compiled peak memory;
+            argpartition), their ratio, and the decoder's compiled peak memory, of the kernel form
+            "auto" picks here ("kernel_forms"), and "forms": the queries/s of both forms;
   approx    (only with --only approx) approximate decoding from the top-m buckets against the exact
             decoder on structured synthetic scores (each query has 5 true classes whose buckets
             stand out in every member): queries/s of both, the speed-up, recall of the exact
@@ -32,6 +35,7 @@ Records:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import functools
 import json
@@ -50,7 +54,7 @@ from mach_jax.readout import approx_decode, decode
 from mach_jax.training import loop
 from mach_jax.training.program import build_program
 from mach_jax.data import prepare
-from mach_jax.core import hashing, mesh as mesh_lib
+from mach_jax.core import backend, hashing, mesh as mesh_lib
 from mach_jax.data import batches as input_pipeline
 from mach_jax.data import grain_batches
 from mach_jax.data.csr import CsrMatrix, XCDataset
@@ -195,18 +199,43 @@ def time_steps(program, state, batches, steps: int):
     return (time.perf_counter() - start) / steps, state
 
 
-def bench_train(preset: BenchPreset, train, steps: int) -> dict[str, float]:
-    step_ms = {}
-    roofline = matmul_flops_per_s(preset)
-    for update, optimizer in (("dense", "adam"), ("lazy", "adam"), ("lazy", "rowwise_adagrad")):
-        config = make_config(preset, update, optimizer)
+@contextlib.contextmanager
+def lazy_update_form(batched: bool):
+    """Traces the row-sparse updates in the given kernel form. ``step._lazy_update`` calls them
+    without a form (until it passes ``spec.member.batched_forms``), so they take the backend's
+    "auto" one: resolved here as on a GPU for "batched", as on the CPU for "loop"."""
+    current = backend.current_backend
+    backend.current_backend = lambda: "gpu" if batched else "cpu"
+    try:
+        yield
+    finally:
+        backend.current_backend = current
+
+
+def time_train_step(config: Config, train, steps: int, batched: bool):
+    """``(compile_s, flops, seconds per step, info)`` of the config's train step in one kernel form."""
+    config = config.replace(model={"kernel_forms": backend.describe_forms(batched)})
+    with lazy_update_form(batched):
         program, state, batches, info, _ = staged_program(config, train)
         start = time.perf_counter()
         compiled = program.train_step.lower(state, batches[0], program.seeds).compile()
         compile_s = time.perf_counter() - start
         flops = (compiled.cost_analysis() or {}).get("flops", float("nan"))
-        seconds, state = time_steps(program, state, batches, steps)
+        seconds, _ = time_steps(program, state, batches, steps)
+    return compile_s, flops, seconds, info
+
+
+def bench_train(preset: BenchPreset, train, steps: int) -> dict[str, float]:
+    step_ms = {}
+    roofline = matmul_flops_per_s(preset)
+    chosen = backend.batched_forms()  # what "auto" picks on this backend
+    for update, optimizer in (("dense", "adam"), ("lazy", "adam"), ("lazy", "rowwise_adagrad")):
+        config = make_config(preset, update, optimizer)
+        compile_s, flops, seconds, info = time_train_step(config, train, steps, chosen)
+        other_seconds = time_train_step(config, train, steps, not chosen)[2]
         step_ms[update, optimizer] = 1e3 * seconds
+        forms = {backend.describe_forms(chosen): round(1e3 * seconds, 2),
+                 backend.describe_forms(not chosen): round(1e3 * other_seconds, 2)}
         emit({"bench": "train", "embedding_update": update, "embedding_optimizer": optimizer,
               "D": info.num_features, "L": info.num_labels,
               "R": preset.num_repetitions, "B": preset.num_buckets, "H": preset.hidden,
@@ -214,8 +243,9 @@ def bench_train(preset: BenchPreset, train, steps: int) -> dict[str, float]:
               "step_ms": round(1e3 * seconds, 2), "examples_per_s": round(preset.batch_size / seconds, 1),
               "step_gflop": round(flops / 1e9, 3), "achieved_gflop_per_s": round(flops / seconds / 1e9, 2),
               "matmul_gflop_per_s": round(roofline / 1e9, 2),
-              "roofline_ratio": round(flops / seconds / roofline, 3)})
-        del state, batches
+              "roofline_ratio": round(flops / seconds / roofline, 3),
+              "kernel_forms": backend.describe_forms(chosen),
+              "forms": {"loop": forms["loop"], "batched": forms["batched"]}})
     dense = step_ms["dense", "adam"]
     emit({"bench": "train_speedup", "lazy_adam_over_dense_adam": round(dense / step_ms["lazy", "adam"], 2),
           "lazy_rowwise_adagrad_over_dense_adam": round(dense / step_ms["lazy", "rowwise_adagrad"], 2)})
@@ -316,15 +346,22 @@ def bench_decode(preset: BenchPreset, chunk_size: int) -> None:
     lookup = hashing.hash_to_range(np.arange(num_labels, dtype=np.uint32), seeds, num_buckets)  # [R, L]
     baseline_s = timed(numpy_decode, probs, lookup, 5)
     del lookup
-    decoder = jax.jit(functools.partial(decode.decode_topk, num_labels=num_labels, k=5,
-                                        chunk_size=chunk_size))
     device_probs, device_seeds = jnp.asarray(probs), jnp.asarray(seeds)
-    peak_mib = compiled_peak_mib(decoder, device_probs, device_seeds)
-    ours_s = timed(decoder, device_probs, device_seeds, repeats=3)
+    chosen = backend.batched_forms()  # what "auto" picks on this backend
+    forms_s = {}
+    for batched in (chosen, not chosen):
+        decoder = jax.jit(functools.partial(decode.decode_topk, num_labels=num_labels, k=5,
+                                            chunk_size=chunk_size, batched=batched))
+        if batched == chosen:
+            peak_mib = compiled_peak_mib(decoder, device_probs, device_seeds)
+        forms_s[backend.describe_forms(batched)] = timed(decoder, device_probs, device_seeds, repeats=3)
+    ours_s = forms_s[backend.describe_forms(chosen)]
     emit({"bench": "decode", "L": num_labels, "R": num_reps, "B": num_buckets, "batch": batch,
           "class_chunk": chunk_size, "queries_per_s": round(batch / ours_s, 1),
           "numpy_queries_per_s": round(batch / baseline_s, 2), "speedup_over_numpy": round(baseline_s / ours_s, 1),
-          "decoder_peak_mib": peak_mib, "numpy_scores_mib": round(batch * num_labels * 4 / 2**20, 1)})
+          "decoder_peak_mib": peak_mib, "numpy_scores_mib": round(batch * num_labels * 4 / 2**20, 1),
+          "kernel_forms": backend.describe_forms(chosen),
+          "forms": {form: round(batch / forms_s[form], 1) for form in ("loop", "batched")}})
 
 
 def structured_scores(num_reps: int, batch: int, num_buckets: int, num_labels: int, seed: int = 0):

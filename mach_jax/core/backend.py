@@ -51,3 +51,49 @@ _GRAIN_PAYS_OFF = {"cpu": False, "gpu": True, "tpu": True}
 def grain_pays_off(backend: str | None = None) -> bool:
     """Whether ``data.host_loader="auto"`` should build the host batches with Grain."""
     return _GRAIN_PAYS_OFF.get(backend or current_backend(), False)
+
+
+def default_steps_per_call(backend: str | None = None) -> int:
+    """S of ``train.steps_per_call=0``: train steps per jitted call with device-resident data.
+
+    CPU, measured (tiny preset, 400 steps, median over 18 windows of 64 steps on a busy 2-core
+    host): 1,107 steps/s at S = 8, 1,019 at S = 32, 692 at S = 1, 1,043 on host batches; the CPU
+    step is compute-bound, so 8 is as good as more. GPU and TPU: reasoned, not measured: a call
+    costs the host some 50-100 us to dispatch, about a small model's step on device, so 16 steps
+    a call hide the host while calls still end often (at most ``train.log_every_steps`` steps).
+    """
+    return {"cpu": 8}.get(backend or current_backend(), 16)
+
+
+# How the loops over the R members compile (``model.kernel_forms``): "loop" runs them member by
+# member (``lax.map`` / ``lax.fori_loop``: the embedding bag, the lazy updates, the decoders'
+# take-and-sum), "batched" as one batched kernel over all R (``jax.vmap`` / advanced indexing).
+# CPU (2-core EPYC, shared; ``scripts/bench.py --only train`` and ``--only decode``, cpu preset;
+# the read-out's logits at the same sizes timed alone): the loop forms were faster where it
+# counts: the lazy Adam step 2.2x, the row-wise Adagrad step 1.9x, the read-out's bag 1.8x and
+# the exact decoder about 20x (XLA's CPU gather and reduce over [R, C, N] are slow where the
+# loop's row gathers are memcpys). The one exception: the step with dense Adam updates was 1.2x
+# faster batched at D = 100,000 (the gradient of the per-member bag scan costs more than one
+# batched scatter), and no faster on the bibtex preset's dense input (2 epochs: 54-60 s either
+# way); CPU runs of large D train lazily ("auto"), so the loop is kept.
+# GPU and TPU: batched, a reasoned choice, not a measurement (nothing has been measured on an
+# accelerator yet): a loop over R costs R rounds of small kernel launches and a while loop's
+# control flow, where the batched form is one fused gather or scatter over all R members.
+_BATCHED_FORMS = {"cpu": False, "gpu": True, "tpu": True}
+
+
+def batched_forms(kernel_forms: str = "auto", backend: str | None = None) -> bool:
+    """Whether the members' loops compile batched over R (True) or member by member (False).
+
+    Args:
+      kernel_forms: ``model.kernel_forms``: "loop", "batched", or "auto" (per backend, above).
+      backend: the platform to resolve "auto" for (default: the current one).
+    """
+    if kernel_forms != "auto":
+        return kernel_forms == "batched"
+    return _BATCHED_FORMS.get(backend or current_backend(), False)
+
+
+def describe_forms(batched: bool) -> str:
+    """'batched' or 'loop': the kernel forms' name in logs and benchmark records."""
+    return "batched" if batched else "loop"

@@ -17,7 +17,8 @@ import numpy as np
 from flax import nnx
 
 from mach_jax.config import Config
-from mach_jax.core import hashing, mesh as mesh_lib, model
+from mach_jax.core import backend, hashing, model
+from mach_jax.core import mesh as mesh_lib
 
 Batch = dict[str, jax.Array]
 Seeds = dict[str, jax.Array]
@@ -35,6 +36,8 @@ class MemberSpec:
       num_buckets: B.
       feat_hash_dim: slots of the hashed input (0: features are not hashed).
       rep_shards: devices along the mesh's ``reps`` axis (see ``model.apply_ensemble``).
+      batched_forms: the members' loops compiled batched over R rather than member by member
+        (``model.kernel_forms`` resolved for the backend, ``backend.batched_forms``).
     """
 
     graphdef: nnx.GraphDef
@@ -42,6 +45,7 @@ class MemberSpec:
     num_buckets: int
     feat_hash_dim: int = 0
     rep_shards: int = 1
+    batched_forms: bool = False
 
 
 def member_spec(config: Config, num_features: int, max_nnz: int, mesh) -> MemberSpec:
@@ -49,7 +53,8 @@ def member_spec(config: Config, num_features: int, max_nnz: int, mesh) -> Member
     return MemberSpec(graphdef=model.member_graphdef(config.model, num_features, max_nnz),
                       loss_name=config.train.loss, num_buckets=config.model.num_buckets,
                       feat_hash_dim=config.model.feat_hash_dim,
-                      rep_shards=mesh.shape[mesh_lib.REPS_AXIS])
+                      rep_shards=mesh.shape[mesh_lib.REPS_AXIS],
+                      batched_forms=backend.batched_forms(config.model.kernel_forms))
 
 
 def member_seeds(config: Config, rep_ids, mesh) -> Seeds:
@@ -82,4 +87,5 @@ def label_buckets(batch: Batch, seeds: Seeds, spec: MemberSpec) -> jax.Array:
 def logits(params: model.Params, batch: Batch, seeds: Seeds, spec: MemberSpec) -> jax.Array:
     """[R, N, B] bucket logits of every member (no dropout: the read-out's forward pass)."""
     ids = member_feature_ids(batch, seeds, spec)
-    return model.apply_ensemble(spec.graphdef, params, ids, batch["feat_vals"], spec.rep_shards)
+    return model.apply_ensemble(spec.graphdef, params, ids, batch["feat_vals"], spec.rep_shards,
+                                batched=spec.batched_forms)

@@ -8,14 +8,21 @@ global step. A feature with value 0 (padding included) does not touch its row.
 
 Gathers and scatters on CPU cost about as much per padded slot as per real one, so the step
 works on capped sizes: U touched rows and T nonzero entries per batch (``batch_caps`` measures
-them on the host); the trainer checks every batch on the host and sends one that exceeds either
-cap to an uncapped step (U = T = N * K), so no row is ever dropped.
+them on the host); the trainer checks each epoch's batches once, ahead of the steps
+(``training.lazy_caps.epoch_fits``), and sends a batch that exceeds either cap to an uncapped
+step (U = T = N * K), so no row is ever dropped.
+
+Every function here has two kernel forms with the same arithmetic (``backend.batched_forms``):
+"loop" visits the members one by one (``lax.map`` / ``lax.fori_loop``, the faster form on CPU),
+"batched" handles all R at once (``jax.vmap``, one gather and one scatter over [R, U] indices).
 """
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+
+from mach_jax.core import backend
 
 B1, B2, EPS = 0.9, 0.999, 1e-8  # optax.adam's defaults, shared by the dense parameters
 
@@ -59,7 +66,7 @@ def flat_entries(feat_ids: jax.Array, feat_vals: jax.Array, size: int) -> tuple[
 
 
 def entry_bags(tables: jax.Array, ids: jax.Array, vals: jax.Array, points: jax.Array,
-               num_points: int) -> jax.Array:
+               num_points: int, batched: bool | None = None) -> jax.Array:
     """The embedding bags (no bias) of every member, read straight from the tables.
 
     Args:
@@ -67,19 +74,24 @@ def entry_bags(tables: jax.Array, ids: jax.Array, vals: jax.Array, points: jax.A
       ids, vals, points: flat entries (``flat_entries``): [T] or [R, T] ids, [T] values and
         points.
       num_points: N.
+      batched: the kernel form (None: the current backend's, ``backend.batched_forms``).
 
     Returns:
       [R, N, H]: ``bag[r, n] = sum of vals[t] * tables[r, ids[t]] over the entries of point n``.
     """
-    def member_bag(r):
-        member_ids = ids if ids.ndim == 1 else ids[r]
-        rows = vals[:, None] * tables[r, member_ids]  # a 2-D gather: no copy of member r's table
+    def member_bag(rows):  # [T, H] rows of one member's table -> its [N, H] bags
+        rows = vals[:, None] * rows
         return jnp.zeros((num_points, rows.shape[1]), rows.dtype).at[points].add(rows, mode="drop")
 
-    return jax.lax.map(member_bag, jnp.arange(tables.shape[0]))
+    if _batched(batched):
+        return jax.vmap(member_bag)(tables[jnp.arange(tables.shape[0])[:, None], ids])  # [R, T, H] rows
+    # A 2-D gather per member: no copy of member r's table.
+    return jax.lax.map(lambda r: member_bag(tables[r, ids if ids.ndim == 1 else ids[r]]),
+                       jnp.arange(tables.shape[0]))
 
 
-def row_gradients(bag_grads: jax.Array, local_ids: jax.Array, feat_vals: jax.Array, num_rows: int) -> jax.Array:
+def row_gradients(bag_grads: jax.Array, local_ids: jax.Array, feat_vals: jax.Array, num_rows: int,
+                  batched: bool | None = None) -> jax.Array:
     """The gradients of the U touched rows, from those of the bags (the bag is linear in them).
 
     Args:
@@ -87,25 +99,28 @@ def row_gradients(bag_grads: jax.Array, local_ids: jax.Array, feat_vals: jax.Arr
       local_ids: int32 [N, K] (or [R, N, K]) positions of the features among the touched rows.
       feat_vals: float32 [N, K]; zeros (padding) contribute nothing.
       num_rows: U.
+      batched: the kernel form (None: the current backend's, ``backend.batched_forms``).
 
     Returns:
       [R, U, H]: ``sum over the features (n, k) on row u of feat_vals[n, k] * bag_grads[r, n]``.
     """
-    def member_grads(r):
-        member_ids = local_ids if local_ids.ndim == 2 else local_ids[r]
+    def member_grads(member_bag_grads, member_ids):
         member_ids = jnp.where(feat_vals != 0, member_ids, num_rows)  # padding: dropped
         # [N, K, H] without a gather, materialised (a scatter with the product fused into it is
         # several times slower on CPU).
-        updates = jax.lax.optimization_barrier(feat_vals[..., None] * bag_grads[r][:, None, :])
+        updates = jax.lax.optimization_barrier(feat_vals[..., None] * member_bag_grads[:, None, :])
         return jnp.zeros((num_rows, bag_grads.shape[2]), bag_grads.dtype).at[member_ids].add(
             updates, mode="drop")
 
-    return jax.lax.map(member_grads, jnp.arange(bag_grads.shape[0]))
+    if _batched(batched):
+        return jax.vmap(member_grads, in_axes=(0, None if local_ids.ndim == 2 else 0))(bag_grads, local_ids)
+    return jax.lax.map(lambda r: member_grads(bag_grads[r], local_ids if local_ids.ndim == 2 else local_ids[r]),
+                       jnp.arange(bag_grads.shape[0]))
 
 
 def lazy_adam(table: jax.Array, moments: jax.Array, rows: jax.Array, grads: jax.Array,
-              step: jax.Array, learning_rate: float | jax.Array,
-              weight_decay: float = 0.0) -> tuple[jax.Array, jax.Array]:
+              step: jax.Array, learning_rate: float | jax.Array, weight_decay: float = 0.0,
+              batched: bool | None = None) -> tuple[jax.Array, jax.Array]:
     """One lazy Adam step on the touched rows of every member's table.
 
     Args:
@@ -118,36 +133,27 @@ def lazy_adam(table: jax.Array, moments: jax.Array, rows: jax.Array, grads: jax.
       step: the global step count after this update (1 on the first step).
       learning_rate: Adam's step size (this step's, when scheduled).
       weight_decay: AdamW's decoupled decay, applied lazily too: to the touched rows only.
+      batched: the kernel form (None: the current backend's, ``backend.batched_forms``).
 
     Returns:
       The new ``(table, moments)``, changed only on the touched rows.
-
-    The members are visited one by one, each update scattered in place into the [R, D, ...]
-    buffers (a batched gather or a stacked per-member output would be several times slower or
-    copy whole tables on CPU).
     """
     step = step.astype(grads.dtype)
 
-    def update_member(r, carry):
-        table, moments = carry
-        member_rows = rows if rows.ndim == 1 else rows[r]
-        # The barriers keep XLA from fusing the gather into (and repeating it in) every consumer,
-        # and the arithmetic into both scatters: 1.7x faster on CPU.
-        old = jax.lax.optimization_barrier(moments.at[r, member_rows].get(mode="fill", fill_value=0))
-        m = B1 * old[:, 0] + (1 - B1) * grads[r]
-        v = B2 * old[:, 1] + (1 - B2) * grads[r] * grads[r]
+    def rule(old, member_grads, old_rows):  # [..., U, 2, H] moments -> new moments, row updates
+        m = B1 * old[..., 0, :] + (1 - B1) * member_grads
+        v = B2 * old[..., 1, :] + (1 - B2) * member_grads * member_grads
         update = learning_rate * (m / (1 - B1 ** step)) / (jnp.sqrt(v / (1 - B2 ** step)) + EPS)
         if weight_decay:
-            update = update + learning_rate * weight_decay * table.at[r, member_rows].get(mode="fill", fill_value=0)
-        new, update = jax.lax.optimization_barrier((jnp.stack([m, v], axis=1), update))
-        return (table.at[r, member_rows].add(-update, mode="drop"),
-                moments.at[r, member_rows].set(new, mode="drop"))
+            update = update + learning_rate * weight_decay * old_rows
+        return jnp.stack([m, v], axis=-2), update
 
-    return jax.lax.fori_loop(0, table.shape[0], update_member, (table, moments))
+    return _update_rows(rule, table, moments, rows, grads, weight_decay, batched)
 
 
 def rowwise_adagrad(table: jax.Array, accumulator: jax.Array, rows: jax.Array, grads: jax.Array,
-                    learning_rate: float | jax.Array, weight_decay: float = 0.0) -> tuple[jax.Array, jax.Array]:
+                    learning_rate: float | jax.Array, weight_decay: float = 0.0,
+                    batched: bool | None = None) -> tuple[jax.Array, jax.Array]:
     """One row-wise Adagrad step on the touched rows of every member's table.
 
     Each row keeps one accumulator of its mean squared gradient: ``a += mean(g * g)``, then
@@ -163,20 +169,49 @@ def rowwise_adagrad(table: jax.Array, accumulator: jax.Array, rows: jax.Array, g
       learning_rate: the step size (this step's, when scheduled).
       weight_decay: decoupled decay ``row -= learning_rate * weight_decay * row``, of the touched
         rows only.
+      batched: the kernel form (None: the current backend's, ``backend.batched_forms``).
 
     Returns:
       The new ``(table, accumulator)``.
     """
-    def update_member(r, carry):
-        table, accumulator = carry
-        member_rows = rows if rows.ndim == 1 else rows[r]
-        total = accumulator[r].at[member_rows].get(mode="fill", fill_value=0) + jnp.mean(
-            grads[r] * grads[r], axis=-1)
-        update = learning_rate * grads[r] / (jnp.sqrt(total)[:, None] + EPS)
+    def rule(old, member_grads, old_rows):  # [..., U] accumulators -> new ones, row updates
+        total = old + jnp.mean(member_grads * member_grads, axis=-1)
+        update = learning_rate * member_grads / (jnp.sqrt(total)[..., None] + EPS)
         if weight_decay:
-            update = update + learning_rate * weight_decay * table.at[r, member_rows].get(mode="fill", fill_value=0)
-        update = jax.lax.optimization_barrier(update)
-        return (table.at[r, member_rows].add(-update, mode="drop"),
-                accumulator.at[r, member_rows].set(total, mode="drop"))
+            update = update + learning_rate * weight_decay * old_rows
+        return total, update
 
-    return jax.lax.fori_loop(0, table.shape[0], update_member, (table, accumulator))
+    return _update_rows(rule, table, accumulator, rows, grads, weight_decay, batched)
+
+
+def _update_rows(rule, table: jax.Array, row_state: jax.Array, rows: jax.Array, grads: jax.Array,
+                 weight_decay: float, batched: bool | None) -> tuple[jax.Array, jax.Array]:
+    """Gathers the touched rows' state ([R, D, ...] -> [U, ...] per member), applies
+    ``rule(old_state, grads, old_rows) -> (new_state, update)``, and scatters ``row -= update``
+    and the new state back; sentinel rows (D) read zeros and are not written.
+
+    "loop": member by member, each update scattered in place into the [R, D, ...] buffers (on
+    CPU a batched gather or a stacked per-member output was several times slower or copied whole
+    tables). "batched": the same gather, rule and scatters once, with [R, U] indices.
+    """
+    def apply(table, row_state, r, member_rows, member_grads):  # r: a member, or [R, 1] all of them
+        # The barriers keep XLA from fusing the gather into (and repeating it in) every consumer,
+        # and the arithmetic into both scatters: 1.7x faster on CPU (lazy Adam).
+        old = jax.lax.optimization_barrier(row_state.at[r, member_rows].get(mode="fill", fill_value=0))
+        old_rows = table.at[r, member_rows].get(mode="fill", fill_value=0) if weight_decay else None
+        new, update = jax.lax.optimization_barrier(rule(old, member_grads, old_rows))
+        return (table.at[r, member_rows].add(-update, mode="drop"),
+                row_state.at[r, member_rows].set(new, mode="drop"))
+
+    if _batched(batched):
+        reps = jnp.arange(table.shape[0])[:, None]
+        return apply(table, row_state, reps, jnp.broadcast_to(rows, grads.shape[:2]), grads)
+
+    def update_member(r, carry):
+        return apply(*carry, r, rows if rows.ndim == 1 else rows[r], grads[r])
+
+    return jax.lax.fori_loop(0, table.shape[0], update_member, (table, row_state))
+
+
+def _batched(batched: bool | None) -> bool:
+    return backend.batched_forms() if batched is None else batched

@@ -20,18 +20,23 @@ classes have enough votes (as the reference MACH evaluator did).
 Memory: the index is int32 [R, L] classes and [R, B + 1] offsets, plus [R, B] cutoffs and [L]
 ranks when capped (about 4 * R * L bytes; sharded over the members like the parameters); the
 read-out of a batch of N queries holds a few [N, K] arrays and a [R, N, B, 2] copy of the scores.
+
+The take-and-sum over R has two kernel forms (``backend.batched_forms``): "loop" reads one
+member at a time (``lax.fori_loop``); "batched" reads all R at once (``jax.vmap``), holding
+[R, N, K] reads instead of [N, K] ones.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from mach_jax.core import hashing
+from mach_jax.core import backend, hashing
 
 # Index arrays, kept as a dict so it is a pytree that jit and device_put take as it is.
 InverseIndex = dict[str, jax.Array]
@@ -112,7 +117,7 @@ def gather_candidates(bucket_scores: jax.Array, index: InverseIndex, top_buckets
       slots, slot k coming from member ``k // (m * bucket_cap)``; and bool [R, N, B], the top-m
       buckets of each member.
     """
-    num_reps, num_points, num_buckets = bucket_scores.shape
+    _, num_points, num_buckets = bucket_scores.shape
     num_labels = index["classes"].shape[1]
     _, top = lax.top_k(bucket_scores, top_buckets)  # [R, N, m]
     starts = jax.vmap(jnp.take)(index["offsets"], top)
@@ -142,7 +147,7 @@ def vote_threshold(votes: jax.Array, distinct: jax.Array, k: int, min_votes: int
 
 def approx_decode_topk(bucket_scores: jax.Array, label_seeds: jax.Array, index: InverseIndex, *,
                        k: int, top_buckets: int, bucket_cap: int,
-                       min_votes: int = 1) -> tuple[jax.Array, jax.Array]:
+                       min_votes: int = 1, batched: bool | None = None) -> tuple[jax.Array, jax.Array]:
     """The k best candidates of every point (see the module docstring).
 
     Args:
@@ -154,36 +159,26 @@ def approx_decode_topk(bucket_scores: jax.Array, label_seeds: jax.Array, index: 
       bucket_cap: candidate slots per top bucket (``IndexShape.bucket_cap``).
       min_votes: keep classes in the top buckets of at least this many members (relaxed to the
         k-th largest vote count of the query).
+      batched: the candidates' take-and-sum over R as one batched gather (True) or member by
+        member (False); None: the current backend's form (``backend.batched_forms``).
 
     Returns:
       ``(scores, ids)``: [N, k] float32 and int32, best first. A query with fewer than k distinct
       candidates gets score -inf and id L in the missing places.
     """
-    num_reps, num_points, num_buckets = bucket_scores.shape
+    num_reps, _, num_buckets = bucket_scores.shape
     if not 1 <= top_buckets <= num_buckets:
         raise ValueError(f"top_buckets m={top_buckets} must be in [1, B={num_buckets}]")
     num_labels = index["classes"].shape[1]
     candidates, selected = gather_candidates(bucket_scores, index, top_buckets, bucket_cap)
-    valid = candidates < num_labels
-    capped = "cutoff" in index
-    candidate_rank = jnp.take(index["rank"], candidates, mode="clip") if capped else None
     # One gather per member reads a candidate's bucket score and whether that bucket is a top one.
     score_and_top = jnp.stack([bucket_scores, selected.astype(bucket_scores.dtype)], axis=-1)
-
-    def add_member(r, totals):
-        score, votes, first = totals
-        buckets = hashing.hash_to_range(candidates, label_seeds[r][None], num_buckets, xp=jnp)[0]
-        read = jnp.take_along_axis(score_and_top[r], buckets[..., None], axis=1)
-        in_top = read[..., 1] > 0
-        in_slot = in_top & (candidate_rank < jnp.take(index["cutoff"][r], buckets)) if capped else in_top
-        first = jnp.where((first == num_reps) & in_slot, r, first)
-        return score + read[..., 0], votes + in_top.astype(jnp.int32), first
-
-    init = (jnp.zeros(candidates.shape, bucket_scores.dtype), jnp.zeros(candidates.shape, jnp.int32),
-            jnp.full(candidates.shape, num_reps, jnp.int32))
-    score, votes, first = lax.fori_loop(0, num_reps, add_member, init)
+    read_member = functools.partial(_read_member, candidates,
+                                    jnp.take(index["rank"], candidates, mode="clip") if "cutoff" in index else None)
+    totals = _batched_totals if (backend.batched_forms() if batched is None else batched) else _looped_totals
+    score, votes, first = totals(read_member, candidates.shape, label_seeds, score_and_top, index.get("cutoff"))
     slot_member = jnp.arange(candidates.shape[1], dtype=jnp.int32) // (candidates.shape[1] // num_reps)
-    distinct = valid & (first == slot_member)
+    distinct = (candidates < num_labels) & (first == slot_member)
     score = jnp.where(distinct & (votes >= vote_threshold(votes, distinct, k, min_votes)), score, -jnp.inf)
     if candidates.shape[1] < k:  # fewer slots than k: pad so that top_k is defined
         pad = k - candidates.shape[1]
@@ -192,3 +187,50 @@ def approx_decode_topk(bucket_scores: jax.Array, label_seeds: jax.Array, index: 
     top_scores, positions = lax.top_k(score, k)
     ids = jnp.take_along_axis(candidates, positions, axis=1)
     return top_scores, jnp.where(jnp.isneginf(top_scores), num_labels, ids)
+
+
+def _read_member(candidates: jax.Array, candidate_rank: jax.Array | None, seed: jax.Array,
+                 score_and_top: jax.Array, cutoff: jax.Array | None) -> tuple[jax.Array, ...]:
+    """What one member says of the [N, K] candidates: its bucket score, whether that bucket is
+    one of its top m, and whether the candidate has a slot there (within the bucket's cap).
+
+    Args: seed uint32 []; score_and_top [N, B, 2]; cutoff int32 [B] or None (uncapped).
+    Returns: float32 [N, K] scores, bool [N, K] in_top, bool [N, K] in_slot.
+    """
+    buckets = hashing.hash_to_range(candidates, seed[None], score_and_top.shape[1], xp=jnp)[0]
+    read = jnp.take_along_axis(score_and_top, buckets[..., None], axis=1)
+    in_top = read[..., 1] > 0
+    in_slot = in_top & (candidate_rank < jnp.take(cutoff, buckets)) if cutoff is not None else in_top
+    return read[..., 0], in_top, in_slot
+
+
+def _looped_totals(read_member, shape: tuple[int, int], label_seeds: jax.Array, score_and_top: jax.Array,
+                   cutoff: jax.Array | None) -> tuple[jax.Array, ...]:
+    """The "loop" form: the [N, K] (``shape``) candidates' summed scores, votes and first member
+    with a slot (R where none has), one member at a time (``lax.fori_loop``).
+
+    Args: read_member: ``_read_member`` of the candidates; label_seeds uint32 [R];
+    score_and_top [R, N, B, 2]; cutoff int32 [R, B] or None.
+    """
+    num_reps = score_and_top.shape[0]
+
+    def add_member(r, totals):
+        score, votes, first = totals
+        member_score, in_top, in_slot = read_member(label_seeds[r], score_and_top[r],
+                                                    None if cutoff is None else cutoff[r])
+        first = jnp.where((first == num_reps) & in_slot, r, first)
+        return score + member_score, votes + in_top.astype(jnp.int32), first
+
+    init = (jnp.zeros(shape, score_and_top.dtype), jnp.zeros(shape, jnp.int32), jnp.full(shape, num_reps, jnp.int32))
+    return lax.fori_loop(0, num_reps, add_member, init)
+
+
+def _batched_totals(read_member, shape: tuple[int, int], label_seeds: jax.Array, score_and_top: jax.Array,
+                    cutoff: jax.Array | None) -> tuple[jax.Array, ...]:
+    """The "batched" form of ``_looped_totals``: every member's reads at once ([R, N, K] each,
+    R times the loop's memory), then sums over R and the first member with a slot."""
+    num_reps = score_and_top.shape[0]
+    member_score, in_top, in_slot = jax.vmap(read_member, in_axes=(0, 0, None if cutoff is None else 0))(
+        label_seeds, score_and_top, cutoff)
+    first = jnp.where(jnp.any(in_slot, axis=0), jnp.argmax(in_slot, axis=0).astype(jnp.int32), num_reps)
+    return jnp.sum(member_score, axis=0), jnp.sum(in_top.astype(jnp.int32), axis=0), first

@@ -6,7 +6,10 @@ only a running [N, k] top-k is kept, so memory is O(R * B * N + C * N + N * k) a
 [N, L] scores and no [R, L] class -> bucket table. Ties go to the lower class id.
 
 The gather runs on the transposed scores [R, B, N]: each class reads one contiguous row of N
-floats per member (about 30x faster on CPU than gathering columns of [N, B] under vmap).
+floats per member (about 30x faster on CPU than gathering columns of [N, B] under vmap). The
+take-and-sum has two kernel forms (``backend.batched_forms``): "loop" adds one member at a time
+(``lax.fori_loop`` inside each chunk); "batched" gathers all R members' [C, N] rows at once and
+sums them, so the class scan is the only loop.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from mach_jax.core import hashing, losses
+from mach_jax.core import backend, hashing, losses
 
 
 def bucket_scores_to_probs(logits: jax.Array, loss_name: str, aggregation: str) -> jax.Array:
@@ -33,17 +36,22 @@ def bucket_scores_to_probs(logits: jax.Array, loss_name: str, aggregation: str) 
     return loss.log_probs(logits) if aggregation == "log_prob" else loss.probs(logits)
 
 
-def class_scores(bucket_scores_t: jax.Array, label_lookup: jax.Array) -> jax.Array:
+def class_scores(bucket_scores_t: jax.Array, label_lookup: jax.Array, batched: bool | None = None) -> jax.Array:
     """Take-and-sum for a set of classes.
 
     Args:
       bucket_scores_t: [R, B, N], the bucket scores transposed.
       label_lookup: int32 [R, C], the buckets of C classes under each member's hash.
+      batched: one [R, C, N] gather summed over R (True) or a loop adding one member's [C, N] at
+        a time (False); None: the current backend's form (``backend.batched_forms``).
 
     Returns:
       [C, N]: ``sum_r bucket_scores_t[r, label_lookup[r, c], :]``.
     """
     bucket_scores_t, label_lookup = jnp.asarray(bucket_scores_t), jnp.asarray(label_lookup)
+    if backend.batched_forms() if batched is None else batched:
+        members = jnp.arange(label_lookup.shape[0])[:, None]
+        return jnp.sum(bucket_scores_t.at[members, label_lookup].get(mode="clip"), axis=0)
 
     def add_member(r, total):
         return total + jnp.take(bucket_scores_t[r], label_lookup[r], axis=0, mode="clip")
@@ -53,7 +61,7 @@ def class_scores(bucket_scores_t: jax.Array, label_lookup: jax.Array) -> jax.Arr
 
 
 def decode_topk(bucket_scores: jax.Array, label_seeds: jax.Array, num_labels: int, k: int,
-                chunk_size: int) -> tuple[jax.Array, jax.Array]:
+                chunk_size: int, batched: bool | None = None) -> tuple[jax.Array, jax.Array]:
     """The k best classes of every point, scanning classes in chunks.
 
     Args:
@@ -62,6 +70,7 @@ def decode_topk(bucket_scores: jax.Array, label_seeds: jax.Array, num_labels: in
       num_labels: L.
       k: how many classes to return (k <= L).
       chunk_size: C, classes scored per scan step; L need not be a multiple of it.
+      batched: the take-and-sum's kernel form (``class_scores``; None: the current backend's).
 
     Returns:
       ``(scores, ids)``: [N, k] float32 and int32, best first.
@@ -77,7 +86,7 @@ def decode_topk(bucket_scores: jax.Array, label_seeds: jax.Array, num_labels: in
         best_scores, best_ids = best
         ids = start + jnp.arange(chunk_size, dtype=jnp.int32)
         lookup = hashing.hash_to_range(ids, label_seeds, num_buckets, xp=jnp)  # [R, C]
-        scores = jnp.where(ids[:, None] < num_labels, class_scores(scores_t, lookup), -jnp.inf).T
+        scores = jnp.where(ids[:, None] < num_labels, class_scores(scores_t, lookup, batched), -jnp.inf).T
         # The running best come first and hold lower ids, so ties keep the lower id.
         all_scores = jnp.concatenate([best_scores, scores], axis=1)
         all_ids = jnp.concatenate([best_ids, jnp.broadcast_to(ids, scores.shape)], axis=1)

@@ -16,28 +16,32 @@ import jax
 import numpy as np
 
 from mach_jax.config import Config
-from mach_jax.core import hashing, mesh as mesh_lib
+from mach_jax.core import backend, hashing
+from mach_jax.core import mesh as mesh_lib
 from mach_jax.readout import approx_decode, decode
 
 
-@functools.partial(jax.tree_util.register_dataclass, data_fields=[], meta_fields=["num_labels", "chunk_size"])
+@functools.partial(jax.tree_util.register_dataclass, data_fields=[],
+                   meta_fields=["num_labels", "chunk_size", "batched"])
 @dataclasses.dataclass(frozen=True)
 class ExactDecoder:
-    """Every class scored by the take-and-sum, C classes per scan step."""
+    """Every class scored by the take-and-sum, C classes per scan step; ``batched``: its kernel
+    form, one gather over all R (True) or a loop over R (False, ``backend.batched_forms``)."""
 
     num_labels: int
     chunk_size: int
+    batched: bool = False
 
     def __call__(self, bucket_scores: jax.Array, label_seeds: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
         """Args: bucket_scores [R, N, B]; label_seeds uint32 [R]. Returns: [N, k] scores, ids."""
-        return decode.decode_topk(bucket_scores, label_seeds, self.num_labels, k, self.chunk_size)
+        return decode.decode_topk(bucket_scores, label_seeds, self.num_labels, k, self.chunk_size, self.batched)
 
     def describe(self) -> str:
         return "exact"
 
 
 @functools.partial(jax.tree_util.register_dataclass, data_fields=["index"],
-                   meta_fields=["top_buckets", "bucket_cap", "min_votes"])
+                   meta_fields=["top_buckets", "bucket_cap", "min_votes", "batched"])
 @dataclasses.dataclass(frozen=True)
 class ApproxDecoder:
     """Only the candidates of each member's m top buckets scored (see ``approx_decode``).
@@ -45,19 +49,21 @@ class ApproxDecoder:
     Attributes:
       index: the members' inverse index (``approx_decode.build_inverse_index``), on device.
       top_buckets: m; bucket_cap: candidate slots per top bucket; min_votes: see ``approx_decode``.
+      batched: the kernel form of the take-and-sum over R (``backend.batched_forms``).
     """
 
     index: approx_decode.InverseIndex
     top_buckets: int
     bucket_cap: int
     min_votes: int = 1
+    batched: bool = False
 
     def __call__(self, bucket_scores: jax.Array, label_seeds: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
         """Args: bucket_scores [R, N, B]; label_seeds uint32 [R]. Returns: [N, k] scores, ids
         (a point with fewer than k candidates gets score -inf and id L in the missing places)."""
         return approx_decode.approx_decode_topk(bucket_scores, label_seeds, self.index, k=k,
                                                 top_buckets=self.top_buckets, bucket_cap=self.bucket_cap,
-                                                min_votes=self.min_votes)
+                                                min_votes=self.min_votes, batched=self.batched)
 
     def describe(self) -> str:
         return (f"approx (top_buckets={self.top_buckets}, min_votes={self.min_votes}, "
@@ -67,8 +73,8 @@ class ApproxDecoder:
 def build_approx_decoder(config: Config, rep_ids: tuple[int, ...], num_labels: int,
                          label_counts: np.ndarray, mesh) -> ApproxDecoder:
     """The approximate decoder of these members: their inverse index (int32 [R, L] classes plus
-    [R, B + 1] offsets), sharded over the members like the parameters, and ``config.eval``'s
-    settings."""
+    [R, B + 1] offsets), sharded over the members like the parameters, ``config.eval``'s
+    settings and the backend's kernel form (``model.kernel_forms``)."""
     settings = config.eval
     seeds = hashing.repetition_seeds(config.model.label_hash_seed, np.asarray(rep_ids))
     index, shape = approx_decode.build_inverse_index(seeds, num_labels, config.model.num_buckets,
@@ -78,4 +84,5 @@ def build_approx_decoder(config: Config, rep_ids: tuple[int, ...], num_labels: i
     if rank is not None:
         index["rank"] = mesh_lib.put(rank, mesh_lib.replicated(mesh))
     top_buckets = min(settings.top_buckets, config.model.num_buckets)
-    return ApproxDecoder(index, top_buckets, shape.bucket_cap, settings.min_votes)
+    return ApproxDecoder(index, top_buckets, shape.bucket_cap, settings.min_votes,
+                         backend.batched_forms(config.model.kernel_forms))

@@ -32,7 +32,8 @@ def dropout_keys(seeds: Seeds, count: jax.Array, spec: StepSpec) -> jax.Array | 
 
 def _member_losses(params, feat_ids, batch: Batch, buckets: jax.Array, keys, spec: StepSpec):
     member_logits = model.apply_ensemble(spec.member.graphdef, params, feat_ids, batch["feat_vals"],
-                                         spec.member.rep_shards, spec.dropout, keys)
+                                         spec.member.rep_shards, spec.dropout, keys,
+                                         batched=spec.member.batched_forms)
     member_loss = losses.member_losses(spec.member.loss_name, member_logits, buckets, batch["label_mask"],
                                        batch["point_mask"], spec.label_smoothing)
     return member_loss.sum(), member_loss
@@ -88,7 +89,7 @@ def _lazy_update(state: State, batch: Batch, buckets: jax.Array, feat_ids: jax.A
     rows = rows[..., :max_rows]
     ids, vals, points = sparse_update.flat_entries(feat_ids, feat_vals, max_entries)
     bags = _by_shard(functools.partial(sparse_update.entry_bags, vals=vals, points=points,
-                                       num_points=feat_vals.shape[0]),
+                                       num_points=feat_vals.shape[0], batched=spec.member.batched_forms),
                      (table, ids), spec.member.rep_shards, shared=(False, ids.ndim == 1))
     rest = without_embedding(params)
     head_losses = functools.partial(_head_losses, table=table, batch=batch, buckets=buckets, keys=keys,
@@ -96,7 +97,8 @@ def _lazy_update(state: State, batch: Batch, buckets: jax.Array, feat_ids: jax.A
     loss, head_vjp, member_loss = jax.vjp(head_losses, rest, bags, has_aux=True)
     rest_grads, bag_grads = head_vjp(jnp.ones_like(loss))
     row_grads = _by_shard(
-        functools.partial(sparse_update.row_gradients, feat_vals=feat_vals, num_rows=max_rows),
+        functools.partial(sparse_update.row_gradients, feat_vals=feat_vals, num_rows=max_rows,
+                          batched=spec.member.batched_forms),
         (bag_grads, local_ids), spec.member.rep_shards, shared=(False, local_ids.ndim == 2))
     updates, rest_state = spec.optimizer.update(rest_grads, state["opt_state"]["rest"], rest)
     learning_rate = (spec.embedding_learning_rate or spec.learning_rate) * spec.schedule(state["step"])
@@ -106,6 +108,7 @@ def _lazy_update(state: State, batch: Batch, buckets: jax.Array, feat_ids: jax.A
     else:
         name, update = "embedding_moments", functools.partial(
             sparse_update.lazy_adam, step=step, learning_rate=learning_rate, weight_decay=spec.weight_decay)
+    update = functools.partial(update, batched=spec.member.batched_forms)
     table, embedding_state = _by_shard(update, (table, state["opt_state"][name], rows, row_grads),
                                        spec.member.rep_shards, shared=(False, False, rows.ndim == 1, False))
     new_params = dict(optax.apply_updates(rest, updates), embedding=table)
