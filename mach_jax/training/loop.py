@@ -15,10 +15,11 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib.util
+import itertools
 import logging
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import jax
@@ -33,6 +34,7 @@ from mach_jax.data.prepare import (RunInfo, check_enough_labels, feature_idf, la
                                    sized_for)
 from mach_jax.errors import TrainingInterrupted
 from mach_jax.storage import checkpoints, integrity, lock, workdir as wd
+from mach_jax.training import device_data, lazy_caps, multi_step
 from mach_jax.training.metric_log import MetricLog
 from mach_jax.training.monitoring import LossLog, StopOnSignals
 from mach_jax.training.optimizer import State
@@ -147,19 +149,14 @@ def _loop(config: Config, program: TrainingProgram, state: State, train_data: XC
         metric_log.write(kind, at_step, learning_rate=scheduled, **fields)
 
     loss_log = LossLog(program.rep_ids, shape.batch_size, bar, write_train)
-    # The same items either way; with Grain its threads build them and ours only places them.
-    make_host_batches = grain_batches.grain_batches if uses_grain(config.data.host_loader) else _batches_from
-    host_batches = make_host_batches(train_data, shape, config.train.seed, step, steps_per_epoch,
-                                     config.train.epochs)
-    place = functools.partial(_place, program=program)
+    boundaries = multi_step.Boundaries(total_steps, (config.train.log_every_steps, checkpoint_every, eval_every))
     try:  # closed once the prefetcher's thread has stopped (Grain's threads stop with it)
-        with (StopOnSignals() as stop, contextlib.closing(host_batches),
-              batches.Prefetcher(host_batches, place) as prefetched):
-            for _, batch, train_step in prefetched:
-                state, step_metrics = train_step(state, batch, program.seeds)
-                step += 1
-                bar.update()
-                loss_log.add(step, step_metrics["member_loss"])
+        with StopOnSignals() as stop, _calls(config, program, train_data, shape, step, boundaries) as calls:
+            for count, call in calls:  # a call never runs past a boundary: the checks below see each
+                state, member_loss = call(state)
+                step += count
+                bar.update(count)
+                loss_log.add(step, member_loss, count)
                 if step % config.train.log_every_steps == 0:
                     loss_log.flush()
                 if eval_every and step % eval_every == 0 and step < total_steps:  # the last: final
@@ -190,10 +187,57 @@ def uses_grain(host_loader: str) -> bool:
     return host_loader == "grain"
 
 
-def _place(item: tuple[int, batches.Batch], program: TrainingProgram) -> tuple[int, dict, Callable]:
+@contextlib.contextmanager
+def _calls(config: Config, program: TrainingProgram, train_data: XCDataset, shape: batches.BatchShape,
+           start_step: int, boundaries: multi_step.Boundaries):
+    """``(count, call)`` from ``start_step`` to the end: ``call(state) -> (state, member losses)``
+    runs ``count`` steps, on device-resident data (``multi_step``, up to S steps a call) or on host
+    batches (one step a call). Either way a batch past the lazy caps goes to the uncapped step
+    (``lazy_caps.CapRouter``, checked per epoch, an epoch ahead)."""
+    train, caps = config.train, program.batch_caps
+    router = lazy_caps.CapRouter(train_data.features, train.batch_size, train.seed, caps, train.epochs) if caps else None
+    on_device, why = device_data.resolve(config.data.device_data, train_data.num_points, shape,
+                                         program.mesh.shape[mesh_lib.DATA_AXIS])
+    with contextlib.closing(router) if router else contextlib.nullcontext():
+        if not on_device:
+            log.info("training data from the host (%s), one step per call", why)
+            with _host_calls(config, program, train_data, shape, start_step, router) as calls:
+                yield calls
+            return
+        length = multi_step.steps_per_call(config)
+        log.info("training data on the device (%s), %d steps per call", why, length)
+        resident = device_data.put_resident(train_data, shape, program.mesh)
+        rows = device_data.StepRows(train_data.num_points, shape.batch_size, train.seed)
+        yield multi_step.MultiStep(program, resident, rows, boundaries, length, router).calls(start_step)
+
+
+@contextlib.contextmanager
+def _host_calls(config: Config, program: TrainingProgram, train_data: XCDataset, shape: batches.BatchShape,
+                start_step: int, router: lazy_caps.CapRouter | None):
+    """One step per host batch, built and placed ahead by ``batches.Prefetcher``."""
+    # The same items either way; with Grain its threads build them and ours only places them.
+    make_host_batches = grain_batches.grain_batches if uses_grain(config.data.host_loader) else _batches_from
+    host_batches = make_host_batches(train_data, shape, config.train.seed, start_step,
+                                     batches.num_batches(train_data.num_points, shape.batch_size),
+                                     config.train.epochs)
+    place = functools.partial(_place, program=program, router=router, steps=itertools.count(start_step))
+    with contextlib.closing(host_batches), batches.Prefetcher(host_batches, place) as prefetched:
+        yield ((1, functools.partial(_host_call, train_step, batch, program.seeds))
+               for _, batch, train_step in prefetched)
+
+
+def _place(item: tuple[int, batches.Batch], program: TrainingProgram, router: lazy_caps.CapRouter | None,
+           steps: Iterator[int]) -> tuple[int, dict, Callable]:
     """On the prefetch thread: the batch on device, and the step to run it with."""
     epoch, batch = item
-    return epoch, mesh_lib.put(batch, program.batch_sharding), program.step_for(batch)
+    fits = router is None or router.fits(next(steps))
+    return epoch, mesh_lib.put(batch, program.batch_sharding), (
+        program.train_step if fits else program.uncapped_train_step)
+
+
+def _host_call(train_step: Callable, batch: dict, seeds: dict, state: State) -> tuple[State, jax.Array]:
+    state, metrics = train_step(state, batch, seeds)
+    return state, metrics["member_loss"]
 
 
 def _batches_from(data: XCDataset, shape: batches.BatchShape, seed: int, start_step: int,

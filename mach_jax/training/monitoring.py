@@ -65,11 +65,23 @@ class LossLog:
     def __init__(self, rep_ids: tuple[int, ...], batch_size: int, bar,
                  write: Callable[..., Any]):
         self.rep_ids, self.batch_size, self.bar, self.write = rep_ids, batch_size, bar, write
-        self.pending: list[tuple[int, jax.Array]] = []
+        self.pending: list[tuple[int, jax.Array, int]] = []
         self.window_start = time.perf_counter()
 
-    def add(self, step: int, member_loss: jax.Array) -> None:
-        self.pending.append((step, member_loss))
+    def add(self, step: int, member_loss: jax.Array, count: int = 1) -> None:
+        """Step ``step``'s member losses [R]; or, from [S, R] (a multi-step call's), those of the
+        ``count`` steps up to ``step``: its first ``count`` rows."""
+        self.pending.append((step, member_loss, count))
+
+    def _local_steps(self):
+        """``(step, {member index: loss})`` of each pending step, this process's members only."""
+        for step, member_loss, count in self.pending:
+            if member_loss.ndim == 1:
+                yield step, mesh_lib.local_rows(member_loss)
+                continue
+            columns = _local_columns(member_loss)
+            for offset in range(count):
+                yield step - count + 1 + offset, {i: values[offset] for i, values in columns.items()}
 
     def restart_clock(self) -> None:
         """Leaves the time since the last flush (an evaluation, say) out of examples/s."""
@@ -79,8 +91,7 @@ class LossLog:
         if not self.pending:
             return
         rows = []
-        for step, member_loss in self.pending:
-            local = mesh_lib.local_rows(member_loss)  # {member index: loss}, this process only
+        for step, local in self._local_steps():
             bad = [self.rep_ids[i] for i, value in local.items() if not np.isfinite(value)]
             if bad:
                 raise TrainingDivergedError(
@@ -88,7 +99,7 @@ class LossLog:
                     "the last checkpoint predates this step")
             rows.append([float(value) for value in local.values()])
         elapsed = time.perf_counter() - self.window_start
-        rate = len(self.pending) * self.batch_size / max(elapsed, 1e-9)
+        rate = len(rows) * self.batch_size / max(elapsed, 1e-9)
         means = np.mean(rows, axis=0)
         losses = {self.rep_ids[i]: float(value) for i, value in zip(local, means)}
         loss = float(np.mean(means))
@@ -96,3 +107,13 @@ class LossLog:
         self.bar.set_postfix(loss=f"{loss:.4f}", ex_per_s=f"{rate:,.0f}")
         self.pending.clear()
         self.window_start = time.perf_counter()
+
+
+def _local_columns(array: jax.Array) -> dict[int, np.ndarray]:
+    """The columns of an [S, R] array split over R that live on this process: {member index: [S]}."""
+    columns = {}
+    for shard in array.addressable_shards:
+        start = shard.index[1].start or 0
+        for offset, values in enumerate(np.asarray(shard.data).T):
+            columns[start + offset] = values
+    return dict(sorted(columns.items()))

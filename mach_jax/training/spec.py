@@ -31,7 +31,7 @@ class StepSpec:
       embedding_optimizer: "adam" or "rowwise_adagrad" for the lazy embedding update, with
         ``embedding_learning_rate`` (None: ``learning_rate``).
       touched_rows_cap, entries_cap: U and T of the lazy step (``lazy_caps.batch_caps``;
-        0: N * K). The caller feeds it only batches within them (``lazy_caps.batch_fits``),
+        0: N * K). The caller feeds it only batches within them (``lazy_caps.CapRouter``),
         the others to the step without caps.
       lr_schedule, warmup_steps, total_steps: the step size's schedule
         (``optimizer.learning_rate_schedule``).
