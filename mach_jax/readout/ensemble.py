@@ -75,7 +75,7 @@ class MachEnsemble:
         self._eval_step = jax.jit(functools.partial(step.eval_step, **read_out, k=metrics.top_k(info.num_labels)),
                                   out_shardings=everywhere)
         self._label_counts = np.asarray(label_counts)
-        self._exact = ExactDecoder(info.num_labels, config.eval.class_chunk_size)
+        self._exact = ExactDecoder(info.num_labels, config.eval.class_chunk_size, self.spec.batched_forms)
         self.trained_reranker = reranker
         self.reranker = None
         if reranker is not None and config.eval.reranker != "off":
@@ -119,22 +119,14 @@ class MachEnsemble:
             may itself hold groups ``reps-START-STOP/`` (see ``workdir.find_groups``).
           **eval_overrides: fields of the eval section to change (e.g. ``eval_repetitions=4``).
         """
-        config, info, groups = wd.find_groups([Path(w) for w in workdirs])
+        config, info, groups, params, step = restore_members(*workdirs)
         config = config.replace(eval=eval_overrides) if eval_overrides else config
-        restored = [checkpoints.restore_params(group.path, _abstract_params(config, info, group.rep_ids))
-                    for group in groups]
-        steps_done = {group.path: step for group, (step, _) in zip(groups, restored)}
-        if len(set(steps_done.values())) > 1:
-            raise WorkdirError(f"the groups stopped at different steps {steps_done}: one is still "
-                               "training or was interrupted; finish it (re-run its command) first")
-        parts = [params for _, params in restored]
-        params = jax.tree.map(lambda *leaves: np.concatenate(leaves), *parts)
         reranker = None
         if config.eval.reranker != "off":
             reranker = load_reranker(Path(workdirs[0]), info.num_features, info.num_labels, config.eval.rerank_mix)
         ensemble = cls(config, info, params, wd.read_label_counts(groups[0].path),
                        feature_idf=wd.read_feature_idf(groups[0].path), reranker=reranker)
-        ensemble.checkpoint_step = next(iter(steps_done.values()))
+        ensemble.checkpoint_step = step
         ensemble.recorded_final_step = checkpoints.training_progress(groups[0].path).final_step
         return ensemble
 
@@ -242,6 +234,26 @@ class MachEnsemble:
         if self.reranker is not None:
             result["reranker"] = {"shortlist_size": self.reranker.shortlist_size, "mix": self.reranker.mix}
         return result
+
+
+def restore_members(*workdirs: str | Path) -> tuple[Config, RunInfo, list[wd.Group], model.Params, int]:
+    """``(config, info, groups, params, step)``: the members' parameters [R, ...] as host arrays
+    (the optimiser's moments are never read) from the newest checkpoints of one workdir, or of
+    groups trained apart (``workdir.find_groups``), and the step they were saved at.
+
+    Raises:
+      WorkdirError: the groups stopped at different steps (or as ``find_groups``).
+    """
+    config, info, groups = wd.find_groups([Path(w) for w in workdirs])
+    restored = [checkpoints.restore_params(group.path, _abstract_params(config, info, group.rep_ids))
+                for group in groups]
+    steps_done = {group.path: step for group, (step, _) in zip(groups, restored)}
+    if len(set(steps_done.values())) > 1:
+        raise WorkdirError(f"the groups stopped at different steps {steps_done}: one is still "
+                           "training or was interrupted; finish it (re-run its command) first")
+    parts = [params for _, params in restored]
+    params = parts[0] if len(parts) == 1 else jax.tree.map(lambda *leaves: np.concatenate(leaves), *parts)
+    return config, info, groups, params, restored[0][0]
 
 
 def _abstract_params(config: Config, info: RunInfo, rep_ids: tuple[int, ...]) -> model.Params:

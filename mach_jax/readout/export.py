@@ -1,14 +1,19 @@
-"""Export a trained ensemble plus its decoder (and re-ranker, if any) as one serialized StableHLO
-function (jax.export).
+"""Two exports of a trained ensemble for serving, neither with the optimiser's moments.
 
-The file runs with nothing but JAX installed: parameters and hash seeds are baked in, and the
-input is a fixed-shape batch (pad the last one):
+``export_ensemble``: the ensemble plus its decoder (and re-ranker, if any) as one serialized
+StableHLO function (jax.export). The file runs with nothing but JAX installed: parameters and hash
+seeds are baked in, and the input is a fixed-shape batch (pad the last one):
 
     exported = jax.export.deserialize(bytearray(open("model.stablehlo", "rb").read()))
     scores, ids = exported.call(feat_ids, feat_vals)   # int32 [N, K], float32 [N, K] -> [N, k] each
 
 A JSON file beside it records N, K, k, D and L. Both files are written to a temporary file beside
 their target and renamed once complete, so an existing export is never left half overwritten.
+
+``export_params``: a serving folder that ``MachEnsemble.load`` reads like a workdir (any batch
+size, either decoder, other eval settings): ``config.json``, the label counts (and idf) and one
+checkpoint of the parameters alone, a third of a training checkpoint under Adam. Groups trained
+apart are merged into one. Training cannot resume from it (its record says ``params_only``).
 """
 
 from __future__ import annotations
@@ -21,8 +26,11 @@ import jax.numpy as jnp
 
 from mach_jax.data.files import write_bytes_atomically, write_json_atomically
 from mach_jax.data import transforms
+from mach_jax.errors import WorkdirError
 from mach_jax.readout import step
-from mach_jax.readout.ensemble import MachEnsemble
+from mach_jax.readout.ensemble import MachEnsemble, restore_members
+from mach_jax.readout.rerank import load_reranker
+from mach_jax.storage import checkpoints, rerank_store, run_file, workdir as wd
 
 
 def export_ensemble(ensemble: MachEnsemble, path: str | Path, batch_size: int, max_nnz: int,
@@ -73,3 +81,41 @@ def export_ensemble(ensemble: MachEnsemble, path: str | Path, batch_size: int, m
             "num_features": ensemble.info.num_features, "num_labels": ensemble.info.num_labels}
     write_json_atomically(f"{path}.json", spec)
     return path
+
+
+def export_params(target: str | Path, *workdirs: str | Path) -> Path:
+    """Writes the serving folder ``target`` of a trained run: its parameters without the moments.
+
+    Args:
+      target: a new folder (or an empty one); ``MachEnsemble.load(target)`` reads it.
+      *workdirs: the trained run: one workdir, or its groups (as ``MachEnsemble.load`` takes them).
+
+    Returns:
+      ``target``.
+
+    Raises:
+      WorkdirError: ``target`` already holds a run or checkpoints, or the run cannot be read.
+    """
+    target = Path(target)
+    if any((target / name).exists() for name in (run_file.CONFIG_FILE, checkpoints.CHECKPOINT_DIR,
+                                                 rerank_store.RERANK_DIR)):
+        raise WorkdirError(f"{target}: already holds a run; export to a new folder")
+    config, info, groups, params, step_done = restore_members(*workdirs)
+    source = groups[0].path
+    fingerprint = run_file.read_run_file(source).data_fingerprint
+    final_step = checkpoints.training_progress(source).final_step
+    _save_params(target, step_done, params, wd.identity(config, info, fingerprint), final_step)
+    reranker = load_reranker(Path(workdirs[0]), info.num_features, info.num_labels, config.eval.rerank_mix)
+    if reranker is not None:  # the re-ranker's parameters too, with its record
+        _save_params(rerank_store.rerank_dir(target), step_done, reranker.params, None, None)
+        rerank_store.write_record(target, rerank_store.read_record(Path(workdirs[0])))
+    # config.json last: it marks a complete folder (``workdir.write_run``).
+    wd.write_run(target, config, info, wd.read_label_counts(source), wd.read_feature_idf(source), fingerprint)
+    return target
+
+
+def _save_params(folder: Path, step_done: int, params, identity: dict | None, final_step: int | None) -> None:
+    """``folder/checkpoints/<step>`` holding ``{"params": [R, ...]}`` alone, on disk when it returns:
+    ``checkpoints.restore_params`` reads it as a training checkpoint; ``restore_latest`` refuses it."""
+    with checkpoints.opened(folder, keep=1) as manager:
+        checkpoints.save_state(manager, step_done, {"params": params}, identity, final_step, params_only=True)

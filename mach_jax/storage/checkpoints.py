@@ -10,6 +10,10 @@ metadata is gone, or whose arrays do not match their checksums or hold NaN or in
 damaged; the next older one is used, with a warning naming the damaged one (a checkpoint saved
 before records is checked for finite values only). A checkpoint of another run (its record's identity differs) is refused, never skipped.
 Restoring touches nothing, so evaluation is safe while another process still trains there.
+
+Saves hold no second copy of the state on a CPU host (``orbax_io.manager``). A checkpoint of the
+parameters alone (``params_only``, ``readout.export.export_params``) is refused for resuming. An
+older step is deleted only once the newer one is complete, even with ``train.keep_checkpoints`` 1.
 """
 
 from __future__ import annotations
@@ -28,11 +32,12 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from mach_jax.errors import TrainingDivergedError, WorkdirError
-from mach_jax.storage import integrity, orbax_io, run_file, workdir as wd
+from mach_jax.storage import host_memory, integrity, orbax_io, run_file, workdir as wd
 
 CHECKPOINT_DIR = "checkpoints"
 DAMAGED_DIR = "damaged_checkpoints"
 RECORD_KEY = "mach_jax"
+PARAMS_ONLY_KEY = "params_only"  # in the record of a checkpoint that holds the parameters alone
 _STEP_METADATA = "_CHECKPOINT_METADATA"  # Orbax's per-step metadata file (its custom_metadata)
 
 log = logging.getLogger("mach_jax")
@@ -68,8 +73,9 @@ class Progress:
 
 
 def save_state(manager: ocp.CheckpointManager, step: int, state: Any, identity: dict | None = None,
-               final_step: int | None = None) -> None:
-    """Saves (asynchronously) unless this step is already saved, with its record.
+               final_step: int | None = None, params_only: bool = False) -> None:
+    """Saves (asynchronously) unless this step is already saved, with its record (``params_only``:
+    it says the state is ``{"params": ...}`` alone, without the optimiser's moments).
 
     Raises:
       TrainingDivergedError: the state holds NaN or infinite values (it is not saved).
@@ -84,8 +90,10 @@ def save_state(manager: ocp.CheckpointManager, step: int, state: Any, identity: 
                                     "not saved; the newest checkpoint predates it")
     record = {"digests": {name: check.digest for name, check in checks.items()}, "identity": identity,
               "final_step": final_step}
+    if params_only:
+        record[PARAMS_ONLY_KEY] = True
     with orbax_io.write_errors(manager.directory, f"saving checkpoints (at step {step})"):
-        manager.save(step, args=ocp.args.StandardSave(state), custom_metadata={RECORD_KEY: record})
+        manager.save(step, args=ocp.args.PyTreeSave(state), custom_metadata={RECORD_KEY: record})
 
 
 def wait_until_saved(manager: ocp.CheckpointManager) -> None:
@@ -110,6 +118,8 @@ def restore_latest(folder: Path, abstract_state: Any, identity: dict | None = No
       WorkdirError: the checkpoint was written by another run (naming the difference), does not
         fit this config, or every checkpoint is damaged.
     """
+    _refuse_params_only(Path(folder))
+
     def refuse(step: int, saved: dict) -> str | None:
         return wd.describe_difference(f"{folder / CHECKPOINT_DIR / str(step)}", saved, identity)
 
@@ -117,6 +127,7 @@ def restore_latest(folder: Path, abstract_state: Any, identity: dict | None = No
                                refuse if identity is not None else None)
     if restored is not None:
         set_aside(folder, restored.damaged)
+        host_memory.release_free_memory()  # what the reading threads freed, before the steps allocate
     return restored
 
 
@@ -151,6 +162,16 @@ def restore_params(folder: Path, abstract_params: Any) -> tuple[int, Any]:
     if restored is None:
         raise WorkdirError(f"{folder}: no checkpoint found under {CHECKPOINT_DIR}/")
     return restored.step, restored.state["params"]
+
+
+def _refuse_params_only(folder: Path) -> None:
+    """A checkpoint of the parameters alone has no optimiser state to resume training from."""
+    steps = _steps(folder / CHECKPOINT_DIR)
+    record = _record(folder / CHECKPOINT_DIR, steps[0]) if steps else None
+    if isinstance(record, dict) and record.get(PARAMS_ONLY_KEY):
+        raise WorkdirError(f"{folder / CHECKPOINT_DIR / str(steps[0])}: holds the parameters alone, without "
+                           "the optimiser's moments (an export for serving): training cannot resume from it; "
+                           "train in the run's own workdir, or in a new one")
 
 
 def set_aside(folder: Path, damaged: tuple[tuple[int, str], ...]) -> None:

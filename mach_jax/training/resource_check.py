@@ -90,7 +90,7 @@ def require_fits(config: Config, shape: RunShape, data_file: str | None = None,
       The estimate of the run's peak.
     """
     budget = budget or memory_budget()
-    estimate = resources.estimate(config, shape, *_shards(config, budget))
+    estimate = resources.estimate(config, shape, *_shards(config, budget), accelerator=budget.device is not None)
     need, free, where = _overflow(estimate, budget) or _usage(estimate, budget)
     log.info(f"model: {resources.describe_state(config, shape)}; peak memory about {format_bytes(need)} "
              f"(in {estimate.phase}) of {format_bytes(free)} free ({where}); {resources.describe_rules(config, shape)}")
@@ -125,7 +125,9 @@ def _overflow(estimate: Estimate, budget: Budget) -> tuple[int, int, str] | None
 def fits(config: Config, shape: RunShape, budget: Budget, shards: tuple[int, int] | None = None) -> bool:
     """Whether the run fits in ``budget`` (False too where the config cannot run on this data)."""
     try:
-        return _overflow(resources.estimate(config, shape, *(shards or _shards(config, budget))), budget) is None
+        estimate = resources.estimate(config, shape, *(shards or _shards(config, budget)),
+                                      accelerator=budget.device is not None)
+        return _overflow(estimate, budget) is None
     except ConfigError:
         return False
 
@@ -178,7 +180,7 @@ def _cause(config: Config, shape: RunShape, largest: str, data_file: str | None)
         return f"D={shape.num_features} features{_header(data_file)} and a tf-idf input, whose idf is [D]"
     if largest.startswith("label arrays") or largest == "decoding":
         return f"L={shape.num_labels} labels{_header(data_file)} ({config.eval.decoder} decoder)"
-    if largest not in ("parameters", "gradients", resources.moments_name(config)):
+    if largest not in ("parameters", "gradients", resources.moments_name(config), *resources.STATE_SIZED):
         return f"the largest part is the {largest}"
     members = config.parallel.num_members(config.model.num_repetitions)
     rows, cols = max(matrices, key=lambda m: m[0] * m[1])

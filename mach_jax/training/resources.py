@@ -11,7 +11,15 @@ bytes an entry: float32 values, int32 ids) and returns the largest, part by part
   decoder's class chunks (``readout.decode``), or the approximate decoder's [R, L] index;
 - re-ranking: the members' parameters and the re-ranker's [D, h] and [L, h] tables, with their
   Adam moments and gradients;
+- creating the state: the state as it is created, beside the random draws of every weight matrix
+  (``INIT_DRAWS`` entries a weight: XLA's generator bits and their transforms, all members at once);
+- restoring a checkpoint (a resumed run): the state, and Orbax's host buffers of it as it reads a checkpoint;
 - in every phase the label arrays: the training label counts [L] (int64) and the propensities.
+
+On an accelerator a checkpoint is also a host copy of the state while it is written, beside the
+training steps (``accelerator=True``); on the CPU Orbax reads the arrays in place. What the process
+holds before any of this (Python, JAX and XLA: some 210 MiB on the CPU) is not counted: it is
+already in use when the free memory is measured (``resource_check``).
 
 Device parts are those of one device: ``rep_shards`` devices split the R members and
 ``data_shards`` split each training batch (``parallel.rep_devices`` / ``data_devices``). The
@@ -24,13 +32,19 @@ from __future__ import annotations
 import dataclasses
 
 from mach_jax.config import Config, ModelConfig
-from mach_jax.core import model
+from mach_jax.core import backend, model
 from mach_jax.data import batches
 from mach_jax.data.csr import XCDataset
 from mach_jax.training.spec import uses_lazy_update
 
 ENTRY = 4  # bytes of one float32 value or int32 id
 PREFETCHED_BATCHES = 3  # the prefetcher's queue (2) and the batch in the step (data/batches.py)
+# Temporary entries per weight while the state is created (``model.init_params`` under jit):
+# XLA's compiled temporaries on the CPU were 2.7-3.0 entries a weight over five shapes (R=4-16,
+# D=1,000-50,000, B=50-20,000, one or two hidden layers).
+INIT_DRAWS = 3
+# The parts that grow with the weight matrices as the state does (a refusal blames the matrices).
+STATE_SIZED = ("random draws of the weights", "checkpoint read buffers", "checkpoint's host copy of the state")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,13 +145,16 @@ def batch_widths(config: Config, shape: RunShape) -> tuple[int, int, int, int]:
             eval_width, batches.next_power_of_two(shape.eval_widest_labels))
 
 
-def estimate(config: Config, shape: RunShape, rep_shards: int = 1, data_shards: int = 1) -> Estimate:
+def estimate(config: Config, shape: RunShape, rep_shards: int = 1, data_shards: int = 1,
+             accelerator: bool = False) -> Estimate:
     """The phase of the run that needs the most memory (on one device plus the host), part by part.
 
     Args:
       config: the run's config, sized for the data (``prepare.sized_for``: B filled in).
       shape: the data's ``RunShape``.
       rep_shards, data_shards: the devices that split the members and each batch.
+      accelerator: whether the device's memory is not the host's (a GPU or TPU): then checkpoints
+        copy the state to the host.
 
     Raises:
       ConfigError: where the config cannot run on this data at all (``spec.uses_lazy_update``).
@@ -146,9 +163,18 @@ def estimate(config: Config, shape: RunShape, rep_shards: int = 1, data_shards: 
     params = members * member_parameters(config.model, shape.num_features) * ENTRY
     state = [Part("parameters", params, True),
              Part(moments_name(config), members * moment_entries(config, shape.num_features) * ENTRY, True)]
+    # Orbax copies or reads every local device's share on the host: the whole state of the members here.
+    all_members = config.parallel.num_members(config.model.num_repetitions)
+    host_state = all_members * (member_parameters(config.model, shape.num_features)
+                                + moment_entries(config, shape.num_features)) * ENTRY
     labels = _label_parts(config, shape)
-    phases = {"training": state + _training_parts(config, shape, members, data_shards) + labels,
-              "evaluation": state + _evaluation_parts(config, shape, members) + labels}
+    weights = sum(rows * cols for rows, cols in member_matrices(config.model, shape.num_features))
+    host_copy = [Part(STATE_SIZED[2], host_state if accelerator else 0, False)]
+    phases = {"training": state + _training_parts(config, shape, members, data_shards) + host_copy + labels,
+              "evaluation": state + _evaluation_parts(config, shape, members) + labels,
+              "creating the state": state + [Part(STATE_SIZED[0],
+                                              INIT_DRAWS * members * weights * ENTRY, True)] + labels,
+              "restoring a checkpoint": state + [Part(STATE_SIZED[1], host_state, False)] + labels}
     if config.rerank.enabled:
         phases["re-ranking"] = state[:1] + _rerank_parts(config, shape) + labels
     phase = max(phases, key=lambda name: sum(p.bytes for p in phases[name]))
@@ -166,7 +192,9 @@ def _training_parts(config: Config, shape: RunShape, members: int, data_shards: 
     gradients = member_parameters(config.model, shape.num_features)
     if lazy:  # the touched rows only: gathered, their gradients and both moments
         gradients += 4 * min(rows, points * width) * hidden - rows * hidden
-    bag = members * points * rows if dense_input else 2 * points * width * hidden
+    # The gathered bag's [N, K, H] rows and their gradient: one member's at a time in the loop
+    # form, every member's at once in the batched one (``backend.batched_forms``).
+    bag = members * points * rows if dense_input else 2 * points * width * hidden * _bag_copies(config, members)
     hashed_ids = members * points * width if config.model.feat_hash_dim else 0
     heads = 3 * members * points * (sum(config.model.hidden_sizes) + config.model.num_buckets)
     batch = (2 * width + 2 * max_labels + 1) * ENTRY
@@ -184,19 +212,26 @@ def _evaluation_parts(config: Config, shape: RunShape, members: int) -> list[Par
     (rows, hidden), *_ = member_matrices(config.model, shape.num_features)
     train_width = batch_widths(config, shape)[0]
     dense_input = model.uses_dense_input(config.model, shape.num_features, train_width)
-    bag = members * points * rows if dense_input else points * width * hidden
+    copies = _bag_copies(config, members)  # the batched forms hold every member's reads at once
+    bag = members * points * rows if dense_input else points * width * hidden * copies
     heads = 2 * members * points * (sum(config.model.hidden_sizes) + 2 * buckets)
     if config.eval.decoder == "approx":  # the [R, L] inverse index and each point's candidates
         slots = members * config.eval.top_buckets * -(-3 * shape.num_labels // (2 * buckets))
-        decoder = 2 * members * (shape.num_labels + buckets + 1) + 3 * points * slots
-    else:  # a chunk of C classes' scores, the running top-k beside it, the chunk's buckets
+        decoder = 2 * members * (shape.num_labels + buckets + 1) + 3 * points * slots * copies
+    else:  # a chunk of C classes' scores (R chunks batched), the running top-k, the chunk's buckets
         chunk = min(config.eval.class_chunk_size, shape.num_labels)
-        decoder = 2 * chunk * points + 4 * points * (chunk + 5) + members * chunk
+        decoder = (1 + copies) * chunk * points + 4 * points * (chunk + 5) + members * chunk
     batch = points * (2 * width + 2 * max_labels + 1) * ENTRY
     return [Part("evaluation batch", batch, True),
             Part("evaluation activations", (bag + heads) * ENTRY, True),
             Part("decoding", decoder * ENTRY, True),
             Part("host evaluation batch", batch, False)]
+
+
+def _bag_copies(config: Config, members: int) -> int:
+    """How many members' gathered rows a step holds at once: 1 in the loop form, all of them in
+    the batched one (``model.kernel_forms`` on this backend, ``backend.batched_forms``)."""
+    return members if backend.batched_forms(config.model.kernel_forms) else 1
 
 
 def _rerank_parts(config: Config, shape: RunShape) -> list[Part]:
@@ -232,16 +267,18 @@ def format_count(count: int) -> str:
 
 
 def describe_rules(config: Config, shape: RunShape) -> str:
-    """'dense-matmul input bag, dense Adam' or 'gathered input bag, row-sparse (lazy) Adam': the
-    implementations the "auto" settings resolve to for this data (``model.input_layer``,
-    ``train.embedding_update``)."""
+    """'dense-matmul input bag, dense Adam on the embedding tables, forms=loop' or 'gathered input
+    bag, row-sparse (lazy) Adam on the embedding tables, forms=batched': the implementations the
+    "auto" settings resolve to for this data and backend (``model.input_layer``,
+    ``train.embedding_update``, ``model.kernel_forms``)."""
     width = batch_widths(config, shape)[0]
     dense_input = model.uses_dense_input(config.model, shape.num_features, width)
     lazy = uses_lazy_update(config.model, config.train.embedding_update, shape.num_features, width,
                             config.train.batch_size, config.train.embedding_optimizer)
     optimiser = "row-wise Adagrad" if config.train.embedding_optimizer == "rowwise_adagrad" else "Adam"
+    forms = backend.describe_forms(backend.batched_forms(config.model.kernel_forms))
     return (f"{'dense-matmul' if dense_input else 'gathered'} input bag, "
-            f"{'row-sparse (lazy) ' if lazy else 'dense '}{optimiser} on the embedding tables")
+            f"{'row-sparse (lazy) ' if lazy else 'dense '}{optimiser} on the embedding tables, forms={forms}")
 
 
 def describe_state(config: Config, shape: RunShape) -> str:
