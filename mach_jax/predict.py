@@ -38,6 +38,9 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--export", default=None, help="also export a StableHLO predictor here")
     parser.add_argument("--export-max-nnz", type=cli.positive_int, default=256,
                         help="K of the exported function: feature slots per point (default: %(default)s)")
+    parser.add_argument("--export-params", default=None, metavar="FOLDER",
+                        help="also write the parameters alone (no optimiser moments) to this new folder, "
+                             "for serving: MachEnsemble.load and --workdir read it")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     cli.add_config_flags(parser, ("eval",), with_preset=False, skip=NOT_FOR_PREDICTION)
     return parser.parse_args(argv)
@@ -53,8 +56,9 @@ def format_predictions(scores, ids) -> list[str]:
 def check_request(args: argparse.Namespace, num_labels: int) -> None:
     """Refuses, before anything is read or written, what cannot succeed: nothing to do, ``--k``
     above L, an unreadable ``--input``, an ``--output`` or ``--export`` that cannot be written."""
-    if not args.input and not args.export:
-        raise ConfigError("nothing to do: give --input FILE (the points to score) or --export FILE")
+    if not args.input and not args.export and not args.export_params:
+        raise ConfigError("nothing to do: give --input FILE (the points to score), --export FILE "
+                          "or --export-params FOLDER")
     if args.k > num_labels:
         raise ConfigError(f"--k {args.k}: the model has only L={num_labels} classes; ask for at most {num_labels}")
     if args.input:
@@ -114,6 +118,11 @@ def do_predict(args: argparse.Namespace) -> int:
         path = export_ensemble(ensemble, args.export, ensemble.config.eval.eval_batch_size,
                                args.export_max_nnz, args.k)
         print(f"exported to {path} (spec in {path}.json)", file=sys.stderr)
+    if args.export_params:
+        from mach_jax.readout.export import export_params
+
+        path = export_params(args.export_params, *args.workdir)
+        print(f"parameters (no optimiser moments) written to {path}", file=sys.stderr)
     if not args.input:
         return 0
     if not args.output:

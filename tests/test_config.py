@@ -116,6 +116,7 @@ def test_the_fields_a_resumed_run_may_change_are_declared_on_the_fields():
     eval_fields = {f"eval.{name}" for name in Config().to_dict()["eval"]}
     # The re-ranker's settings never change the members; its own record guards its resumption.
     rerank_fields = {f"rerank.{name}" for name in Config().to_dict()["rerank"]}
-    # Who builds the host batches changes neither the batches nor their order.
-    added = {"data.host_loader"}
+    # Who builds the host batches, where the batches live, how many steps a call runs and how
+    # the members' loops compile change neither the batches, their order nor the arithmetic.
+    added = {"data.host_loader", "data.device_data", "train.steps_per_call", "model.kernel_forms"}
     assert resumable_fields() == before | eval_fields | rerank_fields | added

@@ -22,6 +22,7 @@ from mach_jax.storage import checkpoints, integrity
 from mach_jax.training import loop as trainer
 from mach_jax.training import resource_check, resources
 from mach_jax.training.resource_check import Budget
+from support import run_in_process
 
 GB = 10**9
 
@@ -123,3 +124,10 @@ def test_the_parameters_alone_load_and_predict_as_the_training_checkpoint(last_o
         checkpoints.restore_latest(served, None)
     with pytest.raises(WorkdirError, match="already holds a run"):
         export_params(served, last_only / "run")
+    # The command's flag writes the same folder.
+    result = run_in_process("mach_jax.predict", "--workdir", str(last_only / "run"), "--export-params",
+                            str(last_only / "by_flag"), "--quiet", cwd=last_only)
+    assert "parameters (no optimiser moments) written to" in result.stderr
+    for got, expected in zip(MachEnsemble.load(last_only / "by_flag").predict(features, k=5),
+                             trained.predict(features, k=5)):
+        np.testing.assert_array_equal(got, expected)
