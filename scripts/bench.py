@@ -35,7 +35,6 @@ Records:
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import functools
 import json
@@ -51,7 +50,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mach_jax.readout import approx_decode, decode
-from mach_jax.training import loop
+from mach_jax.training import lazy_caps, loop
 from mach_jax.training.program import build_program
 from mach_jax.data import prepare
 from mach_jax.core import backend, hashing, mesh as mesh_lib
@@ -170,20 +169,25 @@ def staged_program(config: Config, train, num_batches: int = 4):
 
     Returns:
       ``(program, state, batches, info, host_batches)``; ``host_batches(epoch, count)`` yields
-      that many host batches of the epoch.
+      that many ``(host batch, train step)`` pairs of the epoch (epoch 0 or 1), each batch with the
+      step the trainer runs it with (routed by ``lazy_caps.CapRouter``, as ``training.loop`` does).
     """
     data, info = prepare.prepare_train_data(config, train)
     program = build_program(config, info, data)
     shape = input_pipeline.BatchShape(config.train.batch_size, info.max_nnz, info.max_labels)
+    steps_per_epoch = input_pipeline.num_batches(data.num_points, shape.batch_size)
+    router = (lazy_caps.CapRouter(data.features, shape.batch_size, config.train.seed, program.batch_caps, 2)
+              if program.batch_caps else None)
 
     def host_batches(epoch: int, count: int):
-        return (batch for batch, _ in zip(input_pipeline.train_batches(data, shape, config.train.seed, epoch),
-                                          range(count)))
+        for index, batch in zip(range(count), input_pipeline.train_batches(data, shape, config.train.seed, epoch)):
+            fits = router is None or router.fits(epoch * steps_per_epoch + index)
+            yield batch, program.train_step if fits else program.uncapped_train_step
 
     batches = []
-    for batch in host_batches(0, num_batches):
+    for batch, train_step in host_batches(0, num_batches):
         # Epoch 0's batches are within the lazy step's caps (they were measured on it).
-        assert program.step_for(batch) is program.train_step
+        assert train_step is program.train_step
         batches.append(mesh_lib.put(batch, program.batch_sharding))
     return program, program.create_state(), batches, info, host_batches
 
@@ -199,29 +203,15 @@ def time_steps(program, state, batches, steps: int):
     return (time.perf_counter() - start) / steps, state
 
 
-@contextlib.contextmanager
-def lazy_update_form(batched: bool):
-    """Traces the row-sparse updates in the given kernel form. ``step._lazy_update`` calls them
-    without a form (until it passes ``spec.member.batched_forms``), so they take the backend's
-    "auto" one: resolved here as on a GPU for "batched", as on the CPU for "loop"."""
-    current = backend.current_backend
-    backend.current_backend = lambda: "gpu" if batched else "cpu"
-    try:
-        yield
-    finally:
-        backend.current_backend = current
-
-
 def time_train_step(config: Config, train, steps: int, batched: bool):
     """``(compile_s, flops, seconds per step, info)`` of the config's train step in one kernel form."""
     config = config.replace(model={"kernel_forms": backend.describe_forms(batched)})
-    with lazy_update_form(batched):
-        program, state, batches, info, _ = staged_program(config, train)
-        start = time.perf_counter()
-        compiled = program.train_step.lower(state, batches[0], program.seeds).compile()
-        compile_s = time.perf_counter() - start
-        flops = (compiled.cost_analysis() or {}).get("flops", float("nan"))
-        seconds, _ = time_steps(program, state, batches, steps)
+    program, state, batches, info, _ = staged_program(config, train)
+    start = time.perf_counter()
+    compiled = program.train_step.lower(state, batches[0], program.seeds).compile()
+    compile_s = time.perf_counter() - start
+    flops = (compiled.cost_analysis() or {}).get("flops", float("nan"))
+    seconds, _ = time_steps(program, state, batches, steps)
     return compile_s, flops, seconds, info
 
 
@@ -254,12 +244,13 @@ def bench_train(preset: BenchPreset, train, steps: int) -> dict[str, float]:
 
 def bench_pipeline(preset: BenchPreset, train, steps: int) -> None:
     program, state, staged, _, host_batches = staged_program(make_config(preset, "auto"), train, steps)
-    def place(batch):  # as the trainer's prefetch thread does: transfer, and pick the step
-        return mesh_lib.put(batch, program.batch_sharding), program.step_for(batch)
+    def place(item):  # as the trainer's prefetch thread does: transfer (the step is routed already)
+        batch, train_step = item
+        return mesh_lib.put(batch, program.batch_sharding), train_step
 
     start = time.perf_counter()
-    for batch in host_batches(0, steps):
-        jax.block_until_ready(place(batch)[0])
+    for item in host_batches(0, steps):
+        jax.block_until_ready(place(item)[0])
     host_ms = 1e3 * (time.perf_counter() - start) / steps
     compute_s, state = time_steps(program, state, staged, steps)
     start = time.perf_counter()

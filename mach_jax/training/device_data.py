@@ -15,6 +15,7 @@ state is on it; the CPU reports none, and there the host path costs no transfer 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import jax
@@ -66,14 +67,14 @@ def resolve(setting: str, num_points: int, shape: batches.BatchShape, data_devic
 
 
 def padded_arrays(dataset: XCDataset, shape: batches.BatchShape, multiple: int = 1) -> dict[str, np.ndarray]:
-    """The host arrays of every point, padded as a batch pads them: ``[P', K]`` and ``[P', M]``,
-    with P' = P rounded up to ``multiple`` by empty rows that no step names."""
+    """The host arrays of every point, padded as a batch pads them (``batches.make_batch`` of all
+    rows, without its point mask): ``[P', K]`` and ``[P', M]``, with P' = P rounded up to
+    ``multiple`` by empty rows that no step names."""
     rows = np.arange(-(-dataset.num_points // multiple) * multiple)
     rows[dataset.num_points:] = -1
-    feat_ids, feat_vals = batches.pad_rows(dataset.features, rows, shape.max_nnz)
-    label_ids, label_mask = batches.pad_rows(dataset.labels, rows, shape.max_labels)
-    return {"feat_ids": feat_ids, "feat_vals": feat_vals, "label_ids": label_ids,
-            "label_mask": (label_mask != 0).astype(np.float32)}
+    arrays = batches.make_batch(dataset, rows, dataclasses.replace(shape, batch_size=len(rows)))
+    del arrays["point_mask"]  # gather_batch makes each step's own
+    return arrays
 
 
 def put_resident(dataset: XCDataset, shape: batches.BatchShape, mesh) -> Resident:

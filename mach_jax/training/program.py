@@ -17,7 +17,6 @@ import jax.numpy as jnp
 from mach_jax.config import Config
 from mach_jax.core import mesh as mesh_lib, model
 from mach_jax.core.ensemble_spec import member_seeds
-from mach_jax.data.batches import Batch
 from mach_jax.data.csr import XCDataset
 from mach_jax.data.prepare import RunInfo
 from mach_jax.training import lazy_caps, optimizer, step
@@ -52,12 +51,6 @@ class TrainingProgram:
     spec: StepSpec
     batch_caps: tuple[int, int] | None = None
     uncapped_train_step: Callable | None = None
-
-    def step_for(self, host_batch: Batch) -> Callable:
-        """The train step for this host batch: the capped one unless it exceeds the caps."""
-        if self.batch_caps is None or lazy_caps.batch_fits(host_batch, self.batch_caps):
-            return self.train_step
-        return self.uncapped_train_step
 
 
 def build_program(config: Config, info: RunInfo, train_data: XCDataset | None = None) -> TrainingProgram:
