@@ -79,7 +79,7 @@ def test_mach_jax_row_is_its_metrics_json_and_missing_peers_are_skipped(files, t
         mach = table[name]
         for column in COLUMNS:
             assert mach[column] == f"{100 * metrics[column]:.2f}", column
-        assert float(mach["train s"]) == pytest.approx(metrics["train_seconds"], abs=0.05)
+        assert mach["train s"] == f"{metrics['train_seconds']:.1f}"  # the cell is the figure, rounded
         assert float(mach["predict ms/point"]) > 0
         assert mach["model on disk"].endswith("MiB") and mach["peak RSS"].endswith("MiB")
         seeds.append(metrics)
