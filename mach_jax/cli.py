@@ -20,8 +20,8 @@ import sys
 from typing import Any, Callable
 
 from mach_jax.config import (AGGREGATIONS, DECODERS, DEVICE_DATA, EMBEDDING_OPTIMIZERS, EMBEDDING_UPDATES, HOST_LOADERS, INPUT_LAYERS,
-                             INPUT_TRANSFORMS, KERNEL_FORMS, LR_SCHEDULES, OVERFLOW_POLICIES, PRESETS, RERANKER_USES, Config,
-                             get_preset)
+                             INPUT_TRANSFORMS, KERNEL_FORMS, LR_SCHEDULES, OVERFLOW_POLICIES, PRECISIONS, PRESETS, RERANKER_USES,
+                             Config, get_preset)
 from mach_jax.errors import USER_ERRORS, ConfigError, TrainingInterrupted
 
 # An int flag outside int64 cannot reach numpy or JAX: refused where it is parsed.
@@ -48,6 +48,7 @@ _CHOICES = {
     "data.device_data": DEVICE_DATA,
     "model.input_layer": INPUT_LAYERS,
     "model.kernel_forms": KERNEL_FORMS,
+    "model.precision": PRECISIONS,
     "train.embedding_update": EMBEDDING_UPDATES,
     "train.embedding_optimizer": EMBEDDING_OPTIMIZERS,
     "train.lr_schedule": LR_SCHEDULES,

@@ -67,7 +67,8 @@ def train_and_evaluate(config: Config, workdir: str | Path, progress: bool = Tru
     eval_data.require_points("evaluate")
     config = sized_for(config, train_data)
     # Before anything big is allocated or written: a table that cannot fit is refused here.
-    resource_check.require_fits(config, run_shape(train_data, eval_data), config.data.train_path)
+    resource_check.require_fits(config, run_shape(train_data, eval_data, config.data.max_nnz),
+                                config.data.train_path)
     fields = sources.eval_fields(config.data, eval_data, split)
     _, _, metrics = loop.run_training(config, workdir, train_data, progress,
                                       evaluator=evaluator(config, eval_data, split), final_fields=fields)

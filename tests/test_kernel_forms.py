@@ -36,6 +36,7 @@ R, D, N, K, B, L = 4, 40, 8, 5, 16, 70  # R differs from every other loop's trip
 CHUNK = 16  # the exact decoder's scan: ceil(L / CHUNK) = 5 steps
 PLATFORMS = ("cuda", "tpu")
 UPDATE_TOLERANCE = {"rtol": 1e-5, "atol": 1e-8}
+ENTRIES = N * (K - 1)  # make_batch's nonzero entries: every slot but the last column
 
 
 def make_batch(seed=0):
@@ -54,13 +55,14 @@ def seeds_for(feat_hash_dim):
     return seeds
 
 
-def setup(batched, input_layer="sparse", feat_hash_dim=0, rep_shards=1, lazy=False, optimiser="adam"):
+def setup(batched, input_layer="sparse", feat_hash_dim=0, rep_shards=1, lazy=False, optimiser="adam",
+          entries_cap=0):
     """(params, spec) of a small ensemble whose members' loops take the given kernel form."""
     config = ModelConfig(num_repetitions=R, num_buckets=B, hidden_sizes=(8,), input_layer=input_layer,
                          feat_hash_dim=feat_hash_dim)
     member = MemberSpec(model.member_graphdef(config, D, K), "softmax", B, feat_hash_dim, rep_shards, batched)
     spec = StepSpec(member, learning_rate=1e-2, lazy_embedding=lazy, embedding_optimizer=optimiser,
-                    weight_decay=0.01 if lazy else 0.0)
+                    weight_decay=0.01 if lazy else 0.0, entries_cap=entries_cap)
     return model.init_params(config, D, jnp.arange(R), seed=3), spec
 
 
@@ -105,11 +107,13 @@ def test_logits_are_equal_across_forms(input_layer, feat_hash_dim, rep_shards):
     np.testing.assert_array_equal(*results)
 
 
-@pytest.mark.parametrize("lazy, optimiser, feat_hash_dim, rep_shards", [
-    (False, "adam", 24, 2), (True, "adam", 24, 1), (True, "rowwise_adagrad", 0, 2)],
-    ids=["dense_adam_hashed_2_shards", "lazy_adam_hashed", "rowwise_adagrad_2_shards"])
+@pytest.mark.parametrize("lazy, optimiser, feat_hash_dim, rep_shards, entries_cap", [
+    (False, "adam", 24, 2, 0), (False, "adam", 0, 2, ENTRIES), (True, "adam", 24, 1, 0),
+    (True, "rowwise_adagrad", 0, 2, 0)],
+    ids=["dense_adam_hashed_2_shards", "dense_adam_flat_entries_2_shards", "lazy_adam_hashed",
+         "rowwise_adagrad_2_shards"])
 def test_a_train_step_is_equal_across_forms_and_batched_has_no_member_loop(lazy, optimiser, feat_hash_dim,
-                                                                           rep_shards):
+                                                                           rep_shards, entries_cap):
     """Two steps (the second reads the first one's moments) agree: bit for bit with dense updates
     (the bag is the only loop), to ``UPDATE_TOLERANCE`` with the row-sparse ones (their bags and
     row gradients, gathered from [R, U] or [U] rows, and lazy Adam or row-wise Adagrad).
@@ -120,7 +124,7 @@ def test_a_train_step_is_equal_across_forms_and_batched_has_no_member_loop(lazy,
     over the N K slots: 6 steps.)"""
     members_per_shard, seeds, results = R // rep_shards, seeds_for(feat_hash_dim), []
     for batched in (False, True):
-        params, spec = setup(batched, "sparse", feat_hash_dim, rep_shards, lazy, optimiser)
+        params, spec = setup(batched, "sparse", feat_hash_dim, rep_shards, lazy, optimiser, entries_cap)
         state = optimizer.create_state(params, spec)
         traced = jax.jit(functools.partial(steps.train_step, spec=spec)).trace(state, make_batch(0), seeds)
         for platform in PLATFORMS:
@@ -135,6 +139,23 @@ def test_a_train_step_is_equal_across_forms_and_batched_has_no_member_loop(lazy,
         jax.tree.map(functools.partial(np.testing.assert_allclose, **UPDATE_TOLERANCE), *results)
     else:
         jax.tree.map(np.testing.assert_array_equal, *results)
+
+
+@pytest.mark.parametrize("batched", [False, True], ids=["loop", "batched"])
+@pytest.mark.parametrize("feat_hash_dim, rep_shards", [(0, 1), (24, 2)], ids=["shared_ids", "hashed_2_shards"])
+def test_a_dense_adam_step_over_the_flat_entries_equals_the_padded_bag(batched, feat_hash_dim, rep_shards):
+    """The gathered bag summed over the T nonzero entries (``StepSpec.entries_cap``) against the
+    N x K padded slots: the same two steps of dense Adam, to ``UPDATE_TOLERANCE`` (the bags add the
+    same products in another order)."""
+    seeds, results = seeds_for(feat_hash_dim), []
+    for entries_cap in (0, ENTRIES):
+        params, spec = setup(batched, "sparse", feat_hash_dim, rep_shards, entries_cap=entries_cap)
+        state = optimizer.create_state(params, spec)
+        step = jax.jit(functools.partial(steps.train_step, spec=spec))
+        for seed in (0, 1):
+            state, metrics = step(state, make_batch(seed), seeds)
+        results.append((state, metrics))
+    jax.tree.map(functools.partial(np.testing.assert_allclose, **UPDATE_TOLERANCE), *results)
 
 
 def bucket_scores(seed=0):

@@ -11,7 +11,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from support import run_in_process
 
 from mach_jax import MachEnsemble, get_preset
 from mach_jax.data.synthetic import make_synthetic

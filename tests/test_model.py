@@ -167,5 +167,14 @@ def test_member_forward_matches_numpy(input_layer):
 
 
 def test_auto_input_layer_picks_dense_for_small_d_only():
+    # Runs recorded without the mean row: the widest row decides (D <= 16 K), as it did for them.
     assert model.uses_dense_input(CONFIG, num_features=1836, max_nnz=271)
     assert not model.uses_dense_input(CONFIG, num_features=135_909, max_nnz=300)
+    # The mean row decides (D <= 28 x mean, core/backend.py): bibtex (mean 68.5) keeps the dense
+    # matmul, corel5k (D = 499, mean 8.2) and Amazon-670K (mean 75) gather the entries' rows.
+    assert model.uses_dense_input(CONFIG, num_features=1836, max_nnz=271, mean_nnz=68.5)
+    assert not model.uses_dense_input(CONFIG, num_features=499, max_nnz=10, mean_nnz=8.2)
+    assert not model.uses_dense_input(CONFIG, num_features=135_909, max_nnz=300, mean_nnz=75.0)
+    # A set whose widest row is 20x its mean: the widest row said dense, the typical row says gather.
+    assert model.uses_dense_input(CONFIG, num_features=4000, max_nnz=400)
+    assert not model.uses_dense_input(CONFIG, num_features=4000, max_nnz=400, mean_nnz=20.0)

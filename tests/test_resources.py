@@ -15,17 +15,20 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from mach_jax import cli, train as train_command
 from mach_jax.config import Config, get_preset
 from mach_jax.core import model
+from mach_jax.core.mesh import make_mesh
 from mach_jax.data import sources
 from mach_jax.data.prepare import prepare_train_data, sized_for
 from mach_jax.errors import ResourceError
 from mach_jax.training import optimizer, resource_check, resources
 from mach_jax.training.program import build_program
 from mach_jax.training.resource_check import Budget
+from mach_jax.training.spec import step_spec
 from support import run_in_process
 
 GiB = 1 << 30
@@ -117,7 +120,22 @@ def tiny_run(**sections) -> tuple[Config, resources.RunShape, object, object]:
     train_data, test_data = sources.load_datasets(config.data)
     config = sized_for(config, train_data)
     prepared, info = prepare_train_data(config, train_data)
-    return config, resources.run_shape(train_data, test_data), prepared, info
+    return config, resources.run_shape(train_data, test_data, config.data.max_nnz), prepared, info
+
+
+@pytest.mark.parametrize("max_nnz", [None, 3])
+def test_the_start_up_check_and_the_trained_step_count_the_same_entries_and_pick_the_same_rule(max_nnz):
+    config, shape, _, info = tiny_run(data={"max_nnz": max_nnz},
+                                      model={"input_layer": "sparse", "num_buckets": 16})
+    rows = sources.load_datasets(config.data)[0].features
+    widths = np.diff(rows.indptr)
+    expected = int(np.minimum(widths, max_nnz or widths.max()).sum())
+    assert shape.feature_entries == info.feature_entries == expected
+    assert info.mean_nnz == pytest.approx(expected / len(widths))
+    for update in ("auto", "dense", "lazy"):
+        run = config.replace(train={"embedding_update": update, "batch_size": 8})
+        lazy = step_spec(run, info, make_mesh(config.model.num_repetitions)).lazy_embedding
+        assert ("row-sparse (lazy)" in resources.describe_rules(run, shape)) == lazy
 
 
 @pytest.mark.parametrize("sections", [
@@ -125,7 +143,13 @@ def tiny_run(**sections) -> tuple[Config, resources.RunShape, object, object]:
     {"model": {"input_layer": "sparse"}, "train": {"embedding_update": "lazy"}},  # row-sparse Adam
     {"model": {"input_layer": "sparse"}, "train": {"embedding_optimizer": "rowwise_adagrad"}},
     {"model": {"feat_hash_dim": 96, "hidden_sizes": [32, 32]}, "train": {"weight_decay": 0.1}},
-], ids=["adam", "lazy_adam", "rowwise_adagrad", "hashed_two_layers_adamw"])
+    {"model": {"precision": "bfloat16_tables"}},  # a bf16 table and its bf16 first moment
+    {"model": {"input_layer": "sparse", "precision": "bfloat16_tables"}, "train": {"embedding_update": "lazy"}},
+    {"model": {"input_layer": "sparse", "precision": "bfloat16_tables"},
+     "train": {"embedding_optimizer": "rowwise_adagrad"}},
+    {"model": {"precision": "bfloat16"}, "train": {"weight_decay": 0.1}},
+], ids=["adam", "lazy_adam", "rowwise_adagrad", "hashed_two_layers_adamw", "bf16_tables_adam",
+        "bf16_tables_lazy_adam", "bf16_tables_rowwise_adagrad", "bf16_adamw"])
 def test_the_state_estimate_is_the_real_state(sections):
     """Parameters and optimiser state as training creates them (``optimizer.create_state``), allocated."""
     config, shape, prepared, info = tiny_run(**sections)
@@ -135,7 +159,7 @@ def test_the_state_estimate_is_the_real_state(sections):
     real_params = sum(leaf.size for leaf in jax.tree.leaves(state["params"]))
     real_moments = sum(leaf.nbytes for leaf in jax.tree.leaves(state["opt_state"]) if leaf.ndim)  # no counts
     parts = {p.name: p.bytes for p in resources.estimate(config, shape).parts}
-    assert 4 * real_params == parts["parameters"]
+    assert sum(leaf.nbytes for leaf in jax.tree.leaves(state["params"])) == parts["parameters"]
     assert real_moments == parts[resources.moments_name(config)]
     assert f"= {resources.format_count(real_params)} parameters" in resources.describe_state(config, shape)
 

@@ -191,6 +191,13 @@ def test_lazy_update_needs_the_sparse_input_layer():
     assert not uses_lazy_update(auto, "auto", 40, 5, 6)  # small D: the dense bag, dense Adam
     assert not uses_lazy_update(auto, "auto", 30_000, 131, 256)  # measured: lazy 0.95x dense
     assert uses_lazy_update(auto, "auto", 100_000, 143, 256)  # measured: lazy 2.15x dense
+    # The typical row decides where the mean is known: the bench's rows (mean 73, widest 143)...
+    assert not uses_lazy_update(auto, "auto", 30_000, 143, 256, mean_nnz=73.0)
+    assert uses_lazy_update(auto, "auto", 100_000, 143, 256, mean_nnz=73.0)
+    # ...and citeulike-users' (D = 20,000, mean 18.8, widest 351), where lazy Adam was 1.63x as
+    # fast as dense over 5 epochs and as precise (docs/large_labels.md): the widest row said dense.
+    assert uses_lazy_update(auto, "auto", 20_000, 351, 256, mean_nnz=18.8)
+    assert not uses_lazy_update(auto, "auto", 20_000, 351, 256)
     with pytest.raises(ConfigError, match="rowwise_adagrad' needs the sparse input layer"):
         uses_lazy_update(dataclasses.replace(CONFIG, input_layer="dense"), "auto", 40, 5, 6,
                                "rowwise_adagrad")

@@ -203,6 +203,7 @@ def test_an_older_workdir_without_fingerprint_or_checksums_still_loads_and_resum
     work = copy(trained, "older")
     saved = json.loads((work / "config.json").read_text())
     del saved["run_info"]["data_fingerprint"]
+    del saved["run_info"]["feature_entries"]  # recorded since the lazy rule used the mean row
     (work / "config.json").write_text(json.dumps(saved))
     for metadata in (work / "checkpoints").glob("*/_CHECKPOINT_METADATA"):
         step_metadata = json.loads(metadata.read_text())

@@ -8,11 +8,12 @@ from mach_jax.config.evaluation import AGGREGATIONS, DECODERS, DEFAULT_PROPENSIT
 from mach_jax.config.presets import PRESETS, get_preset
 from mach_jax.config.rerank import RerankConfig
 from mach_jax.config.sections import (DEVICE_DATA, EMBEDDING_OPTIMIZERS, EMBEDDING_UPDATES, HOST_LOADERS, INPUT_LAYERS,
-                                      INPUT_TRANSFORMS, KERNEL_FORMS, LR_SCHEDULES, OVERFLOW_POLICIES, ROWWISE_ADAGRAD_LEARNING_RATE,
+                                      INPUT_TRANSFORMS, KERNEL_FORMS, LR_SCHEDULES, OVERFLOW_POLICIES, PRECISIONS,
+                                      ROWWISE_ADAGRAD_LEARNING_RATE,
                                       DataConfig, ModelConfig, ParallelConfig, SyntheticConfig, TrainConfig)
 from mach_jax.config.tree import FORMAT_VERSION, Config, resumable_fields
 
 __all__ = ["AGGREGATIONS", "DECODERS", "DEFAULT_PROPENSITY", "DEVICE_DATA", "EMBEDDING_OPTIMIZERS", "EMBEDDING_UPDATES", "FORMAT_VERSION", "HOST_LOADERS",
-           "INPUT_LAYERS", "INPUT_TRANSFORMS", "KERNEL_FORMS", "LR_SCHEDULES", "OVERFLOW_POLICIES", "PRESETS", "RERANKER_USES",
+           "INPUT_LAYERS", "INPUT_TRANSFORMS", "KERNEL_FORMS", "LR_SCHEDULES", "OVERFLOW_POLICIES", "PRECISIONS", "PRESETS", "RERANKER_USES",
            "ROWWISE_ADAGRAD_LEARNING_RATE", "Config", "DataConfig", "EvalConfig", "ModelConfig", "ParallelConfig",
            "RerankConfig", "SyntheticConfig", "TrainConfig", "get_preset", "resumable_fields"]

@@ -24,6 +24,7 @@ LR_SCHEDULES = ("constant", "cosine", "linear")
 HOST_LOADERS = ("auto", "thread", "grain")  # see data/batches.py (thread) and data/grain_batches.py
 DEVICE_DATA = ("auto", "on", "off")  # training data kept on the device (training/device_data.py)
 KERNEL_FORMS = ("auto", "loop", "batched")  # see core/backend.py
+PRECISIONS = ("float32", "bfloat16", "bfloat16_tables")  # see core/precision.py
 ROWWISE_ADAGRAD_LEARNING_RATE = 0.1
 
 
@@ -150,7 +151,8 @@ class ModelConfig:
     (``config.sizing``, as ``--preset large`` does). ``kernel_forms`` picks how the members'
     loops are compiled ("loop": member by member, tuned on CPU; "batched": one batched kernel
     over the members, for GPUs and TPUs; "auto": per backend, ``core.backend``); results are the
-    same either way.
+    same either way. ``precision``: "float32", "bfloat16" (bf16 matmuls and activations) or
+    "bfloat16_tables" (bf16 embedding tables too), see ``core.precision``; a resume keeps it.
     """
 
     num_repetitions: int = 8
@@ -159,6 +161,7 @@ class ModelConfig:
     feat_hash_dim: int = 0
     input_layer: str = "auto"
     kernel_forms: str = may_change_on_resume("auto")
+    precision: str = "float32"
     label_hash_seed: int = 0
     feature_hash_seed: int = 1_000_003
 
@@ -174,6 +177,8 @@ class ModelConfig:
                  f"must be one of {INPUT_LAYERS}")
         _require(self.kernel_forms in KERNEL_FORMS, "model.kernel_forms", self.kernel_forms,
                  f"must be one of {KERNEL_FORMS}")
+        _require(self.precision in PRECISIONS, "model.precision", self.precision,
+                 f"must be one of {PRECISIONS}")
         for name in ("label_hash_seed", "feature_hash_seed"):
             _require_seed(f"model.{name}", getattr(self, name))
 
@@ -184,8 +189,9 @@ class TrainConfig:
 
     ``embedding_update``: "lazy" updates only the embedding rows a batch touches (row-sparse Adam,
     see ``sparse_update``), "dense" updates every row, "auto" is lazy where it was measured
-    faster: a gathering embedding bag and a table of at least 1.5 N K rows (N K: the entries a
-    batch can touch; ``training.spec.uses_lazy_update``, thresholds in ``core.backend``).
+    faster: a gathering embedding bag and a table of at least 1.75 N x the mean training row's
+    nonzeros (the entries a typical batch touches; ``training.spec.uses_lazy_update``,
+    thresholds in ``core.backend``).
 
     ``embedding_optimizer``: "adam" (as every other parameter), or "rowwise_adagrad": one
     accumulator per embedding row, the usual optimiser of large embedding tables; it is always

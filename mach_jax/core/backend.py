@@ -11,15 +11,26 @@ from __future__ import annotations
 import jax
 
 # A member's embedding bag runs as a dense [N, D] x [D, H] matmul when D <= this ratio times the
-# padded row width K. CPU (2-core Xeon): the dense bag was about 10x faster per element than the
-# row gather, so for small D the dense matmul wins even though it touches every row.
-_DENSE_INPUT_RATIO = {"cpu": 16}
+# mean training row's nonzeros; otherwise it gathers the rows of the batch's T nonzero entries
+# (``training.step``, T capped by ``lazy_caps.batch_caps``). CPU (2-core AMD EPYC, real data, the
+# presets' R = 32, H = 256, N = 128, dense Adam; step times of both forms alternated twice while
+# another job ran): corel5k (D = 499, mean 8.2, D / mean = 61): the gathered bag 1.3-1.45x as
+# fast; bibtex (D = 1,836, mean 68.5, D / mean = 27): equal within the noise (252-289 ms against
+# 256-302 ms).
+_DENSE_INPUT_RATIO = {"cpu": 28}
 
 # Row-sparse ("lazy") embedding updates pay off when the table has at least this many times the
-# rows a batch can touch (N K). CPU (``scripts/bench.py --only train``, N K ~ 35,000): dense/lazy
-# step time was 0.95x at D = 30,000 and 2.15x at D = 100,000, since a gathered row costs several
-# streamed ones.
-_LAZY_MIN_RATIO = {"cpu": 1.5}
+# nonzero entries a typical batch holds (N times the mean row's nonzeros): what a batch touches,
+# where the padded width K of the widest row is what it could touch. CPU (``scripts/bench.py
+# --only train``, N = 256, mean row 73 nonzeros, N x mean = 18,700): dense/lazy step time was
+# 0.95x at D = 30,000 and 2.15x at D = 100,000, equal near D = 33,000 = 1.75 N x mean, since a
+# gathered row costs several streamed ones.
+_LAZY_MIN_RATIO = {"cpu": 1.75}
+
+# The rules of runs recorded before the mean row was (``data.prepare.RunInfo.feature_entries``
+# is 0 there): the same comparisons with the widest row's K, so that such a run resumes and is
+# read out with the implementations it was trained with.
+_WIDEST_ROW_RATIOS = {"dense_input": 16, "lazy": 1.5}
 
 
 def current_backend() -> str:
@@ -31,14 +42,22 @@ def _measured(table: dict[str, float], backend: str | None) -> float:
     return table.get(backend or current_backend(), table["cpu"])
 
 
-def dense_input_pays_off(num_rows: int, max_nnz: int, backend: str | None = None) -> bool:
-    """Whether a [num_rows, H] table's bag is faster as a dense matmul than as a row gather."""
-    return num_rows <= _measured(_DENSE_INPUT_RATIO, backend) * max_nnz
+def dense_input_pays_off(num_rows: int, mean_nnz: float | None, max_nnz: int,
+                         backend: str | None = None) -> bool:
+    """Whether a [num_rows, H] table's bag is faster as a dense matmul than as a row gather, for
+    training rows of ``mean_nnz`` nonzeros on average (None: not recorded; ``max_nnz`` widest)."""
+    if mean_nnz is None:
+        return num_rows <= _WIDEST_ROW_RATIOS["dense_input"] * max_nnz
+    return num_rows <= _measured(_DENSE_INPUT_RATIO, backend) * mean_nnz
 
 
-def lazy_update_pays_off(num_rows: int, batch_size: int, max_nnz: int, backend: str | None = None) -> bool:
-    """Whether row-sparse updates of a [num_rows, H] table beat dense Adam for N x K batches."""
-    return num_rows >= _measured(_LAZY_MIN_RATIO, backend) * batch_size * max_nnz
+def lazy_update_pays_off(num_rows: int, batch_size: int, mean_nnz: float | None, max_nnz: int,
+                         backend: str | None = None) -> bool:
+    """Whether row-sparse updates of a [num_rows, H] table beat dense Adam for batches of N =
+    ``batch_size`` rows of ``mean_nnz`` nonzeros on average (None: not recorded; ``max_nnz`` widest)."""
+    if mean_nnz is None:
+        return num_rows >= _WIDEST_ROW_RATIOS["lazy"] * batch_size * max_nnz
+    return num_rows >= _measured(_LAZY_MIN_RATIO, backend) * batch_size * mean_nnz
 
 
 # Grain's 2 threads built batches of 1,024 Amazon-670K-shaped rows 1.41-1.53x as fast as our one

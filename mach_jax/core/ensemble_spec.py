@@ -38,6 +38,8 @@ class MemberSpec:
       rep_shards: devices along the mesh's ``reps`` axis (see ``model.apply_ensemble``).
       batched_forms: the members' loops compiled batched over R rather than member by member
         (``model.kernel_forms`` resolved for the backend, ``backend.batched_forms``).
+      dense_input: the embedding bag runs as a dense [N, D] x [D, H] matmul
+        (``model.uses_dense_input``), not as a gather of the table's rows.
     """
 
     graphdef: nnx.GraphDef
@@ -46,11 +48,14 @@ class MemberSpec:
     feat_hash_dim: int = 0
     rep_shards: int = 1
     batched_forms: bool = False
+    dense_input: bool = False
 
 
-def member_spec(config: Config, num_features: int, max_nnz: int, mesh) -> MemberSpec:
-    """The ``MemberSpec`` of this config, data shape (D, padded width K) and mesh."""
-    return MemberSpec(graphdef=model.member_graphdef(config.model, num_features, max_nnz),
+def member_spec(config: Config, num_features: int, max_nnz: int, mesh, mean_nnz: float | None = None) -> MemberSpec:
+    """The ``MemberSpec`` of this config, data shape (D, padded width K, the mean row's
+    nonzeros where known) and mesh."""
+    return MemberSpec(graphdef=model.member_graphdef(config.model, num_features, max_nnz, mean_nnz),
+                      dense_input=model.uses_dense_input(config.model, num_features, max_nnz, mean_nnz),
                       loss_name=config.train.loss, num_buckets=config.model.num_buckets,
                       feat_hash_dim=config.model.feat_hash_dim,
                       rep_shards=mesh.shape[mesh_lib.REPS_AXIS],

@@ -21,6 +21,7 @@ from jax import lax
 
 from mach_jax.config import ModelConfig
 from mach_jax.core import backend
+from mach_jax.core import precision as precision_lib
 
 Params = Any  # a pure dict of arrays (nnx.to_pure_dict), every leaf [R, ...]
 
@@ -29,29 +30,36 @@ class MachMember(nnx.Module):
     """One repetition's classifier: sparse [N, K] input -> [N, B] bucket logits."""
 
     def __init__(self, input_dim: int, hidden_sizes: tuple[int, ...], num_buckets: int, *,
-                 dense_input: bool, rngs: nnx.Rngs):
+                 dense_input: bool, rngs: nnx.Rngs, precision: str = "float32"):
         self.dense_input = dense_input
+        self.compute_dtype = precision_lib.compute_dtype(precision)  # None: float32, no casts
         embed_init = jax.nn.initializers.variance_scaling(1.0, "fan_avg", "uniform")
-        self.embedding = nnx.Param(embed_init(rngs.params(), (input_dim, hidden_sizes[0])))
+        table = embed_init(rngs.params(), (input_dim, hidden_sizes[0]))  # drawn in float32 always
+        self.embedding = nnx.Param(table.astype(precision_lib.table_dtype(precision)))
         self.embedding_bias = nnx.Param(jnp.zeros((hidden_sizes[0],)))
         # Named attributes rather than a list: parameter paths stay strings in checkpoints.
         self.num_extra_hidden = len(hidden_sizes) - 1
         for index, (h_in, h_out) in enumerate(zip(hidden_sizes[:-1], hidden_sizes[1:])):
-            setattr(self, f"hidden_{index}", nnx.Linear(h_in, h_out, rngs=rngs))
-        self.output = nnx.Linear(hidden_sizes[-1], num_buckets, rngs=rngs)
+            setattr(self, f"hidden_{index}", nnx.Linear(h_in, h_out, dtype=self.compute_dtype, rngs=rngs))
+        self.output = nnx.Linear(hidden_sizes[-1], num_buckets, dtype=self.compute_dtype, rngs=rngs)
 
     def bag(self, feat_ids: jax.Array, feat_vals: jax.Array) -> jax.Array:
         """The embedding bag plus bias: [N, K] ids and values -> [N, H] (before the ReLU).
 
         Args: feat_ids int32 [N, K] in [0, D); feat_vals float32 [N, K] (0 = padding).
+        Returns float32 [N, H] whatever the precision: a bfloat16 matmul accumulates in float32,
+        and gathered bfloat16 rows are summed as float32 products.
         """
         table = self.embedding[...]
         if self.dense_input:
             # The same bag as a [N, D] x [D, H] matmul: for small D this beats gathering [N, K, H]
             # rows, and its weight gradient is a matmul rather than a scatter.
+            mixed = self.compute_dtype is not None
+            dtype = self.compute_dtype if mixed else table.dtype
             points = jnp.arange(feat_ids.shape[0])[:, None]
-            dense = jnp.zeros((feat_ids.shape[0], table.shape[0]), table.dtype)
-            hidden = dense.at[points, feat_ids].add(feat_vals) @ table
+            dense = jnp.zeros((feat_ids.shape[0], table.shape[0]), dtype).at[points, feat_ids].add(
+                feat_vals.astype(dtype))
+            hidden = jnp.matmul(dense, table.astype(dtype), preferred_element_type=jnp.float32 if mixed else None)
         else:
             hidden = jnp.einsum("nk,nkh->nh", feat_vals, jnp.take(table, feat_ids, axis=0))
         return hidden + self.embedding_bias[...]
@@ -60,11 +68,14 @@ class MachMember(nnx.Module):
         """ReLU, the further hidden layers, the output layer: [N, H] -> [N, B] logits.
 
         With ``key`` (training), every hidden layer's output is dropped out at rate ``dropout``.
+        The activations are in ``compute_dtype``; the logits are float32 (``core.precision``).
         """
+        if self.compute_dtype is not None:
+            bag = bag.astype(self.compute_dtype)
         hidden = _dropout(jax.nn.relu(bag), dropout, key, 0)
         for index in range(self.num_extra_hidden):
             hidden = _dropout(jax.nn.relu(getattr(self, f"hidden_{index}")(hidden)), dropout, key, index + 1)
-        return self.output(hidden)
+        return self.output(hidden).astype(jnp.float32)
 
 
 def _dropout(hidden: jax.Array, rate: float, key: jax.Array | None, layer: int) -> jax.Array:
@@ -80,29 +91,33 @@ def member_input_dim(config: ModelConfig, num_features: int) -> int:
     return config.feat_hash_dim or num_features
 
 
-def uses_dense_input(config: ModelConfig, num_features: int, max_nnz: int) -> bool:
+def uses_dense_input(config: ModelConfig, num_features: int, max_nnz: int, mean_nnz: float | None = None) -> bool:
     """Whether the embedding bag runs as a dense matmul: ``input_layer``, or for "auto" where
-    the backend's measurements say it pays off (``backend.dense_input_pays_off``)."""
+    the backend's measurements say it pays off (``backend.dense_input_pays_off``) for rows of
+    ``mean_nnz`` nonzeros (the training rows' mean; None: unknown, the widest row's ``max_nnz``)."""
     if config.input_layer != "auto":
         return config.input_layer == "dense"
-    return backend.dense_input_pays_off(member_input_dim(config, num_features), max_nnz)
+    return backend.dense_input_pays_off(member_input_dim(config, num_features), mean_nnz, max_nnz)
 
 
 def _build_member(config: ModelConfig, num_features: int, key: jax.Array,
                   dense_input: bool = False) -> MachMember:
     return MachMember(member_input_dim(config, num_features), tuple(config.hidden_sizes),
-                      config.num_buckets, dense_input=dense_input, rngs=nnx.Rngs(params=key))
+                      config.num_buckets, dense_input=dense_input, rngs=nnx.Rngs(params=key),
+                      precision=config.precision)
 
 
-def member_graphdef(config: ModelConfig, num_features: int, max_nnz: int) -> nnx.GraphDef:
+def member_graphdef(config: ModelConfig, num_features: int, max_nnz: int,
+                    mean_nnz: float | None = None) -> nnx.GraphDef:
     """The static structure of one member (no arrays are allocated).
 
     Args:
       config: the model section.
       num_features: D.
-      max_nnz: K, the padded feature width of the training batches (picks the input layer).
+      max_nnz, mean_nnz: K, the padded feature width of the training batches, and the mean
+        training row's nonzeros (None: unknown): they pick the input layer.
     """
-    dense = uses_dense_input(config, num_features, max_nnz)
+    dense = uses_dense_input(config, num_features, max_nnz, mean_nnz)
     abstract = nnx.eval_shape(lambda: _build_member(config, num_features, jax.random.key(0), dense))
     return nnx.graphdef(abstract)
 

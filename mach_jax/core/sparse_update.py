@@ -70,7 +70,8 @@ def entry_bags(tables: jax.Array, ids: jax.Array, vals: jax.Array, points: jax.A
     """The embedding bags (no bias) of every member, read straight from the tables.
 
     Args:
-      tables: [R, D, H].
+      tables: [R, D, H], float32 or bfloat16 (``core.precision``: rows are read as stored, the
+        products and sums are float32, as in ``MachMember.bag``).
       ids, vals, points: flat entries (``flat_entries``): [T] or [R, T] ids, [T] values and
         points.
       num_points: N.
@@ -200,7 +201,8 @@ def _update_rows(rule, table: jax.Array, row_state: jax.Array, rows: jax.Array, 
         old = jax.lax.optimization_barrier(row_state.at[r, member_rows].get(mode="fill", fill_value=0))
         old_rows = table.at[r, member_rows].get(mode="fill", fill_value=0) if weight_decay else None
         new, update = jax.lax.optimization_barrier(rule(old, member_grads, old_rows))
-        return (table.at[r, member_rows].add(-update, mode="drop"),
+        # A bfloat16 table (``core.precision``) takes its float32 update rounded to bfloat16.
+        return (table.at[r, member_rows].add(-update.astype(table.dtype), mode="drop"),
                 row_state.at[r, member_rows].set(new, mode="drop"))
 
     if _batched(batched):

@@ -24,7 +24,9 @@ MIN_LABELS = 1
 
 @dataclasses.dataclass(frozen=True)
 class RunInfo:
-    """What the training data fixed: D, L, N_train and the padded batch widths K and M."""
+    """What the training data fixed: D, L, N_train, the padded batch widths K and M, and the
+    training features' nonzero entries (within K; 0 in a run file written before they were
+    recorded, where the rules that need them fall back to the widest row)."""
 
     num_features: int
     num_labels: int
@@ -32,6 +34,14 @@ class RunInfo:
     max_nnz: int
     max_labels: int
     train_source: str
+    feature_entries: int = 0
+
+    @property
+    def mean_nnz(self) -> float | None:
+        """The mean training row's nonzero features, or None where not recorded."""
+        if not self.feature_entries or not self.num_train_points:
+            return None
+        return self.feature_entries / self.num_train_points
 
 
 def check_enough_labels(num_labels: int) -> None:
@@ -69,7 +79,7 @@ def prepare_train_data(config: Config, train: XCDataset,
                                    source=train.source, what="labels")
     info = RunInfo(num_features=train.num_features, num_labels=train.num_labels,
                    num_train_points=train.num_points, max_nnz=max_nnz, max_labels=max_labels,
-                   train_source=train.source)
+                   train_source=train.source, feature_entries=int(features.indptr[-1] - features.indptr[0]))
     return XCDataset(features, labels, train.source), info
 
 

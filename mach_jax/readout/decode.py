@@ -30,6 +30,7 @@ def bucket_scores_to_probs(logits: jax.Array, loss_name: str, aggregation: str) 
     mean: a class must score well in every member, the smooth form of the count-min sketch's
     min over R).
     """
+    logits = logits.astype(jnp.float32)  # the model gives float32 at any precision: keep it so
     if aggregation == "logit":
         return logits
     loss = losses.get_loss(loss_name)

@@ -65,7 +65,7 @@ class MachEnsemble:
         self.inv_propensity = mesh_lib.put(metrics.inverse_propensity(
             label_counts, info.num_train_points, *config.eval.propensity()),
             mesh_lib.replicated(self.mesh))
-        self.spec = member_spec(config, info.num_features, info.max_nnz, self.mesh)
+        self.spec = member_spec(config, info.num_features, info.max_nnz, self.mesh, info.mean_nnz)
         read_out = dict(spec=self.spec, aggregation=config.eval.aggregation)
         # Jitted once per ensemble: each batch shape, decoder and k compiles once, then is reused.
         # Each device reads out its members; the take-and-sum reduces over R into replicated results.

@@ -105,7 +105,11 @@ def _run_info(path: Path, fields: dict[str, Any]) -> RunInfo:
     for name in fields:
         if name not in expected:
             raise WorkdirError(f"{path}: unknown key run_info.{name}; put back the run's own config.json")
+    optional = {field.name for field in dataclasses.fields(RunInfo)
+                if field.default is not dataclasses.MISSING}  # added later: older files lack them
     for name, kind in expected.items():
+        if name not in fields and name in optional:
+            continue
         if name not in fields:
             raise WorkdirError(f"{path}: run_info has no {name!r}; put back the run's own config.json")
         value = fields[name]

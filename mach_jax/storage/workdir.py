@@ -203,6 +203,19 @@ def write_metrics(workdir: Path, metrics: dict[str, Any]) -> Path:
     return path
 
 
+# The run_info field that records written before it existed lack (``RunInfo.feature_entries``).
+UNRECORDED_ONCE = "feature_entries"
+
+
+def as_recorded(workdir: Path, info: RunInfo) -> RunInfo:
+    """``info`` as the run in ``workdir`` recorded it: a run started before the feature entries
+    were recorded (its config.json has none) resumes with none, so the rules that use them
+    pick what they picked for it then (the widest row's)."""
+    if (workdir / CONFIG_FILE).exists() and not read_run_file(workdir).info.feature_entries:
+        return dataclasses.replace(info, feature_entries=0)
+    return info
+
+
 def identity(config: Config, info: RunInfo, data_fingerprint: str | None) -> dict[str, Any]:
     """What a run is, as JSON (config.json and every checkpoint's record hold it): the config,
     what the data fixed, and the data's fingerprint."""
@@ -222,6 +235,9 @@ def identity_difference(saved: dict[str, Any], new: dict[str, Any]) -> tuple[str
         return difference
     saved_info = {k: v for k, v in saved["run_info"].items() if k != "train_source"}
     new_info = {k: v for k, v in new["run_info"].items() if k != "train_source"}
+    if not saved_info.get(UNRECORDED_ONCE) or not new_info.get(UNRECORDED_ONCE):  # an older record
+        saved_info.pop(UNRECORDED_ONCE, None)
+        new_info.pop(UNRECORDED_ONCE, None)
     if saved_info != new_info:
         return "data", saved_info, new_info
     fingerprints = saved.get("data_fingerprint"), new.get("data_fingerprint")

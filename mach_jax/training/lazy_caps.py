@@ -1,8 +1,8 @@
-"""The capped sizes of the lazy (row-sparse) step: U touched rows and T entries per batch.
+"""The capped sizes of the gathering steps: U touched rows and T entries per batch.
 
-Gathers and scatters cost about as much per padded slot as per real one, so the lazy step is
-compiled for caps measured on the training data (``batch_caps``); a batch past a cap goes to a
-step compiled without caps. Which batches fit is checked per epoch over its whole order
+Gathers and scatters cost about as much per padded slot as per real one, so the lazy (row-sparse)
+step, and the gathered embedding bag of any step, are compiled for caps measured on the training
+data (``batch_caps``); a batch past a cap goes to a step compiled without caps. Which batches fit is checked per epoch over its whole order
 (``epoch_fits``), an epoch ahead on a background thread (``CapRouter``), not per batch on the hot
 path; so the device-resident path, which has no host batch, routes exactly as the host path does.
 """

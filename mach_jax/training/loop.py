@@ -84,6 +84,7 @@ def run_training(config: Config, workdir: str | Path, train_data: XCDataset, pro
     idf = feature_idf(config, train_data)
     fingerprint = integrity.data_fingerprint(train_data)
     train_data, info = prepare_train_data(config, train_data, idf)
+    info = wd.as_recorded(workdir, info)
     # One run per workdir; nothing is written until the run is accepted: its settings and data
     # match config.json and the newest intact checkpoint's own record.
     with lock.hold(workdir, enabled=jax.process_index() == 0):
@@ -192,7 +193,7 @@ def _calls(config: Config, program: TrainingProgram, train_data: XCDataset, shap
            start_step: int, boundaries: multi_step.Boundaries):
     """``(count, call)`` from ``start_step`` to the end: ``call(state) -> (state, member losses)``
     runs ``count`` steps, on device-resident data (``multi_step``, up to S steps a call) or on host
-    batches (one step a call). Either way a batch past the lazy caps goes to the uncapped step
+    batches (one step a call). Either way a batch past the step's caps goes to the uncapped step
     (``lazy_caps.CapRouter``, checked per epoch, an epoch ahead)."""
     train, caps = config.train, program.batch_caps
     router = lazy_caps.CapRouter(train_data.features, train.batch_size, train.seed, caps, train.epochs) if caps else None

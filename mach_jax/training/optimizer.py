@@ -53,15 +53,30 @@ def without_embedding(tree: dict[str, Any]) -> dict[str, Any]:
 
 def create_state(params: model.Params, spec) -> State:
     """Step 0 for a ``spec.StepSpec``: moments at zero (for the embedding kept apart when it is
-    updated lazily: Adam's two moments [R, D, 2, H], or row-wise Adagrad's accumulator [R, D])."""
+    updated lazily: Adam's two moments [R, D, 2, H], or row-wise Adagrad's accumulator [R, D]).
+
+    Adam's first moment takes its parameter's dtype (bfloat16 for a bfloat16 table); second
+    moments, lazy moments and accumulators are float32 whatever the precision (``core.precision``).
+    """
     if not spec.lazy_embedding:
         return {"step": jnp.zeros((), jnp.int32), "params": params,
-                "opt_state": spec.optimizer.init(params)}
+                "opt_state": _second_moments_in_float32(spec.optimizer.init(params))}
     table = params["embedding"]  # [R, D, H]
-    rest = spec.optimizer.init(without_embedding(params))
+    rest = _second_moments_in_float32(spec.optimizer.init(without_embedding(params)))
     if spec.embedding_optimizer == "rowwise_adagrad":
-        opt_state = {"rest": rest, "embedding_accumulator": jnp.zeros(table.shape[:2], table.dtype)}
+        opt_state = {"rest": rest, "embedding_accumulator": jnp.zeros(table.shape[:2], jnp.float32)}
     else:
         opt_state = {"rest": rest, "embedding_moments": jnp.zeros(table.shape[:2] + (2,) + table.shape[2:],
-                                                                  table.dtype)}
+                                                                  jnp.float32)}
     return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": opt_state}
+
+
+def _second_moments_in_float32(opt_state: Any) -> Any:
+    """optax's Adam state with ``nu`` in float32 (optax makes it its parameter's dtype; its update
+    then keeps the state's dtype, ``optax.tree.cast_like``). A no-op for float32 parameters."""
+    def cast(state):
+        if not isinstance(state, optax.ScaleByAdamState):
+            return state
+        return state._replace(nu=jax.tree.map(lambda leaf: leaf.astype(jnp.float32), state.nu))
+
+    return jax.tree.map(cast, opt_state, is_leaf=lambda node: isinstance(node, optax.ScaleByAdamState))

@@ -34,7 +34,8 @@ class TrainingProgram:
       abstract_state: the state's shapes, dtypes and shardings (for restoring checkpoints).
       create_state: () -> a freshly initialised state, created directly with its shardings.
       train_step: the jitted, donating ``step.train_step``: (state, batch, seeds) -> (state, metrics).
-      batch_caps: (U, T) the lazy step is compiled for, or None (see ``spec.StepSpec``).
+      batch_caps: (U, T) the step is compiled for (the lazy step, or a gathered bag's: see
+        ``spec.StepSpec``), or None (the dense-matmul bag: nothing to cap).
       uncapped_train_step: the step for a batch past ``batch_caps`` (compiled if one comes).
       batch_sharding: where a host batch goes (split over ``data``, replicated over ``reps``).
       seeds: the members' hash seeds on device, uint32 [R] each.
@@ -56,14 +57,14 @@ class TrainingProgram:
 def build_program(config: Config, info: RunInfo, train_data: XCDataset | None = None) -> TrainingProgram:
     """Builds the mesh, shardings, hash seeds and the one jitted step for all R members.
 
-    With ``train_data`` (as prepared by ``prepare_train_data``) a lazy embedding update works
-    on capped batch sizes measured from it (``lazy_caps.batch_caps``).
+    With ``train_data`` (as prepared by ``prepare_train_data``) a gathered embedding bag and a
+    lazy embedding update work on capped batch sizes measured from it (``lazy_caps.batch_caps``).
     """
     rep_ids = config.parallel.rep_ids(config.model.num_repetitions)
     mesh = mesh_lib.make_mesh(len(rep_ids), config.parallel.rep_devices, config.parallel.data_devices)
     spec = uncapped_spec = step_spec(config, info, mesh)
     caps = None
-    if spec.lazy_embedding and train_data is not None:
+    if train_data is not None and (spec.lazy_embedding or not spec.member.dense_input):
         caps = lazy_caps.batch_caps(train_data.features, config.train.batch_size, config.train.seed)
         spec = dataclasses.replace(spec, touched_rows_cap=caps[0], entries_cap=caps[1])
     init_state = functools.partial(_init_state, config, info.num_features, rep_ids, spec)

@@ -169,7 +169,7 @@ def _cause(config: Config, shape: RunShape, largest: str, data_file: str | None)
         return (f"rows are padded to K={width} features (training) and {eval_width} (evaluation): "
                 f"{_widest(config, shape)}")
     if "activations" in largest:
-        if model.uses_dense_input(config.model, shape.num_features, width):
+        if model.uses_dense_input(config.model, shape.num_features, width, shape.mean_nnz(width)):
             return (f"the dense input layer (--input-layer {config.model.input_layer}) holds an [N, "
                     f"{matrices[0][0]}] matrix per member")
         return f"the embedding bag gathers [N, K={width}, H={matrices[0][1]}] rows"
@@ -234,7 +234,7 @@ def suggestions(config: Config, shape: RunShape, budget: Budget) -> list[str]:
             found.append(f"{flag} {hidden if field == 'model.hidden_sizes' else value}")
     width = resources.batch_widths(config, shape)[0]
     choices = (("--input-layer", "model.input_layer", "sparse",  # instead of dense [N, D] bags
-                model.uses_dense_input(config.model, shape.num_features, width)),
+                model.uses_dense_input(config.model, shape.num_features, width, shape.mean_nnz(width))),
                ("--input-transform", "data.input_transform", "log1p_l2",  # no [D] idf
                 config.data.input_transform == "tfidf_l2"))
     for flag, field, value, applies in choices:

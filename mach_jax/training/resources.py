@@ -31,13 +31,17 @@ from __future__ import annotations
 
 import dataclasses
 
-from mach_jax.config import Config, ModelConfig
+import numpy as np
+
+from mach_jax.config import Config
 from mach_jax.core import backend, model
 from mach_jax.data import batches
 from mach_jax.data.csr import XCDataset
 from mach_jax.training.spec import uses_lazy_update
+from mach_jax.training.state_size import (member_matrices, member_parameters, moment_bytes, moments_name,
+                                          parameter_bytes)
 
-ENTRY = 4  # bytes of one float32 value or int32 id
+ENTRY = 4  # bytes of one float32 value or int32 id (the state's own bytes: ``state_size``)
 PREFETCHED_BATCHES = 3  # the prefetcher's queue (2) and the batch in the step (data/batches.py)
 # Temporary entries per weight while the state is created (``model.init_params`` under jit):
 # XLA's compiled temporaries on the CPU were 2.7-3.0 entries a weight over five shapes (R=4-16,
@@ -58,6 +62,8 @@ class RunShape:
       eval_widest_features, eval_widest_labels, eval_widest_features_row: the same of the
         evaluation data.
       train_bytes: the training CSR's bytes (preparing the data copies it once).
+      feature_entries: the training rows' feature entries, each row cut to ``data.max_nnz``
+        (0: unknown, where the rules use the widest row).
     """
 
     num_features: int
@@ -70,10 +76,18 @@ class RunShape:
     eval_widest_labels: int
     eval_widest_features_row: int
     train_bytes: int
+    feature_entries: int = 0
+
+    def mean_nnz(self, width: int) -> float | None:
+        """The mean training row's feature entries within ``width`` (K), or None where unknown."""
+        if not self.feature_entries or not self.num_train_points:
+            return None
+        return min(self.feature_entries / self.num_train_points, width)
 
 
-def run_shape(train: XCDataset, eval_data: XCDataset) -> RunShape:
-    """The ``RunShape`` of a run's loaded data (its row widths: no array is built)."""
+def run_shape(train: XCDataset, eval_data: XCDataset, max_nnz: int | None = None) -> RunShape:
+    """The ``RunShape`` of a run's loaded data (its row widths: no array is built); ``max_nnz``
+    is ``data.max_nnz``, the width training rows are cut to (None: not cut)."""
     nnz, eval_nnz = train.features.row_nnz(), eval_data.features.row_nnz()
     matrices = (train.features, train.labels)
     return RunShape(
@@ -83,7 +97,8 @@ def run_shape(train: XCDataset, eval_data: XCDataset) -> RunShape:
         eval_widest_features=int(eval_nnz.max(initial=0)),
         eval_widest_labels=int(eval_data.labels.row_nnz().max(initial=0)),
         eval_widest_features_row=int(eval_nnz.argmax()) if eval_nnz.size else 0,
-        train_bytes=sum(m.indptr.nbytes + m.indices.nbytes + m.values.nbytes for m in matrices))
+        train_bytes=sum(m.indptr.nbytes + m.indices.nbytes + m.values.nbytes for m in matrices),
+        feature_entries=int(np.minimum(nnz, max_nnz).sum() if max_nnz else nnz.sum()))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,33 +120,6 @@ class Estimate:
     def total(self, on_device: bool | None = None) -> int:
         """All parts' bytes, or only the device's (True) or the host's (False)."""
         return sum(p.bytes for p in self.parts if on_device is None or p.on_device == on_device)
-
-
-def member_matrices(config: ModelConfig, num_features: int) -> list[tuple[int, int]]:
-    """A member's weight matrices, [in, out] each: [D or feat_hash_dim, H1], [H1, H2], ..., [H, B]."""
-    widths = [model.member_input_dim(config, num_features), *config.hidden_sizes, config.num_buckets]
-    return list(zip(widths[:-1], widths[1:]))
-
-
-def member_parameters(config: ModelConfig, num_features: int) -> int:
-    """One member's parameters: every weight matrix and its bias."""
-    return sum(rows * cols + cols for rows, cols in member_matrices(config, num_features))
-
-
-def moment_entries(config: Config, num_features: int) -> int:
-    """One member's optimiser moments: Adam's two per parameter; row-wise Adagrad keeps one
-    accumulator per embedding row instead of the table's two moments."""
-    entries = 2 * member_parameters(config.model, num_features)
-    if config.train.embedding_optimizer == "rowwise_adagrad":
-        rows, width = member_matrices(config.model, num_features)[0]
-        entries -= 2 * rows * width - rows
-    return entries
-
-
-def moments_name(config: Config) -> str:
-    if config.train.embedding_optimizer == "rowwise_adagrad":
-        return "Adam moments and row-wise Adagrad accumulators"
-    return "Adam moments"
 
 
 def batch_widths(config: Config, shape: RunShape) -> tuple[int, int, int, int]:
@@ -160,13 +148,10 @@ def estimate(config: Config, shape: RunShape, rep_shards: int = 1, data_shards: 
       ConfigError: where the config cannot run on this data at all (``spec.uses_lazy_update``).
     """
     members = -(-config.parallel.num_members(config.model.num_repetitions) // rep_shards)
-    params = members * member_parameters(config.model, shape.num_features) * ENTRY
-    state = [Part("parameters", params, True),
-             Part(moments_name(config), members * moment_entries(config, shape.num_features) * ENTRY, True)]
+    params, moments = _state_bytes(config, shape)
+    state = [Part("parameters", members * params, True), Part(moments_name(config), members * moments, True)]
     # Orbax copies or reads every local device's share on the host: the whole state of the members here.
-    all_members = config.parallel.num_members(config.model.num_repetitions)
-    host_state = all_members * (member_parameters(config.model, shape.num_features)
-                                + moment_entries(config, shape.num_features)) * ENTRY
+    host_state = config.parallel.num_members(config.model.num_repetitions) * (params + moments)
     labels = _label_parts(config, shape)
     weights = sum(rows * cols for rows, cols in member_matrices(config.model, shape.num_features))
     host_copy = [Part(STATE_SIZED[2], host_state if accelerator else 0, False)]
@@ -186,9 +171,10 @@ def _training_parts(config: Config, shape: RunShape, members: int, data_shards: 
     width, max_labels, _, _ = batch_widths(config, shape)
     points = -(-config.train.batch_size // data_shards)
     (rows, hidden), *_ = member_matrices(config.model, shape.num_features)
-    dense_input = model.uses_dense_input(config.model, shape.num_features, width)
+    dense_input = model.uses_dense_input(config.model, shape.num_features, width, shape.mean_nnz(width))
     lazy = uses_lazy_update(config.model, config.train.embedding_update, shape.num_features, width,
-                            config.train.batch_size, config.train.embedding_optimizer)
+                            config.train.batch_size, config.train.embedding_optimizer,
+                            mean_nnz=shape.mean_nnz(width))
     gradients = member_parameters(config.model, shape.num_features)
     if lazy:  # the touched rows only: gathered, their gradients and both moments
         gradients += 4 * min(rows, points * width) * hidden - rows * hidden
@@ -211,7 +197,8 @@ def _evaluation_parts(config: Config, shape: RunShape, members: int) -> list[Par
     points, buckets = config.eval.eval_batch_size, config.model.num_buckets
     (rows, hidden), *_ = member_matrices(config.model, shape.num_features)
     train_width = batch_widths(config, shape)[0]
-    dense_input = model.uses_dense_input(config.model, shape.num_features, train_width)
+    dense_input = model.uses_dense_input(config.model, shape.num_features, train_width,
+                                       shape.mean_nnz(train_width))
     copies = _bag_copies(config, members)  # the batched forms hold every member's reads at once
     bag = members * points * rows if dense_input else points * width * hidden * copies
     heads = 2 * members * points * (sum(config.model.hidden_sizes) + 2 * buckets)
@@ -272,9 +259,10 @@ def describe_rules(config: Config, shape: RunShape) -> str:
     "auto" settings resolve to for this data and backend (``model.input_layer``,
     ``train.embedding_update``, ``model.kernel_forms``)."""
     width = batch_widths(config, shape)[0]
-    dense_input = model.uses_dense_input(config.model, shape.num_features, width)
+    dense_input = model.uses_dense_input(config.model, shape.num_features, width, shape.mean_nnz(width))
     lazy = uses_lazy_update(config.model, config.train.embedding_update, shape.num_features, width,
-                            config.train.batch_size, config.train.embedding_optimizer)
+                            config.train.batch_size, config.train.embedding_optimizer,
+                            mean_nnz=shape.mean_nnz(width))
     optimiser = "row-wise Adagrad" if config.train.embedding_optimizer == "rowwise_adagrad" else "Adam"
     forms = backend.describe_forms(backend.batched_forms(config.model.kernel_forms))
     return (f"{'dense-matmul' if dense_input else 'gathered'} input bag, "
@@ -286,9 +274,20 @@ def describe_state(config: Config, shape: RunShape) -> str:
     109 KiB)': the members trained here, their parameters and optimiser state."""
     members = config.parallel.num_members(config.model.num_repetitions)
     matrices = " + ".join(f"{rows}x{cols}" for rows, cols in member_matrices(config.model, shape.num_features))
-    params = members * member_parameters(config.model, shape.num_features)
-    moments = members * moment_entries(config, shape.num_features)
-    return (f"R={members} x ({matrices}) = {format_count(params)} parameters, state "
-            f"{format_bytes((params + moments) * ENTRY)} (params {format_bytes(params * ENTRY)} + "
-            f"{moments_name(config)} {format_bytes(moments * ENTRY)})")
+    params, moments = (members * part for part in _state_bytes(config, shape))
+    precision = "" if config.model.precision == "float32" else f", {config.model.precision}"
+    return (f"R={members} x ({matrices}) = {format_count(members * member_parameters(config.model, shape.num_features))}"
+            f" parameters{precision}, state {format_bytes(params + moments)} (params {format_bytes(params)} + "
+            f"{moments_name(config)} {format_bytes(moments)})")
+
+
+def _state_bytes(config: Config, shape: RunShape) -> tuple[int, int]:
+    """One member's parameter and optimiser state bytes (``state_size``; the moments depend on
+    whether the table is updated lazily)."""
+    width = batch_widths(config, shape)[0]
+    lazy = uses_lazy_update(config.model, config.train.embedding_update, shape.num_features, width,
+                            config.train.batch_size, config.train.embedding_optimizer,
+                            mean_nnz=shape.mean_nnz(width))
+    return (parameter_bytes(config.model, shape.num_features),
+            moment_bytes(config, shape.num_features, lazy))
 

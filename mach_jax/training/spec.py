@@ -30,8 +30,8 @@ class StepSpec:
       lazy_embedding: update the embedding tables row-sparsely (``sparse_update``).
       embedding_optimizer: "adam" or "rowwise_adagrad" for the lazy embedding update, with
         ``embedding_learning_rate`` (None: ``learning_rate``).
-      touched_rows_cap, entries_cap: U and T of the lazy step (``lazy_caps.batch_caps``;
-        0: N * K). The caller feeds it only batches within them (``lazy_caps.CapRouter``),
+      touched_rows_cap, entries_cap: U and T of the lazy step, T of the gathered bag
+        (``lazy_caps.batch_caps``; 0: N * K). The caller feeds it only batches within them (``lazy_caps.CapRouter``),
         the others to the step without caps.
       lr_schedule, warmup_steps, total_steps: the step size's schedule
         (``optimizer.learning_rate_schedule``).
@@ -65,14 +65,17 @@ class StepSpec:
 
 
 def uses_lazy_update(config: ModelConfig, embedding_update: str, num_features: int, max_nnz: int,
-                     batch_size: int, embedding_optimizer: str = "adam") -> bool:
+                     batch_size: int, embedding_optimizer: str = "adam", *,
+                     mean_nnz: float | None = None) -> bool:
     """Whether the embedding tables get row-sparse updates (``train.embedding_update``; always
     with ``embedding_optimizer="rowwise_adagrad"``, which exists only as a row-sparse update).
 
     Lazy updates need the gathering (sparse) embedding bag. "auto" picks them where the
-    backend's measurements say they pay off (``backend.lazy_update_pays_off``).
+    backend's measurements say they pay off (``backend.lazy_update_pays_off``) for batches of
+    ``batch_size`` typical rows: ``mean_nnz`` nonzeros each (the training rows' mean), or the
+    widest row's ``max_nnz`` where the mean is unknown (a run started before it was recorded).
     """
-    sparse_input = not model.uses_dense_input(config, num_features, max_nnz)
+    sparse_input = not model.uses_dense_input(config, num_features, max_nnz, mean_nnz)
     if embedding_optimizer == "rowwise_adagrad":
         if not sparse_input:
             raise ConfigError("train.embedding_optimizer='rowwise_adagrad' needs the sparse input layer, "
@@ -85,7 +88,7 @@ def uses_lazy_update(config: ModelConfig, embedding_update: str, num_features: i
                           "(set --input-layer sparse)", field="train.embedding_update")
     if embedding_update == "auto":
         rows = model.member_input_dim(config, num_features)
-        return sparse_input and backend.lazy_update_pays_off(rows, batch_size, max_nnz)
+        return sparse_input and backend.lazy_update_pays_off(rows, batch_size, mean_nnz, max_nnz)
     return embedding_update == "lazy"
 
 
@@ -93,10 +96,11 @@ def step_spec(config: Config, info: RunInfo, mesh) -> StepSpec:
     """The static side of the train step for this config, data and mesh."""
     train = config.train
     return StepSpec(
-        member=member_spec(config, info.num_features, info.max_nnz, mesh),
+        member=member_spec(config, info.num_features, info.max_nnz, mesh, info.mean_nnz),
         learning_rate=train.learning_rate,
         lazy_embedding=uses_lazy_update(config.model, train.embedding_update, info.num_features,
-                                        info.max_nnz, train.batch_size, train.embedding_optimizer),
+                                        info.max_nnz, train.batch_size, train.embedding_optimizer,
+                                        mean_nnz=info.mean_nnz),
         embedding_optimizer=train.embedding_optimizer,
         embedding_learning_rate=train.resolved_embedding_learning_rate,
         lr_schedule=train.lr_schedule, warmup_steps=train.warmup_steps,

@@ -39,6 +39,35 @@ def _member_losses(params, feat_ids, batch: Batch, buckets: jax.Array, keys, spe
     return member_loss.sum(), member_loss
 
 
+def _entry_member_losses(params, feat_ids, batch: Batch, buckets: jax.Array, keys, spec: StepSpec):
+    """``_member_losses`` with the bags summed over the T nonzero entries (``spec.entries_cap``)
+    rather than the N x K padded slots: the gathered bag's cost follows the nonzeros."""
+    feat_vals = batch["feat_vals"]
+    ids, vals, points = sparse_update.flat_entries(feat_ids, feat_vals, spec.entries_cap)
+    bags = _by_shard(functools.partial(_differentiable_entry_bags, vals=vals, points=points,
+                                       num_points=feat_vals.shape[0], batched=spec.member.batched_forms),
+                     (params["embedding"], ids), spec.member.rep_shards, shared=(False, ids.ndim == 1))
+    return _head_losses(without_embedding(params), bags, table=params["embedding"], batch=batch,
+                        buckets=buckets, keys=keys, spec=spec)
+
+
+def _differentiable_entry_bags(tables: jax.Array, ids: jax.Array, *, vals: jax.Array, points: jax.Array,
+                               num_points: int, batched: bool) -> jax.Array:
+    """``sparse_update.entry_bags`` [R, N, H] in a form autodiff transposes well: the loop form
+    maps over the members' tables (each member's table gradient is its own [D, H] slice, not a
+    scatter into the whole [R, D, H] at every member)."""
+    if batched:
+        return sparse_update.entry_bags(tables, ids, vals, points, num_points, batched=True)
+
+    def member_bag(table, member_ids):  # [D, H], [T] -> [N, H]
+        rows = vals[:, None] * table[member_ids]
+        return jnp.zeros((num_points, rows.shape[1]), rows.dtype).at[points].add(rows, mode="drop")
+
+    if ids.ndim == 1:
+        return jax.lax.map(lambda table: member_bag(table, ids), tables)
+    return jax.lax.map(lambda args: member_bag(*args), (tables, ids))
+
+
 def train_step(state: State, batch: Batch, seeds: Seeds, *, spec: StepSpec) -> tuple[State, dict]:
     """One optimiser step of every member on the same batch: Adam, with the embedding tables
     updated densely or row-sparsely, by Adam or row-wise Adagrad (``StepSpec``).
@@ -54,7 +83,8 @@ def train_step(state: State, batch: Batch, seeds: Seeds, *, spec: StepSpec) -> t
     params, step = state["params"], state["step"] + 1
     keys = dropout_keys(seeds, state["step"], spec)
     if not spec.lazy_embedding:
-        grads, member_loss = jax.grad(_member_losses, has_aux=True)(params, feat_ids, batch, buckets, keys, spec)
+        member_losses = _entry_member_losses if spec.entries_cap else _member_losses
+        grads, member_loss = jax.grad(member_losses, has_aux=True)(params, feat_ids, batch, buckets, keys, spec)
         updates, opt_state = spec.optimizer.update(grads, state["opt_state"], params)
         return ({"step": step, "params": optax.apply_updates(params, updates), "opt_state": opt_state},
                 {"member_loss": member_loss})
