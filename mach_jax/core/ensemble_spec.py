@@ -10,6 +10,7 @@ hashed feature slot is computed on device from them.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -17,7 +18,7 @@ import numpy as np
 from flax import nnx
 
 from mach_jax.config import Config
-from mach_jax.core import backend, hashing, model
+from mach_jax.core import backend, hashing, model, sparse_update
 from mach_jax.core import mesh as mesh_lib
 
 Batch = dict[str, jax.Array]
@@ -89,8 +90,20 @@ def label_buckets(batch: Batch, seeds: Seeds, spec: MemberSpec) -> jax.Array:
     return hashing.hash_to_range(batch["label_ids"], seeds["labels"], spec.num_buckets, xp=jnp)
 
 
-def logits(params: model.Params, batch: Batch, seeds: Seeds, spec: MemberSpec) -> jax.Array:
-    """[R, N, B] bucket logits of every member (no dropout: the read-out's forward pass)."""
+def logits(params: model.Params, batch: Batch, seeds: Seeds, spec: MemberSpec,
+           entries_cap: int = 0) -> jax.Array:
+    """[R, N, B] bucket logits of every member (no dropout: the read-out's forward pass).
+
+    ``entries_cap`` T > 0 sums a gathered bag over the batch's T nonzero entries (the batch
+    must hold at most T: ``sparse_update.flat_entries``) rather than its N x K padded slots.
+    """
     ids = member_feature_ids(batch, seeds, spec)
-    return model.apply_ensemble(spec.graphdef, params, ids, batch["feat_vals"], spec.rep_shards,
-                                batched=spec.batched_forms)
+    if not entries_cap or spec.dense_input:
+        return model.apply_ensemble(spec.graphdef, params, ids, batch["feat_vals"], spec.rep_shards,
+                                    batched=spec.batched_forms)
+    feat_vals = batch["feat_vals"]
+    flat_ids, flat_vals, points = sparse_update.flat_entries(ids, feat_vals, entries_cap)
+    bags = model.by_shard(functools.partial(sparse_update.entry_bags, vals=flat_vals, points=points,
+                                            num_points=feat_vals.shape[0], batched=spec.batched_forms),
+                          (params["embedding"], flat_ids), spec.rep_shards, shared=(False, flat_ids.ndim == 1))
+    return model.apply_heads(spec.graphdef, params, bags + params["embedding_bias"][:, None, :])

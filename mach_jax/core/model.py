@@ -213,3 +213,19 @@ def apply_heads(graphdef: nnx.GraphDef, params: Params, bags: jax.Array, dropout
         return nnx.merge(graphdef, member_params).head(bag, dropout, key)
 
     return jax.vmap(head)(params, bags, dropout_keys)
+
+
+def by_shard(fn, args: tuple, rep_shards: int, shared: tuple[bool, ...] | None = None):
+    """fn(*args) run on each shard's members: [R, ...] -> [S, R / S, ...], vmapped over S (the
+    sharded axis, so nothing crosses devices); ``shared[i]`` marks an arg without an R axis."""
+    if rep_shards == 1:
+        return fn(*args)
+    is_shared = shared or (False,) * len(args)
+    num_reps = args[0].shape[0]
+
+    def split(x):
+        return x.reshape((rep_shards, num_reps // rep_shards) + x.shape[1:])
+
+    out = jax.vmap(fn, in_axes=tuple(None if s else 0 for s in is_shared))(
+        *[a if s else split(a) for a, s in zip(args, is_shared)])
+    return jax.tree.map(lambda x: x.reshape((num_reps,) + x.shape[2:]), out)

@@ -71,9 +71,9 @@ class MachEnsemble:
         # Each device reads out its members; the take-and-sum reduces over R into replicated results.
         everywhere = mesh_lib.replicated(self.mesh)
         self._predict_step = jax.jit(functools.partial(step.predict_step, **read_out),
-                                     static_argnames=("k",), out_shardings=everywhere)
+                                     static_argnames=("k", "entries_cap"), out_shardings=everywhere)
         self._eval_step = jax.jit(functools.partial(step.eval_step, **read_out, k=metrics.top_k(info.num_labels)),
-                                  out_shardings=everywhere)
+                                  static_argnames=("entries_cap",), out_shardings=everywhere)
         self._label_counts = np.asarray(label_counts)
         self._exact = ExactDecoder(info.num_labels, config.eval.class_chunk_size, self.spec.batched_forms)
         self.trained_reranker = reranker
@@ -162,6 +162,18 @@ class MachEnsemble:
         max_labels = batches.next_power_of_two(batches.widest_row(labels)) if labels is not None else 1
         return batches.BatchShape(self.config.eval.eval_batch_size, max_nnz, max_labels)
 
+    def _entries_cap(self, features: CsrMatrix, shape: batches.BatchShape) -> int:
+        """T of the gathered bag for the batches of these (capped) rows: their batches' most
+        nonzero entries, rounded up to a power of two (similar inputs reuse one compilation); 0
+        (the N x K padded slots) for the dense-matmul bag or where T would save nothing."""
+        if self.spec.dense_input or not features.num_rows:
+            return 0
+        rows = np.repeat(np.arange(features.num_rows), features.row_nnz())
+        per_row = np.bincount(rows[features.values != 0], minlength=features.num_rows)
+        per_batch = np.add.reduceat(per_row, np.arange(0, features.num_rows, shape.batch_size))
+        cap = batches.next_power_of_two(max(int(per_batch.max()), 1))
+        return cap if cap < shape.batch_size * shape.max_nnz else 0
+
     def member_features(self, features: CsrMatrix, source: str) -> CsrMatrix:
         """[N, D] features as the members saw them in training: transformed, capped to their width."""
         return self._capped(features, source, self.info.max_nnz)
@@ -193,12 +205,12 @@ class MachEnsemble:
         dataset = XCDataset(self._capped(features, source, shape.max_nnz),
                             CsrMatrix(np.zeros(features.num_rows + 1, np.int64), np.zeros(0, np.int32),
                                       np.zeros(0, np.float32), self.info.num_labels), source)
-        scores, ids = [], []
+        scores, ids, entries_cap = [], [], self._entries_cap(dataset.features, shape)
         for batch in tqdm(batches.eval_batches(dataset, shape), disable=not progress,
                           total=batches.num_batches(dataset.num_points, shape.batch_size),
                           desc="predict"):
             batch_scores, batch_ids = self._predict_step(self.params, self._put(batch), self.seeds, decoder,
-                                                         self.reranker, k=k)
+                                                         self.reranker, k=k, entries_cap=entries_cap)
             scores.append(batch_scores)
             ids.append(batch_ids)
         scores, ids = mesh_lib.fetch_replicated((scores, ids))
@@ -218,13 +230,13 @@ class MachEnsemble:
         shape = self._batch_shape(dataset.features, dataset.labels)
         dataset = dataclasses.replace(dataset, features=self._capped(dataset.features, dataset.source,
                                                                      shape.max_nnz))
-        decoder = self.decoder(approx)
+        decoder, entries_cap = self.decoder(approx), self._entries_cap(dataset.features, shape)
         totals = None
         for batch in tqdm(batches.eval_batches(dataset, shape), disable=not progress,
                           total=batches.num_batches(dataset.num_points, shape.batch_size),
                           desc="evaluate"):
             sums = self._eval_step(self.params, self._put(batch), self.seeds, self.inv_propensity, decoder,
-                                   self.reranker)
+                                   self.reranker, entries_cap=entries_cap)
             totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
         result = metrics.finalize(mesh_lib.fetch_replicated(totals))
         result["num_repetitions"] = int(jax.tree.leaves(self.params)[0].shape[0])

@@ -18,12 +18,13 @@ from mach_jax.readout.rerank import Reranker
 
 def predict_step(params: model.Params, batch: Batch, seeds: Seeds, decoder: ExactDecoder | ApproxDecoder,
                  reranker: Reranker | None = None, *, spec: MemberSpec, aggregation: str,
-                 k: int) -> tuple[jax.Array, jax.Array]:
+                 k: int, entries_cap: int = 0) -> tuple[jax.Array, jax.Array]:
     """Top-k classes of a batch. Returns ``(scores, ids)``, [N, k] each, best first.
 
     With a ``reranker`` the decoder hands over its K-class shortlist and the re-ranker picks the
-    k best of it (``readout.rerank``)."""
-    scores = decode.bucket_scores_to_probs(logits(params, batch, seeds, spec), spec.loss_name, aggregation)
+    k best of it (``readout.rerank``). ``entries_cap``: T of the gathered bag (``ensemble_spec.logits``)."""
+    scores = decode.bucket_scores_to_probs(logits(params, batch, seeds, spec, entries_cap), spec.loss_name,
+                                           aggregation)
     if reranker is None:
         return decoder(scores, seeds["labels"], k)
     shortlist_scores, shortlist_ids = decoder(scores, seeds["labels"], reranker.shortlist_width(k))
@@ -33,9 +34,10 @@ def predict_step(params: model.Params, batch: Batch, seeds: Seeds, decoder: Exac
 
 def eval_step(params: model.Params, batch: Batch, seeds: Seeds, inv_propensity: jax.Array,
               decoder: ExactDecoder | ApproxDecoder, reranker: Reranker | None = None, *, spec: MemberSpec,
-              aggregation: str, k: int = max(metrics.KS)) -> dict[str, jax.Array]:
+              aggregation: str, k: int = max(metrics.KS), entries_cap: int = 0) -> dict[str, jax.Array]:
     """Metric sums of a batch's [N, k] top classes (see ``metrics.metric_sums``); the host adds and
     divides. ``k``: ``metrics.top_k(L)`` = min(5, L) (a data set with L < 5 has no P@5)."""
-    _, topk_ids = predict_step(params, batch, seeds, decoder, reranker, spec=spec, aggregation=aggregation, k=k)
+    _, topk_ids = predict_step(params, batch, seeds, decoder, reranker, spec=spec, aggregation=aggregation, k=k,
+                               entries_cap=entries_cap)
     return metrics.metric_sums(topk_ids, batch["label_ids"], batch["label_mask"],
                                batch["point_mask"], inv_propensity)

@@ -44,7 +44,7 @@ def _entry_member_losses(params, feat_ids, batch: Batch, buckets: jax.Array, key
     rather than the N x K padded slots: the gathered bag's cost follows the nonzeros."""
     feat_vals = batch["feat_vals"]
     ids, vals, points = sparse_update.flat_entries(feat_ids, feat_vals, spec.entries_cap)
-    bags = _by_shard(functools.partial(_differentiable_entry_bags, vals=vals, points=points,
+    bags = model.by_shard(functools.partial(_differentiable_entry_bags, vals=vals, points=points,
                                        num_points=feat_vals.shape[0], batched=spec.member.batched_forms),
                      (params["embedding"], ids), spec.member.rep_shards, shared=(False, ids.ndim == 1))
     return _head_losses(without_embedding(params), bags, table=params["embedding"], batch=batch,
@@ -118,7 +118,7 @@ def _lazy_update(state: State, batch: Batch, buckets: jax.Array, feat_ids: jax.A
     table, feat_vals = params["embedding"], batch["feat_vals"]
     rows = rows[..., :max_rows]
     ids, vals, points = sparse_update.flat_entries(feat_ids, feat_vals, max_entries)
-    bags = _by_shard(functools.partial(sparse_update.entry_bags, vals=vals, points=points,
+    bags = model.by_shard(functools.partial(sparse_update.entry_bags, vals=vals, points=points,
                                        num_points=feat_vals.shape[0], batched=spec.member.batched_forms),
                      (table, ids), spec.member.rep_shards, shared=(False, ids.ndim == 1))
     rest = without_embedding(params)
@@ -126,7 +126,7 @@ def _lazy_update(state: State, batch: Batch, buckets: jax.Array, feat_ids: jax.A
                                     spec=spec)
     loss, head_vjp, member_loss = jax.vjp(head_losses, rest, bags, has_aux=True)
     rest_grads, bag_grads = head_vjp(jnp.ones_like(loss))
-    row_grads = _by_shard(
+    row_grads = model.by_shard(
         functools.partial(sparse_update.row_gradients, feat_vals=feat_vals, num_rows=max_rows,
                           batched=spec.member.batched_forms),
         (bag_grads, local_ids), spec.member.rep_shards, shared=(False, local_ids.ndim == 2))
@@ -139,7 +139,7 @@ def _lazy_update(state: State, batch: Batch, buckets: jax.Array, feat_ids: jax.A
         name, update = "embedding_moments", functools.partial(
             sparse_update.lazy_adam, step=step, learning_rate=learning_rate, weight_decay=spec.weight_decay)
     update = functools.partial(update, batched=spec.member.batched_forms)
-    table, embedding_state = _by_shard(update, (table, state["opt_state"][name], rows, row_grads),
+    table, embedding_state = model.by_shard(update, (table, state["opt_state"][name], rows, row_grads),
                                        spec.member.rep_shards, shared=(False, False, rows.ndim == 1, False))
     new_params = dict(optax.apply_updates(rest, updates), embedding=table)
     new_opt = {"rest": rest_state, name: embedding_state}
@@ -155,19 +155,3 @@ def _head_losses(rest: model.Params, bags: jax.Array, *, table: jax.Array, batch
     member_loss = losses.member_losses(spec.member.loss_name, member_logits, buckets, batch["label_mask"],
                                        batch["point_mask"], spec.label_smoothing)
     return member_loss.sum(), member_loss
-
-
-def _by_shard(fn, args: tuple, rep_shards: int, shared: tuple[bool, ...] | None = None):
-    """fn(*args) run on each shard's members: [R, ...] -> [S, R / S, ...], vmapped over S (the
-    sharded axis, so nothing crosses devices); ``shared[i]`` marks an arg without an R axis."""
-    if rep_shards == 1:
-        return fn(*args)
-    is_shared = shared or (False,) * len(args)
-    num_reps = args[0].shape[0]
-
-    def split(x):
-        return x.reshape((rep_shards, num_reps // rep_shards) + x.shape[1:])
-
-    out = jax.vmap(fn, in_axes=tuple(None if s else 0 for s in is_shared))(
-        *[a if s else split(a) for a, s in zip(args, is_shared)])
-    return jax.tree.map(lambda x: x.reshape((num_reps,) + x.shape[2:]), out)
