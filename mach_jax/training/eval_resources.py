@@ -27,7 +27,8 @@ def evaluation_shape(info: RunInfo, features: CsrMatrix, labels: CsrMatrix | Non
                     widest_labels=info.max_labels, widest_features_row=0,
                     eval_widest_features=int(widths.max(initial=0)),
                     eval_widest_labels=batches.widest_row(labels) if labels is not None else 1,
-                    eval_widest_features_row=int(widths.argmax()) if widths.size else 0, train_bytes=0)
+                    eval_widest_features_row=int(widths.argmax()) if widths.size else 0, train_bytes=0,
+                    feature_entries=info.feature_entries)
 
 
 def evaluation_estimate(config: Config, shape: RunShape, members: int) -> Estimate:
