@@ -45,8 +45,8 @@ def _entry_member_losses(params, feat_ids, batch: Batch, buckets: jax.Array, key
     feat_vals = batch["feat_vals"]
     ids, vals, points = sparse_update.flat_entries(feat_ids, feat_vals, spec.entries_cap)
     bags = model.by_shard(functools.partial(_differentiable_entry_bags, vals=vals, points=points,
-                                       num_points=feat_vals.shape[0], batched=spec.member.batched_forms),
-                     (params["embedding"], ids), spec.member.rep_shards, shared=(False, ids.ndim == 1))
+                                            num_points=feat_vals.shape[0], batched=spec.member.batched_forms),
+                          (params["embedding"], ids), spec.member.rep_shards, shared=(False, ids.ndim == 1))
     return _head_losses(without_embedding(params), bags, table=params["embedding"], batch=batch,
                         buckets=buckets, keys=keys, spec=spec)
 
@@ -119,8 +119,8 @@ def _lazy_update(state: State, batch: Batch, buckets: jax.Array, feat_ids: jax.A
     rows = rows[..., :max_rows]
     ids, vals, points = sparse_update.flat_entries(feat_ids, feat_vals, max_entries)
     bags = model.by_shard(functools.partial(sparse_update.entry_bags, vals=vals, points=points,
-                                       num_points=feat_vals.shape[0], batched=spec.member.batched_forms),
-                     (table, ids), spec.member.rep_shards, shared=(False, ids.ndim == 1))
+                                            num_points=feat_vals.shape[0], batched=spec.member.batched_forms),
+                          (table, ids), spec.member.rep_shards, shared=(False, ids.ndim == 1))
     rest = without_embedding(params)
     head_losses = functools.partial(_head_losses, table=table, batch=batch, buckets=buckets, keys=keys,
                                     spec=spec)
@@ -140,7 +140,7 @@ def _lazy_update(state: State, batch: Batch, buckets: jax.Array, feat_ids: jax.A
             sparse_update.lazy_adam, step=step, learning_rate=learning_rate, weight_decay=spec.weight_decay)
     update = functools.partial(update, batched=spec.member.batched_forms)
     table, embedding_state = model.by_shard(update, (table, state["opt_state"][name], rows, row_grads),
-                                       spec.member.rep_shards, shared=(False, False, rows.ndim == 1, False))
+                                            spec.member.rep_shards, shared=(False, False, rows.ndim == 1, False))
     new_params = dict(optax.apply_updates(rest, updates), embedding=table)
     new_opt = {"rest": rest_state, name: embedding_state}
     return {"step": step, "params": new_params, "opt_state": new_opt}, {"member_loss": member_loss}
