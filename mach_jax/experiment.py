@@ -7,6 +7,7 @@ It is what ``python -m mach_jax.train``, the scripts and notebooks call.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
@@ -67,8 +68,10 @@ def train_and_evaluate(config: Config, workdir: str | Path, progress: bool = Tru
     eval_data.require_points("evaluate")
     config = sized_for(config, train_data)
     # Before anything big is allocated or written: a table that cannot fit is refused here.
-    resource_check.require_fits(config, run_shape(train_data, eval_data, config.data.max_nnz),
-                                config.data.train_path)
+    shape = run_shape(train_data, eval_data, config.data.max_nnz)
+    if not wd.entries_recorded(wd.group_dir(Path(workdir), config.parallel.rep_range)):
+        shape = dataclasses.replace(shape, feature_entries=0)  # the rules the run was started with
+    resource_check.require_fits(config, shape, config.data.train_path)
     fields = sources.eval_fields(config.data, eval_data, split)
     _, _, metrics = loop.run_training(config, workdir, train_data, progress,
                                       evaluator=evaluator(config, eval_data, split), final_fields=fields)

@@ -88,13 +88,16 @@ HLO_SCRIPT = textwrap.dedent("""
         shape = input_pipeline.BatchShape(config.train.batch_size, info.max_nnz, info.max_labels)
         batch = input_pipeline.make_batch(data, np.arange(64), shape)
         print("=== " + name)
-        print(dict(program.mesh.shape), "lazy" if program.spec.lazy_embedding else "dense")
+        print(dict(program.mesh.shape), "lazy" if program.spec.lazy_embedding else "dense",
+              "entries", program.spec.entries_cap)
         print(program.train_step.lower(program.abstract_state, batch, program.seeds).compile().as_text())
 """)
 
-# The dense matmul bag with dense Adam; the gathering bag with lazy Adam; and hashed inputs.
+# The dense matmul bag with dense Adam; the gathered bag (over the nonzero entries) with dense or
+# lazy Adam; and hashed inputs.
 STEP_VARIANTS = {
     "dense": {},
+    "sparse-dense-adam": {"model": {"input_layer": "sparse"}, "train": {"embedding_update": "dense"}},
     "sparse-lazy": {"model": {"input_layer": "sparse"}, "train": {"embedding_update": "lazy"}},
     "hashed-sparse-lazy": {"model": {"input_layer": "sparse", "feat_hash_dim": 128},
                            "train": {"embedding_update": "lazy"}},
@@ -118,6 +121,7 @@ def test_train_step_on_8_devices_has_no_collectives(step_hlos, variant):
     hlo = step_hlos[variant]
     assert "{'reps': 8, 'data': 1}" in hlo
     assert ("lazy" if "lazy" in variant else "dense") in hlo.splitlines()[0]
+    assert ("entries 0" in hlo.splitlines()[0]) == (variant == "dense")  # the others sum the entries
     found = [op for op in COLLECTIVES if op in hlo]
     assert not found, f"collectives in the train step: {found}"
 

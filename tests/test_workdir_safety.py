@@ -19,6 +19,7 @@ import pytest
 from support import one_error_line, run_in_process
 
 from mach_jax.config import get_preset
+from mach_jax.core.mesh import make_mesh
 from mach_jax.data.csr import CsrMatrix, XCDataset
 from mach_jax.data.synthetic import make_synthetic
 from mach_jax.data.xc_format import write_xc
@@ -246,3 +247,61 @@ def test_checksums_agree_on_device_and_host_and_change_with_one_flipped_bit(monk
     flipped = tree["f32"].copy()
     flipped.view(np.uint32)[1, 2, 3] ^= 1
     assert integrity.check_tree({"f32": flipped})["f32"].digest != host["f32"].digest
+
+
+def rules_disagreeing_data() -> XCDataset:
+    """D = 5,000 features, one row of 300 and 127 rows of 4: for batches of 64 the mean row (6.3)
+    says lazy Adam (5,000 >= 1.75 x 64 x 6.3), the widest row dense Adam (< 1.5 x 64 x 300)."""
+    rng = np.random.default_rng(0)
+    widths = np.array([300] + [4] * 127)
+    indptr = np.concatenate([[0], np.cumsum(widths)])
+    features = CsrMatrix(indptr, np.concatenate([rng.choice(5000, w, replace=False) for w in widths]),
+                         rng.random(indptr[-1], dtype=np.float32) + 0.1, 5000)
+    labels = CsrMatrix(np.arange(129) * 2, rng.integers(0, 50, 256), np.ones(256, np.float32), 50)
+    return XCDataset(features, labels, "rules.txt")
+
+
+def test_a_run_recorded_before_the_feature_entries_resumes_with_the_rules_it_was_trained_with(tmp_path):
+    from mach_jax.data.prepare import prepare_train_data
+    from mach_jax.storage import workdir as wd
+    from mach_jax.training import loop as trainer
+    from mach_jax.training.spec import step_spec
+
+    data, work = rules_disagreeing_data(), tmp_path / "old"
+    config = get_preset("tiny").replace(model={"num_buckets": 16}, train={"epochs": 1})
+    # Trained as before the entries were recorded: "auto" resolved by the widest row, dense Adam.
+    trainer.train(config.replace(train={"embedding_update": "dense"}), work, data, progress=False)
+    saved = json.loads((work / "config.json").read_text())
+    saved["config"]["train"]["embedding_update"] = "auto"
+    del saved["run_info"]["feature_entries"]
+    (work / "config.json").write_text(json.dumps(saved))
+    for metadata in (work / "checkpoints").glob("*/_CHECKPOINT_METADATA"):
+        step_metadata = json.loads(metadata.read_text())
+        step_metadata["custom_metadata"] = {}  # records written before checkpoints had them
+        metadata.write_text(json.dumps(step_metadata))
+    info = prepare_train_data(config, data)[1]
+    mesh = make_mesh(config.model.num_repetitions)
+    assert step_spec(config, info, mesh).lazy_embedding  # what a new run picks on this data
+    assert not step_spec(config, wd.as_recorded(work, info), mesh).lazy_embedding
+    # The resumed run keeps dense Adam, so the checkpoint's moments restore and training goes on.
+    trainer.train(config.replace(train={"epochs": 2}), work, data, progress=False)
+    assert checkpoints.training_progress(work).final_step == 4
+
+
+def test_a_new_group_beside_one_recorded_before_the_feature_entries_joins_its_rules(tmp_path):
+    from mach_jax.data.prepare import RunInfo
+    from mach_jax.storage import run_file
+    from mach_jax.storage import workdir as wd
+
+    old = RunInfo(num_features=5000, num_labels=50, num_train_points=128, max_nnz=300, max_labels=2,
+                  train_source="a.txt")
+    new = RunInfo(**{**old.__dict__, "feature_entries": 808, "train_source": "b.txt"})
+    assert wd._same_data(new, old) and wd._same_data(old, new)  # one ensemble, as before
+    assert not wd._same_data(new, RunInfo(**{**old.__dict__, "num_train_points": 127}))
+    first, second = tmp_path / "reps-0-2", tmp_path / "reps-2-4"
+    first.mkdir()
+    tree = run_file.payload(get_preset("tiny"), old, None)
+    del tree["run_info"]["feature_entries"]
+    (first / run_file.CONFIG_FILE).write_text(json.dumps(tree))
+    assert not wd.entries_recorded(second) and wd.as_recorded(second, new).feature_entries == 0
+    assert wd.entries_recorded(tmp_path / "alone")

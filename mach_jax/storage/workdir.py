@@ -207,13 +207,30 @@ def write_metrics(workdir: Path, metrics: dict[str, Any]) -> Path:
 UNRECORDED_ONCE = "feature_entries"
 
 
+def entries_recorded(workdir: Path) -> bool:
+    """False where the run in ``workdir``, or a group beside it (``reps-*``), was started before
+    the training features' entries were recorded (its config.json has none); True otherwise."""
+    workdir = Path(workdir)
+    folders = [workdir]
+    if workdir.name.startswith(GROUP_PREFIX):
+        folders += sorted(p for p in workdir.parent.glob(f"{GROUP_PREFIX}*") if p != workdir)
+    for folder in folders:
+        if not (folder / CONFIG_FILE).exists():
+            continue
+        try:
+            if not read_run_file(folder).info.feature_entries:
+                return False
+        except WorkdirError:
+            if folder == workdir:  # the run's own file: its error is the run's (``check_run``)
+                raise
+    return True
+
+
 def as_recorded(workdir: Path, info: RunInfo) -> RunInfo:
-    """``info`` as the run in ``workdir`` recorded it: a run started before the feature entries
-    were recorded (its config.json has none) resumes with none, so the rules that use them
-    pick what they picked for it then (the widest row's)."""
-    if (workdir / CONFIG_FILE).exists() and not read_run_file(workdir).info.feature_entries:
-        return dataclasses.replace(info, feature_entries=0)
-    return info
+    """``info`` as the run in ``workdir`` recorded it: a run (or a group beside one) started before
+    the feature entries were recorded resumes with none, so the rules that use them pick what
+    they picked for it then (the widest row's)."""
+    return info if entries_recorded(workdir) else dataclasses.replace(info, feature_entries=0)
 
 
 def identity(config: Config, info: RunInfo, data_fingerprint: str | None) -> dict[str, Any]:
@@ -268,8 +285,12 @@ def _shape(run_info: dict[str, Any]) -> str:
 
 
 def _same_data(a: RunInfo, b: RunInfo) -> bool:
-    """Whether two runs saw the same data shape (the file may have moved)."""
-    return dataclasses.replace(a, train_source=b.train_source) == b
+    """Whether two runs saw the same data shape (the file may have moved; a run recorded before
+    the feature entries were has none to compare)."""
+    a = dataclasses.replace(a, train_source=b.train_source)
+    if not a.feature_entries or not b.feature_entries:
+        a = dataclasses.replace(a, feature_entries=b.feature_entries)
+    return a == b
 
 
 def _first_difference(saved_flat: dict[str, Any], new_flat: dict[str, Any],

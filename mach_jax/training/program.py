@@ -66,6 +66,8 @@ def build_program(config: Config, info: RunInfo, train_data: XCDataset | None = 
     caps = None
     if train_data is not None and (spec.lazy_embedding or not spec.member.dense_input):
         caps = lazy_caps.batch_caps(train_data.features, config.train.batch_size, config.train.seed)
+        if not spec.lazy_embedding:  # the gathered bag is capped by T only: no batch is past U = N K
+            caps = (config.train.batch_size * info.max_nnz, caps[1])
         spec = dataclasses.replace(spec, touched_rows_cap=caps[0], entries_cap=caps[1])
     init_state = functools.partial(_init_state, config, info.num_features, rep_ids, spec)
     abstract_state = jax.eval_shape(init_state)
