@@ -1,5 +1,6 @@
-"""What the tests share (not library code): datasets from Python rows, the host-side class ->
-bucket table that the on-device hashing is checked against, and commands run in-process."""
+"""What the tests share (not library code): datasets from Python rows, random padded batches,
+the host-side class -> bucket table that the on-device hashing is checked against, the per-batch
+cap check that ``lazy_caps.epoch_fits`` is checked against, and commands run in-process."""
 
 from __future__ import annotations
 
@@ -42,6 +43,23 @@ def from_rows(feature_rows, label_rows, num_features: int, num_labels: int,
     label_ids = np.array([k for row in label_rows for k in row], np.int64)
     labels = CsrMatrix(lptr, label_ids, np.ones(len(label_ids), np.float32), num_labels)
     return XCDataset(features, labels, source)
+
+
+def random_batch(seed: int, num_points: int, width: int, num_features: int, num_labels: int) -> dict:
+    """A padded batch of N = ``num_points`` rows of K = ``width`` random features in [0, D) (the
+    last slot of every row padding: value 0) and 2 random labels in [0, L) each, all unmasked."""
+    rng = np.random.default_rng(seed)
+    vals = rng.random((num_points, width)).astype(np.float32)
+    vals[:, -1] = 0  # padding
+    return {"feat_ids": rng.integers(0, num_features, (num_points, width)).astype(np.int32), "feat_vals": vals,
+            "label_ids": rng.integers(0, num_labels, (num_points, 2)).astype(np.int32),
+            "label_mask": np.ones((num_points, 2), np.float32), "point_mask": np.ones(num_points, np.float32)}
+
+
+def batch_fits(batch: dict, caps: tuple[int, int]) -> bool:
+    """Whether a host batch touches at most ``caps = (U, T)`` distinct rows and nonzero entries."""
+    touched = batch["feat_ids"][batch["feat_vals"] != 0]
+    return touched.size <= caps[1] and len(np.unique(touched)) <= caps[0]
 
 
 def bucket_lookup(num_labels: int, num_buckets: int, base_seed: int, repetitions) -> np.ndarray:

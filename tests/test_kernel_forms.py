@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from support import random_batch
 
 from mach_jax.config import Config, ModelConfig
 from mach_jax.core import backend, hashing, model
@@ -40,12 +41,7 @@ ENTRIES = N * (K - 1)  # make_batch's nonzero entries: every slot but the last c
 
 
 def make_batch(seed=0):
-    rng = np.random.default_rng(seed)
-    vals = rng.random((N, K)).astype(np.float32)
-    vals[:, -1] = 0  # padding
-    return {"feat_ids": rng.integers(0, D, (N, K)).astype(np.int32), "feat_vals": vals,
-            "label_ids": rng.integers(0, L, (N, 2)).astype(np.int32),
-            "label_mask": np.ones((N, 2), np.float32), "point_mask": np.ones(N, np.float32)}
+    return random_batch(seed, N, K, D, L)
 
 
 def seeds_for(feat_hash_dim):

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from support import one_error_line, run_in_process
+from support import one_error_line, random_batch, run_in_process
 
 from mach_jax import MachEnsemble, cli
 from mach_jax import train as train_command
@@ -33,12 +33,7 @@ PATHS = {"dense_adam": ("dense", False, "adam"), "gathered_dense_adam": ("sparse
 
 
 def make_batch(seed=0):
-    rng = np.random.default_rng(seed)
-    vals = rng.random((N, K)).astype(np.float32)
-    vals[:, -1] = 0  # padding
-    return {"feat_ids": rng.integers(0, D, (N, K)).astype(np.int32), "feat_vals": vals,
-            "label_ids": rng.integers(0, L, (N, 2)).astype(np.int32),
-            "label_mask": np.ones((N, 2), np.float32), "point_mask": np.ones(N, np.float32)}
+    return random_batch(seed, N, K, D, L)
 
 
 SEEDS = {"labels": jnp.asarray(hashing.repetition_seeds(0, R))}

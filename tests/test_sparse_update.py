@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from support import batch_fits
 
 from mach_jax.core import hashing, model, sparse_update
 from mach_jax.core.ensemble_spec import MemberSpec
@@ -149,9 +150,9 @@ def test_batch_caps_bound_epoch_0_and_batch_fits_checks_both():
     assert max_entries == max(b.indices.size for b in batches)
     assert max_rows == max(len(np.unique(b.indices)) for b in batches)
     batch = {"feat_ids": np.array([[1, 2, 3], [1, 4, 0]]), "feat_vals": np.array([[1.0, 1, 1], [1, 1, 0]])}
-    assert lazy_caps.batch_fits(batch, (4, 5))
-    assert not lazy_caps.batch_fits(batch, (3, 5))  # 4 distinct rows
-    assert not lazy_caps.batch_fits(batch, (4, 4))  # 5 entries
+    assert batch_fits(batch, (4, 5))
+    assert not batch_fits(batch, (3, 5))  # 4 distinct rows
+    assert not batch_fits(batch, (4, 4))  # 5 entries
 
 
 def test_lazy_equals_dense_when_every_row_is_touched_every_step():

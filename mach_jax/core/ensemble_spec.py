@@ -101,9 +101,19 @@ def logits(params: model.Params, batch: Batch, seeds: Seeds, spec: MemberSpec,
     if not entries_cap or spec.dense_input:
         return model.apply_ensemble(spec.graphdef, params, ids, batch["feat_vals"], spec.rep_shards,
                                     batched=spec.batched_forms)
-    feat_vals = batch["feat_vals"]
-    flat_ids, flat_vals, points = sparse_update.flat_entries(ids, feat_vals, entries_cap)
-    bags = model.by_shard(functools.partial(sparse_update.entry_bags, vals=flat_vals, points=points,
-                                            num_points=feat_vals.shape[0], batched=spec.batched_forms),
-                          (params["embedding"], flat_ids), spec.rep_shards, shared=(False, flat_ids.ndim == 1))
+    bags = flat_bags(params["embedding"], ids, batch["feat_vals"], entries_cap, spec)
     return model.apply_heads(spec.graphdef, params, bags + params["embedding_bias"][:, None, :])
+
+
+def flat_bags(tables: jax.Array, feat_ids: jax.Array, feat_vals: jax.Array, entries_cap: int, spec: MemberSpec,
+              scan_tables: bool = False) -> jax.Array:
+    """[R, N, H] embedding bags (no bias) summed over the batch's T = ``entries_cap`` nonzero
+    entries (``sparse_update.flat_entries``, ``entry_bags``), each shard's members on its device.
+
+    Args: tables [R, D, H]; feat_ids int32 [N, K] or [R, N, K]; feat_vals float32 [N, K];
+    ``scan_tables`` as ``sparse_update.entry_bags``' (for a bag differentiated by autodiff).
+    """
+    ids, vals, points = sparse_update.flat_entries(feat_ids, feat_vals, entries_cap)
+    bag = functools.partial(sparse_update.entry_bags, vals=vals, points=points, num_points=feat_vals.shape[0],
+                            batched=spec.batched_forms, scan_tables=scan_tables)
+    return model.by_shard(bag, (tables, ids), spec.rep_shards, shared=(False, ids.ndim == 1))

@@ -163,21 +163,12 @@ def apply_ensemble(graphdef: nnx.GraphDef, params: Params, feat_ids: jax.Array,
     Returns:
       float32 [R, N, B] logits.
     """
-    num_reps = jax.tree.leaves(params)[0].shape[0]
     batched = backend.batched_forms() if batched is None else batched
     shard_bags = functools.partial(_batched_bags if batched else _looped_bags, graphdef, feat_vals)
-
-    def by_shard(x):  # [R, ...] -> [S, R / S, ...]: the split axis stays the sharded one
-        return x.reshape((rep_shards, num_reps // rep_shards) + x.shape[1:])
-
-    if rep_shards == 1:  # no vmap of size 1 around the loop form: it would batch its gather again
-        return apply_heads(graphdef, params, shard_bags(params, feat_ids), dropout, dropout_keys)
-    # Each shard's members only (vmapped over the sharded S axis): the step stays free of
-    # communication (a scan over the sharded R axis itself would all-gather the tables).
-    ids = by_shard(feat_ids) if feat_ids.ndim == 3 else feat_ids
-    bags = jax.vmap(shard_bags, in_axes=(0, 0 if feat_ids.ndim == 3 else None))(
-        jax.tree.map(by_shard, params), ids)
-    return apply_heads(graphdef, params, bags.reshape((num_reps,) + bags.shape[2:]), dropout, dropout_keys)
+    # Each shard's members only: the step stays free of communication (a scan over the sharded
+    # R axis itself would all-gather the tables).
+    bags = by_shard(shard_bags, (params, feat_ids), rep_shards, shared=(False, feat_ids.ndim != 3))
+    return apply_heads(graphdef, params, bags, dropout, dropout_keys)
 
 
 def _bag_one(graphdef: nnx.GraphDef, feat_vals: jax.Array, member_params: Params, ids: jax.Array) -> jax.Array:
@@ -217,14 +208,16 @@ def apply_heads(graphdef: nnx.GraphDef, params: Params, bags: jax.Array, dropout
 
 def by_shard(fn, args: tuple, rep_shards: int, shared: tuple[bool, ...] | None = None):
     """fn(*args) run on each shard's members: [R, ...] -> [S, R / S, ...], vmapped over S (the
-    sharded axis, so nothing crosses devices); ``shared[i]`` marks an arg without an R axis."""
+    sharded axis, so nothing crosses devices), the result back to [R, ...]. An arg may be a
+    pytree of [R, ...] leaves (parameters); ``shared[i]`` marks an arg without an R axis. With
+    one shard, fn(*args) itself (no vmap of size 1: it would batch a loop form's gathers again)."""
     if rep_shards == 1:
         return fn(*args)
     is_shared = shared or (False,) * len(args)
-    num_reps = args[0].shape[0]
+    num_reps = jax.tree.leaves(args[0])[0].shape[0]
 
-    def split(x):
-        return x.reshape((rep_shards, num_reps // rep_shards) + x.shape[1:])
+    def split(tree):
+        return jax.tree.map(lambda x: x.reshape((rep_shards, num_reps // rep_shards) + x.shape[1:]), tree)
 
     out = jax.vmap(fn, in_axes=tuple(None if s else 0 for s in is_shared))(
         *[a if s else split(a) for a, s in zip(args, is_shared)])

@@ -66,7 +66,7 @@ def flat_entries(feat_ids: jax.Array, feat_vals: jax.Array, size: int) -> tuple[
 
 
 def entry_bags(tables: jax.Array, ids: jax.Array, vals: jax.Array, points: jax.Array,
-               num_points: int, batched: bool | None = None) -> jax.Array:
+               num_points: int, batched: bool | None = None, scan_tables: bool = False) -> jax.Array:
     """The embedding bags (no bias) of every member, read straight from the tables.
 
     Args:
@@ -76,6 +76,9 @@ def entry_bags(tables: jax.Array, ids: jax.Array, vals: jax.Array, points: jax.A
         points.
       num_points: N.
       batched: the kernel form (None: the current backend's, ``backend.batched_forms``).
+      scan_tables: the loop form maps over the members' tables themselves, for autodiff: each
+        member's table gradient is then its own [D, H] slice, not a scatter into the whole
+        [R, D, H] at every member. Otherwise it indexes them: no copy of a member's table.
 
     Returns:
       [R, N, H]: ``bag[r, n] = sum of vals[t] * tables[r, ids[t]] over the entries of point n``.
@@ -86,6 +89,10 @@ def entry_bags(tables: jax.Array, ids: jax.Array, vals: jax.Array, points: jax.A
 
     if _batched(batched):
         return jax.vmap(member_bag)(tables[jnp.arange(tables.shape[0])[:, None], ids])  # [R, T, H] rows
+    if scan_tables:
+        if ids.ndim == 1:
+            return jax.lax.map(lambda table: member_bag(table[ids]), tables)
+        return jax.lax.map(lambda args: member_bag(args[0][args[1]]), (tables, ids))
     # A 2-D gather per member: no copy of member r's table.
     return jax.lax.map(lambda r: member_bag(tables[r, ids if ids.ndim == 1 else ids[r]]),
                        jnp.arange(tables.shape[0]))

@@ -211,10 +211,8 @@ def entries_recorded(workdir: Path) -> bool:
     """False where the run in ``workdir``, or a group beside it (``reps-*``), was started before
     the training features' entries were recorded (its config.json has none); True otherwise."""
     workdir = Path(workdir)
-    folders = [workdir]
-    if workdir.name.startswith(GROUP_PREFIX):
-        folders += sorted(p for p in workdir.parent.glob(f"{GROUP_PREFIX}*") if p != workdir)
-    for folder in folders:
+    siblings = workdir.parent.glob(f"{GROUP_PREFIX}*") if workdir.name.startswith(GROUP_PREFIX) else ()
+    for folder in [workdir, *sorted(p for p in siblings if p != workdir)]:
         if not (folder / CONFIG_FILE).exists():
             continue
         try:
@@ -250,11 +248,7 @@ def identity_difference(saved: dict[str, Any], new: dict[str, Any]) -> tuple[str
     difference = _first_difference(saved_flat, new_flat, check=check)
     if difference:
         return difference
-    saved_info = {k: v for k, v in saved["run_info"].items() if k != "train_source"}
-    new_info = {k: v for k, v in new["run_info"].items() if k != "train_source"}
-    if not saved_info.get(UNRECORDED_ONCE) or not new_info.get(UNRECORDED_ONCE):  # an older record
-        saved_info.pop(UNRECORDED_ONCE, None)
-        new_info.pop(UNRECORDED_ONCE, None)
+    saved_info, new_info = _comparable(saved["run_info"], new["run_info"])
     if saved_info != new_info:
         return "data", saved_info, new_info
     fingerprints = saved.get("data_fingerprint"), new.get("data_fingerprint")
@@ -285,12 +279,19 @@ def _shape(run_info: dict[str, Any]) -> str:
 
 
 def _same_data(a: RunInfo, b: RunInfo) -> bool:
-    """Whether two runs saw the same data shape (the file may have moved; a run recorded before
-    the feature entries were has none to compare)."""
-    a = dataclasses.replace(a, train_source=b.train_source)
-    if not a.feature_entries or not b.feature_entries:
-        a = dataclasses.replace(a, feature_entries=b.feature_entries)
-    return a == b
+    """Whether two runs saw the same data shape (``_comparable``)."""
+    first, second = _comparable(dataclasses.asdict(a), dataclasses.asdict(b))
+    return first == second
+
+
+def _comparable(a: dict[str, Any], b: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Two runs' ``run_info`` as they are compared: without the training file's name (the file
+    may have moved) and, where either run was recorded before the feature entries were, without
+    those."""
+    drop = {"train_source"}
+    if not (a.get(UNRECORDED_ONCE) and b.get(UNRECORDED_ONCE)):
+        drop.add(UNRECORDED_ONCE)
+    return ({k: v for k, v in a.items() if k not in drop}, {k: v for k, v in b.items() if k not in drop})
 
 
 def _first_difference(saved_flat: dict[str, Any], new_flat: dict[str, Any],

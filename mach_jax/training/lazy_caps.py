@@ -2,9 +2,10 @@
 
 Gathers and scatters cost about as much per padded slot as per real one, so the lazy (row-sparse)
 step, and the gathered embedding bag of any step, are compiled for caps measured on the training
-data (``batch_caps``); a batch past a cap goes to a step compiled without caps. Which batches fit is checked per epoch over its whole order
-(``epoch_fits``), an epoch ahead on a background thread (``CapRouter``), not per batch on the hot
-path; so the device-resident path, which has no host batch, routes exactly as the host path does.
+data (``batch_caps``); a batch past a cap goes to a step compiled without caps. Which batches
+fit is checked per epoch over its whole order (``epoch_fits``), an epoch ahead on a background
+thread (``CapRouter``), not per batch on the hot path; so the device-resident path, which has no
+host batch, routes exactly as the host path does.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import concurrent.futures
 
 import numpy as np
 
-from mach_jax.data.batches import Batch, epoch_order, num_batches
+from mach_jax.data.batches import epoch_order, num_batches
 from mach_jax.data.csr import CsrMatrix
 
 
@@ -43,15 +44,9 @@ def batch_caps(features: CsrMatrix, batch_size: int, seed: int, max_batches: int
     return rounded(most_rows), rounded(most_entries)
 
 
-def batch_fits(batch: Batch, caps: tuple[int, int]) -> bool:
-    """Whether a host batch touches at most ``caps = (U, T)`` distinct rows and nonzero entries."""
-    touched = batch["feat_ids"][batch["feat_vals"] != 0]
-    return touched.size <= caps[1] and len(np.unique(touched)) <= caps[0]
-
-
 def epoch_fits(features: CsrMatrix, order: np.ndarray, batch_size: int, caps: tuple[int, int]) -> np.ndarray:
-    """Whether each batch of an epoch fits ``caps = (U, T)``: bool [num_batches], equal to
-    ``batch_fits`` of each batch ``batches.train_batches`` builds from ``order``.
+    """Whether each batch ``batches.train_batches`` builds from ``order`` touches at most
+    ``caps = (U, T)`` distinct rows and nonzero entries: bool [num_batches].
 
     The epoch's rows are gathered once; a batch's distinct rows are counted without a sort: each
     entry stamps its position on its row id, and exactly one entry per distinct id finds its own

@@ -21,7 +21,7 @@ from typing import Callable
 import jax
 
 from mach_jax.config import Config
-from mach_jax.core import mesh as mesh_lib, model
+from mach_jax.core import mesh as mesh_lib
 from mach_jax.errors import ConfigError, ResourceError
 from mach_jax.training import resources
 from mach_jax.training.resources import Estimate, RunShape, format_bytes
@@ -169,7 +169,7 @@ def _cause(config: Config, shape: RunShape, largest: str, data_file: str | None)
         return (f"rows are padded to K={width} features (training) and {eval_width} (evaluation): "
                 f"{_widest(config, shape)}")
     if "activations" in largest:
-        if model.uses_dense_input(config.model, shape.num_features, width, shape.mean_nnz(width)):
+        if resources.resolved_rules(config, shape)[0]:
             return (f"the dense input layer (--input-layer {config.model.input_layer}) holds an [N, "
                     f"{matrices[0][0]}] matrix per member")
         return f"the embedding bag gathers [N, K={width}, H={matrices[0][1]}] rows"
@@ -232,9 +232,8 @@ def suggestions(config: Config, shape: RunShape, budget: Budget) -> list[str]:
         if value is not None:
             hidden = ",".join([str(value)] * len(config.model.hidden_sizes))
             found.append(f"{flag} {hidden if field == 'model.hidden_sizes' else value}")
-    width = resources.batch_widths(config, shape)[0]
     choices = (("--input-layer", "model.input_layer", "sparse",  # instead of dense [N, D] bags
-                model.uses_dense_input(config.model, shape.num_features, width, shape.mean_nnz(width))),
+                resources.resolved_rules(config, shape)[0]),
                ("--input-transform", "data.input_transform", "log1p_l2",  # no [D] idf
                 config.data.input_transform == "tfidf_l2"))
     for flag, field, value, applies in choices:

@@ -171,10 +171,7 @@ def _training_parts(config: Config, shape: RunShape, members: int, data_shards: 
     width, max_labels, _, _ = batch_widths(config, shape)
     points = -(-config.train.batch_size // data_shards)
     (rows, hidden), *_ = member_matrices(config.model, shape.num_features)
-    dense_input = model.uses_dense_input(config.model, shape.num_features, width, shape.mean_nnz(width))
-    lazy = uses_lazy_update(config.model, config.train.embedding_update, shape.num_features, width,
-                            config.train.batch_size, config.train.embedding_optimizer,
-                            mean_nnz=shape.mean_nnz(width))
+    dense_input, lazy = resolved_rules(config, shape)
     gradients = member_parameters(config.model, shape.num_features)
     if lazy:  # the touched rows only: gathered, their gradients and both moments
         gradients += 4 * min(rows, points * width) * hidden - rows * hidden
@@ -196,9 +193,7 @@ def _evaluation_parts(config: Config, shape: RunShape, members: int) -> list[Par
     _, _, width, max_labels = batch_widths(config, shape)
     points, buckets = config.eval.eval_batch_size, config.model.num_buckets
     (rows, hidden), *_ = member_matrices(config.model, shape.num_features)
-    train_width = batch_widths(config, shape)[0]
-    dense_input = model.uses_dense_input(config.model, shape.num_features, train_width,
-                                       shape.mean_nnz(train_width))
+    dense_input = resolved_rules(config, shape)[0]
     copies = _bag_copies(config, members)  # the batched forms hold every member's reads at once
     bag = members * points * rows if dense_input else points * width * hidden * copies
     heads = 2 * members * points * (sum(config.model.hidden_sizes) + 2 * buckets)
@@ -213,6 +208,21 @@ def _evaluation_parts(config: Config, shape: RunShape, members: int) -> list[Par
             Part("evaluation activations", (bag + heads) * ENTRY, True),
             Part("decoding", decoder * ENTRY, True),
             Part("host evaluation batch", batch, False)]
+
+
+def resolved_rules(config: Config, shape: RunShape) -> tuple[bool, bool]:
+    """``(dense_input, lazy)``: whether the bag is a dense matmul (``model.uses_dense_input``) and
+    the tables are updated row-sparsely (``spec.uses_lazy_update``), as training resolves them.
+
+    Raises:
+      ConfigError: where the config cannot run on this data at all (``spec.uses_lazy_update``).
+    """
+    width = batch_widths(config, shape)[0]
+    dense_input = model.uses_dense_input(config.model, shape.num_features, width, shape.mean_nnz(width))
+    lazy = uses_lazy_update(config.model, config.train.embedding_update, shape.num_features, width,
+                            config.train.batch_size, config.train.embedding_optimizer,
+                            mean_nnz=shape.mean_nnz(width))
+    return dense_input, lazy
 
 
 def _bag_copies(config: Config, members: int) -> int:
@@ -258,11 +268,7 @@ def describe_rules(config: Config, shape: RunShape) -> str:
     bag, row-sparse (lazy) Adam on the embedding tables, forms=batched': the implementations the
     "auto" settings resolve to for this data and backend (``model.input_layer``,
     ``train.embedding_update``, ``model.kernel_forms``)."""
-    width = batch_widths(config, shape)[0]
-    dense_input = model.uses_dense_input(config.model, shape.num_features, width, shape.mean_nnz(width))
-    lazy = uses_lazy_update(config.model, config.train.embedding_update, shape.num_features, width,
-                            config.train.batch_size, config.train.embedding_optimizer,
-                            mean_nnz=shape.mean_nnz(width))
+    dense_input, lazy = resolved_rules(config, shape)
     optimiser = "row-wise Adagrad" if config.train.embedding_optimizer == "rowwise_adagrad" else "Adam"
     forms = backend.describe_forms(backend.batched_forms(config.model.kernel_forms))
     return (f"{'dense-matmul' if dense_input else 'gathered'} input bag, "
@@ -284,10 +290,7 @@ def describe_state(config: Config, shape: RunShape) -> str:
 def _state_bytes(config: Config, shape: RunShape) -> tuple[int, int]:
     """One member's parameter and optimiser state bytes (``state_size``; the moments depend on
     whether the table is updated lazily)."""
-    width = batch_widths(config, shape)[0]
-    lazy = uses_lazy_update(config.model, config.train.embedding_update, shape.num_features, width,
-                            config.train.batch_size, config.train.embedding_optimizer,
-                            mean_nnz=shape.mean_nnz(width))
+    lazy = resolved_rules(config, shape)[1]
     return (parameter_bytes(config.model, shape.num_features),
             moment_bytes(config, shape.num_features, lazy))
 

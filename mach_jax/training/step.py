@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import optax
 
 from mach_jax.core import losses, model, sparse_update
-from mach_jax.core.ensemble_spec import Batch, Seeds, label_buckets, member_feature_ids
+from mach_jax.core.ensemble_spec import Batch, Seeds, flat_bags, label_buckets, member_feature_ids
 from mach_jax.training.optimizer import State, without_embedding
 from mach_jax.training.spec import StepSpec
 
@@ -42,30 +42,10 @@ def _member_losses(params, feat_ids, batch: Batch, buckets: jax.Array, keys, spe
 def _entry_member_losses(params, feat_ids, batch: Batch, buckets: jax.Array, keys, spec: StepSpec):
     """``_member_losses`` with the bags summed over the T nonzero entries (``spec.entries_cap``)
     rather than the N x K padded slots: the gathered bag's cost follows the nonzeros."""
-    feat_vals = batch["feat_vals"]
-    ids, vals, points = sparse_update.flat_entries(feat_ids, feat_vals, spec.entries_cap)
-    bags = model.by_shard(functools.partial(_differentiable_entry_bags, vals=vals, points=points,
-                                            num_points=feat_vals.shape[0], batched=spec.member.batched_forms),
-                          (params["embedding"], ids), spec.member.rep_shards, shared=(False, ids.ndim == 1))
+    bags = flat_bags(params["embedding"], feat_ids, batch["feat_vals"], spec.entries_cap, spec.member,
+                     scan_tables=True)
     return _head_losses(without_embedding(params), bags, table=params["embedding"], batch=batch,
                         buckets=buckets, keys=keys, spec=spec)
-
-
-def _differentiable_entry_bags(tables: jax.Array, ids: jax.Array, *, vals: jax.Array, points: jax.Array,
-                               num_points: int, batched: bool) -> jax.Array:
-    """``sparse_update.entry_bags`` [R, N, H] in a form autodiff transposes well: the loop form
-    maps over the members' tables (each member's table gradient is its own [D, H] slice, not a
-    scatter into the whole [R, D, H] at every member)."""
-    if batched:
-        return sparse_update.entry_bags(tables, ids, vals, points, num_points, batched=True)
-
-    def member_bag(table, member_ids):  # [D, H], [T] -> [N, H]
-        rows = vals[:, None] * table[member_ids]
-        return jnp.zeros((num_points, rows.shape[1]), rows.dtype).at[points].add(rows, mode="drop")
-
-    if ids.ndim == 1:
-        return jax.lax.map(lambda table: member_bag(table, ids), tables)
-    return jax.lax.map(lambda args: member_bag(*args), (tables, ids))
 
 
 def train_step(state: State, batch: Batch, seeds: Seeds, *, spec: StepSpec) -> tuple[State, dict]:
@@ -117,10 +97,7 @@ def _lazy_update(state: State, batch: Batch, buckets: jax.Array, feat_ids: jax.A
     params, step = state["params"], state["step"] + 1
     table, feat_vals = params["embedding"], batch["feat_vals"]
     rows = rows[..., :max_rows]
-    ids, vals, points = sparse_update.flat_entries(feat_ids, feat_vals, max_entries)
-    bags = model.by_shard(functools.partial(sparse_update.entry_bags, vals=vals, points=points,
-                                            num_points=feat_vals.shape[0], batched=spec.member.batched_forms),
-                          (table, ids), spec.member.rep_shards, shared=(False, ids.ndim == 1))
+    bags = flat_bags(table, feat_ids, feat_vals, max_entries, spec.member)
     rest = without_embedding(params)
     head_losses = functools.partial(_head_losses, table=table, batch=batch, buckets=buckets, keys=keys,
                                     spec=spec)
