@@ -46,12 +46,18 @@ def saved_steps(workdir):
     return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit()) if folder.exists() else []
 
 
+def wait_for_step_100(workdir, *also):
+    """Polls (for up to 120 s) until a checkpoint at step 100 or later exists and every ``also()`` holds."""
+    deadline = time.time() + 120
+    while not (any(s >= 100 for s in saved_steps(workdir)) and all(check() for check in also)) \
+            and time.time() < deadline:
+        time.sleep(0.01)
+
+
 def start_and_signal_after_first_checkpoint(workdir, env, signum):
     process = subprocess.Popen(command(workdir), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True)
-    deadline = time.time() + 120
-    while not [s for s in saved_steps(workdir) if s >= 100] and time.time() < deadline:
-        time.sleep(0.01)
+    wait_for_step_100(workdir)
     process.send_signal(signum)
     stdout, stderr = process.communicate(timeout=120)
     return process.returncode, stdout, stderr
@@ -216,12 +222,9 @@ def test_sigkill_two_concurrent_runs_then_rerun_equals_an_uninterrupted_run(tmp_
     env, work = environment(tmp_path), tmp_path / "work"
     runs = [subprocess.Popen(command(work), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             for _ in range(2)]
-    deadline = time.time() + 120
     # Kill once the holder has checkpointed and the refused run has ended: the refused one may
     # still be exiting when a fast holder (its step loaded from the compilation cache) saves step 100.
-    while (not [s for s in saved_steps(work) if s >= 100] or all(run.poll() is None for run in runs)) \
-            and time.time() < deadline:
-        time.sleep(0.01)
+    wait_for_step_100(work, lambda: any(run.poll() is not None for run in runs))
     for run in runs:
         run.send_signal(signal.SIGKILL)  # the one refused has exited already
     results = [(run.wait(timeout=120), run.communicate()[1]) for run in runs]
