@@ -1,11 +1,13 @@
 """The library training loop: determinism, resuming, the Python API for notebooks."""
 
+import collections
+
 import jax
 import numpy as np
 import pytest
 
 from mach_jax import MachEnsemble, get_preset
-from mach_jax.core import ensemble_spec
+from mach_jax.core import compiled as compiled_lib, ensemble_spec
 from mach_jax import experiment
 from mach_jax.data import prepare
 from mach_jax.training import loop as trainer
@@ -154,6 +156,7 @@ def test_per_epoch_evaluations_build_one_read_out_and_compile_its_step_once(tmp_
 
     monkeypatch.setattr(MachEnsemble, "__init__", counting_init)
     monkeypatch.setattr(jax, "jit", counting_jit)
+    monkeypatch.setattr(compiled_lib, "_shared", collections.OrderedDict())  # as in a fresh process
     metrics = experiment.train_and_evaluate(config, tmp_path / "w", progress=False)
     monkeypatch.undo()
     assert len(built) == 1 and compiled.count("eval_step") == 1  # 2 per-epoch evaluations + the final

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from mach_jax.config import Config
 from mach_jax.core import mesh as mesh_lib, model
+from mach_jax.core.compiled import shared_jit
 from mach_jax.core.ensemble_spec import member_seeds, member_spec
 from mach_jax.data import batches, transforms
 from mach_jax.data.csr import CsrMatrix, XCDataset
@@ -67,13 +68,14 @@ class MachEnsemble:
             mesh_lib.replicated(self.mesh))
         self.spec = member_spec(config, info.num_features, info.max_nnz, self.mesh, info.mean_nnz)
         read_out = dict(spec=self.spec, aggregation=config.eval.aggregation)
-        # Jitted once per ensemble: each batch shape, decoder and k compiles once, then is reused.
+        # Jitted once per spec in this process (core.compiled): each batch shape, decoder and k
+        # compiles once, then is reused, by this ensemble and by any other with the same spec.
         # Each device reads out its members; the take-and-sum reduces over R into replicated results.
         everywhere = mesh_lib.replicated(self.mesh)
-        self._predict_step = jax.jit(functools.partial(step.predict_step, **read_out),
-                                     static_argnames=("k", "entries_cap"), out_shardings=everywhere)
-        self._eval_step = jax.jit(functools.partial(step.eval_step, **read_out, k=metrics.top_k(info.num_labels)),
-                                  static_argnames=("entries_cap",), out_shardings=everywhere)
+        self._predict_step = shared_jit(step.predict_step, read_out, static_argnames=("k", "entries_cap"),
+                                        out_shardings=everywhere)
+        self._eval_step = shared_jit(step.eval_step, {**read_out, "k": metrics.top_k(info.num_labels)},
+                                     static_argnames=("entries_cap",), out_shardings=everywhere)
         self._label_counts = np.asarray(label_counts)
         self._exact = ExactDecoder(info.num_labels, config.eval.class_chunk_size, self.spec.batched_forms)
         self.trained_reranker = reranker

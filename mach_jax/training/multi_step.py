@@ -30,6 +30,7 @@ from jax.sharding import PartitionSpec as P
 from mach_jax.config import Config
 from mach_jax.core import backend
 from mach_jax.core import mesh as mesh_lib
+from mach_jax.core.compiled import shared_jit
 from mach_jax.training import device_data, step
 from mach_jax.training.lazy_caps import CapRouter
 from mach_jax.training.optimizer import State
@@ -90,8 +91,8 @@ def _compile(program: TrainingProgram, spec: StepSpec, dynamic: bool) -> Callabl
     """``_run_steps`` jitted with donation and explicit shardings (compiled on first call)."""
     mesh = program.mesh
     state_shardings = jax.tree.map(lambda leaf: leaf.sharding, program.abstract_state)
-    run = functools.partial(_run_steps, spec=spec, batch_sharding=program.batch_sharding, dynamic=dynamic)
-    return jax.jit(run, donate_argnums=0, in_shardings=(
+    bound = {"spec": spec, "batch_sharding": program.batch_sharding, "dynamic": dynamic}
+    return shared_jit(_run_steps, bound, donate_argnums=0, in_shardings=(
         state_shardings, program.batch_sharding, NamedSharding(mesh, P(None, mesh_lib.DATA_AXIS)),
         mesh_lib.replicated(mesh), mesh_lib.tree_shardings(program.seeds, mesh)),
         out_shardings=(state_shardings, NamedSharding(mesh, P(None, mesh_lib.REPS_AXIS))))
@@ -116,7 +117,7 @@ class MultiStep:
         self.boundaries, self.length, self.router = boundaries, length, router
         self.rows_sharding = NamedSharding(program.mesh, P(None, mesh_lib.DATA_AXIS))
         # One step (S = 1, or a batch past the lazy caps) runs the host path's own compiled step.
-        self._gather = jax.jit(device_data.gather_batch, out_shardings=program.batch_sharding)
+        self._gather = shared_jit(device_data.gather_batch, {}, out_shardings=program.batch_sharding)
         self._full = _compile(program, program.spec, dynamic=False) if length > 1 else program.train_step
         self._short = _compile(program, program.spec, dynamic=True) if length > 1 else None
 

@@ -2,7 +2,8 @@
 
 ``build_program(config, info, train_data)`` is built once per run (and by the benchmarks): the
 state is created directly with its shardings (``jax.jit(init, out_shardings=...)``), and the
-step is jitted once with donation and explicit in/out shardings.
+step is jitted once with donation and explicit in/out shardings, shared with any earlier run of
+the process that had the same spec (``core.compiled``).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import jax.numpy as jnp
 
 from mach_jax.config import Config
 from mach_jax.core import mesh as mesh_lib, model
+from mach_jax.core.compiled import shared_jit
 from mach_jax.core.ensemble_spec import member_seeds
 from mach_jax.data.csr import XCDataset
 from mach_jax.data.prepare import RunInfo
@@ -69,30 +71,32 @@ def build_program(config: Config, info: RunInfo, train_data: XCDataset | None = 
         if not spec.lazy_embedding:  # the gathered bag is capped by T only: no batch is past U = N K
             caps = (config.train.batch_size * info.max_nnz, caps[1])
         spec = dataclasses.replace(spec, touched_rows_cap=caps[0], entries_cap=caps[1])
-    init_state = functools.partial(_init_state, config, info.num_features, rep_ids, spec)
-    abstract_state = jax.eval_shape(init_state)
+    init_bound = dict(config=config, num_features=info.num_features, rep_ids=rep_ids, spec=spec)
+    abstract_state = jax.eval_shape(functools.partial(_init_state, **init_bound))
     state_shardings = mesh_lib.tree_shardings(abstract_state, mesh)
     seeds = member_seeds(config, rep_ids, mesh)
+    # Shared with earlier runs of this process that had the same spec and shardings (compiled.py).
     jit_step = functools.partial(
-        jax.jit, in_shardings=(state_shardings, mesh_lib.batched(mesh), mesh_lib.tree_shardings(seeds, mesh)),
+        shared_jit, step.train_step,
+        in_shardings=(state_shardings, mesh_lib.batched(mesh), mesh_lib.tree_shardings(seeds, mesh)),
         out_shardings=(state_shardings, {"member_loss": mesh_lib.stacked(mesh)}), donate_argnums=0)
-    train_step = jit_step(functools.partial(step.train_step, spec=spec))
+    train_step = jit_step({"spec": spec})
     return TrainingProgram(
         mesh=mesh,
         rep_ids=rep_ids,
         abstract_state=jax.tree.map(
             lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
             abstract_state, state_shardings),
-        create_state=jax.jit(init_state, out_shardings=state_shardings),
+        create_state=shared_jit(_init_state, init_bound, out_shardings=state_shardings),
         train_step=train_step,
         batch_sharding=mesh_lib.batched(mesh),
         seeds=seeds,
         spec=spec,
         batch_caps=caps,
-        uncapped_train_step=jit_step(functools.partial(step.train_step, spec=uncapped_spec)) if caps else None)
+        uncapped_train_step=jit_step({"spec": uncapped_spec}) if caps else None)
 
 
-def _init_state(config: Config, num_features: int, rep_ids: tuple[int, ...],
+def _init_state(*, config: Config, num_features: int, rep_ids: tuple[int, ...],
                 spec: StepSpec) -> State:
     params = model.init_params(config.model, num_features, jnp.asarray(rep_ids, jnp.int32),
                                config.train.seed)

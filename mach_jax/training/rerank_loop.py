@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from mach_jax.config import RerankConfig
 from mach_jax.core import mesh as mesh_lib
 from mach_jax.core import reranker
+from mach_jax.core.compiled import shared_jit
 from mach_jax.data import batches
 from mach_jax.data.csr import XCDataset
 from mach_jax.errors import TrainingDivergedError
@@ -74,11 +75,13 @@ def _optimizer(settings: RerankConfig) -> optax.GradientTransformation:
     return optax.adam(settings.rerank_learning_rate)
 
 
+def _init(key, *, settings: RerankConfig, num_features: int, num_labels: int) -> dict:
+    params = reranker.init_params(key, num_features, num_labels, settings.rerank_dim)
+    return {"epoch": jnp.zeros((), jnp.int32), "params": params, "opt_state": _optimizer(settings).init(params)}
+
+
 def _abstract_state(settings: RerankConfig, data: XCDataset, mesh) -> dict:
-    def init(key):
-        params = reranker.init_params(key, data.num_features, data.num_labels, settings.rerank_dim)
-        return {"epoch": jnp.zeros((), jnp.int32), "params": params,
-                "opt_state": _optimizer(settings).init(params)}
+    init = functools.partial(_init, settings=settings, num_features=data.num_features, num_labels=data.num_labels)
     shapes = jax.eval_shape(init, jax.random.key(0))
     return jax.tree_util.tree_map_with_path(
         lambda path, leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=_sharding_of(path, mesh)), shapes)
@@ -92,27 +95,18 @@ def _sharding_of(path, mesh) -> NamedSharding:
 
 
 def _initial_state(settings: RerankConfig, seed: int, data: XCDataset, mesh, abstract: dict) -> dict:
-    shardings = jax.tree.map(lambda leaf: leaf.sharding, abstract)
-
-    @functools.partial(jax.jit, out_shardings=shardings)
-    def init(key):
-        params = reranker.init_params(key, data.num_features, data.num_labels, settings.rerank_dim)
-        return {"epoch": jnp.zeros((), jnp.int32), "params": params,
-                "opt_state": _optimizer(settings).init(params)}
+    init = shared_jit(_init, {"settings": settings, "num_features": data.num_features, "num_labels": data.num_labels},
+                      out_shardings=jax.tree.map(lambda leaf: leaf.sharding, abstract))
     return init(jax.random.fold_in(jax.random.key(seed), _RERANK_STREAM))
 
 
-def _train_step(settings: RerankConfig, num_labels: int):
-    optimizer = _optimizer(settings)
+def _step(state, batch, key, *, settings: RerankConfig, num_labels: int):
+    """One Adam step of the re-ranker's sampled-softmax loss: ``(state, loss)``."""
     loss = functools.partial(reranker.sampled_softmax_loss, num_labels=num_labels,
                              num_negatives=settings.sampled_negatives, dropout=settings.rerank_dropout)
-
-    @functools.partial(jax.jit, donate_argnums=0)
-    def step(state, batch, key):
-        value, grads = jax.value_and_grad(loss)(state["params"], batch, key)
-        updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
-        return {**state, "params": optax.apply_updates(state["params"], updates), "opt_state": opt_state}, value
-    return step
+    value, grads = jax.value_and_grad(loss)(state["params"], batch, key)
+    updates, opt_state = _optimizer(settings).update(grads, state["opt_state"], state["params"])
+    return {**state, "params": optax.apply_updates(state["params"], updates), "opt_state": opt_state}, value
 
 
 def _run_epochs(settings: RerankConfig, seed: int, data: XCDataset, shortlist: np.ndarray, state: dict,
@@ -121,7 +115,7 @@ def _run_epochs(settings: RerankConfig, seed: int, data: XCDataset, shortlist: n
     shape = batches.BatchShape(settings.rerank_batch_size, batches.widest_row(data.features) or 1,
                                settings.rerank_max_labels)
     steps_per_epoch = batches.num_batches(data.num_points, shape.batch_size)
-    step = _train_step(settings, data.num_labels)
+    step = shared_jit(_step, {"settings": settings, "num_labels": data.num_labels}, donate_argnums=0)
     base_key = jax.random.fold_in(jax.random.key(seed), _RERANK_STREAM + 1)
     everywhere = mesh_lib.replicated(mesh)
     first = int(state["epoch"])

@@ -1,0 +1,72 @@
+"""core.compiled: runs and read-outs of one process with the same spec share their jitted steps,
+and sharing changes nothing but the time."""
+
+import collections
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mach_jax import MachEnsemble, get_preset
+from mach_jax.core import compiled
+from mach_jax.data import prepare
+from mach_jax.data.synthetic import make_synthetic
+from mach_jax.training import loop as trainer
+from mach_jax.training.program import build_program
+
+
+@pytest.fixture
+def fresh(monkeypatch):
+    """An empty table of shared steps, as in a new process."""
+    monkeypatch.setattr(compiled, "_shared", collections.OrderedDict())
+
+
+def program(config):
+    train, _ = make_synthetic(config.data.synthetic)
+    data, info = prepare.prepare_train_data(config, train)
+    return build_program(config, info, data)
+
+
+@pytest.mark.parametrize("overrides", [
+    {},
+    {"model": {"input_layer": "sparse"}, "train": {"embedding_update": "lazy"}},
+    {"model": {"input_layer": "sparse", "feat_hash_dim": 64}, "train": {"embedding_optimizer": "rowwise_adagrad"}},
+    {"model": {"hidden_sizes": [16, 16]}, "train": {"dropout": 0.3, "label_smoothing": 0.1, "lr_schedule": "cosine"}},
+], ids=["dense", "lazy", "hashed-adagrad", "dropout-cosine"])
+def test_equal_configs_share_their_steps_and_others_do_not(fresh, overrides):
+    config = get_preset("tiny").replace(**overrides)
+    first, second = program(config), program(config)
+    assert first.train_step is second.train_step and first.create_state is second.create_state
+    assert first.uncapped_train_step is second.uncapped_train_step
+    other = program(config.replace(train={"learning_rate": 0.5}))
+    assert other.train_step is not first.train_step
+
+
+def test_a_shared_step_trains_what_a_fresh_one_trains(tmp_path, fresh, monkeypatch):
+    config = get_preset("tiny")
+    train, test = make_synthetic(config.data.synthetic)
+    trainer.train(config, tmp_path / "first", train, progress=False)
+    shared, _ = trainer.train(config, tmp_path / "second", train, progress=False)  # reuses the first's step
+    monkeypatch.setattr(compiled, "_shared", collections.OrderedDict())
+    alone, _ = trainer.train(config, tmp_path / "alone", train, progress=False)  # its own, fresh
+    for leaf, reference in zip(jax.tree.leaves(shared), jax.tree.leaves(alone)):
+        np.testing.assert_array_equal(np.asarray(leaf), np.asarray(reference))
+    one, two = MachEnsemble.load(tmp_path / "first"), MachEnsemble.load(tmp_path / "alone")
+    assert one._eval_step is two._eval_step
+    assert one.evaluate(test, progress=False) == two.evaluate(test, progress=False)
+
+
+def test_the_least_recently_used_step_is_dropped_past_the_bound(fresh):
+    def scaled(x, *, factor):
+        return x * factor
+
+    steps = [compiled.shared_jit(scaled, {"factor": factor}) for factor in range(compiled.MAX_SHARED)]
+    assert compiled.shared_jit(scaled, {"factor": 0}) is steps[0]  # now the most recently used
+    compiled.shared_jit(scaled, {"factor": -1})  # one past the bound: drops factor 1
+    assert compiled.shared_jit(scaled, {"factor": 0}) is steps[0]
+    rebuilt = compiled.shared_jit(scaled, {"factor": 1})
+    assert rebuilt is not steps[1] and float(rebuilt(jnp.float32(3))) == 3.0
+    sharded = compiled.shared_jit(scaled, {"factor": 2}, out_shardings=jax.sharding.SingleDeviceSharding(
+        jax.devices()[0]))
+    assert sharded is not steps[2]  # other jit options: another function
