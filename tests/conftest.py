@@ -12,8 +12,13 @@ subprocesses the command-line tests start.
   optimising costs more than it saves there (test_model.py and test_regularisation.py: 120 s ->
   80 s on 2 cores), and the older emitters compile the tiny preset's train step in 0.27 s
   against 0.74 s (test_regularisation.py: 52 s -> 36 s). Every comparison in the suite is
-  between runs compiled alike. The real-data tests and the notebook train with XLA's defaults
-  (test_real_data.py, test_notebook.py).
+  between runs compiled alike. The real-data tests train with XLA's defaults (test_real_data.py):
+  their steps are large, and level 0 runs them at half the speed.
+- One core per pytest-xdist worker when there are as many workers as cores (``-n auto``): each
+  worker, and every process it starts, runs XLA on one thread. Two workers that each spread their
+  programs over both cores spent much of the CPU time switching and waiting (the corel5k preset:
+  47 CPU s over 2 cores against 34 s on one, the same metrics); the suite is CPU-bound, so
+  that time was the suite's (8 min 37 s -> 7 min 54 s on 2 cores).
 """
 
 from __future__ import annotations
@@ -44,7 +49,7 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
 
 def _one_core_per_worker() -> None:
     """Pins each pytest-xdist worker (and the processes it starts) to a core of its own when
-    there are as many workers as cores: XLA then runs each program on one thread."""
+    there are as many workers as cores (see the module docstring)."""
     worker = os.environ.get("PYTEST_XDIST_WORKER", "")
     cores = sorted(os.sched_getaffinity(0))
     if worker.startswith("gw") and int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0")) >= len(cores) > 1:

@@ -43,6 +43,13 @@ def test_equal_configs_share_their_steps_and_others_do_not(fresh, overrides):
     assert other.train_step is not first.train_step
 
 
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_a_constant_step_size_is_shared_by_runs_of_any_length(fresh, schedule):
+    config = get_preset("tiny").replace(train={"lr_schedule": schedule, "warmup_steps": 3})
+    longer = program(config.replace(train={"epochs": 5}))
+    assert (longer.train_step is program(config).train_step) == (schedule == "constant")
+
+
 def test_a_shared_step_trains_what_a_fresh_one_trains(tmp_path, fresh, monkeypatch):
     config = get_preset("tiny")
     train, test = make_synthetic(config.data.synthetic)

@@ -158,8 +158,7 @@ def test_a_bad_mesh_is_refused_before_compiling(tmp_path):
         mesh_lib.make_mesh(8, rep_devices=8, devices=devices)
     with pytest.raises(ConfigError, match="parallel.data_devices=3: must divide train.batch_size"):
         Config().replace(parallel={"data_devices": 3}).validate()
-    result = run(["-m", "mach_jax.train", *TINY, "--rep-devices", "8", "--workdir", "w"], tmp_path,
-                 devices=2, check=False)
+    result = run(["-m", "mach_jax.train", *TINY, "--rep-devices", "8", "--workdir", "w"], tmp_path, check=False)
     assert result.returncode == 2 and "--rep-devices" in result.stderr and "Traceback" not in result.stderr
 
 

@@ -69,10 +69,16 @@ def final_state(workdir):
     return [np.asarray(leaf) for leaf in jax.tree.leaves(params)], metrics
 
 
+def rerun(workdir):
+    """The same command, in this process: the kill is what crosses the process boundary, not the
+    rerun (compiled alike: the subprocesses inherit this process's XLA settings, conftest.py)."""
+    return run_in_process("mach_jax.train", *LONG, "--workdir", str(workdir), cwd=Path(workdir).parent)
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
     root = tmp_path_factory.mktemp("reference")
-    subprocess.run(command(root / "work"), env=environment(root), check=True, capture_output=True)
+    rerun(root / "work")
     return final_state(root / "work")
 
 
@@ -91,7 +97,7 @@ def test_sigkill_mid_run_then_rerun_equals_an_uninterrupted_run(tmp_path, uninte
     assert code == -signal.SIGKILL
     survivors = saved_steps(work)
     assert survivors and survivors[-1] < TOTAL_STEPS  # killed before the end
-    result = subprocess.run(command(work), env=env, capture_output=True, text=True, check=True)
+    result = rerun(work)
     assert f"resuming from the checkpoint at step {survivors[-1]}" in result.stderr
     assert_same_run(work, uninterrupted)
 
@@ -104,7 +110,7 @@ def test_sigterm_or_sigint_saves_the_current_step_and_exits_cleanly(tmp_path, un
     name = signal.Signals(signum).name
     stopped_at = int(re.search(rf"{name} at step (\d+): checkpoint saved", stderr).group(1))
     assert saved_steps(work)[-1] == stopped_at < TOTAL_STEPS
-    subprocess.run(command(work), env=env, capture_output=True, check=True)
+    rerun(work)
     assert_same_run(work, uninterrupted)
 
 
@@ -138,9 +144,8 @@ def test_evaluating_against_data_of_another_shape_is_refused(tmp_path):
     other_d = XCDataset(CsrMatrix(test.features.indptr, test.features.indices, test.features.values, 500),
                         test.labels, "")
     write_xc(tmp_path / "other_d.txt", other_d)
-    env = environment(tmp_path)
-    result = subprocess.run([sys.executable, "-m", "mach_jax.evaluate", "--workdir", "work", "--test",
-                             "other_d.txt", "--quiet"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    result = run_in_process("mach_jax.evaluate", "--workdir", "work", "--test", "other_d.txt", "--quiet",
+                            cwd=tmp_path, check=False)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "other_d.txt:1: the data has D=500 features, the model was trained with D=400" in result.stderr
     other_l = XCDataset(test.features, CsrMatrix(test.labels.indptr, test.labels.indices,
@@ -233,7 +238,7 @@ def test_sigkill_two_concurrent_runs_then_rerun_equals_an_uninterrupted_run(tmp_
     assert len(refused) == len(holder) == 1, results
     assert f"is in use by another training run (pid {holder[0].pid} on " in refused[0][1]
     assert saved_steps(work) and saved_steps(work)[-1] < TOTAL_STEPS
-    result = subprocess.run(command(work), env=env, capture_output=True, text=True, check=True)
+    result = rerun(work)
     assert f"taking over the lock of a run that ended without releasing it (pid {holder[0].pid}" in result.stderr
     assert_same_run(work, uninterrupted)
 

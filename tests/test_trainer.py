@@ -89,10 +89,11 @@ def test_progress_bars_for_reading_training_and_evaluation_and_quiet_silences_th
     assert "read test.txt" in shown and "evaluate:" in shown
 
 
-def test_train_step_compiles_once_across_epochs_and_the_partial_last_batch(tmp_path, data):
+def test_train_step_compiles_once_across_epochs_and_the_partial_last_batch(tmp_path, data, monkeypatch):
     import logging
 
     train, _ = data
+    monkeypatch.setattr(compiled_lib, "_shared", collections.OrderedDict())  # as in a fresh process
     assert train.num_points % TINY.train.batch_size != 0  # the last batch is partial
     compiled = []
 

@@ -34,7 +34,7 @@ class StepSpec:
         (``lazy_caps.batch_caps``; 0: N * K). The caller feeds it only batches within them (``lazy_caps.CapRouter``),
         the others to the step without caps.
       lr_schedule, warmup_steps, total_steps: the step size's schedule
-        (``optimizer.learning_rate_schedule``).
+        (``optimizer.learning_rate_schedule``); total_steps is 1 for a constant one, which never reads it.
       dropout, weight_decay, label_smoothing: as ``config.TrainConfig``'s.
     """
 
@@ -104,5 +104,7 @@ def step_spec(config: Config, info: RunInfo, mesh) -> StepSpec:
         embedding_optimizer=train.embedding_optimizer,
         embedding_learning_rate=train.resolved_embedding_learning_rate,
         lr_schedule=train.lr_schedule, warmup_steps=train.warmup_steps,
-        total_steps=train.epochs * num_batches(info.num_train_points, train.batch_size),
+        # A constant step size never reads the total: runs of other lengths then share the step.
+        total_steps=(1 if train.lr_schedule == "constant"
+                     else train.epochs * num_batches(info.num_train_points, train.batch_size)),
         dropout=train.dropout, weight_decay=train.weight_decay, label_smoothing=train.label_smoothing)
