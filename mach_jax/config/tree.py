@@ -7,6 +7,7 @@ workdir is enough to rebuild the model, its hashes and its evaluation.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from typing import Any
 
@@ -94,6 +95,7 @@ def _from_dict(cls, tree: dict[str, Any], where: str):
     return cls(**kwargs)
 
 
+@functools.cache  # of the classes alone: the workdir checks read it for every field they compare
 def resumable_fields(cls: type = Config, prefix: str = "") -> frozenset[str]:
     """The dotted names of the fields declared ``may_change_on_resume``."""
     names = set()

@@ -107,9 +107,11 @@ def _build_member(config: ModelConfig, num_features: int, key: jax.Array,
                       precision=config.precision)
 
 
+@functools.lru_cache(maxsize=64)  # tracing a member's construction costs more than the run's small steps
 def member_graphdef(config: ModelConfig, num_features: int, max_nnz: int,
                     mean_nnz: float | None = None) -> nnx.GraphDef:
-    """The static structure of one member (no arrays are allocated).
+    """The static structure of one member (no arrays are allocated); the same object for equal
+    arguments.
 
     Args:
       config: the model section.

@@ -272,5 +272,9 @@ def restore_members(*workdirs: str | Path) -> tuple[Config, RunInfo, list[wd.Gro
 
 def _abstract_params(config: Config, info: RunInfo, rep_ids: tuple[int, ...]) -> model.Params:
     """The shapes and dtypes of these members' parameters, nothing allocated."""
-    return jax.eval_shape(functools.partial(model.init_params, config.model, info.num_features,
-                                            jnp.asarray(rep_ids), 0))
+    return _param_shapes(config.model, info.num_features, tuple(rep_ids))
+
+
+@functools.lru_cache(maxsize=32)  # tracing the members' construction costs more than a small load
+def _param_shapes(model_config, num_features: int, rep_ids: tuple[int, ...]) -> model.Params:
+    return jax.eval_shape(functools.partial(model.init_params, model_config, num_features, jnp.asarray(rep_ids), 0))

@@ -72,7 +72,7 @@ def build_program(config: Config, info: RunInfo, train_data: XCDataset | None = 
             caps = (config.train.batch_size * info.max_nnz, caps[1])
         spec = dataclasses.replace(spec, touched_rows_cap=caps[0], entries_cap=caps[1])
     init_bound = dict(config=config, num_features=info.num_features, rep_ids=rep_ids, spec=spec)
-    abstract_state = jax.eval_shape(functools.partial(_init_state, **init_bound))
+    abstract_state = _state_shapes(**init_bound)
     state_shardings = mesh_lib.tree_shardings(abstract_state, mesh)
     seeds = member_seeds(config, rep_ids, mesh)
     # Shared with earlier runs of this process that had the same spec and shardings (compiled.py).
@@ -94,6 +94,12 @@ def build_program(config: Config, info: RunInfo, train_data: XCDataset | None = 
         spec=spec,
         batch_caps=caps,
         uncapped_train_step=jit_step({"spec": uncapped_spec}) if caps else None)
+
+
+@functools.lru_cache(maxsize=32)  # tracing the state's construction costs more than a small run
+def _state_shapes(**init_bound) -> State:
+    """The state's shapes and dtypes (``_init_state``'s), nothing allocated."""
+    return jax.eval_shape(functools.partial(_init_state, **init_bound))
 
 
 def _init_state(*, config: Config, num_features: int, rep_ids: tuple[int, ...],
