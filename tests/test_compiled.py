@@ -2,6 +2,7 @@
 and sharing changes nothing but the time."""
 
 import collections
+import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -41,6 +42,14 @@ def test_equal_configs_share_their_steps_and_others_do_not(fresh, overrides):
     assert first.uncapped_train_step is second.uncapped_train_step
     other = program(config.replace(train={"learning_rate": 0.5}))
     assert other.train_step is not first.train_step
+
+
+def test_a_config_built_with_lists_shares_the_steps_of_one_built_with_tuples(fresh):
+    base = get_preset("tiny")
+    listed = dataclasses.replace(base, model=dataclasses.replace(base.model, hidden_sizes=[32]),
+                                 parallel=dataclasses.replace(base.parallel, rep_range=[0, 2]))
+    assert listed.model.hidden_sizes == (32,) and listed.parallel.rep_range == (0, 2)
+    assert program(listed).train_step is program(base.replace(parallel={"rep_range": (0, 2)})).train_step
 
 
 @pytest.mark.parametrize("schedule", ["constant", "cosine"])

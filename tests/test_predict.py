@@ -1,6 +1,7 @@
 """Streaming prediction through the real command (in-process), and the exported StableHLO
 predictor (in a subprocess that never imports mach_jax)."""
 
+import collections
 import os
 import subprocess
 import sys
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 
 from mach_jax import MachEnsemble, get_preset
+from mach_jax.core import compiled as compiled_lib
 from mach_jax.training import loop as trainer
 from mach_jax.errors import DataFormatError
 from mach_jax.data.batches import pad_rows
@@ -96,8 +98,9 @@ def test_exported_predictor_runs_without_mach_jax_and_matches(trained):
     assert path.exists() and (root / "model.stablehlo.json").exists()
 
 
-def test_approximate_predictions_through_api_and_command(trained):
+def test_approximate_predictions_through_api_and_command(trained, monkeypatch):
     root, test = trained
+    monkeypatch.setattr(compiled_lib, "_shared", collections.OrderedDict())  # as in a fresh process
     exact = MachEnsemble.load(root / "work")
     num_buckets = exact.config.model.num_buckets
     exact_scores, exact_ids = exact.predict(test.features, k=5, approx=False)
@@ -110,12 +113,14 @@ def test_approximate_predictions_through_api_and_command(trained):
     one = MachEnsemble.load(root / "work", decoder="approx", top_buckets=1)
     expected_scores, expected_ids = one.predict(test.features, k=5)
     assert not np.array_equal(expected_ids, exact_ids)
+    compiled = one._predict_step._cache_size()  # shared with exact's and everything's, one program each
+    assert compiled == 3
     run_in_process("mach_jax.predict", "--workdir", "work", "--input", "test.txt.gz", "--decoder", "approx",
                    "--top-buckets", "1", "--chunk-rows", "50", "--output", "approx.txt", cwd=root)
     rows = [[item.split(":") for item in line.split()] for line in (root / "approx.txt").read_text().splitlines()]
     np.testing.assert_array_equal([[int(i) for i, _ in row] for row in rows], expected_ids)
     widest = int(np.argmax(test.features.row_nnz()))
-    compiled = one._predict_step._cache_size()
+    compiled = one._predict_step._cache_size()  # and the command's chunks of 50 rows
     one.predict(test.features.take(np.r_[widest, 0:36]), k=5)  # fewer points, same K: no new compile
     assert one._predict_step._cache_size() == compiled
     found = one.evaluate(test, progress=False)

@@ -1,6 +1,8 @@
 """The library training loop: determinism, resuming, the Python API for notebooks."""
 
 import collections
+import contextlib
+import logging
 
 import jax
 import numpy as np
@@ -89,18 +91,15 @@ def test_progress_bars_for_reading_training_and_evaluation_and_quiet_silences_th
     assert "read test.txt" in shown and "evaluate:" in shown
 
 
-def test_train_step_compiles_once_across_epochs_and_the_partial_last_batch(tmp_path, data, monkeypatch):
-    import logging
-
-    train, _ = data
-    monkeypatch.setattr(compiled_lib, "_shared", collections.OrderedDict())  # as in a fresh process
-    assert train.num_points % TINY.train.batch_size != 0  # the last batch is partial
-    compiled = []
+@contextlib.contextmanager
+def compilations(name: str):
+    """Collects the messages of JAX compiling ``jit(name)`` in the block (a compile-cache hit counts too)."""
+    found = []
 
     class Recorder(logging.Handler):
         def emit(self, record):
-            if record.getMessage().startswith("Compiling jit(train_step)"):
-                compiled.append(record.getMessage())
+            if record.getMessage().startswith(f"Compiling jit({name})"):
+                found.append(record.getMessage())
 
     logger = logging.getLogger("jax")
     handler, level = Recorder(), logger.level
@@ -108,10 +107,18 @@ def test_train_step_compiles_once_across_epochs_and_the_partial_last_batch(tmp_p
     logger.setLevel(logging.DEBUG)
     try:
         with jax.log_compiles():
-            trainer.train(TINY.replace(train={"epochs": 3}), tmp_path / "run", train, progress=False)
+            yield found
     finally:
         logger.removeHandler(handler)
         logger.setLevel(level)
+
+
+def test_train_step_compiles_once_across_epochs_and_the_partial_last_batch(tmp_path, data, monkeypatch):
+    train, _ = data
+    assert train.num_points % TINY.train.batch_size != 0  # the last batch is partial
+    monkeypatch.setattr(compiled_lib, "_shared", collections.OrderedDict())  # as in a fresh process
+    with compilations("train_step") as compiled:
+        trainer.train(TINY.replace(train={"epochs": 3}), tmp_path / "run", train, progress=False)
     assert len(compiled) == 1
 
 
@@ -144,23 +151,18 @@ def test_loading_a_workdir_logs_no_read_only_warning(tmp_path, data, caplog):
 
 def test_per_epoch_evaluations_build_one_read_out_and_compile_its_step_once(tmp_path, monkeypatch):
     config = get_preset("tiny").replace(train={"epochs": 3, "eval_every_epochs": 1})
-    built, compiled = [], []
-    real_init, real_jit = MachEnsemble.__init__, jax.jit
+    built, real_init = [], MachEnsemble.__init__
 
     def counting_init(self, *args, **kwargs):
         built.append(self)
         real_init(self, *args, **kwargs)
 
-    def counting_jit(fun, *args, **kwargs):
-        compiled.append(getattr(getattr(fun, "func", fun), "__name__", ""))
-        return real_jit(fun, *args, **kwargs)
-
     monkeypatch.setattr(MachEnsemble, "__init__", counting_init)
-    monkeypatch.setattr(jax, "jit", counting_jit)
     monkeypatch.setattr(compiled_lib, "_shared", collections.OrderedDict())  # as in a fresh process
-    metrics = experiment.train_and_evaluate(config, tmp_path / "w", progress=False)
+    with compilations("eval_step") as compiled:
+        metrics = experiment.train_and_evaluate(config, tmp_path / "w", progress=False)
     monkeypatch.undo()
-    assert len(built) == 1 and compiled.count("eval_step") == 1  # 2 per-epoch evaluations + the final
+    assert len(built) == 1 and len(compiled) == 1  # 2 per-epoch evaluations + the final
     from mach_jax.training.metric_log import metrics_log_file, read_records
     evals = [r for r in read_records(metrics_log_file(tmp_path / "w")) if r["kind"] == "eval"]
     assert len(evals) == 3

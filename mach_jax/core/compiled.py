@@ -20,8 +20,9 @@ from typing import Any, Callable
 
 import jax
 
-# Enough for the train, init and read-out steps of a few configurations; the least recently used
-# is dropped past it (its executables with it).
+# About ten per configuration (init, step, uncapped step, multi-step calls, predict, eval, re-ranker):
+# three or so configurations. The least recently used is dropped past it, with its executables (one
+# per input shape it met); jax.clear_caches() frees every executable.
 MAX_SHARED = 32
 
 _shared: collections.OrderedDict[Any, Callable] = collections.OrderedDict()

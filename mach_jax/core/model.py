@@ -107,11 +107,10 @@ def _build_member(config: ModelConfig, num_features: int, key: jax.Array,
                       precision=config.precision)
 
 
-@functools.lru_cache(maxsize=64)  # tracing a member's construction costs more than the run's small steps
 def member_graphdef(config: ModelConfig, num_features: int, max_nnz: int,
                     mean_nnz: float | None = None) -> nnx.GraphDef:
     """The static structure of one member (no arrays are allocated); the same object for equal
-    arguments.
+    arguments on the same backend.
 
     Args:
       config: the model section.
@@ -119,7 +118,11 @@ def member_graphdef(config: ModelConfig, num_features: int, max_nnz: int,
       max_nnz, mean_nnz: K, the padded feature width of the training batches, and the mean
         training row's nonzeros (None: unknown): they pick the input layer.
     """
-    dense = uses_dense_input(config, num_features, max_nnz, mean_nnz)
+    return _graphdef(config, num_features, uses_dense_input(config, num_features, max_nnz, mean_nnz))
+
+
+@functools.lru_cache(maxsize=64)  # tracing a member's construction costs more than the run's small steps
+def _graphdef(config: ModelConfig, num_features: int, dense: bool) -> nnx.GraphDef:
     abstract = nnx.eval_shape(lambda: _build_member(config, num_features, jax.random.key(0), dense))
     return nnx.graphdef(abstract)
 
