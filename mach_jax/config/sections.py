@@ -38,14 +38,6 @@ def may_change_on_resume(default: Any) -> Any:
     return dataclasses.field(default=default, metadata={_RESUME: True})
 
 
-def _as_tuples(section: Any, *names: str) -> None:
-    """Lists given for these tuple fields become tuples, so that a section stays hashable: runs
-    with equal configs share their compiled steps (``core.compiled``)."""
-    for name in names:
-        if isinstance(getattr(section, name), list):
-            object.__setattr__(section, name, tuple(getattr(section, name)))
-
-
 def _require(condition: bool, field: str, value: Any, why: str) -> None:
     if not condition:
         raise ConfigError(f"{field}={value!r}: {why}", field=field)
@@ -171,9 +163,6 @@ class ModelConfig:
     kernel_forms: str = may_change_on_resume("auto")
     precision: str = "float32"
     label_hash_seed: int = 0
-
-    def __post_init__(self):
-        _as_tuples(self, "hidden_sizes")
     feature_hash_seed: int = 1_000_003
 
     def validate(self) -> None:
@@ -295,9 +284,6 @@ class ParallelConfig:
     rep_range: tuple[int, ...] = ()
     rep_devices: int = may_change_on_resume(0)
     data_devices: int = may_change_on_resume(1)
-
-    def __post_init__(self):
-        _as_tuples(self, "rep_range")
 
     def validate(self, num_repetitions: int | None = None, batch_size: int | None = None) -> None:
         _require(len(self.rep_range) in (0, 2), "parallel.rep_range", self.rep_range,

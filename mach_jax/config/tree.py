@@ -34,6 +34,14 @@ class Config:
     parallel: ParallelConfig = ParallelConfig()
     rerank: RerankConfig = RerankConfig()
 
+    def __post_init__(self):
+        # Lists given for the tuple fields become tuples: a config stays hashable, and runs with
+        # equal configs share their compiled steps (core.compiled).
+        for section, name in (("model", "hidden_sizes"), ("parallel", "rep_range")):
+            part = getattr(self, section)
+            if isinstance(getattr(part, name), list):
+                object.__setattr__(self, section, dataclasses.replace(part, **{name: tuple(getattr(part, name))}))
+
     def validate(self) -> "Config":
         self.data.validate()
         self.model.validate()
