@@ -46,7 +46,6 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
 
 
-
 def _one_core_per_worker() -> None:
     """Pins each pytest-xdist worker (and the processes it starts) to a core of its own when
     there are as many workers as cores (see the module docstring)."""

@@ -35,12 +35,14 @@ class Config:
     rerank: RerankConfig = RerankConfig()
 
     def __post_init__(self):
-        # Lists given for the tuple fields become tuples: a config stays hashable, and runs with
-        # equal configs share their compiled steps (core.compiled).
-        for section, name in (("model", "hidden_sizes"), ("parallel", "rep_range")):
-            part = getattr(self, section)
-            if isinstance(getattr(part, name), list):
-                object.__setattr__(self, section, dataclasses.replace(part, **{name: tuple(getattr(part, name))}))
+        # A list given for a tuple field becomes a tuple, as _from_dict reads one: the config stays
+        # hashable, and runs with equal configs share their compiled steps (core.compiled).
+        for section in dataclasses.fields(self):
+            part = getattr(self, section.name)
+            lists = {field.name: tuple(getattr(part, field.name)) for field in dataclasses.fields(part)
+                     if isinstance(field.default, tuple) and isinstance(getattr(part, field.name), list)}
+            if lists:
+                object.__setattr__(self, section.name, dataclasses.replace(part, **lists))
 
     def validate(self) -> "Config":
         self.data.validate()

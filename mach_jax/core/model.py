@@ -150,6 +150,13 @@ def init_params(config: ModelConfig, num_features: int, rep_ids: jax.Array, seed
     return jax.vmap(init_one)(member_keys(seed, rep_ids))
 
 
+@functools.lru_cache(maxsize=32)  # tracing the members' construction costs more than a small load
+def param_shapes(config: ModelConfig, num_features: int, rep_ids: tuple[int, ...]) -> Params:
+    """``init_params``'s shapes and dtypes for these members, nothing allocated (the seed does not
+    change them): the same object for equal arguments, so callers must not modify it."""
+    return jax.eval_shape(lambda: init_params(config, num_features, jnp.asarray(rep_ids), 0))
+
+
 def apply_ensemble(graphdef: nnx.GraphDef, params: Params, feat_ids: jax.Array,
                    feat_vals: jax.Array, rep_shards: int = 1, dropout: float = 0.0,
                    dropout_keys: jax.Array | None = None, batched: bool | None = None) -> jax.Array:

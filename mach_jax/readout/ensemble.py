@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import functools
 from pathlib import Path
 
 import jax
@@ -259,7 +258,7 @@ def restore_members(*workdirs: str | Path) -> tuple[Config, RunInfo, list[wd.Gro
       WorkdirError: the groups stopped at different steps (or as ``find_groups``).
     """
     config, info, groups = wd.find_groups([Path(w) for w in workdirs])
-    restored = [checkpoints.restore_params(group.path, _abstract_params(config, info, group.rep_ids))
+    restored = [checkpoints.restore_params(group.path, model.param_shapes(config.model, info.num_features, tuple(group.rep_ids)))
                 for group in groups]
     steps_done = {group.path: step for group, (step, _) in zip(groups, restored)}
     if len(set(steps_done.values())) > 1:
@@ -269,12 +268,3 @@ def restore_members(*workdirs: str | Path) -> tuple[Config, RunInfo, list[wd.Gro
     params = parts[0] if len(parts) == 1 else jax.tree.map(lambda *leaves: np.concatenate(leaves), *parts)
     return config, info, groups, params, restored[0][0]
 
-
-def _abstract_params(config: Config, info: RunInfo, rep_ids: tuple[int, ...]) -> model.Params:
-    """The shapes and dtypes of these members' parameters, nothing allocated."""
-    return _param_shapes(config.model, info.num_features, tuple(rep_ids))
-
-
-@functools.lru_cache(maxsize=32)  # tracing the members' construction costs more than a small load
-def _param_shapes(model_config, num_features: int, rep_ids: tuple[int, ...]) -> model.Params:
-    return jax.eval_shape(functools.partial(model.init_params, model_config, num_features, jnp.asarray(rep_ids), 0))
