@@ -11,7 +11,10 @@ subprocesses the command-line tests start.
   ``XLA_FLAGS`` is set: the tests' programs are small and compiling them is most of their time;
   optimising costs more than it saves there (test_model.py and test_regularisation.py: 120 s ->
   80 s on 2 cores), and the older emitters compile the tiny preset's train step in 0.27 s
-  against 0.74 s (test_regularisation.py: 52 s -> 36 s). Every comparison in the suite is
+  against 0.74 s (test_regularisation.py: 52 s -> 36 s). XLA's CPU compiler also splits each
+  program into modules that it compiles on parallel threads: a worker has one core (below), so
+  one module saves that work (``--xla_cpu_parallel_codegen_split_count=1``: the suite's own CPU
+  time 313 -> 275 s). Every comparison in the suite is
   between runs compiled alike. The real-data tests train with XLA's defaults (test_real_data.py):
   their steps are large, and level 0 runs them at half the speed.
 - One core per pytest-xdist worker when there are as many workers as cores (``-n auto``): each
@@ -36,7 +39,8 @@ from pathlib import Path
 import pytest
 
 os.environ["JAX_PLATFORMS"] = os.environ.get("MACH_JAX_TEST_PLATFORMS", "cpu")
-FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"
+FAST_COMPILE = ("--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"
+                " --xla_cpu_parallel_codegen_split_count=1")
 os.environ.setdefault("XLA_FLAGS", FAST_COMPILE)
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     _cache = tempfile.mkdtemp(prefix="mach_jax_test_jit_cache_")

@@ -1,9 +1,13 @@
 """On-device metric sums against brute-force numpy implementations of the XC definitions."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
 from mach_jax.readout import metrics
+
+# As the read-out runs it: compiled once per shape (jax.jit), rather than op by op.
+metric_sums = jax.jit(metrics.metric_sums)
 
 
 def brute_force(topk, label_sets, inv_p):
@@ -41,7 +45,7 @@ def test_metric_sums_match_brute_force():
     counts = rng.integers(0, 50, size=num_labels)
     inv_p = metrics.inverse_propensity(counts, 1000)
 
-    sums = metrics.metric_sums(jnp.asarray(padded_topk), jnp.asarray(label_ids), jnp.asarray(label_mask),
+    sums = metric_sums(jnp.asarray(padded_topk), jnp.asarray(label_ids), jnp.asarray(label_mask),
                                jnp.asarray(point_mask), jnp.asarray(inv_p))
     ours = metrics.finalize({key: float(value) for key, value in sums.items()})
     expected = brute_force(topk, label_sets, inv_p)
@@ -58,7 +62,7 @@ def test_empty_places_marked_l_count_as_misses():
     label_ids = np.array([[2, 5], [3, 0]], np.int32)
     label_mask = np.array([[1, 1], [1, 0]], np.float32)
     inv_p = metrics.inverse_propensity(np.arange(1, num_labels + 1), 100)
-    sums = metrics.metric_sums(jnp.asarray(topk), jnp.asarray(label_ids), jnp.asarray(label_mask),
+    sums = metric_sums(jnp.asarray(topk), jnp.asarray(label_ids), jnp.asarray(label_mask),
                                jnp.ones(2, jnp.float32), jnp.asarray(inv_p))
     ours = metrics.finalize({key: float(value) for key, value in sums.items()})
     padded_p = np.r_[inv_p, 0.0]  # the reference reads id L as a class nobody has
@@ -73,7 +77,7 @@ def test_perfect_ranking_scores_one():
     label_mask = jnp.asarray([[1, 1, 0, 0, 0, 0], [1, 1, 1, 1, 1, 1]], jnp.float32)
     inv_p = jnp.ones(10)
     topk = jnp.asarray([[1, 3, 9, 8, 7], [2, 4, 5, 6, 7]], jnp.int32)
-    result = metrics.finalize(metrics.metric_sums(topk, label_ids, label_mask, jnp.ones(2), inv_p))
+    result = metrics.finalize(metric_sums(topk, label_ids, label_mask, jnp.ones(2), inv_p))
     assert result["P@1"] == 1.0 and result["nDCG@5"] == 1.0 and result["PSP@1"] == 1.0
     np.testing.assert_allclose(result["P@5"], (2 / 5 + 1) / 2)
 

@@ -40,7 +40,7 @@ def executed(tmp_path_factory):
         env.setenv("JAX_PLATFORMS", "cpu")
         # XLA_FLAGS as the rest of the suite (conftest.FAST_COMPILE): the notebook compiles about
         # 30 programs (8 read-outs for its plot alone), which then run on small shapes. One core:
-        # 54 s against 72 s at XLA's defaults, whose faster training does not make up for it.
+        # 22 s against 54 s at XLA's defaults, whose faster training does not make up for it.
         env.setenv("MACH_JAX_CACHE_DIR", str(tmp / "cache"))
         notebook = nbformat.read(NOTEBOOK, as_version=4)
         client = nbclient.NotebookClient(notebook, timeout=CELL_TIMEOUT_S, kernel_name=KERNEL_NAME,

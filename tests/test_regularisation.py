@@ -85,12 +85,12 @@ def reference_run(params, batches, seeds, *, lazy, embedding_rule, weight_decay,
     moments = jax.tree.map(lambda x: (np.zeros_like(x), np.zeros_like(x)), params)
     accumulator = np.zeros(params["embedding"].shape[:2])
     plain = make_spec()
+    gradient = jax.jit(lambda params, batch, buckets: jax.grad(steps._member_losses, has_aux=True)(
+        params, batch["feat_ids"], batch, buckets, None, plain))  # one program, not op by op
     for t, batch in enumerate(batches, start=1):
         factor = numpy_schedule(schedule, 0, len(batches), t - 1)
-        buckets = hashing.hash_to_range(batch["label_ids"], seeds["labels"], CONFIG.num_buckets, xp=jnp)
-        grads, _ = jax.grad(steps._member_losses, has_aux=True)(
-            jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params), batch["feat_ids"], batch, buckets,
-            None, plain)
+        buckets = hashing.hash_to_range(batch["label_ids"], np.asarray(seeds["labels"]), CONFIG.num_buckets)
+        grads, _ = gradient(jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params), batch, buckets)
         grads = jax.tree.map(lambda x: np.asarray(x, np.float64), grads)
         touched = np.unique(batch["feat_ids"][batch["feat_vals"] != 0]) if lazy else slice(None)
         for name in params:
