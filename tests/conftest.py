@@ -11,12 +11,13 @@ subprocesses the command-line tests start.
   ``XLA_FLAGS`` is set: the tests' programs are small and compiling them is most of their time;
   optimising costs more than it saves there (test_model.py and test_regularisation.py: 120 s ->
   80 s on 2 cores), and the older emitters compile the tiny preset's train step in 0.27 s
-  against 0.74 s (test_regularisation.py: 52 s -> 36 s). XLA's CPU compiler also splits each
-  program into modules that it compiles on parallel threads: a worker has one core (below), so
-  one module saves that work (``--xla_cpu_parallel_codegen_split_count=1``: the suite's own CPU
-  time 313 -> 275 s). Every comparison in the suite is
-  between runs compiled alike. The real-data tests train with XLA's defaults (test_real_data.py):
-  their steps are large, and level 0 runs them at half the speed.
+  against 0.74 s (test_regularisation.py: 52 s -> 36 s). And one code-generation module per
+  program (``--xla_cpu_parallel_codegen_split_count=1``): XLA's CPU compiler otherwise splits a
+  program into modules to compile on parallel threads, which only costs where a worker has one
+  core, as under ``-n auto`` (below; the in-process tests' CPU time 313 -> 275 s). The flags
+  apply in every mode. Every comparison in the suite is between runs compiled alike. The
+  real-data tests train with XLA's defaults (test_real_data.py): their steps are large, and
+  level 0 runs them at half the speed.
 - One core per pytest-xdist worker when there are as many workers as cores (``-n auto``): each
   worker, and every process it starts, runs XLA on one thread. Two workers that each spread their
   programs over both cores spent much of the CPU time switching and waiting (the corel5k preset:

@@ -49,14 +49,19 @@ def train(tmp_path, workdir, *flags, devices=1):
     return run(["-m", "mach_jax.train", *TINY, "--workdir", str(workdir), *flags], tmp_path, devices)
 
 
-# Commands run one after another in one process: for runs whose property is the device count,
-# not a fresh process each (a process start with 4 devices costs about 2.5 s of CPU).
+# Commands run one after another in one process, each through the command line's own error path
+# (cli.run_cli, as ``python -m`` runs it): for runs whose property is the device count, not a
+# fresh process each (a process start with 4 devices costs about 2.5 s of CPU).
 COMMANDS_SCRIPT = textwrap.dedent("""
     import importlib, json, sys
+    from mach_jax import cli
     for module, argv in json.loads(sys.argv[1]):
-        status = importlib.import_module(module).main(argv)
-        if status:
-            sys.exit(status)
+        print(f"=== {module} {' '.join(argv)}", file=sys.stderr)
+        try:
+            cli.run_cli(lambda: importlib.import_module(module).main(argv))
+        except SystemExit as stop:
+            if stop.code:
+                raise
 """)
 
 
@@ -67,6 +72,7 @@ def run_together(commands, tmp_path, devices):
 
 
 def train_argv(workdir, *flags):
+    """The arguments of ``mach_jax.train`` for a tiny run in ``workdir``."""
     return [*TINY, "--workdir", str(workdir), *flags]
 
 
@@ -249,7 +255,10 @@ def test_checkpoint_saved_on_4_devices_restores_on_1_and_2(tmp_path, reference):
     # throughout on 1.
     result = run_together([("mach_jax.evaluate", ["--workdir", "work", "--quiet"]),
                            ("mach_jax.train", train_argv("work", "--rep-devices", "2"))], tmp_path, devices=2)
-    assert "4 repetitions" in result.stdout
+    evaluated = metrics(tmp_path / "work", "eval-exact.json")  # evaluate's own result, on 2 devices
+    assert evaluated["num_repetitions"] == 4
+    assert evaluated["P@1"] == pytest.approx(on_one_device["P@1"], abs=1e-9)
+    assert "resuming from the checkpoint at step" in result.stderr
     assert_same_ensemble(tmp_path / "work", reference)
 
 

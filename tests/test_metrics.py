@@ -46,7 +46,7 @@ def test_metric_sums_match_brute_force():
     inv_p = metrics.inverse_propensity(counts, 1000)
 
     sums = metric_sums(jnp.asarray(padded_topk), jnp.asarray(label_ids), jnp.asarray(label_mask),
-                               jnp.asarray(point_mask), jnp.asarray(inv_p))
+                       jnp.asarray(point_mask), jnp.asarray(inv_p))
     ours = metrics.finalize({key: float(value) for key, value in sums.items()})
     expected = brute_force(topk, label_sets, inv_p)
     assert ours["num_points"] == num_points
@@ -63,7 +63,7 @@ def test_empty_places_marked_l_count_as_misses():
     label_mask = np.array([[1, 1], [1, 0]], np.float32)
     inv_p = metrics.inverse_propensity(np.arange(1, num_labels + 1), 100)
     sums = metric_sums(jnp.asarray(topk), jnp.asarray(label_ids), jnp.asarray(label_mask),
-                               jnp.ones(2, jnp.float32), jnp.asarray(inv_p))
+                       jnp.ones(2, jnp.float32), jnp.asarray(inv_p))
     ours = metrics.finalize({key: float(value) for key, value in sums.items()})
     padded_p = np.r_[inv_p, 0.0]  # the reference reads id L as a class nobody has
     expected = brute_force(topk.tolist(), label_sets, padded_p)

@@ -26,8 +26,7 @@ RERANK = {"shortlist_size": 20, "rerank_dim": 16, "rerank_epochs": 2, "sampled_n
 
 
 # The loss as one compiled program (jax.jit), rather than op by op: the same arithmetic.
-sampled_softmax_loss = jax.jit(reranker.sampled_softmax_loss,
-                               static_argnames=("num_labels", "num_negatives", "dropout"))
+jitted_loss = jax.jit(reranker.sampled_softmax_loss, static_argnames=("num_labels", "num_negatives", "dropout"))
 
 
 def tiny_config(**rerank):
@@ -75,8 +74,7 @@ def test_loss_without_negatives_is_the_softmax_cross_entropy_over_the_candidates
              "feat_vals": np.array([[1.0, 0.5, 2.0], [0.3, 1.0, 0.0]], np.float32),
              "label_ids": np.array([[4, 6], [2, 0]], np.int32), "label_mask": np.array([[1, 1], [1, 0]], np.float32),
              "shortlist": np.array([[4, 1, 3], [7, 8, 11]], np.int32), "point_mask": np.array([1, 1], np.float32)}
-    loss = sampled_softmax_loss(params, batch, jax.random.key(0), num_labels=num_labels,
-                                         num_negatives=0, dropout=0.0)
+    loss = jitted_loss(params, batch, jax.random.key(0), num_labels=num_labels, num_negatives=0, dropout=0.0)
     candidates, is_true = numpy_candidates(batch["shortlist"], batch["label_ids"], batch["label_mask"], num_labels)
     want = []
     for n in range(2):
@@ -99,7 +97,7 @@ def test_padding_and_unlabelled_points_do_not_count():
     three["label_mask"][2] = 0
     three["shortlist"][2] = 9
     settings = {"num_labels": 9, "num_negatives": 0, "dropout": 0.0}
-    alone = sampled_softmax_loss(params, one, jax.random.key(0), **settings)
+    alone = jitted_loss(params, one, jax.random.key(0), **settings)
     loss, grads = jax.jit(jax.value_and_grad(reranker.sampled_softmax_loss), static_argnames=tuple(settings))(
         params, three, jax.random.key(0), **settings)
     np.testing.assert_allclose(loss, alone, rtol=1e-6)
@@ -114,8 +112,7 @@ def test_sampled_negatives_never_include_a_true_class():
              "shortlist": np.array([[0]], np.int32), "point_mask": np.ones(1, np.float32)}
     zero = {name: jnp.zeros_like(value) for name, value in params.items()}
     # All scores 0: the loss is log(#candidates + #non-clashing negatives) exactly.
-    loss = sampled_softmax_loss(zero, batch, jax.random.key(3), num_labels=num_labels,
-                                         num_negatives=64, dropout=0.0)
+    loss = jitted_loss(zero, batch, jax.random.key(3), num_labels=num_labels, num_negatives=64, dropout=0.0)
     draws = jax.random.randint(jax.random.split(jax.random.key(3))[0], (64,), 0, num_labels)
     np.testing.assert_allclose(loss, np.log(4 + int((np.asarray(draws) == 4).sum())), rtol=1e-6)
 
