@@ -28,6 +28,7 @@ subprocesses the command-line tests start.
 from __future__ import annotations
 
 import atexit
+import collections
 import http.server
 import logging
 import os
@@ -63,6 +64,15 @@ def _one_core_per_worker() -> None:
 _one_core_per_worker()
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture
+def fresh_steps(monkeypatch):
+    """An empty table of shared jitted steps (``core.compiled``), as in a new process, for tests
+    that count compilations; the process's table is back after the test."""
+    from mach_jax.core import compiled
+
+    monkeypatch.setattr(compiled, "_shared", collections.OrderedDict())
 
 
 @pytest.fixture

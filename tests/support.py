@@ -11,11 +11,14 @@ import io
 import logging
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from mach_jax.core.hashing import hash_to_range, repetition_seeds
 from mach_jax.data.csr import CsrMatrix, XCDataset
+from mach_jax.training import step as steps
 
 
 def from_rows(feature_rows, label_rows, num_features: int, num_labels: int,
@@ -54,6 +57,22 @@ def random_batch(seed: int, num_points: int, width: int, num_features: int, num_
     return {"feat_ids": rng.integers(0, num_features, (num_points, width)).astype(np.int32), "feat_vals": vals,
             "label_ids": rng.integers(0, num_labels, (num_points, 2)).astype(np.int32),
             "label_mask": np.ones((num_points, 2), np.float32), "point_mask": np.ones(num_points, np.float32)}
+
+
+def loss_gradients(spec):
+    """``(params, batch, label_seeds) -> grads`` for the numpy optimiser references: the gradients
+    of the members' summed loss (the step's own ``_member_losses``, no dropout), by ``jax.grad``
+    compiled once, with the buckets hashed on the host (``hash_to_range``'s numpy path); params
+    and grads are float64 numpy trees."""
+    gradient = jax.jit(lambda params, batch, buckets: jax.grad(steps._member_losses, has_aux=True)(
+        params, batch["feat_ids"], batch, buckets, None, spec)[0])
+
+    def gradients(params, batch, label_seeds):
+        buckets = hash_to_range(batch["label_ids"], np.asarray(label_seeds), spec.member.num_buckets)
+        grads = gradient(jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params), batch, buckets)
+        return jax.tree.map(lambda x: np.asarray(x, np.float64), grads)
+
+    return gradients
 
 
 def batch_fits(batch: dict, caps: tuple[int, int]) -> bool:

@@ -17,12 +17,6 @@ from mach_jax.training import loop as trainer
 from mach_jax.training.program import build_program
 
 
-@pytest.fixture
-def fresh(monkeypatch):
-    """An empty table of shared steps, as in a new process."""
-    monkeypatch.setattr(compiled, "_shared", collections.OrderedDict())
-
-
 def program(config):
     train, _ = make_synthetic(config.data.synthetic)
     data, info = prepare.prepare_train_data(config, train)
@@ -35,7 +29,7 @@ def program(config):
     {"model": {"input_layer": "sparse", "feat_hash_dim": 64}, "train": {"embedding_optimizer": "rowwise_adagrad"}},
     {"model": {"hidden_sizes": [16, 16]}, "train": {"dropout": 0.3, "label_smoothing": 0.1, "lr_schedule": "cosine"}},
 ], ids=["dense", "lazy", "hashed-adagrad", "dropout-cosine"])
-def test_equal_configs_share_their_steps_and_others_do_not(fresh, overrides):
+def test_equal_configs_share_their_steps_and_others_do_not(fresh_steps, overrides):
     config = get_preset("tiny").replace(**overrides)
     first, second = program(config), program(config)
     assert first.train_step is second.train_step and first.create_state is second.create_state
@@ -44,7 +38,7 @@ def test_equal_configs_share_their_steps_and_others_do_not(fresh, overrides):
     assert other.train_step is not first.train_step
 
 
-def test_a_config_built_with_lists_shares_the_steps_of_one_built_with_tuples(fresh):
+def test_a_config_built_with_lists_shares_the_steps_of_one_built_with_tuples(fresh_steps):
     base = get_preset("tiny")
     listed = dataclasses.replace(base, model=dataclasses.replace(base.model, hidden_sizes=[32]),
                                  parallel=dataclasses.replace(base.parallel, rep_range=[0, 2]))
@@ -53,13 +47,13 @@ def test_a_config_built_with_lists_shares_the_steps_of_one_built_with_tuples(fre
 
 
 @pytest.mark.parametrize("schedule", ["constant", "cosine"])
-def test_a_constant_step_size_is_shared_by_runs_of_any_length(fresh, schedule):
+def test_a_constant_step_size_is_shared_by_runs_of_any_length(fresh_steps, schedule):
     config = get_preset("tiny").replace(train={"lr_schedule": schedule, "warmup_steps": 3})
     longer = program(config.replace(train={"epochs": 5}))
     assert (longer.train_step is program(config).train_step) == (schedule == "constant")
 
 
-def test_a_shared_step_trains_what_a_fresh_one_trains(tmp_path, fresh, monkeypatch):
+def test_a_shared_step_trains_what_a_fresh_one_trains(tmp_path, fresh_steps, monkeypatch):
     config = get_preset("tiny")
     train, test = make_synthetic(config.data.synthetic)
     trainer.train(config, tmp_path / "first", train, progress=False)
@@ -73,7 +67,7 @@ def test_a_shared_step_trains_what_a_fresh_one_trains(tmp_path, fresh, monkeypat
     assert one.evaluate(test, progress=False) == two.evaluate(test, progress=False)
 
 
-def test_the_least_recently_used_step_is_dropped_past_the_bound(fresh):
+def test_the_least_recently_used_step_is_dropped_past_the_bound(fresh_steps):
     def scaled(x, *, factor):
         return x * factor
 

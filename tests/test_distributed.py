@@ -46,7 +46,7 @@ def run(args, tmp_path, devices=1, check=True):
 
 
 def train(tmp_path, workdir, *flags, devices=1):
-    return run(["-m", "mach_jax.train", *TINY, "--workdir", str(workdir), *flags], tmp_path, devices)
+    return run(["-m", "mach_jax.train", *train_argv(workdir, *flags)], tmp_path, devices)
 
 
 # Commands run one after another in one process, each through the command line's own error path

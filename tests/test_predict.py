@@ -1,7 +1,6 @@
 """Streaming prediction through the real command (in-process), and the exported StableHLO
 predictor (in a subprocess that never imports mach_jax)."""
 
-import collections
 import os
 import subprocess
 import sys
@@ -10,7 +9,6 @@ import numpy as np
 import pytest
 
 from mach_jax import MachEnsemble, get_preset
-from mach_jax.core import compiled as compiled_lib
 from mach_jax.training import loop as trainer
 from mach_jax.errors import DataFormatError
 from mach_jax.data.batches import pad_rows
@@ -98,9 +96,8 @@ def test_exported_predictor_runs_without_mach_jax_and_matches(trained):
     assert path.exists() and (root / "model.stablehlo.json").exists()
 
 
-def test_approximate_predictions_through_api_and_command(trained, monkeypatch):
+def test_approximate_predictions_through_api_and_command(trained, fresh_steps):
     root, test = trained
-    monkeypatch.setattr(compiled_lib, "_shared", collections.OrderedDict())  # as in a fresh process
     exact = MachEnsemble.load(root / "work")
     num_buckets = exact.config.model.num_buckets
     exact_scores, exact_ids = exact.predict(test.features, k=5, approx=False)

@@ -16,6 +16,7 @@ from mach_jax.training import step as steps
 from mach_jax.config import Config, ModelConfig
 from mach_jax.errors import ConfigError
 from mach_jax.core.ensemble_spec import member_seeds
+from support import loss_gradients
 
 CONFIG = ModelConfig(num_repetitions=3, num_buckets=8, hidden_sizes=(12, 10), input_layer="sparse")
 NUM_FEATURES, NUM_LABELS, LR = 40, 30, 1e-2
@@ -85,13 +86,10 @@ def reference_run(params, batches, seeds, *, lazy, embedding_rule, weight_decay,
     moments = jax.tree.map(lambda x: (np.zeros_like(x), np.zeros_like(x)), params)
     accumulator = np.zeros(params["embedding"].shape[:2])
     plain = make_spec()
-    gradient = jax.jit(lambda params, batch, buckets: jax.grad(steps._member_losses, has_aux=True)(
-        params, batch["feat_ids"], batch, buckets, None, plain))  # one program, not op by op
+    gradients = loss_gradients(plain)
     for t, batch in enumerate(batches, start=1):
         factor = numpy_schedule(schedule, 0, len(batches), t - 1)
-        buckets = hashing.hash_to_range(batch["label_ids"], np.asarray(seeds["labels"]), CONFIG.num_buckets)
-        grads, _ = gradient(jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params), batch, buckets)
-        grads = jax.tree.map(lambda x: np.asarray(x, np.float64), grads)
+        grads = gradients(params, batch, seeds["labels"])
         touched = np.unique(batch["feat_ids"][batch["feat_vals"] != 0]) if lazy else slice(None)
         for name in params:
             rows = touched if name == "embedding" else slice(None)

@@ -17,6 +17,7 @@ from mach_jax.training import optimizer
 from mach_jax.training.spec import uses_lazy_update
 from mach_jax.training import step as steps
 from mach_jax.config import ModelConfig
+from support import loss_gradients
 
 CONFIG = ModelConfig(num_repetitions=2, num_buckets=8, hidden_sizes=(12,), input_layer="sparse")
 NUM_FEATURES, NUM_LABELS, LR = 40, 30, 1e-2
@@ -60,13 +61,9 @@ def reference_run(params, batches, seeds, embedding_rule="adam", embedding_lr=LR
     params = jax.tree.map(lambda x: np.asarray(x, np.float64), params)
     moments = jax.tree.map(lambda x: (np.zeros_like(x), np.zeros_like(x)), params)
     accumulator = np.zeros(params["embedding"].shape[:2])
-    dense_spec = spec(lazy=False)
-    gradient = jax.jit(lambda params, batch, buckets: jax.grad(steps._member_losses, has_aux=True)(
-        params, batch["feat_ids"], batch, buckets, None, dense_spec))  # one program, not op by op
+    gradients = loss_gradients(spec(lazy=False))
     for t, batch in enumerate(batches, start=1):
-        buckets = hashing.hash_to_range(batch["label_ids"], np.asarray(seeds["labels"]), CONFIG.num_buckets)
-        grads, _ = gradient(jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params), batch, buckets)
-        grads = jax.tree.map(lambda x: np.asarray(x, np.float64), grads)
+        grads = gradients(params, batch, seeds["labels"])
         touched = np.unique(batch["feat_ids"][batch["feat_vals"] != 0])
         for name in params:
             if name == "embedding" and embedding_rule == "rowwise_adagrad":

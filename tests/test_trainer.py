@@ -1,6 +1,5 @@
 """The library training loop: determinism, resuming, the Python API for notebooks."""
 
-import collections
 import contextlib
 import logging
 
@@ -9,7 +8,7 @@ import numpy as np
 import pytest
 
 from mach_jax import MachEnsemble, get_preset
-from mach_jax.core import compiled as compiled_lib, ensemble_spec
+from mach_jax.core import ensemble_spec
 from mach_jax import experiment
 from mach_jax.data import prepare
 from mach_jax.training import loop as trainer
@@ -113,10 +112,9 @@ def compilations(name: str):
         logger.setLevel(level)
 
 
-def test_train_step_compiles_once_across_epochs_and_the_partial_last_batch(tmp_path, data, monkeypatch):
+def test_train_step_compiles_once_across_epochs_and_the_partial_last_batch(tmp_path, data, fresh_steps):
     train, _ = data
     assert train.num_points % TINY.train.batch_size != 0  # the last batch is partial
-    monkeypatch.setattr(compiled_lib, "_shared", collections.OrderedDict())  # as in a fresh process
     with compilations("train_step") as compiled:
         trainer.train(TINY.replace(train={"epochs": 3}), tmp_path / "run", train, progress=False)
     assert len(compiled) == 1
@@ -149,7 +147,7 @@ def test_loading_a_workdir_logs_no_read_only_warning(tmp_path, data, caplog):
     assert not [r for r in caplog.records if "read only" in r.getMessage()]
 
 
-def test_per_epoch_evaluations_build_one_read_out_and_compile_its_step_once(tmp_path, monkeypatch):
+def test_per_epoch_evaluations_build_one_read_out_and_compile_its_step_once(tmp_path, monkeypatch, fresh_steps):
     config = get_preset("tiny").replace(train={"epochs": 3, "eval_every_epochs": 1})
     built, real_init = [], MachEnsemble.__init__
 
@@ -158,7 +156,6 @@ def test_per_epoch_evaluations_build_one_read_out_and_compile_its_step_once(tmp_
         real_init(self, *args, **kwargs)
 
     monkeypatch.setattr(MachEnsemble, "__init__", counting_init)
-    monkeypatch.setattr(compiled_lib, "_shared", collections.OrderedDict())  # as in a fresh process
     with compilations("eval_step") as compiled:
         metrics = experiment.train_and_evaluate(config, tmp_path / "w", progress=False)
     monkeypatch.undo()

@@ -258,8 +258,8 @@ def restore_members(*workdirs: str | Path) -> tuple[Config, RunInfo, list[wd.Gro
       WorkdirError: the groups stopped at different steps (or as ``find_groups``).
     """
     config, info, groups = wd.find_groups([Path(w) for w in workdirs])
-    restored = [checkpoints.restore_params(group.path, model.param_shapes(config.model, info.num_features, tuple(group.rep_ids)))
-                for group in groups]
+    restored = [checkpoints.restore_params(
+        group.path, model.param_shapes(config.model, info.num_features, tuple(group.rep_ids))) for group in groups]
     steps_done = {group.path: step for group, (step, _) in zip(groups, restored)}
     if len(set(steps_done.values())) > 1:
         raise WorkdirError(f"the groups stopped at different steps {steps_done}: one is still "
