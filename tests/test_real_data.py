@@ -13,11 +13,11 @@ import sys
 import pytest
 
 # (preset, a P@1 floor, epochs run here: the first of the preset's 10, as its learning rate is
-# constant). The epochs are the fewest that clear the floor by 3 points or more on a 0.2
-# validation split of the training file (docs/experiments.md "Where the suite's remaining time
-# goes"): bibtex 0.642 after 7, delicious 0.676 after 2, corel5k 0.389 after 9 of 10 (so all 10).
-# Corel5k's floor is omikuji Parabel's test P@1 on the same files (36.8, docs/experiments.md
-# "Comparison").
+# constant). The fewest epochs whose P@1 on a 0.2 validation split of the training file clears
+# the floor by 3 points or more (docs/experiments.md "Where the suite's remaining time goes"):
+# bibtex 0.642 after 7, delicious 0.676 after 2; corel5k, 0.389 after 9, never does, so it runs
+# all 10. Corel5k's floor is omikuji Parabel's test P@1 on the same files (36.8,
+# docs/experiments.md "Comparison").
 CASES = [("bibtex", 0.60, 7), ("delicious", 0.64, 2), ("corel5k", 0.37, 10)]
 
 # glibc's allocator: one arena, no mmap for large blocks, no trimming, so that the step's
