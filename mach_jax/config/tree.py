@@ -35,8 +35,9 @@ class Config:
     rerank: RerankConfig = RerankConfig()
 
     def __post_init__(self):
-        # A list given for a tuple field becomes a tuple, as _from_dict reads one: the config stays
-        # hashable, and runs with equal configs share their compiled steps (core.compiled).
+        # A list given for a tuple field becomes a tuple, whether the config is read from a dict
+        # (from_dict, replace) or built with dataclasses.replace: the config stays hashable, and
+        # runs with equal configs share their compiled steps (core.compiled).
         for section in dataclasses.fields(self):
             part = getattr(self, section.name)
             lists = {field.name: tuple(getattr(part, field.name)) for field in dataclasses.fields(part)
@@ -99,8 +100,6 @@ def _from_dict(cls, tree: dict[str, Any], where: str):
         default = getattr(cls(), name)
         if dataclasses.is_dataclass(default):
             value = _from_dict(type(default), value, f"{where}.{name}")
-        elif isinstance(default, tuple) and isinstance(value, list):
-            value = tuple(value)
         kwargs[name] = value
     return cls(**kwargs)
 
