@@ -19,11 +19,12 @@ from mach_jax.config import Config
 from mach_jax.core import model
 from mach_jax.data import sources
 from mach_jax.data.csr import XCDataset
-from mach_jax.data.prepare import RunInfo, sized_for
+from mach_jax.data.prepare import RunInfo
 from mach_jax.readout.ensemble import MachEnsemble
 from mach_jax.storage import workdir as wd
 from mach_jax.training import loop, resource_check
 from mach_jax.training.loop import Evaluate
+from mach_jax.training.resolve import prepare_run, resolve_config
 from mach_jax.training.resources import run_shape
 
 
@@ -42,8 +43,16 @@ def evaluator(config: Config, eval_data: XCDataset, split: str):
     return bind
 
 
-def train_and_evaluate(config: Config, workdir: str | Path, progress: bool = True) -> dict:
+def train_and_evaluate(config: Config, workdir: str | Path, progress: bool = True, *,
+                       train_data: XCDataset | None = None, eval_data: XCDataset | None = None) -> dict:
     """Trains on the configured data, evaluates on its test split, writes ``metrics.json``.
+
+    Args:
+      config: the run's settings (validated here, once, and sized for the data).
+      workdir: where the run's files go; re-running resumes from its newest checkpoint.
+      progress: progress bars on stderr.
+      train_data, eval_data: data in memory (``XCDataset``, e.g. ``XCDataset.from_scipy``) to
+        use instead of the config's source for that split.
 
     With ``rerank.shortlist_size`` K > 0 it then trains the shortlist re-ranker
     (``rerank_stage``) and reports the re-ranked metrics, the members' own under
@@ -52,8 +61,9 @@ def train_and_evaluate(config: Config, workdir: str | Path, progress: bool = Tru
 
     With ``data.valid_frac`` > 0 it trains on the training data less a held-out validation split
     and evaluates on that split instead (``"split": "valid"`` in the metrics), never on the test
-    data. The evaluation is also logged to ``metrics.jsonl`` (with the per-epoch ones that
-    ``train.eval_every_epochs`` asks for) and to ``tensorboard/``.
+    data. With neither a validation split nor test data it trains only (the metrics then hold
+    ``train_seconds`` alone). The evaluation is also logged to ``metrics.jsonl`` (with the
+    per-epoch ones that ``train.eval_every_epochs`` asks for) and to ``tensorboard/``.
 
     Once the data is loaded it logs the model's size and refuses a run whose memory estimate
     (``training.resources``) does not fit in what is free, before anything is allocated or written.
@@ -61,26 +71,38 @@ def train_and_evaluate(config: Config, workdir: str | Path, progress: bool = Tru
     Returns:
       The metrics dict (P@k, nDCG@k, PSP@k for k = 1, 3, 5, the split and the run's settings).
     """
-    config.validate()
     if config.rerank.enabled:
         rerank_stage.require_one_process()  # before the members train, not after
-    train_data, eval_data, split = sources.load_train_eval(config.data, progress)
-    eval_data.require_points("evaluate")
-    config = sized_for(config, train_data)
+    train_data, eval_data, split = sources.load_train_eval(config.data, progress, train_data, eval_data)
+    if eval_data is not None:
+        eval_data.require_points("evaluate")
+    config = resolve_config(with_absolute_paths(config), train_data)
     # Before anything big is allocated or written: a table that cannot fit is refused here.
     shape = run_shape(train_data, eval_data, config.data.max_nnz)
     if not wd.entries_recorded(wd.group_dir(Path(workdir), config.parallel.rep_range)):
         shape = dataclasses.replace(shape, feature_entries=0)  # the rules the run was started with
     resource_check.require_fits(config, shape, config.data.train_path)
-    fields = sources.eval_fields(config.data, eval_data, split)
-    _, _, metrics = loop.run_training(config, workdir, train_data, progress,
-                                      evaluator=evaluator(config, eval_data, split), final_fields=fields)
+    run = prepare_run(config, train_data)
+    fields = sources.eval_fields(config.data, eval_data, split) if eval_data is not None else {}
+    _, metrics = loop.run_training(run, workdir, progress, final_fields=fields,
+                                   evaluator=evaluator(config, eval_data, split) if eval_data is not None else None)
     if config.rerank.enabled:
         start = time.perf_counter()
         rerank_stage.fit_reranker(config, [Path(workdir)], train_data, progress)
         rerank_seconds = round(time.perf_counter() - start, 2)
-        metrics = {**rerank_stage.evaluate_with_reranker(config, [Path(workdir)], eval_data, metrics, progress),
-                   **fields, "train_seconds": metrics["train_seconds"], "rerank_seconds": rerank_seconds}
+        train_seconds = metrics["train_seconds"]
+        if eval_data is not None:
+            metrics = rerank_stage.evaluate_with_reranker(config, [Path(workdir)], eval_data, metrics, progress)
+        metrics = {**metrics, **fields, "train_seconds": train_seconds, "rerank_seconds": rerank_seconds}
     if jax.process_index() == 0:
         wd.write_metrics(wd.group_dir(Path(workdir), config.parallel.rep_range), metrics)
     return metrics
+
+
+def with_absolute_paths(config: Config) -> Config:
+    """The config with its data paths absolute, so that the workdir's ``config.json`` still finds
+    them from another folder (they may change on resume: moving the data is allowed)."""
+    data = config.data
+    paths = {name: str(Path(value).absolute()) for name in ("train_path", "test_path", "cache_dir", "tfds_data_dir")
+             if (value := getattr(data, name)) is not None}
+    return config.replace(data=paths) if paths else config

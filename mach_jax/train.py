@@ -48,9 +48,9 @@ def do_train(args: argparse.Namespace) -> int:
     from mach_jax.storage import workdir as workdir_lib  # after flag parsing: --help stays instant
     from mach_jax.experiment import train_and_evaluate
 
-    config = cli.config_from_args(args).validate()
+    config = cli.config_from_args(args)  # validated once, by train_and_evaluate
     if args.print_config:
-        print(config.to_json())
+        print(config.validate().to_json())
         return 0
     distributed.initialize_from_args(args)  # before any device is touched
     workdir = Path(args.workdir) if args.workdir else default_workdir(args)

@@ -50,7 +50,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mach_jax.readout import approx_decode, decode
-from mach_jax.training import lazy_caps, loop
+from mach_jax.training import lazy_caps, updates
 from mach_jax.training.program import build_program
 from mach_jax.data import prepare
 from mach_jax.core import backend, hashing, mesh as mesh_lib
@@ -170,7 +170,7 @@ def staged_program(config: Config, train, num_batches: int = 4):
     Returns:
       ``(program, state, batches, info, host_batches)``; ``host_batches(epoch, count)`` yields
       that many ``(host batch, train step)`` pairs of the epoch (epoch 0 or 1), each batch with the
-      step the trainer runs it with (routed by ``lazy_caps.CapRouter``, as ``training.loop`` does).
+      step the trainer runs it with (routed by ``lazy_caps.CapRouter``, as ``training.updates`` does).
     """
     data, info = prepare.prepare_train_data(config, train)
     program = build_program(config, info, data)
@@ -299,7 +299,7 @@ def bench_host_loader(num_points: int, batch_size: int = 1_024, epochs: int = 2,
     steps_per_epoch = input_pipeline.num_batches(num_points, batch_size)
     args = (data, shape, 0, 0, steps_per_epoch, epochs)
 
-    loaders = [("thread", 1, functools.partial(loop._batches_from, *args))] + [
+    loaders = [("thread", 1, functools.partial(updates.host_batches, *args))] + [
         ("grain", threads, functools.partial(grain_batches.grain_batches, *args, num_threads=threads))
         for threads in (1, 2, 4)]
     best = {}

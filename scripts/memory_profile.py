@@ -41,7 +41,7 @@ from mach_jax import cli, experiment, hardware
 from mach_jax import train as train_cli
 from mach_jax.data import sources
 from mach_jax.storage import checkpoints
-from mach_jax.training import loop, resource_check, resources
+from mach_jax.training import loop, resolve, resource_check, resources
 
 MIB = 2**20
 BOUND_FACTOR, BOUND_EXTRA = 2.5, 600 * 10**6  # the bound: 2.5 x state + 600 MB
@@ -122,7 +122,7 @@ def instrument(sampler: PhaseSampler, found: dict) -> None:
         found["rules"] = resources.describe_rules(config, shape)
         return found["estimate"]
     resource_check.require_fits = require_fits
-    loop.prepare_train_data = marked("data preparation", loop.prepare_train_data)
+    resolve.prepare_train_data = marked("data preparation", resolve.prepare_train_data)
     original_build = loop.build_program
 
     def build_program(*args, **kwargs):

@@ -13,7 +13,7 @@ from mach_jax.data import batches, grain_batches
 from mach_jax.data.grain_batches import grain_batches as make_grain_batches
 from mach_jax.data.synthetic import make_synthetic
 from mach_jax.errors import ConfigError
-from mach_jax.training import loop as trainer
+from mach_jax.training import loop as trainer, updates
 from mach_jax.training.metric_log import read_records
 
 TINY = get_preset("tiny")
@@ -46,7 +46,7 @@ def test_grain_items_equal_the_thread_path(seed, start_step, num_threads):
     assert STEPS_PER_EPOCH * EPOCHS == 30
     args = (TRAIN, SHAPE, seed, start_step, STEPS_PER_EPOCH, EPOCHS)
     with_grain = make_grain_batches(*args, num_threads=num_threads)
-    assert_same_items(with_grain, trainer._batches_from(*args))
+    assert_same_items(with_grain, updates.host_batches(*args))
     with_grain.close()
 
 
@@ -59,7 +59,7 @@ def test_grain_iterator_state_resumes_at_the_same_item():
     state = first.get_state()
     resumed = make_grain_batches(*args)
     resumed.set_state(state)
-    assert_same_items(resumed, trainer._batches_from(TRAIN, SHAPE, 3, 13, STEPS_PER_EPOCH, EPOCHS))
+    assert_same_items(resumed, updates.host_batches(TRAIN, SHAPE, 3, 13, STEPS_PER_EPOCH, EPOCHS))
     first.close()
 
 
@@ -102,9 +102,9 @@ def test_auto_is_grain_on_an_accelerator_with_grain_installed_and_the_thread_on_
     from mach_jax.core import backend
 
     assert get_preset("tiny").data.host_loader == "auto"
-    assert not trainer.uses_grain("auto")  # this CPU: the train step uses every core
-    assert trainer.uses_grain("grain") and not trainer.uses_grain("thread")
+    assert not updates.uses_grain("auto")  # this CPU: the train step uses every core
+    assert updates.uses_grain("grain") and not updates.uses_grain("thread")
     monkeypatch.setattr(backend, "current_backend", lambda: "gpu")
-    assert trainer.uses_grain("auto") and not trainer.uses_grain("thread")
+    assert updates.uses_grain("auto") and not updates.uses_grain("thread")
     monkeypatch.setitem(sys.modules, "grain", None)  # not installed: the thread, even on a GPU
-    assert not trainer.uses_grain("auto")
+    assert not updates.uses_grain("auto")

@@ -1,7 +1,7 @@
 """Grain for the host input path (``data.host_loader = "grain"``): the trainer's batches built by
 Grain's thread pool instead of our own prefetch thread.
 
-The items are exactly those of ``training.loop._batches_from``: ``(epoch, batch)`` for every global
+The items are exactly those of ``training.updates.host_batches``: ``(epoch, batch)`` for every global
 step from the start step to the end of the last epoch, the batch from ``batches.make_batch`` over
 the rows ``batches.epoch_order(N, seed, epoch)[index * n:(index + 1) * n]`` (n = batch size). A
 ``grain.MapDataset`` over the global step ids maps each to its item, and Grain's ``ReadOptions``

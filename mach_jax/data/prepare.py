@@ -108,4 +108,4 @@ def sized_for(config: Config, train: XCDataset) -> Config:
     config, lines = sizing.size_from_data(config, shape)
     for line in lines:
         log.info(line)
-    return config.validate()
+    return config

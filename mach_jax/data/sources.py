@@ -44,16 +44,23 @@ def source_scheme(config: DataConfig) -> str:
     return "synthetic" if config.train_path is None else "files"
 
 
-def load_datasets(config: DataConfig, progress: bool = False) -> tuple[XCDataset, XCDataset]:
-    """The (train, test) pair of the configured source (``SOURCES``, by ``source_scheme``)."""
+def load_datasets(config: DataConfig, progress: bool = False) -> tuple[XCDataset, XCDataset | None]:
+    """The (train, test) pair of the configured source (``SOURCES``, by ``source_scheme``); test
+    is None for a training file given alone."""
     train, test = SOURCES[source_scheme(config)](config, progress)
     if source_scheme(config) == "synthetic":
         log.info("data: %s (synthetic, generated in code; pass --train/--test for real files)",
                  train.source.removesuffix(" [train]"))
     else:
-        log.info("data: %s (%d points) and %s (%d points), D=%d, L=%d", train.source, train.num_points,
-                 test.source, test.num_points, train.num_features, train.num_labels)
+        log_data(train, test)
     return train, test
+
+
+def log_data(train: XCDataset, test: XCDataset | None) -> None:
+    """The ``data:`` start-up line: the sources, their points, D and L."""
+    tested = "" if test is None else f" and {test.source} ({test.num_points} points)"
+    log.info("data: %s (%d points)%s, D=%d, L=%d", train.source, train.num_points, tested,
+             train.num_features, train.num_labels)
 
 
 def _load_tfds(config: DataConfig, progress: bool) -> tuple[XCDataset, XCDataset]:
@@ -68,15 +75,22 @@ def _load_synthetic(config: DataConfig, progress: bool) -> tuple[XCDataset, XCDa
     return make_synthetic(config.synthetic)
 
 
-def _load_files(config: DataConfig, progress: bool) -> tuple[XCDataset, XCDataset]:
+def _load_files(config: DataConfig, progress: bool) -> tuple[XCDataset, XCDataset | None]:
     train = read_data_file(config.train_path, config.cache_dir, progress)
+    if config.test_path is None:
+        return train, None
     test = read_data_file(config.test_path, config.cache_dir, progress)
+    check_same_shape(train, test)
+    return train, test
+
+
+def check_same_shape(train: XCDataset, test: XCDataset) -> None:
+    """The test data has the training data's D and L (else: a DataFormatError naming its header)."""
     for name, train_size, test_size in (("features D", train.num_features, test.num_features),
                                         ("labels L", train.num_labels, test.num_labels)):
         if train_size != test_size:
             raise DataFormatError(test.source, 1, f"header gives {name} = {test_size}, but the "
                                   f"training file {train.source} gives {train_size}")
-    return train, test
 
 
 # Every data source, by scheme: (data config, progress) -> (train, test).
@@ -111,17 +125,25 @@ def split_validation(config: DataConfig, train: XCDataset) -> tuple[XCDataset, X
             train.take(valid_rows, f"{base} [valid]"))
 
 
-def load_train_eval(config: DataConfig, progress: bool = False) -> tuple[XCDataset, XCDataset, str]:
+def load_train_eval(config: DataConfig, progress: bool = False, train: XCDataset | None = None,
+                    test: XCDataset | None = None) -> tuple[XCDataset, XCDataset | None, str | None]:
     """``(train, eval data, split)``: the data a run trains on and is evaluated on.
 
     With ``valid_frac`` > 0 that is the training part and the validation split ("valid"), else
-    the whole training data and the test data ("test").
+    the whole training data and the test data ("test"), or no evaluation data (split None) where
+    there is no test data. ``train`` and ``test`` given in memory replace the configured source.
     """
-    train, test = load_datasets(config, progress)
+    if train is None:
+        train, configured_test = load_datasets(config, progress)
+        test = configured_test if test is None else test
+    else:
+        log_data(train, test)
+    if test is not None:
+        check_same_shape(train, test)
     if config.valid_frac > 0:
         train.require_points("train on")
         return *split_validation(config, train), "valid"
-    return train, test, "test"
+    return train, test, None if test is None else "test"
 
 
 def load_eval_data(config: DataConfig, path: str | None = None, split: str | None = None,
@@ -142,6 +164,9 @@ def load_eval_data(config: DataConfig, path: str | None = None, split: str | Non
                           "on its test data instead", field="data.valid_frac")
     if split == "test" and config.test_path:
         return read_data_file(config.test_path, config.cache_dir, progress), "test"
+    if split == "test" and config.train_path:
+        raise ConfigError("the run was trained on a training file alone and has no test file: "
+                          "give one with --test FILE", field="data.test_path")
     train, test = load_datasets(config, progress)
     return (split_validation(config, train)[1] if split == "valid" else test), split
 

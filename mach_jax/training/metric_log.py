@@ -5,7 +5,8 @@ Every record is one JSON line with a ``kind``:
 - ``start``: a training session began at ``step`` (0, or the step of the restored checkpoint);
 - ``train``: one log interval: ``loss`` (mean over this process's members), ``member_loss``
   ({repetition id: loss}), both averaged over the interval's steps, ``examples_per_sec``,
-  ``learning_rate``;
+  ``learning_rate``, ``train_seconds`` (the training time so far, over every session: a resumed
+  run adds its time to the restored step's);
 - ``eval``: P@k, nDCG@k, PSP@k of the ensemble on the test set after ``epoch`` epochs (every
   ``train.eval_every_epochs``, and always at the end: ``final`` is true there).
 
@@ -101,6 +102,9 @@ class MetricLog:
         kept = [r for r in _parse_records(text) if r["step"] <= start_step]
         # The newest step each kind has logged (and that stays valid): later ones are new.
         self._last_step: dict[str, int] = {}
+        # The training time of the sessions before, up to the restored step (0 for a new run).
+        self.train_seconds_before = next((r["train_seconds"] for r in reversed(kept)
+                                          if r.get("kind") == "train" and "train_seconds" in r), 0.0)
         for record in kept:
             kind = record.get("kind")
             self._last_step[kind] = max(self._last_step.get(kind, -1), record["step"])

@@ -60,11 +60,13 @@ class LossLog:
       write: called at each flush as ``write("train", step, loss=..., member_loss=...,
         examples_per_sec=...)``, e.g. ``MetricLog.write``; the losses are the means over the
         steps since the previous flush.
+      remedy: what the error on a non-finite loss advises.
     """
 
     def __init__(self, rep_ids: tuple[int, ...], batch_size: int, bar,
-                 write: Callable[..., Any]):
+                 write: Callable[..., Any], remedy: str = "lower --learning-rate"):
         self.rep_ids, self.batch_size, self.bar, self.write = rep_ids, batch_size, bar, write
+        self.remedy = remedy
         self.pending: list[tuple[int, jax.Array, int]] = []
         self.window_start = time.perf_counter()
 
@@ -95,7 +97,7 @@ class LossLog:
             bad = [self.rep_ids[i] for i, value in local.items() if not np.isfinite(value)]
             if bad:
                 raise TrainingDivergedError(
-                    f"non-finite loss at step {step} in member(s) {bad}; lower --learning-rate; "
+                    f"non-finite loss at step {step} in member(s) {bad}; {self.remedy}; "
                     "the last checkpoint predates this step")
             rows.append([float(value) for value in local.values()])
         elapsed = time.perf_counter() - self.window_start

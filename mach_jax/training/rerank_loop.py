@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import math
 from pathlib import Path
 
 import jax
@@ -28,8 +27,8 @@ from mach_jax.core import reranker
 from mach_jax.core.compiled import shared_jit
 from mach_jax.data import batches
 from mach_jax.data.csr import XCDataset
-from mach_jax.errors import TrainingDivergedError
 from mach_jax.storage import checkpoints, lock, rerank_store
+from mach_jax.training import loop, monitoring
 
 log = logging.getLogger("mach_jax")
 
@@ -101,53 +100,71 @@ def _initial_state(settings: RerankConfig, seed: int, data: XCDataset, mesh, abs
 
 
 def _step(state, batch, key, *, settings: RerankConfig, num_labels: int):
-    """One Adam step of the re-ranker's sampled-softmax loss: ``(state, loss)``."""
+    """One Adam step of the re-ranker's sampled-softmax loss: ``(state, loss [1])``."""
     loss = functools.partial(reranker.sampled_softmax_loss, num_labels=num_labels,
                              num_negatives=settings.sampled_negatives, dropout=settings.rerank_dropout)
     value, grads = jax.value_and_grad(loss)(state["params"], batch, key)
     updates, opt_state = _optimizer(settings).update(grads, state["opt_state"], state["params"])
-    return {**state, "params": optax.apply_updates(state["params"], updates), "opt_state": opt_state}, value
+    state = {**state, "params": optax.apply_updates(state["params"], updates), "opt_state": opt_state}
+    return state, value[None]  # one "member": the loss log's shape
 
 
 def _run_epochs(settings: RerankConfig, seed: int, data: XCDataset, shortlist: np.ndarray, state: dict,
                 manager, workdir: Path, identity: dict, mesh, progress: bool) -> dict:
-    """Epochs from ``state["epoch"]`` to the last, a checkpoint and a record after each."""
+    """Epochs from ``state["epoch"]`` to the last through ``loop.run_loop``, the members' loop: the
+    loss logged and checked, a checkpoint and a record after each epoch. A stop inside an epoch
+    resumes from the epoch's start (its batches are a pure function of (seed, epoch))."""
     shape = batches.BatchShape(settings.rerank_batch_size, batches.widest_row(data.features) or 1,
                                settings.rerank_max_labels)
     steps_per_epoch = batches.num_batches(data.num_points, shape.batch_size)
-    step = shared_jit(_step, {"settings": settings, "num_labels": data.num_labels}, donate_argnums=0)
-    base_key = jax.random.fold_in(jax.random.key(seed), _RERANK_STREAM + 1)
-    everywhere = mesh_lib.replicated(mesh)
+    schedule = loop.Schedule(total_steps=settings.rerank_epochs * steps_per_epoch, log_every=steps_per_epoch,
+                             checkpoint_every=steps_per_epoch)
     first = int(state["epoch"])
-    bar = tqdm(total=settings.rerank_epochs * steps_per_epoch, initial=first * steps_per_epoch,
-               disable=not progress, desc="rerank", unit="step")
-    try:
-        for epoch in range(first, settings.rerank_epochs):
-            order = batches.epoch_order(data.num_points, seed + _RERANK_STREAM, epoch)
-            total = 0.0
-            for index in range(steps_per_epoch):
-                rows = order[index * shape.batch_size:(index + 1) * shape.batch_size]
-                batch = batches.make_batch(data, rows, shape)
-                batch["shortlist"] = _shortlist_rows(shortlist, rows, shape.batch_size, data.num_labels)
-                key = jax.random.fold_in(base_key, epoch * steps_per_epoch + index)
-                state, loss = step(state, mesh_lib.put(batch, everywhere), key)
-                total += float(loss)  # a sync per step: cheap beside the step, and a NaN stops at once
-                if not math.isfinite(total):
-                    raise TrainingDivergedError(f"the re-ranker's loss became {total} in epoch {epoch + 1}; "
-                                                "lower --rerank-lr")
-                bar.update()
-            state = {**state, "epoch": jnp.asarray(epoch + 1, jnp.int32)}
-            checkpoints.save_state(manager, epoch + 1, state)
+    epoch_loss = {}
+
+    def write_loss(kind: str, step: int, loss: float, **fields) -> None:
+        epoch_loss[step // steps_per_epoch] = loss
+        log.info("re-ranker epoch %d: loss %.4f", step // steps_per_epoch, loss)
+
+    def save(step: int, state: dict) -> int:
+        epoch = step // steps_per_epoch
+        if step % steps_per_epoch == 0:
+            checkpoints.save_state(manager, epoch, {**state, "epoch": jnp.asarray(epoch, jnp.int32)})
             checkpoints.wait_until_saved(manager)
-            done = epoch + 1 == settings.rerank_epochs
-            rerank_store.write_record(workdir, {**identity, "epochs_done": epoch + 1, "finished": done,
-                                                "last_epoch_loss": total / steps_per_epoch})
-            log.info("re-ranker epoch %d: loss %.4f", epoch + 1, total / steps_per_epoch)
+            rerank_store.write_record(workdir, {**identity, "epochs_done": epoch, "finished": epoch == settings.rerank_epochs,
+                                                "last_epoch_loss": epoch_loss[epoch]})
+        return epoch * steps_per_epoch
+
+    bar = tqdm(total=schedule.total_steps, initial=first * steps_per_epoch, disable=not progress, desc="rerank",
+               unit="step")
+    loss_log = monitoring.LossLog((0,), shape.batch_size, bar, write_loss, remedy="lower --rerank-lr")
+    updates = _updates(settings, seed, data, shortlist, shape, first, mesh)
+    try:
+        state = loop.run_loop(state, first * steps_per_epoch, updates, schedule, loss_log=loss_log, save=save,
+                              workdir=rerank_store.rerank_dir(workdir))
     finally:
         bar.close()
     if first == settings.rerank_epochs:  # stopped after the last save, before its record
         rerank_store.write_record(workdir, {**identity, "epochs_done": first, "finished": True})
     return state
+
+
+def _updates(settings: RerankConfig, seed: int, data: XCDataset, shortlist: np.ndarray,
+             shape: batches.BatchShape, first_epoch: int, mesh):
+    """``(1, update)`` for each step from epoch ``first_epoch`` on; ``update(state) -> (state,
+    loss [1])`` runs the jitted ``_step`` on the step's batch and shortlists."""
+    step = shared_jit(_step, {"settings": settings, "num_labels": data.num_labels}, donate_argnums=0)
+    base_key = jax.random.fold_in(jax.random.key(seed), _RERANK_STREAM + 1)
+    everywhere = mesh_lib.replicated(mesh)
+    steps_per_epoch = batches.num_batches(data.num_points, shape.batch_size)
+    for epoch in range(first_epoch, settings.rerank_epochs):
+        order = batches.epoch_order(data.num_points, seed + _RERANK_STREAM, epoch)
+        for index in range(steps_per_epoch):
+            rows = order[index * shape.batch_size:(index + 1) * shape.batch_size]
+            batch = batches.make_batch(data, rows, shape)
+            batch["shortlist"] = _shortlist_rows(shortlist, rows, shape.batch_size, data.num_labels)
+            key = jax.random.fold_in(base_key, epoch * steps_per_epoch + index)
+            yield 1, functools.partial(step, batch=mesh_lib.put(batch, everywhere), key=key)
 
 
 def _shortlist_rows(shortlist: np.ndarray, rows: np.ndarray, batch_size: int, num_labels: int) -> np.ndarray:

@@ -1,0 +1,61 @@
+"""A training run resolved once: the config validated and sized for the data, then the data
+made ready, into one record every later stage reads (``ResolvedRun``).
+
+``resolve_config`` runs first (before the start-up memory check, which needs the sized config),
+``prepare_run`` after it; ``resolve_run`` does both. Nothing downstream validates or sizes again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from mach_jax.config import Config
+from mach_jax.data.csr import XCDataset
+from mach_jax.data.prepare import (RunInfo, check_enough_labels, feature_idf, label_counts, prepare_train_data,
+                                   sized_for)
+from mach_jax.storage import integrity
+
+
+@dataclasses.dataclass(frozen=True)
+class ResolvedRun:
+    """What a training run needs, fixed once per command.
+
+    Attributes:
+      config: validated, with what it left to the data filled in (B, the loss, PSP's A and B).
+      train_data: the training points, features transformed and rows capped at K and M.
+      info: what the data fixed (D, L, N, K, M, the feature entries): ``prepare.RunInfo``.
+      label_counts: int64 [L], points per label before any cut (PSP@k's propensities).
+      idf: float32 [D], the training features' idf, or None when no transform uses it.
+      fingerprint: the training data's content digest (part of the run's identity).
+    """
+
+    config: Config
+    train_data: XCDataset
+    info: RunInfo
+    label_counts: np.ndarray
+    idf: np.ndarray | None
+    fingerprint: str
+
+
+def resolve_config(config: Config, train_data: XCDataset) -> Config:
+    """The config validated (once) and sized for ``train_data`` (``prepare.sized_for``)."""
+    config.validate()
+    train_data.require_points("train on")
+    check_enough_labels(train_data.num_labels)
+    return sized_for(config, train_data)
+
+
+def prepare_run(config: Config, train_data: XCDataset) -> ResolvedRun:
+    """The run of a config from ``resolve_config``: counts, idf, fingerprint, the data prepared."""
+    counts = label_counts(train_data)  # before any --max-labels cut: PSP@k uses the true counts
+    idf = feature_idf(config, train_data)
+    fingerprint = integrity.data_fingerprint(train_data)
+    prepared, info = prepare_train_data(config, train_data, idf)
+    return ResolvedRun(config, prepared, info, counts, idf, fingerprint)
+
+
+def resolve_run(config: Config, train_data: XCDataset) -> ResolvedRun:
+    """``prepare_run(resolve_config(config, train_data), train_data)``."""
+    return prepare_run(resolve_config(config, train_data), train_data)
