@@ -114,8 +114,9 @@ class DataConfig:
     synthetic: SyntheticConfig = SyntheticConfig()
 
     def validate(self) -> None:
-        _require((self.train_path is None) == (self.test_path is None), "data.train_path/test_path",
-                 (self.train_path, self.test_path), "give both files or neither (synthetic data)")
+        _require(self.train_path is not None or self.test_path is None, "data.test_path", self.test_path,
+                 "a test file needs a training file (--train); give both, the training file alone, or "
+                 "neither (synthetic data)")
         if self.dataset is not None:
             _require(self.dataset.startswith("tfds:") and len(self.dataset) > 5, "data.dataset",
                      self.dataset, "must be tfds:NAME (a TensorFlow Datasets source)")
