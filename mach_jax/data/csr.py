@@ -92,6 +92,30 @@ class CsrMatrix:
                   self.values)
         return out
 
+    @classmethod
+    def from_scipy(cls, matrix) -> CsrMatrix:
+        """A [N, C] scipy.sparse matrix or array (any format) as CSR, rows in order; within a
+        row, columns in the matrix's CSR order. Explicit zeros are kept."""
+        import scipy.sparse  # an optional extra: only those who hand us scipy need it
+
+        if not scipy.sparse.issparse(matrix):
+            raise TypeError(f"expected a scipy.sparse matrix, got {type(matrix).__name__}")
+        csr = scipy.sparse.csr_matrix(matrix)
+        rows = np.repeat(np.arange(csr.shape[0], dtype=np.int64), np.diff(csr.indptr))
+        keys = np.sort(rows * csr.shape[1] + csr.indices)
+        if np.any(keys[1:] == keys[:-1]):  # duplicates add up, as scipy reads them; else order is kept
+            csr = csr.copy()
+            csr.sum_duplicates()
+        return cls(csr.indptr.astype(np.int64), csr.indices.astype(np.int32),
+                   csr.data.astype(np.float32), csr.shape[1])
+
+    def to_scipy(self):
+        """Returns a float32 [N, C] ``scipy.sparse.csr_matrix`` over copies of the arrays."""
+        import scipy.sparse
+
+        return scipy.sparse.csr_matrix((self.values.copy(), self.indices.copy(), self.indptr.copy()),
+                                       shape=(self.num_rows, self.num_cols))
+
     def __eq__(self, other):
         if not isinstance(other, CsrMatrix):
             return NotImplemented
@@ -137,6 +161,18 @@ class XCDataset:
         """Refuses a dataset with no points for ``purpose`` ("train on", "evaluate")."""
         if self.num_points == 0:
             raise DataFormatError(self.source, 1, f"the header declares 0 points: nothing to {purpose}")
+
+    @classmethod
+    def from_scipy(cls, features, labels, source: str = "<memory>") -> XCDataset:
+        """A dataset from scipy.sparse features [N, D] and a 0/1 label indicator [N, L]."""
+        labels = CsrMatrix.from_scipy(labels)
+        if labels.values.size and not np.all(labels.values == 1):
+            raise ValueError("labels: an indicator matrix holds only 1 at its stored entries")
+        return cls(CsrMatrix.from_scipy(features), labels, source)
+
+    def to_scipy(self):
+        """Returns ``(features [N, D], labels [N, L])`` as ``scipy.sparse.csr_matrix``."""
+        return self.features.to_scipy(), self.labels.to_scipy()
 
     def take(self, rows, source: str | None = None) -> XCDataset:
         """The points ``rows`` (ids or a bool mask [N], as ``CsrMatrix.take``), in that order."""
