@@ -19,6 +19,7 @@ import pytest
 from mach_jax.core.hashing import hash_to_range, repetition_seeds
 from mach_jax.data.csr import CsrMatrix, XCDataset
 from mach_jax.training import step as steps
+from mach_jax.training.spec import StepSpec, spec_from_train
 
 
 def from_rows(feature_rows, label_rows, num_features: int, num_labels: int,
@@ -141,3 +142,12 @@ def one_error_line(result: CommandResult) -> str:
     last = result.stderr.rstrip("\n").splitlines()[-1]
     assert last.startswith("error: ") and "Traceback" not in result.stderr, result.stderr
     return last
+
+
+def step_spec(member, lazy: bool = False, **fields) -> StepSpec:
+    """A ``StepSpec`` for ``member`` whose optimiser settings are ``TrainConfig``'s defaults but
+    for ``fields`` (``TrainConfig`` fields, and the caps ``touched_rows_cap`` / ``entries_cap``)."""
+    from mach_jax.config import TrainConfig
+
+    caps = {name: fields.pop(name) for name in ("touched_rows_cap", "entries_cap", "total_steps") if name in fields}
+    return spec_from_train(member, TrainConfig(**fields), lazy_embedding=lazy, **caps)

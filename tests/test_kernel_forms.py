@@ -31,7 +31,7 @@ from mach_jax.readout import approx_decode
 from mach_jax.readout.decoders import ApproxDecoder, ExactDecoder, build_approx_decoder
 from mach_jax.training import optimizer
 from mach_jax.training import step as steps
-from mach_jax.training.spec import StepSpec
+import support
 
 R, D, N, K, B, L = 4, 40, 8, 5, 16, 70  # R differs from every other loop's trip count below
 CHUNK = 16  # the exact decoder's scan: ceil(L / CHUNK) = 5 steps
@@ -57,7 +57,7 @@ def setup(batched, input_layer="sparse", feat_hash_dim=0, rep_shards=1, lazy=Fal
     config = ModelConfig(num_repetitions=R, num_buckets=B, hidden_sizes=(8,), input_layer=input_layer,
                          feat_hash_dim=feat_hash_dim)
     member = MemberSpec(model.member_graphdef(config, D, K), "softmax", B, feat_hash_dim, rep_shards, batched)
-    spec = StepSpec(member, learning_rate=1e-2, lazy_embedding=lazy, embedding_optimizer=optimiser,
+    spec = support.step_spec(member, lazy, learning_rate=1e-2, embedding_optimizer=optimiser,
                     weight_decay=0.01 if lazy else 0.0, entries_cap=entries_cap)
     return model.init_params(config, D, jnp.arange(R), seed=3), spec
 

@@ -10,10 +10,10 @@ import pytest
 from mach_jax.core import hashing, losses, model
 from support import bucket_lookup
 from mach_jax.core.ensemble_spec import MemberSpec
-from mach_jax.training.spec import StepSpec
 from mach_jax.training import optimizer
 from mach_jax.training import step as steps
 from mach_jax.config import ModelConfig
+import support
 
 CONFIG = ModelConfig(num_repetitions=4, num_buckets=16, hidden_sizes=(12, 10))
 NUM_FEATURES, NUM_LABELS = 40, 60
@@ -38,7 +38,7 @@ def seeds_for(rep_ids):
 def spec_for(loss_name="softmax", config=CONFIG, lazy=False, feat_hash_dim=0):
     member = MemberSpec(graphdef=model.member_graphdef(config, NUM_FEATURES, max_nnz=5),
                         loss_name=loss_name, num_buckets=config.num_buckets, feat_hash_dim=feat_hash_dim)
-    return StepSpec(member=member, learning_rate=1e-2, lazy_embedding=lazy)
+    return support.step_spec(member, lazy, learning_rate=1e-2)
 
 
 def run_steps(rep_ids, batches, seeds, loss_name="softmax"):

@@ -23,7 +23,7 @@ from mach_jax.core.ensemble_spec import MemberSpec
 from mach_jax.errors import ConfigError
 from mach_jax.training import optimizer
 from mach_jax.training import step as steps
-from mach_jax.training.spec import StepSpec
+import support
 
 R, D, N, K, B, L, H = 4, 40, 16, 5, 16, 30, 8
 BF16 = ("bfloat16", "bfloat16_tables")
@@ -45,7 +45,7 @@ def setup(precision, path="dense_adam", batched=False, hidden=(H,)):
     config = ModelConfig(num_repetitions=R, num_buckets=B, hidden_sizes=hidden, input_layer=input_layer,
                          precision=precision)
     member = MemberSpec(model.member_graphdef(config, D, K), "softmax", B, 0, 1, batched)
-    spec = StepSpec(member, learning_rate=1e-2, lazy_embedding=lazy, embedding_optimizer=optimiser)
+    spec = support.step_spec(member, lazy, learning_rate=1e-2, embedding_optimizer=optimiser)
     return config, optimizer.create_state(model.init_params(config, D, jnp.arange(R), seed=3), spec), spec
 
 

@@ -10,12 +10,12 @@ import pytest
 
 from mach_jax.core import hashing, losses, model, sparse_update
 from mach_jax.core.ensemble_spec import MemberSpec
-from mach_jax.training.spec import StepSpec
 from mach_jax.training import optimizer
 from mach_jax.training import step as steps
 from mach_jax.config import Config, ModelConfig
 from mach_jax.errors import ConfigError
 from mach_jax.core.ensemble_spec import member_seeds
+import support
 from support import loss_gradients
 
 CONFIG = ModelConfig(num_repetitions=3, num_buckets=8, hidden_sizes=(12, 10), input_layer="sparse")
@@ -37,7 +37,7 @@ def make_batch(rng, num_points=6, width=5):
 def make_spec(lazy=False, **fields):
     member = MemberSpec(graphdef=model.member_graphdef(CONFIG, NUM_FEATURES, max_nnz=5), loss_name="sigmoid",
                         num_buckets=CONFIG.num_buckets)
-    return StepSpec(member=member, learning_rate=LR, lazy_embedding=lazy, **fields)
+    return support.step_spec(member, lazy, learning_rate=LR, **fields)
 
 
 def run(spec, params, batches, seeds):

@@ -11,12 +11,12 @@ from support import batch_fits
 
 from mach_jax.core import hashing, model, sparse_update
 from mach_jax.core.ensemble_spec import MemberSpec
-from mach_jax.training.spec import StepSpec
 from mach_jax.training import lazy_caps
 from mach_jax.training import optimizer
 from mach_jax.training.spec import uses_lazy_update
 from mach_jax.training import step as steps
 from mach_jax.config import ModelConfig
+import support
 from support import loss_gradients
 
 CONFIG = ModelConfig(num_repetitions=2, num_buckets=8, hidden_sizes=(12,), input_layer="sparse")
@@ -39,7 +39,7 @@ def make_batch(rng, num_features=NUM_FEATURES, width=5, num_points=6):
 def spec(lazy, config=CONFIG, num_features=NUM_FEATURES, **fields):
     member = MemberSpec(graphdef=model.member_graphdef(config, num_features, max_nnz=5), loss_name="softmax",
                         num_buckets=config.num_buckets)
-    return StepSpec(member=member, learning_rate=LR, lazy_embedding=lazy, **fields)
+    return support.step_spec(member, lazy, learning_rate=LR, **fields)
 
 
 def numpy_adam(param, m, v, grad, t):

@@ -11,7 +11,7 @@ import dataclasses
 
 import optax
 
-from mach_jax.config import Config, ModelConfig
+from mach_jax.config import Config, ModelConfig, TrainConfig
 from mach_jax.core import backend, model
 from mach_jax.core.ensemble_spec import MemberSpec, member_spec
 from mach_jax.data.batches import num_batches
@@ -40,17 +40,17 @@ class StepSpec:
 
     member: MemberSpec
     learning_rate: float
-    lazy_embedding: bool = False
-    touched_rows_cap: int = 0
-    entries_cap: int = 0
-    embedding_optimizer: str = "adam"
-    embedding_learning_rate: float | None = None
-    lr_schedule: str = "constant"
-    warmup_steps: int = 0
-    total_steps: int = 1
-    dropout: float = 0.0
-    weight_decay: float = 0.0
-    label_smoothing: float = 0.0
+    lazy_embedding: bool
+    touched_rows_cap: int
+    entries_cap: int
+    embedding_optimizer: str
+    embedding_learning_rate: float | None
+    lr_schedule: str
+    warmup_steps: int
+    total_steps: int
+    dropout: float
+    weight_decay: float
+    label_smoothing: float
 
     @property
     def schedule(self) -> optax.Schedule:
@@ -93,18 +93,33 @@ def uses_lazy_update(config: ModelConfig, embedding_update: str, num_features: i
 
 
 def step_spec(config: Config, info: RunInfo, mesh) -> StepSpec:
-    """The static side of the train step for this config, data and mesh."""
+    """The static side of the train step for this config, data and mesh (no caps yet:
+    ``program.build_program`` sets them from the data)."""
     train = config.train
+    lazy = uses_lazy_update(config.model, train.embedding_update, info.num_features, info.max_nnz,
+                            train.batch_size, train.embedding_optimizer, mean_nnz=info.mean_nnz)
+    # A constant step size never reads the total: runs of other lengths then share the step.
+    total_steps = (1 if train.lr_schedule == "constant"
+                   else train.epochs * num_batches(info.num_train_points, train.batch_size))
+    member = member_spec(config, info.num_features, info.max_nnz, mesh, info.mean_nnz)
+    return spec_from_train(member, train, lazy_embedding=lazy, total_steps=total_steps)
+
+
+def spec_from_train(member: MemberSpec, train: TrainConfig, *, lazy_embedding: bool, total_steps: int = 1,
+                    touched_rows_cap: int = 0, entries_cap: int = 0) -> StepSpec:
+    """A ``StepSpec`` whose optimiser settings are ``train``'s (the one place their defaults live).
+
+    Args:
+      member: the members' forward pass.
+      train: the training section.
+      lazy_embedding: row-sparse embedding updates (``uses_lazy_update``).
+      total_steps: the schedule's length (1 for a constant step size, which never reads it).
+      touched_rows_cap, entries_cap: U and T (0: no cap).
+    """
     return StepSpec(
-        member=member_spec(config, info.num_features, info.max_nnz, mesh, info.mean_nnz),
-        learning_rate=train.learning_rate,
-        lazy_embedding=uses_lazy_update(config.model, train.embedding_update, info.num_features,
-                                        info.max_nnz, train.batch_size, train.embedding_optimizer,
-                                        mean_nnz=info.mean_nnz),
+        member=member, learning_rate=train.learning_rate, lazy_embedding=lazy_embedding,
+        touched_rows_cap=touched_rows_cap, entries_cap=entries_cap,
         embedding_optimizer=train.embedding_optimizer,
         embedding_learning_rate=train.resolved_embedding_learning_rate,
-        lr_schedule=train.lr_schedule, warmup_steps=train.warmup_steps,
-        # A constant step size never reads the total: runs of other lengths then share the step.
-        total_steps=(1 if train.lr_schedule == "constant"
-                     else train.epochs * num_batches(info.num_train_points, train.batch_size)),
+        lr_schedule=train.lr_schedule, warmup_steps=train.warmup_steps, total_steps=total_steps,
         dropout=train.dropout, weight_decay=train.weight_decay, label_smoothing=train.label_smoothing)
