@@ -12,17 +12,20 @@ from ``run_cli``, the one place every expected failure is reported.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import io
 import logging
 import os
 import sys
+from collections.abc import Iterator
 from typing import Any, Callable
 
 from mach_jax.config import (AGGREGATIONS, DECODERS, DEVICE_DATA, EMBEDDING_OPTIMIZERS, EMBEDDING_UPDATES, HOST_LOADERS, INPUT_LAYERS,
                              INPUT_TRANSFORMS, KERNEL_FORMS, LR_SCHEDULES, OVERFLOW_POLICIES, PRECISIONS, PRESETS, RERANKER_USES,
                              Config, get_preset)
 from mach_jax.errors import USER_ERRORS, ConfigError, TrainingInterrupted
+from mach_jax.storage import orbax_noise
 
 # An int flag outside int64 cannot reach numpy or JAX: refused where it is parsed.
 _INT64 = (-2**63, 2**63)
@@ -208,13 +211,32 @@ def run_cli(main: Callable[[], int]) -> None:
     Expected errors are those of ``errors.USER_ERRORS`` and any ``OSError`` (a file that cannot
     be read or written: permissions, a folder where a file should be, a full disk).
     """
+    with status_lines_on_stderr(), orbax_noise.quieted():  # the command's own: restored on exit
+        _run_reporting_errors(main)
+
+
+@contextlib.contextmanager
+def status_lines_on_stderr() -> Iterator[None]:
+    """The ``mach_jax`` logger's INFO lines on stderr (as bare messages) for the ``with`` block,
+    unless a handler is set already; the logger is left as it was found."""
     logger = logging.getLogger("mach_jax")
-    if not logger.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
-        logger.propagate = False
+    if logger.handlers:
+        yield
+        return
+    saved = logger.level, logger.propagate
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.level, logger.propagate = saved
+
+
+def _run_reporting_errors(main: Callable[[], int]) -> None:
     try:
         sys.exit(main())
     except ConfigError as error:

@@ -1,0 +1,96 @@
+"""Orbax's own noise kept off the user's screen where we report the problem ourselves, for the
+command line only: ``quieted()`` installs the filters for a ``with`` block and restores what was
+there before, so a library call (a notebook) never changes the process's logging or hooks.
+
+Three kinds of noise: the notices a read-only manager logs about what it is asked to do; the
+tracebacks Orbax's background threads log when a save fails (the same failure reaches us and is
+reported once, as one line); and ``RuntimeError: Event loop is closed``, printed at exit when a
+restore fails part-way: Orbax closes its event loop while TensorStore still completes the reads
+it had started, and their callbacks find the loop closed. We report the failed restore itself.
+Importing this module loads neither Orbax nor JAX (``--help`` stays instant).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import sys
+from collections.abc import Iterator
+
+OS_ERROR_CODE = re.compile(r"os_error_code='?(\d+)")
+# Notices of a read-only manager, and of a damaged step we report ourselves.
+_NOTICES = ("Given directory is read only", "Metadata file does not exist",
+            "was found in the checkpoint, but could not be restored")
+
+
+def storage_failure(error: BaseException | None) -> str | None:
+    """The OS's words for a failed write behind ``error`` (or its causes), else None."""
+    from mach_jax.storage.workdir import WRITE_ERRNOS  # loaded by then: a failure came from a save
+
+    seen = 0
+    while error is not None and seen < 8:
+        if isinstance(error, OSError) and error.errno in WRITE_ERRNOS:
+            return error.strerror or os.strerror(error.errno)
+        match = OS_ERROR_CODE.search(str(error))
+        if match and int(match.group(1)) in WRITE_ERRNOS:
+            return os.strerror(int(match.group(1)))
+        error, seen = error.__cause__ or error.__context__, seen + 1
+    return None
+
+
+class _OrbaxNoise(logging.Filter):
+    """Drops the notices above and the background threads' logs of a failed write."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if any(notice in message for notice in _NOTICES):
+            return False
+        failure = record.exc_info[1] if record.exc_info else None
+        return storage_failure(failure) is None and not OS_ERROR_CODE.search(message)
+
+
+class _LeftoverReads(logging.Filter):
+    """Drops asyncio's "Task exception was never retrieved" for the reads a failed restore leaves
+    running (TensorStore's errors: the restore has already been reported as one line)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        failure = record.exc_info[1] if record.exc_info else getattr(record, "exception", None)
+        if not record.getMessage().startswith("Task exception was never retrieved"):
+            return True
+        text = str(failure) if failure is not None else record.getMessage()
+        return not any(mark in text for mark in ("Error reading", "OCDBT", "FAILED_PRECONDITION"))
+
+
+class _DropClosedLoop:
+    """``sys.unraisablehook`` that drops what a failed Orbax restore leaves behind ("Event loop
+    is closed", its read coroutines' errors) and passes the rest on."""
+
+    def __init__(self, previous):
+        self.previous = previous
+
+    def __call__(self, unraisable) -> None:
+        error, code = unraisable.exc_value, getattr(unraisable.object, "cr_code", None)
+        if isinstance(error, RuntimeError) and str(error) == "Event loop is closed":
+            return
+        if code is not None and f"{os.sep}orbax{os.sep}" in code.co_filename:
+            return
+        self.previous(unraisable)
+
+
+@contextlib.contextmanager
+def quieted() -> Iterator[None]:
+    """The filters and the hook for the ``with`` block; the previous ones are back after it."""
+    filters = [(logging.getLogger("absl"), _OrbaxNoise()), (logging.getLogger("asyncio"), _LeftoverReads())]
+    previous_hook = sys.unraisablehook
+    for logger, noise in filters:
+        logger.addFilter(noise)
+    sys.unraisablehook = _DropClosedLoop(previous_hook)
+    try:
+        yield
+    finally:
+        for logger, noise in filters:
+            logger.removeFilter(noise)
+        if isinstance(sys.unraisablehook, _DropClosedLoop):
+            sys.unraisablehook = previous_hook
