@@ -24,11 +24,9 @@ from typing import Any, Callable
 from mach_jax.config import (AGGREGATIONS, DECODERS, DEVICE_DATA, EMBEDDING_OPTIMIZERS, EMBEDDING_UPDATES, HOST_LOADERS, INPUT_LAYERS,
                              INPUT_TRANSFORMS, KERNEL_FORMS, LR_SCHEDULES, OVERFLOW_POLICIES, PRECISIONS, PRESETS, RERANKER_USES,
                              Config, get_preset)
+from mach_jax.config.flag_values import byte_count, converter, parse_int, positive_int  # noqa: F401 (flag types)
 from mach_jax.errors import USER_ERRORS, ConfigError, TrainingInterrupted
 from mach_jax.storage import orbax_noise
-
-# An int flag outside int64 cannot reach numpy or JAX: refused where it is parsed.
-_INT64 = (-2**63, 2**63)
 
 _ALIASES = {
     "data.train_path": ["--train"],
@@ -75,59 +73,18 @@ class ArgumentParser(argparse.ArgumentParser):
         raise ConfigError(message.removeprefix("argument "))
 
 
-def parse_int(text: str) -> int:
-    """An integer flag value; one outside int64 is refused (it could reach no array)."""
+def write_stdout(text: str) -> None:
+    """Writes to stdout; a failed write (a full disk behind ``> file``) names stdout."""
     try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if not _INT64[0] <= value < _INT64[1]:
-        raise argparse.ArgumentTypeError(f"{text} is out of range (|value| < 2**63)")
-    return value
+        sys.stdout.write(text)
+    except BrokenPipeError:
+        raise
+    except OSError as error:
+        raise _on_stdout(error) from None
 
 
-def positive_int(text: str) -> int:
-    """An integer flag value >= 1."""
-    value = parse_int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def _parse_int_tuple(text: str) -> tuple[int, ...]:
-    """'512,256' -> (512, 256); an empty part ('32,,16', '32,') is refused, not skipped."""
-    parts = text.split(",")
-    if not all(part.strip() for part in parts):
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r} (an empty item)")
-    try:
-        return tuple(parse_int(part) for part in parts)
-    except argparse.ArgumentTypeError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-
-
-def _parse_rep_range(text: str) -> tuple[int, ...]:
-    """'START:STOP' -> (START, STOP); '' or 'all' -> () (every member)."""
-    if text.strip().lower() in ("", "all"):
-        return ()
-    try:
-        start, stop = (parse_int(part) for part in text.split(":"))
-    except (ValueError, argparse.ArgumentTypeError):
-        raise argparse.ArgumentTypeError(f"expected START:STOP (e.g. 0:8), got {text!r}") from None
-    return start, stop
-
-
-def _optional(convert: Callable[[str], Any]) -> Callable[[str], Any]:
-    def parse(text: str):
-        return None if text.lower() == "none" else convert(text)
-    return parse
-
-
-def _converter(path: str, annotation: str) -> Callable[[str], Any]:
-    if path == "parallel.rep_range":
-        return _parse_rep_range
-    base = annotation.replace(" | None", "")
-    convert = {"int": parse_int, "float": float, "str": str, "tuple[int, ...]": _parse_int_tuple}[base]
-    return _optional(convert) if "None" in annotation else convert
+def _on_stdout(error: OSError) -> OSError:
+    return OSError(error.errno, error.strerror or str(error), "stdout")
 
 
 def _config_fields(cls, path: str, prefix: str = ""):
@@ -163,7 +120,7 @@ def add_config_flags(parser: argparse.ArgumentParser, sections: tuple[str, ...],
             for part in path.split(".")[1:]:
                 default = getattr(default, part)
             group.add_argument(f"--{flag}", *_ALIASES.get(path, []), dest=path, default=None,
-                               type=_converter(path, field.type), choices=choices.get(path),
+                               type=converter(path, field.type), choices=choices.get(path),
                                metavar=None if path in choices else field.name.split("_")[-1].upper(),
                                help=f"{path} (default preset: {default})")
 
@@ -202,7 +159,21 @@ def config_from_args(args: argparse.Namespace) -> Config:
         base = read_config_file(config_file)
     else:
         base = get_preset(preset or "default")
-    return base.replace(**flag_overrides(args))
+    config = base.replace(**flag_overrides(args))
+    if config_file is not None:
+        _name_the_file(config, config_file, args)
+    return config
+
+
+def _name_the_file(config: Config, config_file: str, args: argparse.Namespace) -> None:
+    """A bad value that came from the ``--config`` file, not from a flag, is reported as the
+    file's (a flag error would send the user to a flag they never gave)."""
+    try:
+        config.validate()
+    except ConfigError as error:
+        if error.field is None or getattr(args, error.field, None) is not None:
+            raise
+        raise ConfigError(f"{config_file}: {error.field}: {error}") from None
 
 
 def run_cli(main: Callable[[], int]) -> None:
@@ -238,7 +209,14 @@ def status_lines_on_stderr() -> Iterator[None]:
 
 def _run_reporting_errors(main: Callable[[], int]) -> None:
     try:
-        sys.exit(main())
+        code = main()
+        try:  # here, not at exit: a full disk behind stdout is one line naming stdout
+            sys.stdout.flush()
+        except BrokenPipeError:
+            raise
+        except OSError as error:
+            raise _on_stdout(error) from None
+        sys.exit(code)
     except ConfigError as error:
         flag = flag_of(error.field) if error.field else None
         _fail(f"{flag + ': ' if flag else ''}{error}")

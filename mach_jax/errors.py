@@ -45,6 +45,11 @@ class DatasetError(RuntimeError):
     """A dataset could not be fetched, unpacked or verified; the message is one clear line."""
 
 
+class UnsafePathError(ValueError):
+    """A path to write is a device, FIFO, socket or symbolic link (or a lock or state file
+    there is): never written through; the message names the path and what it is."""
+
+
 class WorkdirError(ValueError):
     """The workdir is missing, incomplete, or was written by an incompatible run."""
 
@@ -64,4 +69,4 @@ class TrainingInterrupted(Exception):
 
 # What the command line reports as one line with exit status 2.
 USER_ERRORS = (ConfigError, DataFormatError, DatasetError, WorkdirError, TrainingDivergedError,
-               FileNotFoundError)
+               UnsafePathError, FileNotFoundError)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Callable
 
 from mach_jax import cli
+from mach_jax.data.files import MAX_LINE_BYTES, STDIN, require_regular_target
 from mach_jax.errors import ConfigError, DataFormatError
 
 # The eval fields that play no part in a prediction: PSP@k's propensity model is for metrics.
@@ -30,11 +31,13 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser = cli.ArgumentParser(prog="python -m mach_jax.predict", description=__doc__)
     parser.add_argument("--workdir", required=True, action="append",
                         help="a trained workdir; repeat it to merge repetition groups")
-    parser.add_argument("--input", help="points to score, XC format")
+    parser.add_argument("--input", help="points to score, XC format (a FIFO, a pipe, or - for stdin too)")
     parser.add_argument("--k", type=cli.positive_int, default=5,
                         help="classes per point, 1 to L (default: %(default)s)")
     parser.add_argument("--output", default=None, help="where to write (default: stdout)")
     parser.add_argument("--chunk-rows", type=cli.positive_int, default=65_536, help="points read at a time")
+    parser.add_argument("--max-line-bytes", type=cli.byte_count, default=MAX_LINE_BYTES, metavar="SIZE",
+                        help="refuse a longer input line, e.g. 64M (default: 64M)")
     parser.add_argument("--export", default=None, help="also export a StableHLO predictor here")
     parser.add_argument("--export-max-nnz", type=cli.positive_int, default=256,
                         help="K of the exported function: feature slots per point (default: %(default)s)")
@@ -61,12 +64,12 @@ def check_request(args: argparse.Namespace, num_labels: int) -> None:
                           "or --export-params FOLDER")
     if args.k > num_labels:
         raise ConfigError(f"--k {args.k}: the model has only L={num_labels} classes; ask for at most {num_labels}")
-    if args.input:
-        try:
-            with open(args.input, "rb"):
-                pass
-        except OSError as error:
-            raise DataFormatError(args.input, None, f"cannot read file ({error.strerror or error})") from None
+    if args.input and args.input != STDIN:  # checked without opening it: a FIFO is read once, later
+        if not os.path.exists(args.input):
+            raise DataFormatError(args.input, None, "cannot read file (No such file or directory)")
+        if os.path.isdir(args.input) or not os.access(args.input, os.R_OK):
+            raise DataFormatError(args.input, None, "cannot read file (" + (
+                "Is a directory" if os.path.isdir(args.input) else "Permission denied") + ")")
     for flag in ("--output", "--export"):
         path = getattr(args, flag[2:])
         if path:
@@ -74,6 +77,7 @@ def check_request(args: argparse.Namespace, num_labels: int) -> None:
 
 
 def _check_writable(flag: str, path: Path) -> None:
+    require_regular_target(path, flag)  # a device, FIFO, socket or link there is never replaced
     if path.is_dir():
         raise ConfigError(f"{flag} {path}: is a folder; give the name of the file to write")
     folder = path.parent
@@ -94,7 +98,7 @@ def write_predictions(ensemble, args: argparse.Namespace, write: Callable[[str],
     from mach_jax.training.resource_check import memory_budget
 
     budget, checked_width = memory_budget(), -1
-    for chunk in tqdm(iter_xc_chunks(args.input, args.chunk_rows), disable=args.quiet, desc="predict",
+    for chunk in tqdm(iter_xc_chunks(args.input, args.chunk_rows, args.max_line_bytes), disable=args.quiet, desc="predict",
                       unit="chunk"):
         widest = widest_row(chunk.features)
         if widest > checked_width:  # the estimate grows with the widest row alone: checked once per width
@@ -126,7 +130,7 @@ def do_predict(args: argparse.Namespace) -> int:
     if not args.input:
         return 0
     if not args.output:
-        write_predictions(ensemble, args, sys.stdout.write)
+        write_predictions(ensemble, args, cli.write_stdout)
         return 0
     with atomic_output(args.output) as out:
         write_predictions(ensemble, args, lambda text: out.write(text.encode()))

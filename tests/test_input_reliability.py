@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from support import run_in_process
 
-from mach_jax.data import archives
+from mach_jax.data import archives, files
 from mach_jax.data import xc_format as xc
 from mach_jax.data.archives import Limits
 from mach_jax.data.registry import REGISTRY, Download
@@ -92,7 +92,7 @@ def test_case4_an_unreadable_file_is_an_error_even_with_a_cache_entry(tmp_path, 
     if os.access(src, os.R_OK):  # root reads anyway: fail the open as it fails for a user
         def denied(path, *args, **kwargs):
             raise PermissionError(13, "Permission denied", os.fspath(path))
-        monkeypatch.setattr(xc, "open", denied, raising=False)
+        monkeypatch.setattr(files, "open", denied, raising=False)  # read_xc opens through files
     try:
         with pytest.raises(DataFormatError, match=r"d\.txt: cannot read file \(Permission denied\)"):
             xc.read_xc(src, cache_dir=cache)

@@ -1,9 +1,14 @@
-"""Files on disk, in one place: the gzip sniff, block-wise hashing, the bounded line reader and
-the atomic writer.
+"""Files on disk, in one place: the gzip sniff, inputs opened once, block-wise hashing, the
+bounded line reader and the atomic writer.
 
 Every file mach_jax writes goes through ``atomic_output`` (or its two shorthands): the bytes go
 to a temporary file beside the target, which replaces the target only once complete, so a reader
-never sees half a file and a failed write leaves the old file as it was.
+never sees half a file and a failed write leaves the old file as it was. Only a regular file or a
+new path is ever replaced: a device, FIFO, socket or symbolic link there is refused
+(``require_regular_target``), so ``--output /dev/null`` run as root cannot replace the device.
+
+Inputs are opened once (``open_input``) and sniffed for gzip by peeking at the buffer, so a FIFO,
+a pipe or ``-`` (stdin) is read in one pass.
 """
 
 from __future__ import annotations
@@ -11,17 +16,24 @@ from __future__ import annotations
 import contextlib
 import gzip
 import hashlib
+import io
 import itertools
 import json
 import os
+import stat
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any, BinaryIO, Iterator, Sequence
 
-from mach_jax.errors import DataFormatError
+from mach_jax.errors import DataFormatError, UnsafePathError
 
 GZIP_MAGIC = b"\x1f\x8b"
 BLOCK_BYTES = 1 << 20
+# The longest line a reader takes (the downloader's cap too): a file without newlines
+# (``/dev/zero``) is refused after this many bytes instead of read whole.
+MAX_LINE_BYTES = 64 << 20
+STDIN = "-"
 
 
 def is_gzip(prefix: bytes) -> bool:
@@ -29,11 +41,62 @@ def is_gzip(prefix: bytes) -> bool:
     return prefix[:2] == GZIP_MAGIC
 
 
+def open_input(path: str | os.PathLike) -> io.BufferedReader:
+    """The input opened once, buffered: ``-`` is stdin (a duplicate of it: closing the stream
+    leaves stdin open), anything else is opened by name (a FIFO or ``/dev/stdin`` too)."""
+    if os.fspath(path) == STDIN:
+        return os.fdopen(os.dup(sys.stdin.fileno()), "rb")
+    return open(path, "rb")
+
+
 def open_binary(path: str | os.PathLike) -> BinaryIO:
-    """The file's bytes, gunzipped when it is gzip."""
-    with open(path, "rb") as probe:
-        magic = probe.read(2)
-    return gzip.open(path, "rb") if is_gzip(magic) else open(path, "rb")
+    """The input's bytes, gunzipped when it is gzip; opened once (``open_input``) and sniffed
+    by peeking at its buffer, so that a pipe loses nothing."""
+    raw = open_input(path)
+    try:
+        return gzip.GzipFile(fileobj=raw, mode="rb") if is_gzip(raw.peek(2)[:2]) else raw
+    except BaseException:
+        raw.close()
+        raise
+
+
+def is_regular_input(stream) -> bool:
+    """Whether an open stream is a regular file (finite, and safe to read twice to hash it)."""
+    try:
+        return stat.S_ISREG(os.fstat(stream.fileno()).st_mode)
+    except (OSError, AttributeError, ValueError, io.UnsupportedOperation):
+        return False
+
+
+def describe_kind(mode: int) -> str:
+    """What a non-regular file is, from its ``st_mode``: "symbolic link", "FIFO", ..."""
+    for test, name in ((stat.S_ISLNK, "symbolic link"), (stat.S_ISCHR, "character device"),
+                       (stat.S_ISBLK, "block device"), (stat.S_ISFIFO, "FIFO (named pipe)"),
+                       (stat.S_ISSOCK, "socket"), (stat.S_ISDIR, "folder")):
+        if test(mode):
+            return name
+    return "special file"
+
+
+def require_regular_target(path: str | os.PathLike, what: str = "") -> None:
+    """Refuses to write ``path`` unless it is a regular file or does not exist yet.
+
+    Args:
+      path: the output path (its last part is not followed if it is a link).
+      what: the flag that named it, for the message ("--output"), or "".
+
+    Raises:
+      UnsafePathError: naming the path and what is there.
+    """
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if stat.S_ISREG(mode):
+        return
+    kind = describe_kind(mode)
+    raise UnsafePathError(f"{what + ' ' if what else ''}{path}: is a {kind}, not a regular file; refused "
+                          f"(an output only ever replaces a regular file: give a new path or a file's)")
 
 
 def hash_stream(stream: BinaryIO, *digests) -> None:
@@ -95,14 +158,21 @@ def _size(count: int) -> str:
 @contextlib.contextmanager
 def atomic_output(path: str | os.PathLike) -> Iterator[BinaryIO]:
     """A binary file to write ``path``'s new contents to; it replaces ``path`` when the block
-    ends without an error, and is removed otherwise."""
+    ends without an error, and is removed otherwise.
+
+    Raises:
+      UnsafePathError: ``path`` is not a regular file (a device, FIFO, socket or symbolic link),
+        checked before writing and again before the rename.
+    """
     path = Path(path)
+    require_regular_target(path)
     fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         # mkstemp makes the file private (0600); give it the mode a plain open() would have.
         os.chmod(temporary, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as file:
             yield file
+        require_regular_target(path)  # again: it may have been put there while we wrote
         os.replace(temporary, path)
     except BaseException:
         with contextlib.suppress(OSError):

@@ -33,15 +33,24 @@ def default_cache_dir() -> Path:
     return Path(base) / "mach_jax"
 
 
+def new_digest():
+    """The digest a content key is made from: fed a file's raw bytes, ``key_of`` gives the key."""
+    return hashlib.sha256(b"mach_jax parse cache %d\n" % FORMAT_VERSION)
+
+
+def key_of(digest) -> str:
+    return digest.hexdigest()[:32]
+
+
 def content_key(source: BinaryIO | bytes) -> str:
     """The cache key of a file's raw bytes (read from the stream's position, 1 MiB at a time,
     or given whole): their SHA-256 after the format version, 32 hex digits."""
-    digest = hashlib.sha256(b"mach_jax parse cache %d\n" % FORMAT_VERSION)
+    digest = new_digest()
     if isinstance(source, bytes):
         digest.update(source)
     else:
         hash_stream(source, digest)
-    return digest.hexdigest()[:32]
+    return key_of(digest)
 
 
 def cache_path(cache_dir: Path, path: str, key: str) -> Path:

@@ -33,8 +33,9 @@ import numpy as np
 from mach_jax.data.csr import CsrMatrix, XCDataset  # noqa: F401 (re-exported)
 from mach_jax.errors import DataFormatError
 from mach_jax.data import parse_cache
-from mach_jax.data.files import is_gzip, write_bytes_atomically
-from mach_jax.data.xc_header import parse_header, show
+from mach_jax.data.files import MAX_LINE_BYTES, is_gzip, is_regular_input, open_input, write_bytes_atomically
+from mach_jax.data.xc_header import parse_header, show, too_long
+from mach_jax.data.xc_read import read_xc_text
 from mach_jax.data.xc_tokenize import VALUE_RE, parse_features, parse_labels, to_float32
 
 _INT32_MAX = 2**31 - 1
@@ -57,6 +58,8 @@ def _line_problem(line: bytes, num_features: int, num_labels: int) -> str | None
             hint = " (a point with no labels must start with a space)" if b":" in item else ""
             return (f"empty label id in {show(label_part)}" if not item else
                     f"label id {show(item)} is not a non-negative integer{hint}")
+        if too_long(item.lstrip(b"0")):
+            return f"label id {show(item, 20)} ({len(item):,} digits) is outside [0, {num_labels})"
         if int(item) >= num_labels:
             return f"label id {int(item)} is outside [0, {num_labels})"
         if int(item) in seen:
@@ -69,6 +72,8 @@ def _line_problem(line: bytes, num_features: int, num_labels: int) -> str | None
             return f"feature {show(token)} is not of the form id:value"
         if not fid.isdigit():
             return f"feature id {show(fid)} is not a non-negative integer"
+        if too_long(fid.lstrip(b"0")):
+            return f"feature id {show(fid, 20)} ({len(fid):,} digits) is outside [0, {num_features})"
         if int(fid) >= num_features:
             return f"feature id {int(fid)} is outside [0, {num_features})"
         try:
@@ -218,16 +223,22 @@ def parse_xc_bytes(data: bytes, path: str = "<bytes>") -> XCDataset:
 
 
 def read_xc(path: str | os.PathLike, *, cache_dir: str | os.PathLike | None = None,
-            use_cache: bool = True) -> XCDataset:
+            use_cache: bool = True, max_line_bytes: int = MAX_LINE_BYTES, as_scipy: bool = False) -> XCDataset:
     """Reads an XC file (plain or gzip), using a parsed-array cache when allowed.
 
+    ``as_scipy=True`` returns ``(features [N, D], labels [N, L])`` as scipy.sparse CSR matrices
+    (``XCDataset.to_scipy``) instead of the dataset.
+
     The cache is keyed by a hash of the file's bytes (`parse_cache`), so the file is read even
-    on a cache hit: an edited file is parsed again, an unreadable one is an error.
+    on a cache hit: an edited file is parsed again, an unreadable one is an error. Anything but a
+    regular file (a FIFO, a pipe, ``-`` for stdin, a device) is read once and not cached; every
+    input is read bounded (``xc_read``: the line cap, the points the header declares).
 
     Args:
       path: the file; never written to, nor its directory.
       cache_dir: where `.npz` caches live; default `parse_cache.default_cache_dir()`.
       use_cache: False neither reads nor writes the cache (nor does a pipe).
+      max_line_bytes: the longest line taken (``files.MAX_LINE_BYTES``: 64 MiB).
 
     Returns:
       The dataset with features [N, D] and labels [N, L], source = str(path).
@@ -235,11 +246,13 @@ def read_xc(path: str | os.PathLike, *, cache_dir: str | os.PathLike | None = No
     Raises:
       DataFormatError: the file is missing, unreadable or malformed.
     """
+    if as_scipy:
+        return read_xc(path, cache_dir=cache_dir, use_cache=use_cache, max_line_bytes=max_line_bytes).to_scipy()
     path = os.fspath(path)
     cache_dir = Path(cache_dir or parse_cache.default_cache_dir()) if use_cache else None
     try:
-        with open(path, "rb") as f:
-            if not f.seekable():  # a pipe (``<(zcat ...)``): read once, nothing to cache
+        with open_input(path) as f:
+            if not is_regular_input(f):  # read once, nothing to cache
                 cache_dir = None
             if cache_dir is not None:
                 key = parse_cache.content_key(f)
@@ -248,14 +261,15 @@ def read_xc(path: str | os.PathLike, *, cache_dir: str | os.PathLike | None = No
                 if cached is not None:
                     return cached
                 f.seek(0)
-            data = f.read()
+            digest = parse_cache.new_digest() if cache_dir is not None else None
+            data = read_xc_text(f, path, max_line_bytes, digest)
     except FileNotFoundError:
         raise DataFormatError(path, None, "no such file") from None
     except OSError as e:
         raise DataFormatError(path, None, f"cannot read file ({e.strerror or e})") from None
     dataset = parse_xc_bytes(data, path)
     if cache_dir is not None:  # keyed by the bytes parsed, even if the file changed meanwhile
-        key = parse_cache.content_key(data)
+        key = parse_cache.key_of(digest)
         parse_cache.save_cache(parse_cache.cache_path(cache_dir, path, key), dataset, key)
     return dataset
 
@@ -275,13 +289,16 @@ def _format_values(values: np.ndarray) -> np.ndarray:
     return texts[inverse.reshape(-1)]
 
 
-def write_xc(path: str | os.PathLike, dataset: XCDataset) -> None:
+def write_xc(path: str | os.PathLike, dataset: XCDataset, labels=None) -> None:
     """Writes the XC text format, gzip-compressed when path ends with `.gz`.
 
     Args:
       path: output file.
-      dataset: features [N, D] with finite values, labels [N, L].
+      dataset: features [N, D] with finite values, labels [N, L]; or scipy.sparse features
+        [N, D], with ``labels`` a scipy.sparse 0/1 indicator [N, L].
     """
+    if not isinstance(dataset, XCDataset):
+        dataset = XCDataset.from_scipy(dataset, labels)
     features, labels = dataset.features, dataset.labels
     if not np.all(np.isfinite(features.values)):
         raise ValueError("feature values must be finite to be written")
