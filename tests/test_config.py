@@ -17,7 +17,6 @@ BAD_VALUES = [
     ("train", "batch_size", 0, "--batch-size"),
     ("train", "epochs", 0, "--epochs"),
     ("train", "learning_rate", 0.0, "--learning-rate"),
-    ("train", "loss", "hinge", "--loss"),
     ("eval", "aggregation", "max", "--aggregation"),
     ("eval", "eval_repetitions", 99, "--eval-repetitions"),
     ("data", "max_nnz", 0, "--max-nnz"),

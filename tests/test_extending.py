@@ -39,4 +39,4 @@ def test_a_new_loss_is_one_registry_entry(brier, tmp_path):
 
 def test_an_unknown_loss_is_refused_with_the_known_names():
     with pytest.raises(Exception, match=r"train.loss='hinge'.*softmax.*sigmoid"):
-        get_preset("tiny").replace(train={"loss": "hinge"}).validate()
+        losses.require_known(get_preset("tiny").replace(train={"loss": "hinge"}).validate().train.loss)

@@ -257,11 +257,10 @@ class TrainConfig:
         _require(self.batch_size >= 1, "train.batch_size", self.batch_size, "must be >= 1")
         _require_finite_positive("train.learning_rate", self.learning_rate)
         _require_seed("train.seed", self.seed)
-        # Imported here, not at the top: the loss registry imports JAX, and importing the config
-        # alone (the data commands, scripts before they need JAX) should not.
-        from mach_jax.core.losses import LOSSES
-        _require(self.loss in LOSSES or self.loss == "auto", "train.loss", self.loss,
-                 f"must be one of {tuple(LOSSES)}, or auto (from the data: config.sizing)")
+        # The name itself is checked against the loss registry (core.losses.require_known) when
+        # the run is resolved: the configuration knows no model.
+        _require(isinstance(self.loss, str) and self.loss != "", "train.loss", self.loss,
+                 "must name a loss (core.losses.LOSSES), or auto (from the data: config.sizing)")
         _require(self.log_every_steps >= 1, "train.log_every_steps", self.log_every_steps, "must be >= 1")
         _require(self.checkpoint_every_steps >= 0, "train.checkpoint_every_steps",
                  self.checkpoint_every_steps, "must be >= 0 (0: at the end of every epoch)")

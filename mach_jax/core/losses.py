@@ -26,6 +26,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from mach_jax.errors import ConfigError
+
 
 def softmax_bucket_loss(logits: jax.Array, buckets: jax.Array, label_mask: jax.Array,
                         label_smoothing: float = 0.0) -> jax.Array:
@@ -78,6 +80,13 @@ LOSSES: dict[str, Loss] = {
     # The reference code: B independent binary classifiers.
     "sigmoid": Loss(sigmoid_bucket_loss, jax.nn.sigmoid, jax.nn.log_sigmoid),
 }
+
+
+def require_known(name: str) -> None:
+    """Refuses a ``train.loss`` that names no loss here ("auto" is left to the data)."""
+    if name != "auto" and name not in LOSSES:
+        raise ConfigError(f"train.loss={name!r}: must be one of {tuple(LOSSES)}, or auto (from the data: "
+                          "config.sizing)", field="train.loss")
 
 
 def get_loss(name: str) -> Loss:

@@ -12,6 +12,7 @@ import dataclasses
 import numpy as np
 
 from mach_jax.config import Config
+from mach_jax.core import losses
 from mach_jax.data.csr import XCDataset
 from mach_jax.data.prepare import (RunInfo, check_enough_labels, feature_idf, label_counts, prepare_train_data,
                                    sized_for)
@@ -42,6 +43,7 @@ class ResolvedRun:
 def resolve_config(config: Config, train_data: XCDataset) -> Config:
     """The config validated (once) and sized for ``train_data`` (``prepare.sized_for``)."""
     config.validate()
+    losses.require_known(config.train.loss)  # the registry's, not the config's, business
     train_data.require_points("train on")
     check_enough_labels(train_data.num_labels)
     return sized_for(config, train_data)
