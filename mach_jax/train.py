@@ -12,7 +12,6 @@ import logging
 from pathlib import Path
 
 from mach_jax import cli
-from mach_jax.training import distributed
 from mach_jax.readout.metrics import format_metrics
 
 log = logging.getLogger("mach_jax")
@@ -28,9 +27,28 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
                         help="print the config these flags resolve to (JSON, what --config reads) and exit "
                              "without training; what the data decides (B 0, loss auto, propensities null) "
                              "is filled in when training starts")
-    distributed.add_flags(parser)
+    add_distributed_flags(parser)
     cli.add_config_flags(parser, ("data", "model", "train", "eval", "parallel", "rerank"))
     return parser.parse_args(argv)
+
+
+def add_distributed_flags(parser: argparse.ArgumentParser) -> None:
+    """Multi-process (multi-host) runs: see ``training.distributed``."""
+    group = parser.add_argument_group("multi-process (multi-host) runs")
+    group.add_argument("--distributed", action="store_true",
+                       help="call jax.distributed.initialize() with the cluster's auto-detection")
+    group.add_argument("--coordinator-address", default=None, help="HOST:PORT of process 0")
+    group.add_argument("--num-processes", type=int, default=None, help="processes in the job")
+    group.add_argument("--process-id", type=int, default=None, help="this process, 0-based")
+
+
+def initialize_distributed(args: argparse.Namespace) -> None:
+    """Starts JAX's distributed runtime when ``--distributed`` or a coordinator flag was given."""
+    explicit = (args.coordinator_address, args.num_processes, args.process_id)
+    if args.distributed or any(value is not None for value in explicit):
+        from mach_jax.training import distributed  # JAX: only for a multi-process run
+
+        distributed.initialize(*explicit)
 
 
 def default_workdir(args: argparse.Namespace) -> Path:
@@ -52,7 +70,7 @@ def do_train(args: argparse.Namespace) -> int:
     if args.print_config:
         print(config.validate().to_json())
         return 0
-    distributed.initialize_from_args(args)  # before any device is touched
+    initialize_distributed(args)  # before any device is touched
     workdir = Path(args.workdir) if args.workdir else default_workdir(args)
     model = config.model
     buckets = model.num_buckets or "from the data"

@@ -2,27 +2,18 @@
 
 One ensemble can span the devices of several processes: every process runs the same command
 with ``--num-processes N --process-id I --coordinator-address HOST:PORT`` (or ``--distributed``
-where JAX detects the cluster itself: Cloud TPU pods, SLURM, Open MPI, Kubernetes). The mesh then
+where JAX detects the cluster itself: Cloud TPU pods, SLURM, Open MPI, Kubernetes; the flags are
+``mach_jax.train``'s, which calls ``initialize``). The mesh then
 covers every process's devices; members are split over them and train with no communication.
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 
 import jax
 
 log = logging.getLogger("mach_jax")
-
-
-def add_flags(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("multi-process (multi-host) runs")
-    group.add_argument("--distributed", action="store_true",
-                       help="call jax.distributed.initialize() with the cluster's auto-detection")
-    group.add_argument("--coordinator-address", default=None, help="HOST:PORT of process 0")
-    group.add_argument("--num-processes", type=int, default=None, help="processes in the job")
-    group.add_argument("--process-id", type=int, default=None, help="this process, 0-based")
 
 
 def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
@@ -37,10 +28,3 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
                                process_id=process_id)
     log.info("process %d of %d: %d local devices, %d in all", jax.process_index(),
              jax.process_count(), jax.local_device_count(), jax.device_count())
-
-
-def initialize_from_args(args: argparse.Namespace) -> None:
-    """Initialises when ``--distributed`` or any of the coordinator flags was given."""
-    explicit = (args.coordinator_address, args.num_processes, args.process_id)
-    if args.distributed or any(value is not None for value in explicit):
-        initialize(*explicit)
