@@ -125,7 +125,10 @@ def do_predict(args: argparse.Namespace) -> int:
     if args.export_params:
         from mach_jax.readout.export import export_params
 
-        path = export_params(args.export_params, *args.workdir)
+        from mach_jax.storage import lock
+
+        with lock.hold(Path(args.export_params)):  # no training run writes the folder meanwhile
+            path = export_params(args.export_params, *args.workdir)
         print(f"parameters (no optimiser moments) written to {path}", file=sys.stderr)
     if not args.input:
         return 0

@@ -33,13 +33,37 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def do_rerank(args: argparse.Namespace) -> int:
+    from mach_jax.storage import workdir as wd
+
+    workdirs = [Path(path) for path in args.workdir]
+    config, _, groups = wd.find_groups(workdirs)
+    with hold_all([workdirs[0], *(group.path for group in groups)]):  # no training there meanwhile
+        return _rerank(args, workdirs, config)
+
+
+def hold_all(folders: list[Path]):
+    """The training lock of every folder (each once), held together: a training run in any of
+    them, or another re-ranker, is refused while this one reads the members and writes."""
+    import contextlib
+
+    from mach_jax.storage import lock
+
+    stack = contextlib.ExitStack()
+    for folder in dict.fromkeys(Path(folder).resolve() for folder in folders):
+        try:
+            stack.enter_context(lock.hold(folder))
+        except BaseException:
+            stack.close()
+            raise
+    return stack
+
+
+def _rerank(args: argparse.Namespace, workdirs: list[Path], config) -> int:
     from mach_jax import rerank_stage
     from mach_jax.data import sources
     from mach_jax.readout.ensemble import MachEnsemble
     from mach_jax.storage import workdir as wd
 
-    workdirs = [Path(path) for path in args.workdir]
-    config, _, _ = wd.find_groups(workdirs)
     overrides = cli.flag_overrides(args)
     config = config.replace(rerank=overrides.get("rerank", {}), eval=overrides.get("eval", {}),
                             parallel={"rep_range": ()})

@@ -52,13 +52,17 @@ def fit_reranker(config: Config, workdirs: list[Path], train_data: XCDataset,
                 "num_members": len(ensemble.rep_ids), "members_step": ensemble.checkpoint_step,
                 "num_train_points": train_data.num_points,
                 "settings": settings.training_fields(), "shortlist_from": ensemble.decoder().describe()}
-    record = rerank_store.read_record(workdirs[0])
+    record = rerank_store.read_record(workdirs[0], current_only=False)  # a stale one: check_resumable says so
     rerank_store.check_resumable(workdirs[0], record, identity)
     if record is not None and record.get("finished"):
         log.info("the re-ranker in %s is trained already", rerank_store.rerank_dir(workdirs[0]))
         return None
-    start = time.perf_counter()
     shortlist_size = min(settings.shortlist_size, ensemble.info.num_labels)
+    if shortlist_size < settings.shortlist_size:  # L is known only now, once the members have trained
+        log.warning(f"warning: rerank.shortlist_size={settings.shortlist_size} is above the model's L="
+                    f"{ensemble.info.num_labels} classes: the shortlist is every class ({shortlist_size}), so the "
+                    "re-ranker scores all of them; give --rerank-shortlist below L for a shortlist")
+    start = time.perf_counter()
     _, shortlist = ensemble.predict(train_data.features, k=shortlist_size, source=train_data.source,
                                     progress=progress)
     log.info("shortlists of %d training points in %.1f s", train_data.num_points, time.perf_counter() - start)

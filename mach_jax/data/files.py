@@ -14,6 +14,7 @@ a pipe or ``-`` (stdin) is read in one pass.
 from __future__ import annotations
 
 import contextlib
+import errno
 import gzip
 import hashlib
 import io
@@ -153,6 +154,30 @@ def _size(count: int) -> str:
         if count >= 1 << shift and count % (1 << shift) == 0:
             return f"{count:,} bytes ({count >> shift} {unit})"
     return f"{count:,} bytes"
+
+
+def open_state_file(path: str | os.PathLike, text: bool = True, exclusive: bool = False):
+    """A log or state file opened for appending (created if missing; ``exclusive``: it must be
+    new, ``O_EXCL``), never through a link (``O_NOFOLLOW``) and only if it is a regular file.
+
+    Raises:
+      UnsafePathError: a link, device, FIFO or socket is at ``path``.
+    """
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | (os.O_EXCL if exclusive else 0)
+    try:
+        fd = os.open(path, flags, 0o666)
+    except OSError as error:
+        if error.errno != errno.ELOOP:
+            raise
+        fd = None
+    mode = os.lstat(path).st_mode if fd is None else os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        if fd is not None:
+            os.close(fd)
+        raise UnsafePathError(f"{path}: is a {describe_kind(mode)}, not a regular file; refused (never "
+                              "written through): remove it, then run again")
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "a" if text else "ab")
 
 
 @contextlib.contextmanager

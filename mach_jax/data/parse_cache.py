@@ -1,5 +1,7 @@
 """The parsed-array cache of ``xc_format.read_xc``: ``.npz`` files keyed by a hash of the source
-file's bytes (and the parser's format version), loaded with ``allow_pickle=False``.
+file's bytes (and the parser's format version), loaded with ``allow_pickle=False`` and checked as
+the parser checks a file (finite values, ids within D and L, consistent row pointers): an entry
+that fails is ignored and the source parsed again.
 
 The key is the content, not the path, size and modification time: a file edited in place with
 its size and mtime kept is parsed again, and the source is read (so a file that became
@@ -66,8 +68,13 @@ def load_cache(file: Path, source: str, key: str) -> XCDataset | None:
         with np.load(file, allow_pickle=False) as z:
             if int(z["format_version"]) != FORMAT_VERSION or str(z["content_key"]) != key:
                 return None
-            _, num_features, num_labels = z["shape"].tolist()
+            num_points, num_features, num_labels = z["shape"].tolist()
             labels = z["label_indices"]
+            if not (_csr_valid(z["feature_indptr"], z["feature_indices"], num_points, num_features)
+                    and _csr_valid(z["label_indptr"], labels, num_points, num_labels)
+                    and len(z["feature_values"]) == len(z["feature_indices"])
+                    and np.isfinite(z["feature_values"]).all()):
+                return None  # what the parser would refuse: the source is parsed instead
             return XCDataset(
                 CsrMatrix(z["feature_indptr"], z["feature_indices"], z["feature_values"],
                           num_features),
@@ -75,6 +82,14 @@ def load_cache(file: Path, source: str, key: str) -> XCDataset | None:
                           num_labels), source)
     except Exception:  # missing, truncated or tampered cache: parse the source instead
         return None
+
+
+def _csr_valid(indptr: np.ndarray, indices: np.ndarray, num_rows: int, num_cols: int) -> bool:
+    """Whether cached CSR arrays hold what a parse yields: indptr [N + 1] from 0, non-decreasing,
+    ending at nnz; ids [nnz] in [0, num_cols). (Duplicates within a row are the parser's to find.)"""
+    return (indptr.ndim == 1 and len(indptr) == num_rows + 1 and indptr[0] == 0
+            and int(indptr[-1]) == len(indices) and bool((np.diff(indptr) >= 0).all())
+            and (not len(indices) or (int(indices.min()) >= 0 and int(indices.max()) < num_cols)))
 
 
 def save_cache(file: Path, dataset: XCDataset, key: str) -> None:

@@ -19,7 +19,6 @@ older step is deleted only once the newer one is complete, even with ``train.kee
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import re
 import shutil
@@ -33,12 +32,10 @@ import orbax.checkpoint as ocp
 
 from mach_jax.errors import TrainingDivergedError, WorkdirError
 from mach_jax.storage import host_memory, integrity, orbax_io, run_file, workdir as wd
+from mach_jax.storage.checkpoint_records import (CHECKPOINT_DIR, PARAMS_ONLY_KEY, RECORD_KEY, Progress,  # noqa: F401
+                                                 _record, _steps, misnamed, training_progress)
 
-CHECKPOINT_DIR = "checkpoints"
 DAMAGED_DIR = "damaged_checkpoints"
-RECORD_KEY = "mach_jax"
-PARAMS_ONLY_KEY = "params_only"  # in the record of a checkpoint that holds the parameters alone
-_STEP_METADATA = "_CHECKPOINT_METADATA"  # Orbax's per-step metadata file (its custom_metadata)
 
 log = logging.getLogger("mach_jax")
 
@@ -59,19 +56,6 @@ class Restored:
     damaged: tuple[tuple[int, str], ...] = ()
 
 
-@dataclasses.dataclass(frozen=True)
-class Progress:
-    """How far a folder's training got: its newest checkpoint's step (None: none yet) and the
-    step its run ends at (None when the checkpoint predates records)."""
-
-    step: int | None
-    final_step: int | None
-
-    @property
-    def finished(self) -> bool | None:
-        return None if self.step is None or self.final_step is None else self.step >= self.final_step
-
-
 def save_state(manager: ocp.CheckpointManager, step: int, state: Any, identity: dict | None = None,
                final_step: int | None = None, params_only: bool = False) -> None:
     """Saves (asynchronously) unless this step is already saved, with its record (``params_only``:
@@ -89,16 +73,18 @@ def save_state(manager: ocp.CheckpointManager, step: int, state: Any, identity: 
         raise TrainingDivergedError(f"{', '.join(non_finite[:3])} hold NaN or infinite values at step {step}: "
                                     "not saved; the newest checkpoint predates it")
     record = {"digests": {name: check.digest for name, check in checks.items()}, "identity": identity,
-              "final_step": final_step}
+              "final_step": final_step, "step": step}
     if params_only:
         record[PARAMS_ONLY_KEY] = True
-    with orbax_io.write_errors(manager.directory, f"saving checkpoints (at step {step})"):
+    wait_until_saved(manager)  # the save in flight fails as its own step's, not as this one's
+    with orbax_io.write_errors(manager.directory, f"saving checkpoints (the checkpoint of step {step})"):
         manager.save(step, args=ocp.args.PyTreeSave(state), custom_metadata={RECORD_KEY: record})
 
 
 def wait_until_saved(manager: ocp.CheckpointManager) -> None:
-    """Blocks until the save in flight is on disk (a failed one: WorkdirError)."""
-    with orbax_io.write_errors(manager.directory, "saving checkpoints"):
+    """Blocks until the save in flight is on disk (a failed one: WorkdirError naming its step)."""
+    with orbax_io.write_errors(manager.directory, f"saving checkpoints (the checkpoint of step "
+                                                  f"{manager.latest_step()})"):
         manager.wait_until_finished()
 
 
@@ -188,36 +174,6 @@ def set_aside(folder: Path, damaged: tuple[tuple[int, str], ...]) -> None:
         log.warning("warning: the damaged checkpoint of step %d is kept in %s", step, target)
 
 
-def training_progress(folder: Path) -> Progress:
-    """The newest checkpoint's step of ``folder`` and its run's final step (from its record);
-    reads two small files, no arrays."""
-    steps = _steps(Path(folder) / CHECKPOINT_DIR)
-    if not steps:
-        return Progress(None, None)
-    record = _record(Path(folder) / CHECKPOINT_DIR, steps[0])
-    final = record.get("final_step") if isinstance(record, dict) else None
-    return Progress(steps[0], final if isinstance(final, int) else None)
-
-
-def _steps(directory: Path) -> list[int]:
-    """The complete steps, newest first (Orbax writes a step under a temporary name first)."""
-    if not directory.is_dir():
-        return []
-    return sorted((int(p.name) for p in directory.iterdir() if p.name.isdigit() and p.is_dir()), reverse=True)
-
-
-def _record(directory: Path, step: int) -> dict | None | str:
-    """A step's record: a dict, None for a checkpoint saved without one, or why it is unreadable."""
-    path = directory / str(step) / _STEP_METADATA
-    try:
-        record = json.loads(path.read_text()).get("custom_metadata", {}).get(RECORD_KEY)
-    except FileNotFoundError:
-        return f"its metadata file {_STEP_METADATA} is missing"
-    except (OSError, ValueError, AttributeError) as error:
-        return f"its metadata file {_STEP_METADATA} cannot be read ({str(error)[:100]})"
-    return record if isinstance(record, dict) and isinstance(record.get("digests"), dict) else None
-
-
 def _restore_newest(folder: Path, abstract: Any, args: Any,
                     refuse: Callable[[int, dict], str | None] | None) -> Restored | None:
     directory = folder / CHECKPOINT_DIR
@@ -231,6 +187,8 @@ def _restore_newest(folder: Path, abstract: Any, args: Any,
             if isinstance(record, str):
                 damaged.append((step, record))
                 continue
+            if record is not None and misnamed(directory, step, record):
+                raise WorkdirError(misnamed(directory, step, record))
             if record is not None and refuse is not None and record.get("identity"):
                 message = refuse(step, record["identity"])
                 if message:

@@ -4,20 +4,25 @@ Two runs writing one workdir would delete each other's half-written checkpoints 
 their steps. The lock is ``flock`` on a file that names its holder (pid, host, start time): the
 kernel drops it when the holder dies however it dies (SIGKILL included), so a lock left by a dead
 process is simply taken over. The file is removed when the run ends, and a folder the run created
-is removed again when the run is refused, so that a refused run leaves nothing behind.
+is removed again when the run is refused, so that a refused run leaves nothing behind. The lock
+file is opened with ``O_NOFOLLOW`` and must be a regular file: a link planted there by anyone who
+can write a shared workdir is refused, never followed to clobber its target.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import logging
 import os
 import socket
+import stat
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from mach_jax.data.files import describe_kind
 from mach_jax.errors import WorkdirError
 
 LOCK_FILE = "train.lock"
@@ -30,7 +35,9 @@ def require_folder(folder: Path) -> None:
     for path in (folder, *folder.parents):
         if path.exists() or path.is_symlink():
             if not path.is_dir():
-                where = "is a file" if path == folder else f"lies under {path}, which is a file"
+                what = (f"a symbolic link to {os.readlink(path)}, which does not exist" if not path.exists()
+                        else "a file")
+                where = f"is {what}" if path == folder else f"lies under {path}, which is {what}"
                 raise WorkdirError(f"{folder}: {where}, not a folder; give --workdir a folder (a new "
                                    "one, or a workdir trained before)")
             return
@@ -78,12 +85,20 @@ def _acquire(folder: Path) -> int:
                            "--workdir a folder you can write to") from None
     path = folder / LOCK_FILE
     while True:
-        try:
-            handle = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:  # never through a link, nor blocking on a FIFO put there: a regular file only
+            handle = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
         except OSError as error:
+            if error.errno == errno.ELOOP:
+                raise WorkdirError(f"{path}: is a symbolic link ({os.readlink(path)}); refused (the lock file "
+                                   "is never written through a link): remove it, then run again") from None
             raise WorkdirError(f"{folder}: cannot write there ({error.strerror or error}); training "
                                "writes its checkpoints, config.json and metrics there: give --workdir "
                                "a folder you can write to") from None
+        mode = os.fstat(handle).st_mode
+        if not stat.S_ISREG(mode):
+            os.close(handle)
+            raise WorkdirError(f"{path}: is a {describe_kind(mode)}, not a regular file; refused: remove it, "
+                               "then run again")
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

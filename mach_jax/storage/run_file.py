@@ -141,8 +141,11 @@ def read_array(workdir: Path, name: str, what: str, length: int | None = None,
     except (ValueError, OSError, EOFError):
         raise WorkdirError(f"{path}: not a numpy array file: it is damaged; it holds {what}: delete it "
                            f"and {_REWRITE}") from None
-    kind_ok = (np.issubdtype(array.dtype, np.integer) and (array >= 0).all()) if integer else \
-        np.issubdtype(array.dtype, np.floating)
+    if integer and np.issubdtype(array.dtype, np.integer) and array.ndim == 1 and (array < 0).any():
+        first = int(np.argmax(array < 0))
+        raise WorkdirError(f"{path}: holds a negative count ({int(array[first])} at index {first}), not {what}: "
+                           f"it is damaged; delete it and {_REWRITE}")
+    kind_ok = np.issubdtype(array.dtype, np.integer) if integer else np.issubdtype(array.dtype, np.floating)
     if array.ndim != 1 or not kind_ok or (length is not None and len(array) != length):
         expected = f"[{length}]" if length is not None else "1-D"
         raise WorkdirError(f"{path}: holds {array.dtype} values of shape {list(array.shape)}, not {what} "

@@ -13,7 +13,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
-import json
+import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +22,12 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from mach_jax.config import Config, resumable_fields
-from mach_jax.config.tree import RETIRED_FIELDS
-from mach_jax.data.files import atomic_output, write_json_atomically
+from mach_jax.config import Config
+from mach_jax.data.files import atomic_output, describe_kind, write_json_atomically
 from mach_jax.data.prepare import RunInfo
 from mach_jax.errors import WorkdirError
+from mach_jax.storage.run_identity import (UNRECORDED_ONCE, _first_difference, _flatten, _same_data,  # noqa: F401
+                                           describe_difference, identity, identity_difference)
 from mach_jax.storage.run_file import (CONFIG_FILE, FEATURE_IDF_FILE, LABEL_COUNTS_FILE, payload, read_array,
                                        read_run_file)
 
@@ -41,12 +43,42 @@ def group_dir(workdir: Path, rep_range: tuple[int, ...]) -> Path:
     return Path(workdir) / f"{GROUP_PREFIX}{rep_range[0]}-{rep_range[1]}" if rep_range else Path(workdir)
 
 
+# Every path a run writes in its folder, by kind (``checkpoints``, ``metric_log``, ``lock`` and
+# ``rerank_store`` name them too; a test checks they agree).
+RUN_FOLDERS = {"checkpoints": "checkpoints", "damaged_checkpoints": "damaged checkpoints",
+               "tensorboard": "TensorBoard events", "rerank": "re-ranker"}
+RUN_FILES = (CONFIG_FILE, LABEL_COUNTS_FILE, FEATURE_IDF_FILE, METRICS_FILE, "metrics.jsonl", "train.lock")
+
+
+def check_layout(workdir: Path) -> None:
+    """Refuses a workdir where a path the run will write is of the wrong kind: a file where a
+    folder goes (``checkpoints`` a file), or anything but a regular file where a file goes (a
+    link, device, FIFO or socket); checked before the run starts, so no step is lost to it.
+
+    Raises:
+      WorkdirError: naming the path, what it is and what the run keeps there.
+    """
+    for name, what in RUN_FOLDERS.items():
+        path = Path(workdir) / name
+        if os.path.lexists(path) and not path.is_dir():
+            kind = describe_kind(os.lstat(path).st_mode) if not path.is_file() or path.is_symlink() else "file"
+            raise WorkdirError(f"{path}: is a {kind}, not a folder; the run keeps its {what} there: move it "
+                               "away, then run again")
+    for name in RUN_FILES:
+        path = Path(workdir) / name
+        if os.path.lexists(path) and not stat.S_ISREG(os.lstat(path).st_mode):
+            raise WorkdirError(f"{path}: is a {describe_kind(os.lstat(path).st_mode)}, not a regular file; the "
+                               "run writes it (never through a link or into a device): move it away, then run again")
+
+
 def check_run(workdir: Path, config: Config, info: RunInfo, label_counts: np.ndarray,
               feature_idf: np.ndarray | None, data_fingerprint: str | None) -> None:
     """Refuses a run that may not continue the one recorded in ``workdir/config.json`` (another
-    config, data of another shape or content); writes nothing. A workdir without config.json
-    passes (its checkpoints are checked against their own record when restored).
+    config, data of another shape or content), or whose folder has a path of the wrong kind where
+    the run will write (``check_layout``); writes nothing. A workdir without config.json passes
+    (its checkpoints are checked against their own record when restored).
     """
+    check_layout(workdir)
     if not (workdir / CONFIG_FILE).exists():
         return
     saved = read_run_file(workdir)
@@ -203,9 +235,6 @@ def write_metrics(workdir: Path, metrics: dict[str, Any]) -> Path:
     return path
 
 
-# The run_info field that records written before it existed lack (``RunInfo.feature_entries``).
-UNRECORDED_ONCE = "feature_entries"
-
 
 def entries_recorded(workdir: Path) -> bool:
     """False where the run in ``workdir``, or a group beside it (``reps-*``), was started before
@@ -229,92 +258,3 @@ def as_recorded(workdir: Path, info: RunInfo) -> RunInfo:
     the feature entries were recorded resumes with none, so the rules that use them pick what
     they picked for it then (the widest row's)."""
     return info if entries_recorded(workdir) else dataclasses.replace(info, feature_entries=0)
-
-
-def identity(config: Config, info: RunInfo, data_fingerprint: str | None) -> dict[str, Any]:
-    """What a run is, as JSON (config.json and every checkpoint's record hold it): the config,
-    what the data fixed, and the data's fingerprint."""
-    return json.loads(json.dumps({"config": config.to_dict(), "run_info": dataclasses.asdict(info),
-                                  "data_fingerprint": data_fingerprint}))
-
-
-def identity_difference(saved: dict[str, Any], new: dict[str, Any]) -> tuple[str, Any, Any] | None:
-    """The first ``(what, saved, new)`` by which run ``new`` may not continue run ``saved`` (both
-    from ``identity``): a config field a resumed run may not change (``train.epochs`` too under a
-    decaying schedule), the data's shape (``"data"``) or content (``"data_fingerprint"``; skipped
-    when either lacks one: older workdirs)."""
-    saved_flat, new_flat = _flatten(saved["config"]), _flatten(new["config"])
-    check = {"train.epochs"} if saved_flat.get("train.lr_schedule", "constant") != "constant" else set()
-    difference = _first_difference(saved_flat, new_flat, check=check)
-    if difference:
-        return difference
-    saved_info, new_info = _comparable(saved["run_info"], new["run_info"])
-    if saved_info != new_info:
-        return "data", saved_info, new_info
-    fingerprints = saved.get("data_fingerprint"), new.get("data_fingerprint")
-    if None not in fingerprints and fingerprints[0] != fingerprints[1]:
-        return "data_fingerprint", *fingerprints
-    return None
-
-
-def describe_difference(who: str, saved: dict[str, Any], new: dict[str, Any]) -> str | None:
-    """The refusal of a run ``new`` in a folder trained as ``saved`` (``who`` names the folder or
-    the checkpoint), or None when it may continue it."""
-    difference = identity_difference(saved, new)
-    if difference is None:
-        return None
-    what, saved_value, new_value = difference
-    if what == "data":
-        return (f"{who} was trained on data with {_shape(saved_value)}, this run's data gives "
-                f"{_shape(new_value)}; use another --workdir")
-    if what == "data_fingerprint":
-        return (f"{who} was trained on other data: same N, D, L and widths, other content (training data "
-                f"fingerprint {saved_value[:19]}..., this run's {new_value[:19]}...); use another --workdir")
-    return (f"{who} was trained with {what}={saved_value!r}, this run asks for {new_value!r}; use "
-            "another --workdir or the same settings")
-
-
-def _shape(run_info: dict[str, Any]) -> str:
-    return ", ".join(f"{key}={value}" for key, value in run_info.items())
-
-
-def _same_data(a: RunInfo, b: RunInfo) -> bool:
-    """Whether two runs saw the same data shape (``_comparable``)."""
-    first, second = _comparable(dataclasses.asdict(a), dataclasses.asdict(b))
-    return first == second
-
-
-def _comparable(a: dict[str, Any], b: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Two runs' ``run_info`` as they are compared: without the training file's name (the file
-    may have moved) and, where either run was recorded before the feature entries were, without
-    those."""
-    drop = {"train_source"}
-    if not (a.get(UNRECORDED_ONCE) and b.get(UNRECORDED_ONCE)):
-        drop.add(UNRECORDED_ONCE)
-    return ({k: v for k, v in a.items() if k not in drop}, {k: v for k, v in b.items() if k not in drop})
-
-
-def _first_difference(saved_flat: dict[str, Any], new_flat: dict[str, Any],
-                      ignore: frozenset[str] = frozenset(), check: set[str] = frozenset()):
-    """The first (field, saved value, new value) that a resumed run or a group may not change.
-
-    The fields a resumed run may change (``config.resumable_fields``), retired fields and
-    ``ignore`` are skipped, unless in ``check``.
-    """
-    for key in sorted(saved_flat):
-        skipped = key in resumable_fields() or key in ignore or key in RETIRED_FIELDS
-        if skipped and key not in check:
-            continue
-        if saved_flat[key] != new_flat.get(key):
-            return key, saved_flat[key], new_flat.get(key)
-    return None
-
-
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat

@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from mach_jax.data.files import open_state_file
 from mach_jax.training.tensorboard_writer import EventFileWriter
 
 METRICS_LOG = "metrics.jsonl"
@@ -109,7 +110,7 @@ class MetricLog:
             kind = record.get("kind")
             self._last_step[kind] = max(self._last_step.get(kind, -1), record["step"])
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = open(self.path, "a")
+        self._file = open_state_file(self.path)
         if text and not text.endswith("\n"):  # a crash cut the last line: end it
             self._file.write("\n")
         self._events = EventFileWriter(tensorboard_dir(workdir, process_index))

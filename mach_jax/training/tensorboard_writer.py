@@ -26,6 +26,8 @@ import struct
 import time
 from pathlib import Path
 
+from mach_jax.data.files import open_state_file
+
 FILE_VERSION = "brain.Event:2"
 SESSION_START = 1
 
@@ -118,7 +120,7 @@ class EventFileWriter:
         name = (f"events.out.tfevents.{int(time.time()):010d}.{existing:04d}."
                 f"{socket.gethostname()}.{os.getpid()}")
         self.path = self.logdir / name
-        self._file = open(self.path, "ab")
+        self._file = open_state_file(self.path, text=False, exclusive=True)
         self._write(encode_event(time.time(), 0, file_version=FILE_VERSION))
 
     def _write(self, event: bytes) -> None:
