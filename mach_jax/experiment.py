@@ -31,7 +31,8 @@ from mach_jax.training.resources import run_shape
 def evaluator(config: Config, eval_data: XCDataset, split: str):
     """A ``loop.EvaluatorFactory``: P@k, nDCG@k, PSP@k of the members trained (the first
     ``eval.eval_repetitions``) on ``eval_data``, tagged with its ``split``."""
-    def bind(info: RunInfo, counts: np.ndarray, rep_ids: tuple[int, ...], idf: np.ndarray | None) -> Evaluate:
+    def evaluator_for_run(info: RunInfo, counts: np.ndarray, rep_ids: tuple[int, ...],
+                          idf: np.ndarray | None) -> Evaluate:
         built: list[MachEnsemble] = []  # one read-out per run: its steps compile once, every epoch reuses them
 
         def evaluate(params: model.Params, progress: bool) -> dict:
@@ -40,7 +41,7 @@ def evaluator(config: Config, eval_data: XCDataset, split: str):
             ensemble = built[0].with_params(params)
             return {**ensemble.evaluate(eval_data, progress=progress), "split": split}
         return evaluate
-    return bind
+    return evaluator_for_run
 
 
 def train_and_evaluate(config: Config, workdir: str | Path, progress: bool = True, *,

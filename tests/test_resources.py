@@ -23,7 +23,7 @@ from mach_jax.config import Config, get_preset
 from mach_jax.core import model
 from mach_jax.core.mesh import make_mesh
 from mach_jax.data import sources
-from mach_jax.data.prepare import prepare_train_data, sized_for
+from mach_jax.data.prepare import prepare_train_data, filled_from_data
 from mach_jax.errors import ResourceError
 from mach_jax.training import optimizer, resource_check, resources
 from mach_jax.training.program import build_program
@@ -112,13 +112,13 @@ def test_case6_a_million_feature_row_is_refused_with_a_max_nnz_that_fits(tmp_pat
 def data_run(path: Path) -> tuple[Config, resources.RunShape]:
     config = get_preset("tiny").replace(data={"train_path": str(path), "test_path": str(path)})
     train_data, test_data = sources.load_datasets(config.data)
-    return sized_for(config, train_data), resources.run_shape(train_data, test_data)
+    return filled_from_data(config, train_data), resources.run_shape(train_data, test_data)
 
 
 def tiny_run(**sections) -> tuple[Config, resources.RunShape, object, object]:
     config = get_preset("tiny").replace(**sections).validate()
     train_data, test_data = sources.load_datasets(config.data)
-    config = sized_for(config, train_data)
+    config = filled_from_data(config, train_data)
     prepared, info = prepare_train_data(config, train_data)
     return config, resources.run_shape(train_data, test_data, config.data.max_nnz), prepared, info
 
@@ -178,7 +178,7 @@ def test_refusal_names_the_estimate_what_is_free_and_flags_that_fit(tmp_path, mo
     assert len(options) >= 3 and message.endswith("it fits with " + ", or ".join(options))
     for option in options:  # each flag exists, and with its value the run fits
         args = train_command.parse_arguments(["--preset", "tiny", *option.split()])
-        assert resource_check.fits(sized_for(cli.config_from_args(args), sources.load_datasets(
+        assert resource_check.fits(filled_from_data(cli.config_from_args(args), sources.load_datasets(
             config.data)[0]), shape, budget), option
     # The start-up line, logged before the check: 4 x (400 x 32 + 32 + 32 x 32 + 32) parameters.
     assert (f"model: R=4 x (400x32 + 32x32) = 55.6 K parameters, state 651 KiB (params 217 KiB + Adam "

@@ -96,7 +96,7 @@ def with_propensity(config: Config, train: XCDataset) -> Config:
     return config.replace(eval={"propensity_a": a, "propensity_b": b})
 
 
-def sized_for(config: Config, train: XCDataset) -> Config:
+def filled_from_data(config: Config, train: XCDataset) -> Config:
     """The config with what it leaves to the data filled in: PSP@k's A, B (``with_propensity``),
     and ``model.num_buckets`` 0 and ``train.loss`` "auto" by ``config.sizing``, the choices logged;
     unchanged when it leaves nothing."""

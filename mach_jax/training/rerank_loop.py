@@ -131,7 +131,8 @@ def _run_epochs(settings: RerankConfig, seed: int, data: XCDataset, shortlist: n
         if step % steps_per_epoch == 0:
             checkpoints.save_state(manager, epoch, {**state, "epoch": jnp.asarray(epoch, jnp.int32)})
             checkpoints.wait_until_saved(manager)
-            rerank_store.write_record(workdir, {**identity, "epochs_done": epoch, "finished": epoch == settings.rerank_epochs,
+            rerank_store.write_record(workdir, {**identity, "epochs_done": epoch,
+                                                "finished": epoch == settings.rerank_epochs,
                                                 "last_epoch_loss": epoch_loss[epoch]})
         return epoch * steps_per_epoch
 

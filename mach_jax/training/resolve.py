@@ -15,7 +15,7 @@ from mach_jax.config import Config
 from mach_jax.core import losses
 from mach_jax.data.csr import XCDataset
 from mach_jax.data.prepare import (RunInfo, check_enough_labels, feature_idf, label_counts, prepare_train_data,
-                                   sized_for)
+                                   filled_from_data)
 from mach_jax.storage import integrity
 
 
@@ -41,12 +41,12 @@ class ResolvedRun:
 
 
 def resolve_config(config: Config, train_data: XCDataset) -> Config:
-    """The config validated (once) and sized for ``train_data`` (``prepare.sized_for``)."""
+    """The config validated (once) and sized for ``train_data`` (``prepare.filled_from_data``)."""
     config.validate()
     losses.require_known(config.train.loss)  # the registry's, not the config's, business
     train_data.require_points("train on")
     check_enough_labels(train_data.num_labels)
-    return sized_for(config, train_data)
+    return filled_from_data(config, train_data)
 
 
 def prepare_run(config: Config, train_data: XCDataset) -> ResolvedRun:

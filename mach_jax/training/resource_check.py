@@ -81,7 +81,7 @@ def require_fits(config: Config, shape: RunShape, data_file: str | None = None,
     """Logs the model's size and refuses (ResourceError) a run that does not fit in ``budget``.
 
     Args:
-      config: the run's config, sized for the data (``prepare.sized_for``).
+      config: the run's config, sized for the data (``prepare.filled_from_data``).
       shape: the data's ``resources.RunShape``.
       data_file: the training file its header's D and L come from (for the message), if any.
       budget: what is free (default: ``memory_budget()``, measured now).

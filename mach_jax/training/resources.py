@@ -138,7 +138,7 @@ def estimate(config: Config, shape: RunShape, rep_shards: int = 1, data_shards: 
     """The phase of the run that needs the most memory (on one device plus the host), part by part.
 
     Args:
-      config: the run's config, sized for the data (``prepare.sized_for``: B filled in).
+      config: the run's config, sized for the data (``prepare.filled_from_data``: B filled in).
       shape: the data's ``RunShape``.
       rep_shards, data_shards: the devices that split the members and each batch.
       accelerator: whether the device's memory is not the host's (a GPU or TPU): then checkpoints

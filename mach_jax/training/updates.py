@@ -48,7 +48,7 @@ def member_updates(config: Config, program: TrainingProgram, train_data: XCDatas
     """``(count, update)`` from ``start_step`` to the last step, for a ``with`` block (its threads
     and Grain's stop when the block is left). An update never runs past a boundary."""
     train, caps = config.train, program.batch_caps
-    router = lazy_caps.CapRouter(train_data.features, train.batch_size, train.seed, caps, train.epochs) if caps else None
+    router = caps and lazy_caps.CapRouter(train_data.features, train.batch_size, train.seed, caps, train.epochs)
     on_device, why = device_data.resolve(config.data.device_data, train_data.num_points, shape,
                                          program.mesh.shape[mesh_lib.DATA_AXIS])
     with contextlib.closing(router) if router else contextlib.nullcontext():
@@ -63,8 +63,9 @@ def member_updates(config: Config, program: TrainingProgram, train_data: XCDatas
         make_host_batches = grain_batches.grain_batches if uses_grain(config.data.host_loader) else host_batches
         items = make_host_batches(train_data, shape, train.seed, start_step,
                                   batches.num_batches(train_data.num_points, shape.batch_size), train.epochs)
-        place = functools.partial(_place, program=program, router=router, steps=itertools.count(start_step))
-        with contextlib.closing(items), batches.Prefetcher(items, place) as prefetched:
+        on_device = functools.partial(_batch_on_device, program=program, router=router,
+                                      steps=itertools.count(start_step))
+        with contextlib.closing(items), batches.Prefetcher(items, on_device) as prefetched:
             yield ((1, functools.partial(_host_update, train_step, batch, program.seeds))
                    for _, batch, train_step in prefetched)
 
@@ -78,7 +79,7 @@ def host_batches(data: XCDataset, shape: batches.BatchShape, seed: int, start_st
             yield epoch, batch
 
 
-def _place(item: tuple[int, batches.Batch], program: TrainingProgram, router: lazy_caps.CapRouter | None,
+def _batch_on_device(item: tuple[int, batches.Batch], program: TrainingProgram, router: lazy_caps.CapRouter | None,
            steps: Iterator[int]) -> tuple[int, dict, Callable]:
     """On the prefetch thread: the batch on device, and the step to run it with."""
     epoch, batch = item
