@@ -13,6 +13,7 @@ from pathlib import Path
 import orbax.checkpoint as ocp
 
 from mach_jax.errors import WorkdirError
+from mach_jax.storage import orbax_noise
 from mach_jax.storage.orbax_noise import storage_failure
 
 def manager(directory: Path, keep: int = 2, read_only: bool = False) -> ocp.CheckpointManager:
@@ -31,7 +32,7 @@ def manager(directory: Path, keep: int = 2, read_only: bool = False) -> ocp.Chec
     # compress poorly) but held a host buffer as large as the state while writing, and took twice
     # as long. Readers need no option: each array's codecs are in its own metadata.
     handler = None if read_only else ocp.PyTreeCheckpointHandler(use_compression=False)
-    with write_errors(directory, "opening the checkpoints"):
+    with write_errors(directory, "opening the checkpoints"), orbax_noise.read_only_notice_dropped():
         return ocp.CheckpointManager(Path(directory).absolute(), options=options, item_handlers=handler)
 
 

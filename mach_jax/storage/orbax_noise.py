@@ -79,6 +79,24 @@ class _DropClosedLoop:
         self.previous(unraisable)
 
 
+class _ReadOnlyNotice(logging.Filter):
+    """Drops the notice a read-only manager logs when it is made (evaluation asked for that)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Given directory is read only")
+
+
+@contextlib.contextmanager
+def read_only_notice_dropped() -> Iterator[None]:
+    """For the ``with`` block alone (a manager's construction): the filter is gone after it."""
+    notice, absl_logger = _ReadOnlyNotice(), logging.getLogger("absl")
+    absl_logger.addFilter(notice)
+    try:
+        yield
+    finally:
+        absl_logger.removeFilter(notice)
+
+
 @contextlib.contextmanager
 def quieted() -> Iterator[None]:
     """The filters and the hook for the ``with`` block; the previous ones are back after it."""
