@@ -25,7 +25,7 @@ from typing import BinaryIO, NamedTuple
 
 from mach_jax.data.files import atomic_output, is_gzip, read_lines
 from mach_jax.data.registry import DatasetInfo
-from mach_jax.data.xc_header import parse_header
+from mach_jax.data.xc_header import parse_header, show, too_long
 from mach_jax.errors import DataFormatError, DatasetError
 
 # What a damaged or truncated download raises while it is listed or read.
@@ -214,10 +214,9 @@ def _read_split(lines: Iterable[tuple[int, bytes]], where: str, column: int, num
         if len(tokens) < column:
             raise DatasetError(f"{where}:{lineno}: {len(tokens)} columns, no split {column}")
         token = tokens[column - 1]
-        row = int(token) if token.isdigit() else 0
+        row = int(token) if token.isdigit() and not too_long(token) else 0
         if not 1 <= row <= num_rows:
-            raise DatasetError(f"{where}:{lineno}: {token.decode('latin-1')!r} is not a row "
-                               f"number in 1..{num_rows}")
+            raise DatasetError(f"{where}:{lineno}: {show(token)} is not a row number in 1..{num_rows}")
         if row in seen:
             raise DatasetError(f"{where}:{lineno}: row {row} is listed twice")
         seen.add(row)

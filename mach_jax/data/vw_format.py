@@ -10,6 +10,7 @@ default to the largest index + 1. ``python -m mach_jax.datasets convert-vw`` is 
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import os
 import shutil
@@ -18,7 +19,11 @@ import zlib
 from pathlib import Path
 
 from mach_jax.errors import DataFormatError
+from mach_jax.data.files import MAX_LINE_BYTES, atomic_output, open_binary, read_lines, require_regular_target
+from mach_jax.data.xc_header import parse_count
 from mach_jax.data.xc_tokenize import VALUE_RE
+
+_HINTS = ("; if it is one, pass a larger max_line_bytes", "")
 
 _FLOAT32_MAX = 3.4028234663852886e38
 
@@ -40,7 +45,7 @@ def _vw_line(line: bytes, path: str, lineno: int, label_base: int,
              f"supported), got {label_part.decode('latin-1').strip()!r}")
     if not tokens[0].isdigit():
         fail(f"class id {tokens[0].decode('latin-1')!r} is not a non-negative integer")
-    label = int(tokens[0]) - label_base
+    label = parse_count(tokens[0], path, lineno, "class id") - label_base
     if label < 0:
         fail(f"class id {int(tokens[0])} is below {label_base} (VW multiclass ids are 1-based; "
              "use --label-base 0 for 0-based files)")
@@ -60,7 +65,7 @@ def _vw_line(line: bytes, path: str, lineno: int, label_base: int,
                      "features would need hashing, which convert-vw does not do)")
             if colon and not (VALUE_RE.fullmatch(value) and abs(float(value)) <= _FLOAT32_MAX):
                 fail(f"feature value {value.decode('latin-1')!r} is not a finite number")
-            ids.append(int(fid))
+            ids.append(parse_count(fid, path, lineno, "feature id"))
             out.append(b"%d:%s" % (ids[-1], value if colon else b"1"))
     if len(set(ids)) != len(ids):
         fail(f"duplicate feature id {next(i for i in ids if ids.count(i) > 1)}")
@@ -71,7 +76,8 @@ def _vw_line(line: bytes, path: str, lineno: int, label_base: int,
 
 
 def convert_vw(input_path, output_path, *, num_features: int | None = None,
-               num_labels: int | None = None, label_base: int = 1) -> tuple[int, int, int]:
+               num_labels: int | None = None, label_base: int = 1,
+               max_line_bytes: int = MAX_LINE_BYTES) -> tuple[int, int, int]:
     """Converts a VW multiclass file (plain or gzip) to an XC file, streamed.
 
     Args:
@@ -80,6 +86,7 @@ def convert_vw(input_path, output_path, *, num_features: int | None = None,
       num_features: D; default the largest feature id + 1.
       num_labels: L; default the largest (0-based) label + 1.
       label_base: 1 for VW's 1-based class ids, 0 for files that are already 0-based.
+      max_line_bytes: the longest line taken (a longer one is refused, naming it).
 
     Returns:
       (N, D, L) as written in the header.
@@ -89,15 +96,15 @@ def convert_vw(input_path, output_path, *, num_features: int | None = None,
     """
     path, output_path = os.fspath(input_path), Path(output_path)
     output_path.parent.mkdir(parents=True, exist_ok=True)
+    require_regular_target(output_path)  # before reading: a device or link there is refused at once
     try:
-        source = open(path, "rb")
+        source = open_binary(path)
     except OSError as e:
         raise DataFormatError(path, None, f"cannot read file ({e.strerror or e})") from None
     count, max_id, max_label = 0, -1, -1
     with source, tempfile.TemporaryFile(dir=output_path.parent.resolve()) as body:
-        stream = gzip.GzipFile(fileobj=source) if source.peek(2)[:2] == b"\x1f\x8b" else source
         try:
-            for lineno, raw in enumerate(stream, start=1):
+            for lineno, raw in read_lines(source, path, max_line_bytes, float("inf"), _HINTS):
                 line = raw.rstrip(b"\r\n")
                 if not line.strip():
                     continue
@@ -113,9 +120,9 @@ def convert_vw(input_path, output_path, *, num_features: int | None = None,
         shape = (count, max_id + 1 if num_features is None else num_features,
                  max_label + 1 if num_labels is None else num_labels)
         body.seek(0)
-        tmp = output_path.with_name(output_path.name + ".tmp")
-        with (gzip.open if output_path.name.endswith(".gz") else open)(tmp, "wb") as out:
-            out.write(b"%d %d %d\n" % shape)
-            shutil.copyfileobj(body, out)
-        os.replace(tmp, output_path)
+        with atomic_output(output_path) as file:  # no temporary file is left when it fails
+            with (gzip.GzipFile(fileobj=file, mode="wb", mtime=0) if output_path.name.endswith(".gz")
+                  else contextlib.nullcontext(file)) as out:
+                out.write(b"%d %d %d\n" % shape)
+                shutil.copyfileobj(body, out)
     return shape

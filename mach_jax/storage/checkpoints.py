@@ -30,6 +30,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from mach_jax.core import agreement
 from mach_jax.errors import TrainingDivergedError, WorkdirError
 from mach_jax.storage import host_memory, integrity, orbax_io, run_file, workdir as wd
 from mach_jax.storage.checkpoint_records import (CHECKPOINT_DIR, PARAMS_ONLY_KEY, RECORD_KEY, Progress,  # noqa: F401
@@ -67,17 +68,22 @@ def save_state(manager: ocp.CheckpointManager, step: int, state: Any, identity: 
     """
     if manager.latest_step() == step:
         return
-    checks = integrity.check_tree(state)  # a sync point: the state's checksums, once per save
-    non_finite = [name for name, check in checks.items() if not check.finite]
-    if non_finite:
-        raise TrainingDivergedError(f"{', '.join(non_finite[:3])} hold NaN or infinite values at step {step}: "
-                                    "not saved; the newest checkpoint predates it")
+    with agreement.failing_together(f"checking the state of step {step}"):
+        checks = integrity.check_tree(state)  # a sync point: the state's checksums, once per save
+        non_finite = [name for name, check in checks.items() if not check.finite]
+        if non_finite:
+            raise TrainingDivergedError(f"{', '.join(non_finite[:3])} hold NaN or infinite values at step "
+                                        f"{step}: not saved; the newest checkpoint predates it")
     record = {"digests": {name: check.digest for name, check in checks.items()}, "identity": identity,
               "final_step": final_step, "step": step}
     if params_only:
         record[PARAMS_ONLY_KEY] = True
-    wait_until_saved(manager)  # the save in flight fails as its own step's, not as this one's
-    with orbax_io.write_errors(manager.directory, f"saving checkpoints (the checkpoint of step {step})"):
+    # Each phase fails on every process if it fails on one (``agreement``): none is left at the
+    # next barrier. The save in flight fails as its own step's, not as this one's.
+    with agreement.failing_together(f"saving the checkpoint of step {manager.latest_step()}"):
+        wait_until_saved(manager)
+    with agreement.failing_together(f"saving the checkpoint of step {step}"), orbax_io.write_errors(
+            manager.directory, f"saving checkpoints (the checkpoint of step {step})"):
         manager.save(step, args=ocp.args.PyTreeSave(state), custom_metadata={RECORD_KEY: record})
 
 

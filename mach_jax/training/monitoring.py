@@ -1,8 +1,10 @@
 """Watching a training run: the loss log (fetched every few steps), divergence, stop signals.
 
 Step metrics stay on device until ``LossLog.flush``; only this process's members are read, so
-logging needs no communication between processes. A non-finite member loss raises
+logging needs no communication between processes but one small all-reduce of a stop flag. A non-finite member loss raises
 ``TrainingDivergedError`` before the next checkpoint; SIGINT/SIGTERM ask the loop to save and stop.
+With several processes both decisions are agreed (``core.agreement``): every process stops at the
+same step, none is left waiting at a collective.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
-from mach_jax.core import mesh as mesh_lib
+from mach_jax.core import agreement, mesh as mesh_lib
 from mach_jax.errors import TrainingDivergedError
 
 
@@ -29,11 +31,26 @@ class StopOnSignals:
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self):
-        self.signum: int | None = None
+        self._local: int | None = None  # the signal this process received
+        self._agreed: int | None = None
         self._previous: dict[int, Any] = {}
 
+    @property
+    def signum(self) -> int | None:
+        """The signal to stop for, agreed by every process (``agreement.agreed_max``: a
+        signal any process received stops all of them at the same step); on one process, this
+        process's own, with no communication. Every process must read it at the same points
+        (the loop's reads depend only on the step and on agreed values); once set it stays set."""
+        if self._agreed is None:
+            self._agreed = agreement.agreed_max(self._local or 0) or None
+        return self._agreed
+
+    @signum.setter
+    def signum(self, value: int | None) -> None:
+        self._local = value
+
     def _handle(self, signum, frame) -> None:
-        self.signum = signum
+        self._local = signum
         self._restore()
 
     def _restore(self) -> None:
@@ -92,14 +109,18 @@ class LossLog:
     def flush(self) -> None:
         if not self.pending:
             return
-        rows = []
+        rows, first_bad = [], None
         for step, local in self._local_steps():
             bad = [self.rep_ids[i] for i, value in local.items() if not np.isfinite(value)]
-            if bad:
-                raise TrainingDivergedError(
-                    f"non-finite loss at step {step} in member(s) {bad}; {self.remedy}; "
-                    "the last checkpoint predates this step")
+            if bad and first_bad is None:
+                first_bad = step, bad
             rows.append([float(value) for value in local.values()])
+        # Agreed: a non-finite loss in any process's members stops every process, here.
+        if agreement.agreed_any(first_bad is not None):
+            where = (f"at step {first_bad[0]} in member(s) {first_bad[1]}" if first_bad else
+                     f"in another process's members (by step {step})")
+            raise TrainingDivergedError(f"non-finite loss {where}; {self.remedy}; the last checkpoint "
+                                        "predates this step")
         elapsed = time.perf_counter() - self.window_start
         rate = len(rows) * self.batch_size / max(elapsed, 1e-9)
         means = np.mean(rows, axis=0)
