@@ -124,6 +124,16 @@ def test_registry_holds_the_standard_datasets_with_published_figures():
         Layout(train=("a",), data=("b",)).validate()
 
 
+def test_a_preset_dataset_the_repository_does_not_publish_says_how_to_use_its_files():
+    with pytest.raises(DatasetError) as refused:
+        get_dataset("Corel5k")
+    message = str(refused.value)
+    assert message.startswith("unknown dataset 'Corel5k'; known: Mediamill, Bibtex, Delicious")
+    assert "--url FILE" in message and "Amazon-670K" in message
+    assert "not published by the Extreme Classification Repository" in message
+    assert "--preset corel5k --train FILE --test FILE" in message
+
+
 @pytest.mark.parametrize("name", ["bibtex", "delicious"])
 def test_registry_agrees_with_the_shared_data_headers(shared_data, name):
     info = get_dataset(name)
@@ -302,6 +312,18 @@ def test_http_404_and_unreachable_hosts_are_clear_errors(server, tmp_path):
                                downloads=(Download("http://127.0.0.1:9/x.zip"),))
     with pytest.raises(DatasetError, match="127.0.0.1:9/x.zip: cannot connect"):
         download(info, tmp_path, progress=False)
+
+
+@pytest.mark.parametrize("root_exists", [False, True])
+def test_an_offline_download_names_url_and_leaves_no_folder_behind(tmp_path, root_exists):
+    root = tmp_path / "data"
+    root.mkdir() if root_exists else None
+    info = dataclasses.replace(REGISTRY["bibtex"], downloads=(Download("http://127.0.0.1:9/x.zip"),))
+    with pytest.raises(DatasetError, match=r"127.0.0.1:9/x.zip: cannot connect \(.*\); without a "
+                                           r"network, .* pass it with --url FILE$"):
+        download(info, root, progress=False)
+    assert list(tmp_path.iterdir()) == ([root] if root_exists else [])  # no data/Bibtex/downloads
+    assert not root_exists or list(root.iterdir()) == []
 
 
 def test_an_interrupted_download_resumes_with_a_range_request(server, amazon_like, tmp_path):

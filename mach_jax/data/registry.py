@@ -165,6 +165,15 @@ _ENTRIES = (
 
 REGISTRY: dict[str, DatasetInfo] = {entry.name.lower(): entry for entry in _ENTRIES}
 
+# Data a preset was made for that the repository does not publish, so that no URL or checksum
+# can be trusted for it: what `get_dataset` says instead of a download.
+NOT_IN_THE_REPOSITORY = {
+    "corel5k": "Corel5k is not published by the Extreme Classification Repository (the corel5k "
+               "preset was measured on Mulan's Corel5k split, 4,500 / 500 points, D = 499, "
+               "L = 374, converted to XC files), so there is no download to check; train on your "
+               "own XC files: python -m mach_jax.train --preset corel5k --train FILE --test FILE",
+}
+
 
 def get_dataset(name: str, registry: dict[str, DatasetInfo] | None = None) -> DatasetInfo:
     """The registry entry called `name` (ignoring case).
@@ -174,11 +183,14 @@ def get_dataset(name: str, registry: dict[str, DatasetInfo] | None = None) -> Da
       registry: entries keyed by lower-case name; default `REGISTRY`.
 
     Raises:
-      DatasetError: no such entry (the message lists the known names).
+      DatasetError: no such entry (the message says why for a preset's data the repository does
+        not publish, lists the known names and how to pass a file fetched elsewhere).
     """
     registry = REGISTRY if registry is None else registry
     entry = registry.get(name.lower())
     if entry is None:
         known = ", ".join(e.name for e in registry.values())
-        raise DatasetError(f"unknown dataset {name!r}; known: {known}")
+        why = NOT_IN_THE_REPOSITORY.get(name.lower())
+        raise DatasetError(f"unknown dataset {name!r}; known: {known} (a file of one of them "
+                           "fetched elsewhere: download NAME --url FILE)" + (f". {why}" if why else ""))
     return entry
