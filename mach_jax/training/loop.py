@@ -96,11 +96,12 @@ def run_loop(state: State, step: int, updates: Iterable[tuple[int, Update]], sch
                 loss_log.flush()
                 evaluate(step, state)
                 loss_log.restart_clock()  # the evaluation's time is not training throughput
-            if step % schedule.checkpoint_every == 0 or step == schedule.total_steps or stop.signum:
+            signum = stop.signum  # SIGINT/SIGTERM, agreed by every process of a multi-process run
+            if step % schedule.checkpoint_every == 0 or step == schedule.total_steps or signum:
                 loss_log.flush()  # never checkpoint a state whose loss went non-finite
                 saved_step = save(step, state)
-            if stop.signum:
-                raise TrainingInterrupted(stop.signum, saved_step, workdir)
+            if signum:
+                raise TrainingInterrupted(signum, saved_step, workdir)
     return state
 
 
