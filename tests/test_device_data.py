@@ -23,7 +23,9 @@ from mach_jax.data.synthetic import make_synthetic
 from mach_jax.errors import TrainingInterrupted
 from mach_jax.storage import checkpoints
 from mach_jax.training import device_data, lazy_caps, multi_step
+from mach_jax.data.prepare import prepare_train_data
 from mach_jax.training import loop as trainer
+from mach_jax.training.resolve import resolve_run
 from mach_jax.training.metric_log import read_records
 from mach_jax.training.resource_check import Budget
 
@@ -58,7 +60,7 @@ def run(workdir, config, monkeypatch):
     def evaluator(*_):
         return lambda params, progress: evaluated.append(1) or {"P@1": 0.5}
 
-    params, _, _ = trainer.run_training(config, workdir, TRAIN, progress=False, evaluator=evaluator)
+    params, _ = trainer.run_training(resolve_run(config, TRAIN), workdir, progress=False, evaluator=evaluator)
     records = read_records(workdir / "metrics.jsonl")
     return {"params": [np.asarray(leaf) for leaf in jax.tree.leaves(params)], "saved": saved,
             "train": [(r["step"], r["loss"], r["member_loss"]) for r in records if r["kind"] == "train"],
@@ -156,7 +158,7 @@ def test_an_interrupted_device_run_resumes_to_the_uninterrupted_result(tmp_path,
 
 def test_calls_stop_at_every_boundary_and_before_batches_past_the_caps(small_caps):
     config = config_for("on", 4, lazy=True)
-    program = trainer.build_program(config, trainer.prepare_train_data(config, TRAIN)[1], TRAIN)
+    program = trainer.build_program(config, prepare_train_data(config, TRAIN)[1], TRAIN)
     boundaries = multi_step.Boundaries(30, (5, 7, 10))  # log, checkpoint, evaluation; 30 steps
     assert [boundaries.next_after(step) for step in (0, 4, 5, 7, 28)] == [5, 5, 7, 10, 30]
     with contextlib.closing(lazy_caps.CapRouter(TRAIN.features, 64, 0, program.batch_caps, epochs=3)) as router:
