@@ -73,10 +73,29 @@ class ArgumentParser(argparse.ArgumentParser):
         raise ConfigError(message.removeprefix("argument "))
 
 
-def write_stdout(text: str) -> None:
-    """Writes to stdout; a failed write (a full disk behind ``> file``) names stdout."""
+class _NamedStdout:
+    """stdout as the command writes it: a failed write or flush (a full disk behind ``> file``)
+    is an OSError naming stdout; everything else is the stream's own."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        with _naming_stdout():
+            return self._stream.write(text)
+
+    def flush(self) -> None:
+        with _naming_stdout():
+            self._stream.flush()
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
+@contextlib.contextmanager
+def _naming_stdout() -> Iterator[None]:
     try:
-        sys.stdout.write(text)
+        yield
     except BrokenPipeError:
         raise
     except OSError as error:
@@ -208,14 +227,11 @@ def status_lines_on_stderr() -> Iterator[None]:
 
 
 def _run_reporting_errors(main: Callable[[], int]) -> None:
+    stdout = sys.stdout
     try:
+        sys.stdout = _NamedStdout(stdout)
         code = main()
-        try:  # here, not at exit: a full disk behind stdout is one line naming stdout
-            sys.stdout.flush()
-        except BrokenPipeError:
-            raise
-        except OSError as error:
-            raise _on_stdout(error) from None
+        sys.stdout.flush()  # here, not at exit: a full disk behind stdout is one line naming stdout
         sys.exit(code)
     except ConfigError as error:
         flag = flag_of(error.field) if error.field else None
@@ -233,6 +249,9 @@ def _run_reporting_errors(main: Callable[[], int]) -> None:
     except KeyboardInterrupt:  # outside the training loop (which saves first): nothing to save
         print("stopped: interrupted", file=sys.stderr)
         sys.exit(130)
+    finally:
+        if isinstance(sys.stdout, _NamedStdout):
+            sys.stdout = stdout
 
 
 def describe_os_error(error: OSError) -> str:

@@ -133,7 +133,7 @@ def do_predict(args: argparse.Namespace) -> int:
     if not args.input:
         return 0
     if not args.output:
-        write_predictions(ensemble, args, cli.write_stdout)
+        write_predictions(ensemble, args, sys.stdout.write)
         return 0
     with atomic_output(args.output) as out:
         write_predictions(ensemble, args, lambda text: out.write(text.encode()))

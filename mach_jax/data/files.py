@@ -80,7 +80,8 @@ def describe_kind(mode: int) -> str:
 
 
 def require_regular_target(path: str | os.PathLike, what: str = "") -> None:
-    """Refuses to write ``path`` unless it is a regular file or does not exist yet.
+    """Refuses to write ``path`` unless it is a regular file or does not exist yet (a folder is
+    left to the write, which fails with the OS's own error).
 
     Args:
       path: the output path (its last part is not followed if it is a link).
@@ -93,7 +94,7 @@ def require_regular_target(path: str | os.PathLike, what: str = "") -> None:
         mode = os.lstat(path).st_mode
     except FileNotFoundError:
         return
-    if stat.S_ISREG(mode):
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):  # a folder: the rename fails by itself (OSError)
         return
     kind = describe_kind(mode)
     raise UnsafePathError(f"{what + ' ' if what else ''}{path}: is a {kind}, not a regular file; refused "
