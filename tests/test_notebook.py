@@ -20,12 +20,13 @@ KERNEL_NAME = "mach_jax_test"
 CELL_TIMEOUT_S = 600
 
 
-def test_notebook_is_stored_without_outputs():
+def test_notebook_is_stored_with_its_outputs():
     notebook = nbformat.read(NOTEBOOK, as_version=4)
     nbformat.validate(notebook)
-    for cell in notebook.cells:
-        if cell.cell_type == "code":
-            assert cell.outputs == [] and cell.execution_count is None, cell.source[:80]
+    code = [cell for cell in notebook.cells if cell.cell_type == "code"]
+    assert [cell.execution_count for cell in code] == list(range(1, len(code) + 1))  # run top to bottom
+    assert all(cell.outputs for cell in code)
+    assert not any(output.output_type == "error" for cell in code for output in cell.outputs)
 
 
 @pytest.fixture(scope="module")
@@ -34,6 +35,7 @@ def executed(tmp_path_factory):
     from ipykernel.kernelspec import write_kernel_spec  # in the test extra, beside nbclient
 
     tmp = tmp_path_factory.mktemp("notebook")
+    (tmp / "tmpdir").mkdir()
     write_kernel_spec(tmp / "jupyter" / "kernels" / KERNEL_NAME)  # argv: sys.executable -m ipykernel_launcher
     with pytest.MonkeyPatch.context() as env:
         env.setenv("JUPYTER_PATH", str(tmp / "jupyter"))
@@ -42,10 +44,12 @@ def executed(tmp_path_factory):
         # 30 programs (8 read-outs for its plot alone), which then run on small shapes. One core:
         # 22 s against 54 s at XLA's defaults, whose faster training does not make up for it.
         env.setenv("MACH_JAX_CACHE_DIR", str(tmp / "cache"))
+        env.setenv("TMPDIR", str(tmp / "tmpdir"))  # the kernel's temporary folders, checked after
         notebook = nbformat.read(NOTEBOOK, as_version=4)
         client = nbclient.NotebookClient(notebook, timeout=CELL_TIMEOUT_S, kernel_name=KERNEL_NAME,
                                          resources={"metadata": {"path": str(tmp)}})
         client.execute()  # raises CellExecutionError, naming the cell, if any cell fails
+    assert not list((tmp / "tmpdir").glob("mach_jax_quickstart_*"))  # the notebook removed its folder
     return notebook, "\n".join(_texts(notebook))
 
 
@@ -67,6 +71,14 @@ def test_notebook_runs_without_errors(executed):
     assert not errors
     assert "Traceback" not in text
     assert "runtime: local, accelerator:" in text  # the install cell ran and installed nothing
+
+
+def test_notebook_stored_outputs_are_what_it_prints(executed):
+    # the stored metric lines equal a fresh run's (the same XLA flags: CPU results are bit-exact)
+    metric_lines = re.compile(r"^(?:r=\d+: )?(?:P|nDCG|PSP)@1 .*$", re.MULTILINE)
+    stored = "\n".join(_texts(nbformat.read(NOTEBOOK, as_version=4)))
+    assert len(metric_lines.findall(stored)) >= 10  # not vacuous: the runs' metrics and the plot's rows
+    assert metric_lines.findall(stored) == metric_lines.findall(executed[1])
 
 
 def test_notebook_prints_the_metrics_and_predictions(executed):

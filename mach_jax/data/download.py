@@ -173,6 +173,17 @@ def _make_folder(folder: Path, out_dir: Path) -> list[Path]:
                            "--dir") from None
 
 
+def _already_verified(info: DatasetInfo, out_dir: Path, split: int, say: Callable[[str], None]) -> bool:
+    """Whether out_dir holds this dataset already (`is_verified`); says so."""
+    if not is_verified(out_dir, info, split):
+        return False
+    sources = json.loads((out_dir / MARKER).read_text()).get("sources", [])
+    accepted = any(s.get("checksum") == "mismatch accepted" for s in sources)
+    say(f"{info.name}: already downloaded and verified in {out_dir}"
+        + (" (with a checksum mismatch accepted)" if accepted else ""))
+    return True
+
+
 def _remove_empty(folders: Sequence[Path]) -> None:
     """Removes the folders a failed download created, deepest first, where they are still empty
     (a ``.part`` file that a re-run resumes keeps its folder)."""
@@ -215,11 +226,7 @@ def download(dataset: str | DatasetInfo, root: str | os.PathLike, *, urls=None, 
     items = _downloads(info, urls)
     say = logger.info if progress else (lambda message: None)
     out_dir = Path(root) / info.name
-    if is_verified(out_dir, info, split):
-        sources = json.loads((out_dir / MARKER).read_text()).get("sources", [])
-        accepted = any(s.get("checksum") == "mismatch accepted" for s in sources)
-        say(f"{info.name}: already downloaded and verified in {out_dir}"
-            + (" (with a checksum mismatch accepted)" if accepted else ""))
+    if _already_verified(info, out_dir, split, say):
         return out_dir
     folder = out_dir / "downloads"  # apart from the outputs, which may share their names
     created = _make_folder(folder, out_dir)
