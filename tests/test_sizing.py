@@ -10,19 +10,66 @@ from mach_jax import get_preset
 from mach_jax.config import sizing
 from mach_jax.config.sizing import DataShape
 from mach_jax.errors import ConfigError
+from mach_jax.data.synthetic import make_synthetic
 from mach_jax.experiment import train_and_evaluate
+from mach_jax.training.resolve import resolve_config
 
 
 @pytest.mark.parametrize("shape, buckets, loss", [
     (DataShape(7_947, 17_663, 5.2), 4_000, "softmax"),    # citeulike-users, validation split: min(3974, 4416)
     (DataShape(52_946, 20_780, 5.0), 5_200, "softmax"),   # N bounds it: 20780 / 4 = 5195
     (DataShape(159, 4_880, 2.4), 80, "sigmoid"),          # bibtex: L / 2 = 79.5 -> 80 (two digits)
-    (DataShape(100, 40, 1.0), 64, "sigmoid"),             # the floor
+    (DataShape(200, 40, 1.0), 64, "sigmoid"),             # the floor
+    (DataShape(100, 40, 1.0), 50, "sigmoid"),             # the floor, L / 2 below L = 128
+    (DataShape(40, 480, 2.0), 20, "sigmoid"),             # 40 tags: L / 2, not 39 (the old floor, capped at L - 1)
+    (DataShape(10, 100, 1.5), 5, "sigmoid"),
+    (DataShape(3, 100, 1.0), 2, "sigmoid"),               # B < L always, and B >= 2
     (DataShape(1_000_000, 1_000_000, 5.0), 20_000, "softmax"),  # the cap
 ])
 def test_rule_by_hand(shape, buckets, loss):
     assert sizing.rule_buckets(shape) == buckets
     assert sizing.rule_loss(shape) == loss
+
+
+def old_rule(shape):
+    """The rule before small shapes were sized: min(L/2, N/4), two digits, within [64, 20000], below L."""
+    raw = min(shape.num_labels / 2, shape.num_points / 4)
+    scale = 10 ** (math.floor(math.log10(raw)) - 1)
+    return int(min(max(round(raw / scale) * scale, 64), 20_000, max(shape.num_labels - 1, 2)))
+
+
+def test_from_128_labels_the_rule_is_unchanged():
+    # What --preset large chose on those shapes stays exactly as it was.
+    for num_labels in (128, 159, 500, 983, 1_000, 7_947, 52_946, 10**6):
+        for num_points in (100, 255, 256, 480, 4_880, 20_780, 10**6):
+            shape = DataShape(num_labels, num_points, 3.0)
+            assert sizing.rule_buckets(shape) == old_rule(shape), shape
+    large = get_preset("large")
+    for shape in (DataShape(1_000, 256, 3.0), DataShape(7_947, 20_780, 5.2), DataShape(52_946, 20_780, 5.0)):
+        sized, _ = sizing.size_from_data(large, shape)
+        assert sized.replace(model={"num_buckets": 0}, train={"loss": "auto"}) == large
+
+
+def test_a_small_set_trains_enough_steps():
+    sized, lines = sizing.size_from_data(get_preset("large"), DataShape(40, 480, 2.0))
+    # 5 epochs of 256 on 480 points are 10 steps: batch 32 (480 / 16 = 30 -> 32), 15 steps an epoch, 20 epochs.
+    assert (sized.model.num_buckets, sized.train.batch_size, sized.train.epochs) == (20, 32, 20)
+    assert "B = 20: min(L/2, N/4) = min(20, 120) = 20" in lines[1]
+    assert any("batch size 32, 20 epochs" in line for line in lines)
+
+
+@pytest.mark.parametrize("shape, settings", [
+    (DataShape(40, 480, 2.0), (20, 16, (128,), 32, 20, "sigmoid")),
+    (DataShape(159, 4_880, 2.4), (80, 16, (256,), 256, 15, "sigmoid")),
+    (DataShape(7_947, 20_780, 5.2), (4_000, 32, (256,), 256, 5, "softmax")),
+    (DataShape(10**6, 10**7, 5.0), (20_000, 32, (256,), 256, 5, "softmax")),
+])
+def test_whole_model_from_the_shape(shape, settings):
+    rule = sizing.rule_settings(shape)
+    model, train = rule["model"], rule["train"]
+    assert (model["num_buckets"], model["num_repetitions"], model["hidden_sizes"], train["batch_size"],
+            train["epochs"], train["loss"]) == settings
+    assert model["num_buckets"] < shape.num_labels
 
 
 def test_count_min_bound_by_hand():
@@ -42,16 +89,18 @@ def test_only_the_fields_left_to_the_data_change():
 def test_bad_values_are_refused():
     with pytest.raises(ConfigError, match="model.num_buckets"):
         get_preset("tiny").replace(model={"num_buckets": 1}).validate()
-    with pytest.raises(ConfigError, match="train.loss"):
-        get_preset("tiny").replace(train={"loss": "hinge"}).validate()
+    with pytest.raises(ConfigError, match="train.loss"):  # refused when the run is resolved
+        resolve_config(get_preset("tiny").replace(train={"loss": "hinge"}), make_synthetic(get_preset("tiny").data.synthetic)[0])
 
 
 def test_a_run_left_to_the_data_saves_what_was_chosen(tmp_path, caplog):
-    config = get_preset("tiny").replace(model={"num_buckets": 0}, train={"loss": "auto"})
+    # L = 1,000: not a small set, so the tiny schedule stays (a small one would train 300 steps).
+    config = get_preset("tiny").replace(data={"synthetic": {"num_labels": 1_000}}, model={"num_buckets": 0},
+                                        train={"loss": "auto"})
     with caplog.at_level("INFO", logger="mach_jax"):
         metrics = train_and_evaluate(config, tmp_path / "run", progress=False)
     saved = json.loads((tmp_path / "run" / "config.json").read_text())["config"]
-    # tiny: L = 300, N = 600 -> B = min(150, 150) = 150; L < 2000 -> sigmoid.
+    # L = 1,000, N = 600 -> B = min(500, 150) = 150; L < 2000 -> sigmoid.
     assert saved["model"]["num_buckets"] == 150 and saved["train"]["loss"] == "sigmoid"
     assert "B = 150" in caplog.text and metrics["P@1"] > 0
     # Resuming the same command (still "from the data") finds the same choice and adds nothing.

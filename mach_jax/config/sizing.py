@@ -1,21 +1,30 @@
-"""Sizing from the data: B and the loss for a new data set, when the config leaves them to it.
+"""Sizing from the data: B, the loss and (for small data) the schedule, when the config leaves them.
 
 ``model.num_buckets = 0`` and ``train.loss = "auto"`` (as ``--preset large`` sets) are filled in
 from the training data's shape before anything is built, and the choice is printed with why.
+``rule_settings`` sizes a whole model (B, R, hidden size, epochs, batch size, loss) from the shape
+alone: ``MachClassifier`` uses it for every setting its caller leaves out. Measurements:
+docs/sizing.md.
 
-The rule (measured on the four real sets in ../shared/data; docs/large_labels.md):
+The rule:
 
 - **loss**: softmax when L >= 2,000, else sigmoid. Sigmoid was better on every set with L <= 983
-  (bibtex, corel5k, delicious presets); softmax on citeulike-users (L = 7,947) and on the
-  52,946-label set of the issue (sigmoid 8.8 points of P@1 behind). Between, it is not measured.
-- **B** = min(L / 2, N / 4), two significant digits, within [64, 20,000] and below L: about two classes per
-  bucket (B = 4,000 beat 2,000 on citeulike-users, L = 7,947), and at least about 4 training points
-  per bucket so that each bucket's logit sees data. The cap keeps the output layer R x H x B
-  within a few GB.
+  (bibtex, corel5k, delicious presets); softmax on citeulike-users (L = 7,947) and on a
+  52,946-label set (sigmoid 8.8 points of P@1 behind). Between, it is not measured.
+- **B** = min(L / 2, N / 4), two significant digits, within [min(64, L / 2), 20,000] (and at
+  least 2): about two classes per bucket (B = 4,000 beat 2,000 on citeulike-users, L = 7,947),
+  and at least about 4 training points per bucket so that each bucket's logit sees data. The
+  floor is 64 buckets, or L / 2 when L < 128, so that B < L always. The cap keeps the output layer
+  R x H x B within a few GB.
+- **steps**: a run left to the data (B = 0) on a small set (L < 1,000 or N < 256) trains at least
+  ``MIN_STEPS`` steps: the batch is cut to ``rule_batch_size`` and the epochs raised to reach it
+  (a few hundred points in batches of 256 for 5 epochs are 10 steps: nothing is learnt).
 - **R** stays what the config says; the count-min bound R >= ln(L / delta) / ln(B / labels per
   point) (a wrong class shares all R buckets of a point's true ones with probability delta) is
   printed: it is a handful at these sizes, so R beyond it averages estimation noise (R = 16 -> 32
   added 1.0 of P@5 on citeulike-users).
+- ``rule_settings`` adds: R = 16 below L = 2,000 and 32 from it (the presets' and ``large``'s),
+  hidden 128 below N = 2,000 points and 256 from it, batch size and epochs as above.
 """
 
 from __future__ import annotations
@@ -27,6 +36,8 @@ from mach_jax.config.tree import Config
 
 SOFTMAX_FROM_LABELS = 2_000
 MIN_BUCKETS, MAX_BUCKETS = 64, 20_000
+MIN_STEPS = 300  # a small set's run left to the data trains at least this many steps
+SMALL_LABELS = 1_000
 
 
 class DataShape(NamedTuple):
@@ -44,7 +55,34 @@ def needs_sizing(config: Config) -> bool:
 def rule_buckets(shape: DataShape) -> int:
     raw = min(shape.num_labels / 2, shape.num_points / 4)
     rounded = _two_significant_digits(raw)
-    return int(min(max(rounded, MIN_BUCKETS), MAX_BUCKETS, max(shape.num_labels - 1, 2)))
+    floor = min(MIN_BUCKETS, shape.num_labels / 2)
+    return int(max(min(max(rounded, floor), MAX_BUCKETS, shape.num_labels - 1), 2))
+
+
+def rule_batch_size(shape: DataShape) -> int:
+    """About N / 16 (16 steps an epoch), a power of two within [32, 256]."""
+    return int(min(max(2 ** math.floor(math.log2(max(shape.num_points / 16, 1))), 32), 256))
+
+
+def rule_epochs(shape: DataShape, batch_size: int, epochs: int = 5) -> int:
+    """``epochs``, or more when that many are fewer than ``MIN_STEPS`` steps (at most 50)."""
+    steps = max(math.ceil(shape.num_points / batch_size), 1)
+    return int(min(max(epochs, math.ceil(MIN_STEPS / steps)), max(epochs, 50)))
+
+
+def is_small(shape: DataShape) -> bool:
+    """Where the B rule leaves its own range and a large preset's schedule trains too few steps."""
+    return shape.num_labels < SMALL_LABELS or shape.num_points < 4 * MIN_BUCKETS
+
+
+def rule_settings(shape: DataShape) -> dict[str, dict]:
+    """A whole model from the shape: ``{"model": {...}, "train": {...}}`` for ``Config.replace``."""
+    batch_size = rule_batch_size(shape)
+    return {"model": {"num_buckets": rule_buckets(shape),
+                      "num_repetitions": 16 if shape.num_labels < SOFTMAX_FROM_LABELS else 32,
+                      "hidden_sizes": (128,) if shape.num_points < 2_000 else (256,)},
+            "train": {"batch_size": batch_size, "epochs": rule_epochs(shape, batch_size),
+                      "loss": rule_loss(shape)}}
 
 
 def rule_loss(shape: DataShape) -> str:
@@ -67,8 +105,9 @@ def size_from_data(config: Config, shape: DataShape) -> tuple[Config, list[str]]
     model, train = {}, {}
     if config.model.num_buckets == 0:
         model["num_buckets"] = rule_buckets(shape)
-        lines.append(f"  B = {model['num_buckets']}: min(L/2, N/4) = min({shape.num_labels / 2:.0f}, "
-                     f"{shape.num_points / 4:.0f}), two digits, within [{MIN_BUCKETS}, {MAX_BUCKETS}]")
+        lines.append(_buckets_line(shape, model["num_buckets"]))
+        if is_small(shape):
+            train.update(_small_schedule(config, shape, lines))
     if config.train.loss == "auto":
         train["loss"] = rule_loss(shape)
         lines.append(f"  loss = {train['loss']}: softmax from L >= {SOFTMAX_FROM_LABELS}, sigmoid below")
@@ -77,6 +116,40 @@ def size_from_data(config: Config, shape: DataShape) -> tuple[Config, list[str]]
     lines.append(f"  R = {config.model.num_repetitions} (the count-min bound for delta = 0.01 is R >= {bound}; "
                  "more members average out estimation noise)")
     return config.replace(model=model, train=train), lines
+
+
+def explain_settings(shape: DataShape, settings: dict[str, dict], given: set[str]) -> list[str]:
+    """The lines that say what ``rule_settings`` chose and why, but for the dotted fields in ``given``."""
+    model, train = settings["model"], settings["train"]
+    lines = [(f"sizing from the data: L={shape.num_labels}, N={shape.num_points}, "
+              f"{shape.labels_per_point:.1f} labels per point")]
+    why = {"model.num_buckets": _buckets_line(shape, model["num_buckets"]),
+           "model.num_repetitions": f"  R = {model['num_repetitions']}: 16 below L = {SOFTMAX_FROM_LABELS}, 32 from it",
+           "model.hidden_sizes": f"  hidden {list(model['hidden_sizes'])}: 128 below N = 2000, 256 from it",
+           "train.batch_size": f"  batch size {train['batch_size']}: about N/16, a power of two within [32, 256]",
+           "train.epochs": (f"  {train['epochs']} epochs: 5, or more to train at least {MIN_STEPS} steps "
+                            f"({math.ceil(shape.num_points / train['batch_size'])} steps an epoch)"),
+           "train.loss": f"  loss = {train['loss']}: softmax from L >= {SOFTMAX_FROM_LABELS}, sigmoid below"}
+    return lines + [line for field, line in why.items() if field not in given]
+
+
+def _buckets_line(shape: DataShape, buckets: int) -> str:
+    raw = min(shape.num_labels / 2, shape.num_points / 4)
+    return (f"  B = {buckets}: min(L/2, N/4) = min({shape.num_labels / 2:g}, {shape.num_points / 4:g}) = {raw:g}, "
+            f"to two digits, within [min({MIN_BUCKETS}, L/2), {MAX_BUCKETS}] and below L")
+
+
+def _small_schedule(config: Config, shape: DataShape, lines: list[str]) -> dict:
+    """A small set's batch size and epochs: at least ``MIN_STEPS`` steps, or the config's own."""
+    steps = config.train.epochs * math.ceil(shape.num_points / config.train.batch_size)
+    if steps >= MIN_STEPS:
+        return {}
+    batch_size = min(config.train.batch_size, rule_batch_size(shape))
+    epochs = rule_epochs(shape, batch_size, config.train.epochs)
+    lines.append(f"  batch size {batch_size}, {epochs} epochs: the config's {config.train.epochs} epochs of "
+                 f"{config.train.batch_size} are {steps} steps on N={shape.num_points}; a small set "
+                 f"(L < {SMALL_LABELS} or N < {4 * MIN_BUCKETS}) trains at least {MIN_STEPS}")
+    return {"batch_size": batch_size, "epochs": epochs}
 
 
 def _two_significant_digits(value: float) -> float:

@@ -3,6 +3,7 @@
     ensemble = MachEnsemble.load("runs/bibtex")
     scores, ids = ensemble.predict(features_csr, k=5)     # [N, k] each, best first
     metrics = ensemble.evaluate(read_xc("test.txt"))      # P@k, nDCG@k, PSP@k
+    metrics = ensemble.evaluate(X, Y)                      # scipy.sparse / dense X, Y (data.in_memory)
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from mach_jax.core.compiled import shared_jit
 from mach_jax.core.ensemble_spec import member_seeds, member_spec
 from mach_jax.data import batches, transforms
 from mach_jax.data.csr import CsrMatrix, XCDataset
+from mach_jax.data.in_memory import as_features, as_labels
 from mach_jax.data.prepare import RunInfo, check_enough_labels
 from mach_jax.errors import DataFormatError, WorkdirError
 from mach_jax.readout import metrics, step
@@ -185,9 +187,9 @@ class MachEnsemble:
         return batches.cap_row_width(features, width, self.config.data.overflow,
                                      keep_largest=True, source=source, what="features")
 
-    def predict(self, features: CsrMatrix, k: int = 5, source: str = "<features>",
+    def predict(self, features, k: int = 5, source: str = "<features>",
                 progress: bool = False, approx: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k classes of every row of a [N, D] CSR matrix.
+        """Top-k classes of every row of [N, D] features: a CsrMatrix, scipy.sparse or dense array.
 
         ``approx``: True for approximate decoding (``config.eval.top_buckets`` etc.), False for
         exact, None for ``config.eval.decoder``. Approximate decoding may return fewer than k
@@ -198,6 +200,7 @@ class MachEnsemble:
         """
         if not 1 <= k <= self.info.num_labels:
             raise ValueError(f"k={k}: must be between 1 and L={self.info.num_labels}, the number of classes")
+        features = as_features(features, what=source)
         self._check_features(source, features)
         if features.num_rows == 0:
             return np.zeros((0, k), np.float32), np.zeros((0, k), np.int32)
@@ -217,12 +220,19 @@ class MachEnsemble:
         scores, ids = mesh_lib.fetch_replicated((scores, ids))
         return (np.concatenate(scores)[:dataset.num_points], np.concatenate(ids)[:dataset.num_points])
 
-    def evaluate(self, dataset: XCDataset, progress: bool = True,
+    def evaluate(self, dataset, labels=None, progress: bool = True,
                  approx: bool | None = None) -> dict[str, float]:
         """P@k, nDCG@k and PSP@k (k = 1, 3, 5, those <= L) of the ensemble on a labelled dataset.
 
-        ``approx`` chooses the decoder as in ``predict``.
+        ``dataset``: an XCDataset, or features [N, D] (as ``predict`` takes them) with ``labels``
+        [N, L] (a 0/1 indicator or one list of label ids per point). ``approx`` chooses the
+        decoder as in ``predict``.
         """
+        if not isinstance(dataset, XCDataset):
+            features = as_features(dataset, what="features")
+            if labels is None:
+                raise TypeError("evaluate: labels are needed with features that are not an XCDataset")
+            dataset = XCDataset(features, as_labels(labels, features.num_rows, self.info.num_labels, "labels"))
         self._check_features(dataset.source, dataset.features)
         if dataset.num_labels != self.info.num_labels:
             raise DataFormatError(dataset.source, 1, f"the data has L={dataset.num_labels} labels, "
@@ -258,8 +268,11 @@ def restore_members(*workdirs: str | Path) -> tuple[Config, RunInfo, list[wd.Gro
       WorkdirError: the groups stopped at different steps (or as ``find_groups``).
     """
     config, info, groups = wd.find_groups([Path(w) for w in workdirs])
-    restored = [checkpoints.restore_params(
-        group.path, model.param_shapes(config.model, info.num_features, tuple(group.rep_ids))) for group in groups]
+    abstract = [model.param_shapes(config.model, info.num_features, tuple(group.rep_ids)) for group in groups]
+    restored = [checkpoints.restore_params(group.path, shapes) for group, shapes in zip(groups, abstract)]
+    # An export for serving may store the tables in 16 bits (``export.export_params``): read as trained.
+    restored = [(step, jax.tree.map(lambda leaf, want: np.asarray(leaf).astype(want.dtype, copy=False), params,
+                                    shapes)) for (step, params), shapes in zip(restored, abstract)]
     steps_done = {group.path: step for group, (step, _) in zip(groups, restored)}
     if len(set(steps_done.values())) > 1:
         raise WorkdirError(f"the groups stopped at different steps {steps_done}: one is still "

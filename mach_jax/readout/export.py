@@ -12,8 +12,9 @@ their target and renamed once complete, so an existing export is never left half
 
 ``export_params``: a serving folder that ``MachEnsemble.load`` reads like a workdir (any batch
 size, either decoder, other eval settings): ``config.json``, the label counts (and idf) and one
-checkpoint of the parameters alone, a third of a training checkpoint under Adam. Groups trained
-apart are merged into one. Training cannot resume from it (its record says ``params_only``).
+checkpoint of the parameters alone, a third of a training checkpoint under Adam; in bfloat16 or
+float16 a sixth, and fewer members smaller still. Groups trained apart are merged into one.
+Training cannot resume from it (its record says ``params_only``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from mach_jax.data.files import write_bytes_atomically, write_json_atomically
 from mach_jax.data import transforms
@@ -83,24 +85,37 @@ def export_ensemble(ensemble: MachEnsemble, path: str | Path, batch_size: int, m
     return path
 
 
-def export_params(target: str | Path, *workdirs: str | Path) -> Path:
+SERVING_DTYPES = ("float32", "bfloat16", "float16")
+
+
+def export_params(target: str | Path, *workdirs: str | Path, dtype: str = "float32",
+                  num_members: int | None = None) -> Path:
     """Writes the serving folder ``target`` of a trained run: its parameters without the moments.
 
     Args:
       target: a new folder (or an empty one); ``MachEnsemble.load(target)`` reads it.
       *workdirs: the trained run: one workdir, or its groups (as ``MachEnsemble.load`` takes them).
+      dtype: how the members' tables are stored: "float32", or "bfloat16" / "float16" (half the
+        bytes; ``MachEnsemble.load`` reads them back as float32, so only rounding changes).
+      num_members: keep the first r <= R members (a count-min sketch with fewer rows, r / R of
+        the size), or None for all R.
 
     Returns:
       ``target``.
 
     Raises:
+      ValueError: an unknown ``dtype``, ``num_members`` outside [1, R], or a parameter too large
+        for float16.
       WorkdirError: ``target`` already holds a run or checkpoints, or the run cannot be read.
     """
+    if dtype not in SERVING_DTYPES:
+        raise ValueError(f"dtype={dtype!r}: must be one of {SERVING_DTYPES}")
     target = Path(target)
     if any((target / name).exists() for name in (run_file.CONFIG_FILE, checkpoints.CHECKPOINT_DIR,
                                                  rerank_store.RERANK_DIR)):
         raise WorkdirError(f"{target}: already holds a run; export to a new folder")
     config, info, groups, params, step_done = restore_members(*workdirs)
+    config, params = _served(config, params, dtype, num_members)
     source = groups[0].path
     fingerprint = run_file.read_run_file(source).data_fingerprint
     final_step = checkpoints.training_progress(source).final_step
@@ -112,6 +127,27 @@ def export_params(target: str | Path, *workdirs: str | Path) -> Path:
     # config.json last: it marks a complete folder (``workdir.write_run``).
     wd.write_run(target, config, info, wd.read_label_counts(source), wd.read_feature_idf(source), fingerprint)
     return target
+
+
+def _served(config, params, dtype: str, num_members: int | None):
+    """The config and parameters [r, ...] as served: the first r members, floats in ``dtype``."""
+    total = jax.tree.leaves(params)[0].shape[0]
+    if num_members is not None:
+        if not 1 <= num_members <= total:
+            raise ValueError(f"num_members={num_members}: must be between 1 and R={total}, the members trained")
+        params = jax.tree.map(lambda leaf: leaf[:num_members], params)
+        reps = min(config.eval.eval_repetitions, num_members) if config.eval.eval_repetitions else None
+        config = config.replace(model={"num_repetitions": num_members}, eval={"eval_repetitions": reps})
+    if dtype != "float32":
+        target = jnp.dtype(dtype)
+        largest = max(float(np.abs(np.asarray(leaf, np.float32)).max(initial=0.0))
+                      for leaf in jax.tree.leaves(params))
+        if largest > float(jnp.finfo(target).max):
+            raise ValueError(f"dtype={dtype}: a parameter of magnitude {largest:.3g} does not fit; "
+                             "use bfloat16 (float32's range)")
+        params = jax.tree.map(lambda leaf: np.asarray(leaf).astype(target)
+                              if np.issubdtype(np.asarray(leaf).dtype, np.floating) else leaf, params)
+    return config, params
 
 
 def _save_params(folder: Path, step_done: int, params, identity: dict | None, final_step: int | None) -> None:
