@@ -12,7 +12,6 @@ import errno
 import io
 import json
 import os
-import resource
 import shutil
 import socket
 import stat
@@ -25,7 +24,7 @@ import pytest
 
 from mach_jax import cli
 from mach_jax.config import get_preset
-from mach_jax.data import files, parse_cache
+from mach_jax.data import archives, files
 from mach_jax.data.synthetic import make_synthetic
 from mach_jax.data.vw_format import convert_vw
 from mach_jax.data.xc_format import read_xc, write_xc
@@ -120,6 +119,9 @@ def test_numbers_past_the_int_limit_are_one_line_naming_file_and_line(trained, t
     assert "feature.txt:2: feature id" in one_error_line(predict(tmp_path, "--input", "feature.txt"))
     line = one_error_line(run(tmp_path, "evaluate", "--workdir", "work", "--test", "header.txt"))
     assert "header.txt:1: num_features '11111111111111111111...' has 5,000 digits" in line
+    member = archives.Member(tmp_path / "bibtex.zip", "zip", "train.txt")  # a download's header check
+    with pytest.raises(DataFormatError, match=r"train.txt:1: num_points .* has 5,000 digits"):
+        archives._read_header(iter([(1, LONG.encode() + b" 3 2\n")]), member)
     (tmp_path / "vw.txt").write_text(f"1 | 3:1\n{LONG} | 1:1\n")
     with pytest.raises(DataFormatError, match=r"vw.txt:2: class id .* has 5,000 digits"):
         convert_vw(tmp_path / "vw.txt", tmp_path / "out.txt")

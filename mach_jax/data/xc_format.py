@@ -262,12 +262,14 @@ def read_xc(path: str | os.PathLike, *, cache_dir: str | os.PathLike | None = No
                     return cached
                 f.seek(0)
             digest = parse_cache.new_digest() if cache_dir is not None else None
-            data = read_xc_text(f, path, max_line_bytes, digest)
+            data, excess = read_xc_text(f, path, max_line_bytes, digest)
     except FileNotFoundError:
         raise DataFormatError(path, None, "no such file") from None
     except OSError as e:
         raise DataFormatError(path, None, f"cannot read file ({e.strerror or e})") from None
     dataset = parse_xc_bytes(data, path)
+    if excess is not None:
+        raise excess
     if cache_dir is not None:  # keyed by the bytes parsed, even if the file changed meanwhile
         key = parse_cache.key_of(digest)
         parse_cache.save_cache(parse_cache.cache_path(cache_dir, path, key), dataset, key)

@@ -19,7 +19,7 @@ from mach_jax.errors import DataFormatError
 
 
 class _Digesting(io.RawIOBase):
-    """A raw stream that feeds every byte read from ``source`` to ``digest``."""
+    """A raw stream that feeds every byte read from ``source`` to ``digest`` (None: to nothing)."""
 
     def __init__(self, source, digest):
         self.source, self.digest = source, digest
@@ -29,12 +29,12 @@ class _Digesting(io.RawIOBase):
 
     def readinto(self, buffer) -> int:
         count = self.source.readinto(buffer)
-        if count:
+        if count and self.digest is not None:
             self.digest.update(memoryview(buffer)[:count])
         return count or 0
 
 
-def read_xc_text(stream, path: str, max_line: int, digest=None) -> bytes:
+def read_xc_text(stream, path: str, max_line: int, digest=None) -> tuple[bytes, DataFormatError | None]:
     """The text of an XC file (gunzipped), read once from ``stream``, bounded.
 
     Args:
@@ -44,14 +44,14 @@ def read_xc_text(stream, path: str, max_line: int, digest=None) -> bytes:
       digest: a ``hashlib`` digest fed the raw bytes read (before gunzipping), or None.
 
     Returns:
-      The text: the header, at most the declared points' lines, and their newlines.
+      ``(text, excess)``: the text (the header, at most the declared points' lines, their
+      newlines) and, where a line follows the declared points, the error naming it (raised by the
+      caller once the text before it has parsed: an error there comes first), else None.
 
     Raises:
-      DataFormatError: a line over ``max_line`` or past the declared points (naming it),
-        corrupt gzip data.
+      DataFormatError: a line over ``max_line`` (naming it), corrupt gzip data.
     """
-    raw = io.BufferedReader(_Digesting(stream, digest)) if digest is not None else io.BufferedReader(
-        _Digesting(stream, _NoDigest()))
+    raw = io.BufferedReader(_Digesting(stream, digest))
     try:
         source = gzip.GzipFile(fileobj=raw, mode="rb") if is_gzip(raw.peek(2)[:2]) else raw
         return _read_bounded(source, path, max_line)
@@ -59,12 +59,7 @@ def read_xc_text(stream, path: str, max_line: int, digest=None) -> bytes:
         raise DataFormatError(path, None, f"corrupt or truncated gzip data ({error})") from None
 
 
-class _NoDigest:
-    def update(self, data) -> None:
-        pass
-
-
-def _read_bounded(source, path: str, max_line: int) -> bytes:
+def _read_bounded(source, path: str, max_line: int) -> tuple[bytes, DataFormatError | None]:
     # Blocks of at most max_line + 1 bytes: a line inside one block is never over the cap, so
     # only the line running across block ends needs counting.
     size = min(BLOCK_BYTES, max_line + 1)
@@ -89,8 +84,8 @@ def _read_bounded(source, path: str, max_line: int) -> bytes:
         if limit == -1 and not block.isspace():
             break  # blank so far, then text: no header (parse_xc_bytes says so)
         if limit is not None and 0 < limit < newlines:
-            return _refuse_extra_line(b"".join(blocks), path, limit)
-    return b"".join(blocks)
+            return _cut_at_extra_line(b"".join(blocks), path, limit)
+    return b"".join(blocks), None
 
 
 def _line_limit(data: bytes, path: str) -> int:
@@ -108,16 +103,13 @@ def _refuse_long_line(path: str, line: int, max_line: int):
                           "per line (if it is one, pass a larger --max-line-bytes)")
 
 
-def _refuse_extra_line(data: bytes, path: str, limit: int):
-    """Line ``limit + 1`` is past the declared points: the lines before it are parsed first (an
-    error there comes first), then the extra line is refused, unread past it."""
-    from mach_jax.data.xc_format import parse_xc_bytes
-
+def _cut_at_extra_line(data: bytes, path: str, limit: int) -> tuple[bytes, DataFormatError]:
+    """Line ``limit + 1`` is past the declared points: the lines before it, to be parsed first
+    (an error there comes first), and the error for the extra line, unread past it."""
     cut = -1
     for _ in range(limit):
         cut = data.index(b"\n", cut + 1)
-    parse_xc_bytes(data[:cut + 1], path)
     extra = data[cut + 1:].split(b"\n", 1)[0].rstrip(b"\r")
     kind = "blank line" if not extra else "data line"
-    raise DataFormatError(path, limit + 1, f"{kind} after the {limit - 1} points declared in the header "
-                          "(reading stopped there)")
+    return data[:cut + 1], DataFormatError(path, limit + 1, f"{kind} after the {limit - 1} points declared in "
+                                           "the header (reading stopped there)")
