@@ -213,12 +213,15 @@ def test_a_renamed_step_folder_and_a_file_where_checkpoints_go_are_refused(train
     assert sorted(p.name for p in (tmp_path / "fresh").iterdir()) == ["checkpoints"]
 
 
-def test_rerank_is_refused_while_a_training_run_holds_the_workdir(trained, tmp_path):
+def test_rerank_and_export_are_refused_while_a_training_run_holds_their_folder(trained, tmp_path):
     shutil.copytree(trained / "work", tmp_path / "work")
     with lock.hold(tmp_path / "work"):
         line = one_error_line(run(tmp_path, "rerank", "--workdir", "work", "--rerank-shortlist", "10"))
     assert "work is in use by another training run (pid" in line
     assert not (tmp_path / "work" / "rerank").exists()
+    with lock.hold(tmp_path / "served"):  # an export's target: not while a run holds it
+        line = one_error_line(predict(tmp_path, "--export-params", "served"))
+    assert "served is in use by another training run" in line and not list((tmp_path / "served").iterdir())
 
 
 def test_a_reranker_fitted_to_older_members_is_set_aside_with_a_warning(trained, tmp_path, caplog):
@@ -276,3 +279,21 @@ def test_a_lock_is_never_opened_through_a_link_or_fifo(tmp_path):
     with pytest.raises(WorkdirError, match=r"train.lock: is a FIFO \(named pipe\), not a regular file"):
         with lock.hold(tmp_path):
             pass
+
+
+def test_a_failed_save_in_flight_names_its_own_step(tmp_path, monkeypatch):
+    """The save of step 10 fails while in flight (a full disk): the error names step 10, not the
+    step whose save found it."""
+    from mach_jax.storage import checkpoints
+
+    real_wait, failed = checkpoints.ocp.CheckpointManager.wait_until_finished, []
+
+    def full_disk_after_step_10(self):  # once, as an async save's error is reported once
+        real_wait(self)
+        if self.latest_step() == 10 and not failed:
+            failed.append(True)
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoints.ocp.CheckpointManager, "wait_until_finished", full_disk_after_step_10)
+    line = one_error_line(run(tmp_path, "train", "--preset", "tiny", "--workdir", "full", "--quiet"))
+    assert "No space left on device while saving checkpoints (the checkpoint of step 10)" in line, line
