@@ -297,3 +297,12 @@ def test_a_failed_save_in_flight_names_its_own_step(tmp_path, monkeypatch):
     monkeypatch.setattr(checkpoints.ocp.CheckpointManager, "wait_until_finished", full_disk_after_step_10)
     line = one_error_line(run(tmp_path, "train", "--preset", "tiny", "--workdir", "full", "--quiet"))
     assert "No space left on device while saving checkpoints (the checkpoint of step 10)" in line, line
+
+
+def test_the_layout_check_knows_every_path_a_run_writes():
+    from mach_jax.storage import checkpoints, workdir
+    from mach_jax.training import metric_log
+
+    assert {checkpoints.CHECKPOINT_DIR, checkpoints.DAMAGED_DIR, metric_log.TENSORBOARD_DIR,
+            rerank_store.RERANK_DIR} == set(workdir.RUN_FOLDERS)
+    assert {metric_log.METRICS_LOG, lock.LOCK_FILE, workdir.METRICS_FILE} < set(workdir.RUN_FILES)
