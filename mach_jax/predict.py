@@ -1,10 +1,12 @@
 """``python -m mach_jax.predict --workdir W --input FILE [--k 5] [--output OUT]``: top-k classes.
 
-Reads the input (XC format, plain or gzip; labels optional: a line may start with a space) in
-chunks of ``--chunk-rows`` points, so any size runs in bounded memory, and writes one line per
-input point: ``id:score id:score ...``, best first (to stdout without ``--output``). ``--output``
-is written to a temporary file beside it and renamed only once every point is written: a failed
-run leaves an existing file as it was (it may even be the input).
+Reads the input (XC format, plain or gzip; labels optional: a line may start with a space) once,
+in chunks of ``--chunk-rows`` points, so any size runs in bounded memory (a FIFO, a pipe or ``-``
+for stdin too; a line over ``--max-line-bytes`` is refused), and writes one line per input point:
+``id:score id:score ...``, best first (to stdout without ``--output``). ``--output`` is written to
+a temporary file beside it and renamed only once every point is written: a failed run leaves an
+existing file as it was (it may even be the input); only a regular file or a new path is
+written (a device, FIFO, socket or link there is refused).
 ``--decoder approx`` (with ``--top-buckets M``, ``--min-votes V``, ``--bucket-cap C``) scores only
 the classes in each member's top buckets (see ``mach_jax.readout.approx_decode``).
 ``--export FILE`` also writes the ensemble plus decoder as a StableHLO function (see
