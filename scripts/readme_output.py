@@ -4,7 +4,8 @@
     python scripts/readme_output.py WORKDIR --log ERR.txt   # the block of a finished run, to stdout
 
 ``--run`` trains the quickstart (no arguments) in a temporary workdir, which it removes after:
-about 70 s on 2 CPU cores. From a run made by hand, pass its workdir and its captured stderr
+about 70 s on 2 CPU cores. It runs with ``XLA_FLAGS`` unset, as on a fresh machine: other XLA
+flags (the test suite's, say) change the last digits. From a run made by hand, pass its workdir and its captured stderr
 (``python -m mach_jax.train --workdir W 2> ERR.txt``). The status lines (``mach_jax:``,
 ``data:``, ``model:``, ...) are the run's stderr without its progress bars; the metric lines are
 the workdir's ``metrics.json`` through mach_jax's own ``format_metrics``, as the command prints
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import subprocess
 import sys
@@ -68,8 +70,9 @@ def run_quickstart() -> list[str]:
     """Trains the quickstart in a temporary workdir (removed after) and returns its block."""
     with tempfile.TemporaryDirectory(prefix="mach_jax_quickstart_") as tmp:
         workdir = Path(tmp) / "run"
+        env = {name: value for name, value in os.environ.items() if name != "XLA_FLAGS"}
         done = subprocess.run([sys.executable, "-m", "mach_jax.train", "--workdir", str(workdir)],
-                              capture_output=True, text=True, check=False)
+                              capture_output=True, text=True, check=False, env=env)
         if done.returncode != 0:
             raise SystemExit(f"the quickstart failed (exit {done.returncode}):\n{done.stderr[-2000:]}")
         return block(done.stderr, workdir)
