@@ -15,7 +15,9 @@ files records that. A dataset verified before is not fetched again. Lines are co
 are, except that trailing spaces and CRs are dropped and a point without labels gets its leading
 space; ids are checked later by the strict reader (`read_xc`), as for any XC file. Files are
 streamed, never read whole: a line over ``--max-line-bytes`` (64M) or an unpacked file over
-``--max-member-bytes`` (64G) is refused as soon as it is met.
+``--max-member-bytes`` (64G) is refused as soon as it is met. Without a network, fetch the
+files on another machine and pass them with ``--url FILE``; a failed download leaves no empty
+folder behind.
 
 ``convert-vw`` turns a Vowpal Wabbit multiclass file (as used by the MACH paper for ODP and
 ImageNet) into an XC file; see `mach_jax.data.vw_format`.
