@@ -19,7 +19,7 @@ import logging
 import os
 import sys
 from collections.abc import Iterator
-from typing import Any, Callable
+from typing import Callable
 
 from mach_jax.config import (AGGREGATIONS, DECODERS, DEVICE_DATA, EMBEDDING_OPTIMIZERS, EMBEDDING_UPDATES, HOST_LOADERS, INPUT_LAYERS,
                              INPUT_TRANSFORMS, KERNEL_FORMS, LR_SCHEDULES, OVERFLOW_POLICIES, PRECISIONS, PRESETS, RERANKER_USES,

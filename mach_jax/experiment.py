@@ -21,7 +21,7 @@ from mach_jax.data import sources
 from mach_jax.data.csr import XCDataset
 from mach_jax.data.prepare import RunInfo
 from mach_jax.readout.ensemble import MachEnsemble
-from mach_jax.storage import workdir as wd
+from mach_jax.storage import lock, workdir as wd
 from mach_jax.training import loop, resource_check
 from mach_jax.training.loop import Evaluate
 from mach_jax.training.resolve import prepare_run, resolve_config
@@ -89,7 +89,8 @@ def train_and_evaluate(config: Config, workdir: str | Path, progress: bool = Tru
                                    evaluator=evaluator(config, eval_data, split) if eval_data is not None else None)
     if config.rerank.enabled:
         start = time.perf_counter()
-        rerank_stage.fit_reranker(config, [Path(workdir)], train_data, progress)
+        with lock.hold(Path(workdir)):  # no training run in this workdir while the re-ranker fits
+            rerank_stage.fit_reranker(config, [Path(workdir)], train_data, progress)
         rerank_seconds = round(time.perf_counter() - start, 2)
         train_seconds = metrics["train_seconds"]
         if eval_data is not None:

@@ -3,6 +3,7 @@ reference), and config files (``--config`` round trip, misspelt keys, ``--print-
 
 import dataclasses
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -107,6 +108,8 @@ def test_a_workdirs_config_json_reproduces_its_run(tiny_files):
     run_in_process("mach_jax.train", "--config", "first/config.json", "--workdir", "again", "--quiet", cwd=root)
     first, again = (json.loads((root / w / "metrics.json").read_text()) for w in ("first", "again"))
     first.pop("train_seconds"), again.pop("train_seconds")
+    # config.json records the data paths absolute (it is read from any folder): the same file.
+    assert (root / first.pop("test_source")).resolve() == Path(again.pop("test_source"))
     assert first == again
     assert (json.loads((root / "first" / "config.json").read_text())["config"]
             == json.loads((root / "again" / "config.json").read_text())["config"])

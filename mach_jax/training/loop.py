@@ -25,7 +25,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from mach_jax.config import Config
-from mach_jax.core import model
+from mach_jax.core import agreement, model
 from mach_jax.data import batches
 from mach_jax.data.csr import XCDataset
 from mach_jax.data.prepare import RunInfo
@@ -178,6 +178,8 @@ def run_training(run: ResolvedRun, workdir: str | Path, progress: bool = True,
                                      workdir=workdir, evaluate=evaluate if evaluate_params else None)
                 finally:
                     bar.close()
+                with agreement.failing_together("saving the final checkpoint"):  # every process, or none
+                    checkpoints.wait_until_saved(manager)
             # ---- The final evaluation. A session that ran no step (the run was complete) adds
             # no training time.
             train_seconds = seconds() if schedule.total_steps > first_step else metric_log.train_seconds_before
