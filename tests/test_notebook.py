@@ -2,7 +2,9 @@
 
 The notebook is executed with nbclient in a kernel of this interpreter (a kernelspec written to
 a temporary ``JUPYTER_PATH``, so a ``python3`` kernelspec of another environment cannot be
-picked up), with ``JAX_PLATFORMS=cpu`` and a temporary parse cache.
+picked up), with ``JAX_PLATFORMS=cpu`` and a temporary parse cache. The notebook is stored with its
+outputs, which must be what it prints now: ``python scripts/notebook_outputs.py`` runs it as this
+test does and stores them.
 """
 
 from __future__ import annotations
