@@ -7,7 +7,6 @@ It is what ``python -m mach_jax.train``, the scripts and notebooks call.
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from pathlib import Path
 
@@ -77,11 +76,9 @@ def train_and_evaluate(config: Config, workdir: str | Path, progress: bool = Tru
     train_data, eval_data, split = sources.load_train_eval(config.data, progress, train_data, eval_data)
     if eval_data is not None:
         eval_data.require_points("evaluate")
-    config = resolve_config(with_absolute_paths(config), train_data)
+    config = resolve_config(with_absolute_paths(config), train_data, workdir)
     # Before anything big is allocated or written: a table that cannot fit is refused here.
     shape = run_shape(train_data, eval_data, config.data.max_nnz)
-    if not wd.entries_recorded(wd.group_dir(Path(workdir), config.parallel.rep_range)):
-        shape = dataclasses.replace(shape, feature_entries=0)  # the rules the run was started with
     resource_check.require_fits(config, shape, config.data.train_path)
     run = prepare_run(config, train_data)
     fields = sources.eval_fields(config.data, eval_data, split) if eval_data is not None else {}

@@ -204,7 +204,8 @@ def test_an_older_workdir_without_fingerprint_or_checksums_still_loads_and_resum
     work = copy(trained, "older")
     saved = json.loads((work / "config.json").read_text())
     del saved["run_info"]["data_fingerprint"]
-    del saved["run_info"]["feature_entries"]  # recorded since the lazy rule used the mean row
+    del saved["run_info"]["feature_entries"]  # format 1: recorded since the lazy rule used the mean row
+    saved["format_version"] = 1
     (work / "config.json").write_text(json.dumps(saved))
     for metadata in (work / "checkpoints").glob("*/_CHECKPOINT_METADATA"):
         step_metadata = json.loads(metadata.read_text())
@@ -263,8 +264,8 @@ def rules_disagreeing_data() -> XCDataset:
 
 def test_a_run_recorded_before_the_feature_entries_resumes_with_the_rules_it_was_trained_with(tmp_path):
     from mach_jax.data.prepare import prepare_train_data
-    from mach_jax.storage import workdir as wd
     from mach_jax.training import loop as trainer
+    from mach_jax.training.resolve import resolve_config
     from mach_jax.training.spec import step_spec
 
     data, work = rules_disagreeing_data(), tmp_path / "old"
@@ -274,6 +275,7 @@ def test_a_run_recorded_before_the_feature_entries_resumes_with_the_rules_it_was
     saved = json.loads((work / "config.json").read_text())
     saved["config"]["train"]["embedding_update"] = "auto"
     del saved["run_info"]["feature_entries"]
+    saved["format_version"] = 1
     (work / "config.json").write_text(json.dumps(saved))
     for metadata in (work / "checkpoints").glob("*/_CHECKPOINT_METADATA"):
         step_metadata = json.loads(metadata.read_text())
@@ -282,7 +284,8 @@ def test_a_run_recorded_before_the_feature_entries_resumes_with_the_rules_it_was
     info = prepare_train_data(config, data)[1]
     mesh = make_mesh(config.model.num_repetitions)
     assert step_spec(config, info, mesh).lazy_embedding  # what a new run picks on this data
-    assert not step_spec(config, wd.as_recorded(work, info), mesh).lazy_embedding
+    resumed = resolve_config(config, data, work)  # format 1's choice, pinned by the migration
+    assert resumed.train.embedding_update == "dense" and not step_spec(resumed, info, mesh).lazy_embedding
     # The resumed run keeps dense Adam, so the checkpoint's moments restore and training goes on.
     trainer.train(config.replace(train={"epochs": 2}), work, data, progress=False)
     assert checkpoints.training_progress(work).final_step == 4
@@ -290,7 +293,7 @@ def test_a_run_recorded_before_the_feature_entries_resumes_with_the_rules_it_was
 
 def test_a_new_group_beside_one_recorded_before_the_feature_entries_joins_its_rules(tmp_path):
     from mach_jax.data.prepare import RunInfo
-    from mach_jax.storage import run_file
+    from mach_jax.storage import migration, run_file
     from mach_jax.storage import workdir as wd
 
     old = RunInfo(num_features=5000, num_labels=50, num_train_points=128, max_nnz=300, max_labels=2,
@@ -302,6 +305,10 @@ def test_a_new_group_beside_one_recorded_before_the_feature_entries_joins_its_ru
     first.mkdir()
     tree = run_file.payload(get_preset("tiny"), old, None)
     del tree["run_info"]["feature_entries"]
+    tree["format_version"] = 1
     (first / run_file.CONFIG_FILE).write_text(json.dumps(tree))
-    assert not wd.entries_recorded(second) and wd.as_recorded(second, new).feature_entries == 0
-    assert wd.entries_recorded(tmp_path / "alone")
+    # Format 1 resolved "auto" by the widest row: 5,000 > 16 x 300 (a gathered bag), and
+    # 5,000 < 1.5 x 64 x 300 (dense Adam). The new group takes those choices from its sibling.
+    joined = migration.keep_recorded_choices(get_preset("tiny"), wd.recorded_config(second))
+    assert (joined.model.input_layer, joined.train.embedding_update) == ("sparse", "dense")
+    assert wd.recorded_config(tmp_path / "alone") is None

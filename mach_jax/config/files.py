@@ -54,8 +54,8 @@ def _load(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: expected a JSON object of config sections, got {type(tree).__name__}")
     if "config" in tree and set(tree) <= _WORKDIR_KEYS:  # a workdir's config.json
         version = tree.get("format_version")
-        if version is not None and version != FORMAT_VERSION:
-            raise ConfigError(f"{path}: format_version {version!r}, this mach_jax reads {FORMAT_VERSION}")
+        if version is not None and version not in range(1, FORMAT_VERSION + 1):  # its config: any version
+            raise ConfigError(f"{path}: format_version {version!r}, this mach_jax reads 1 to {FORMAT_VERSION}")
         tree = tree["config"]
         if not isinstance(tree, dict):
             raise ConfigError(f"{path}: \"config\" must be a JSON object")

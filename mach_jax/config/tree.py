@@ -17,7 +17,8 @@ from mach_jax.config.sections import (_RESUME, DataConfig, ModelConfig, Parallel
                                       TrainConfig)
 from mach_jax.errors import ConfigError
 
-FORMAT_VERSION = 1
+# The workdir format (config.json): its versions and the one migration are storage/migration.py.
+FORMAT_VERSION = 2
 
 # Fields that older config.json files may hold but that no longer exist, with why; dropped on load.
 RETIRED_FIELDS = {"eval.top_k": "P@1, P@3 and P@5 are always reported; larger k changed nothing"}

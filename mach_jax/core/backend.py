@@ -27,11 +27,6 @@ _DENSE_INPUT_RATIO = {"cpu": 28}
 # gathered row costs several streamed ones.
 _LAZY_MIN_RATIO = {"cpu": 1.75}
 
-# The rules of runs recorded before the mean row was (``data.prepare.RunInfo.feature_entries``
-# is 0 there): the same comparisons with the widest row's K, so that such a run resumes and is
-# read out with the implementations it was trained with.
-_WIDEST_ROW_RATIOS = {"dense_input": 16, "lazy": 1.5}
-
 
 def current_backend() -> str:
     """The default JAX backend's platform name: "cpu", "gpu" or "tpu"."""
@@ -45,19 +40,18 @@ def _measured(table: dict[str, float], backend: str | None) -> float:
 def dense_input_pays_off(num_rows: int, mean_nnz: float | None, max_nnz: int,
                          backend: str | None = None) -> bool:
     """Whether a [num_rows, H] table's bag is faster as a dense matmul than as a row gather, for
-    training rows of ``mean_nnz`` nonzeros on average (None: not recorded; ``max_nnz`` widest)."""
-    if mean_nnz is None:
-        return num_rows <= _WIDEST_ROW_RATIOS["dense_input"] * max_nnz
-    return num_rows <= _measured(_DENSE_INPUT_RATIO, backend) * mean_nnz
+    training rows of ``mean_nnz`` nonzeros on average (None: unknown, the widest row's ``max_nnz``
+    stands for it)."""
+    return num_rows <= _measured(_DENSE_INPUT_RATIO, backend) * (max_nnz if mean_nnz is None else mean_nnz)
 
 
 def lazy_update_pays_off(num_rows: int, batch_size: int, mean_nnz: float | None, max_nnz: int,
                          backend: str | None = None) -> bool:
     """Whether row-sparse updates of a [num_rows, H] table beat dense Adam for batches of N =
-    ``batch_size`` rows of ``mean_nnz`` nonzeros on average (None: not recorded; ``max_nnz`` widest)."""
-    if mean_nnz is None:
-        return num_rows >= _WIDEST_ROW_RATIOS["lazy"] * batch_size * max_nnz
-    return num_rows >= _measured(_LAZY_MIN_RATIO, backend) * batch_size * mean_nnz
+    ``batch_size`` rows of ``mean_nnz`` nonzeros on average (None: unknown, the widest row's
+    ``max_nnz`` stands for it)."""
+    typical = max_nnz if mean_nnz is None else mean_nnz
+    return num_rows >= _measured(_LAZY_MIN_RATIO, backend) * batch_size * typical
 
 
 # Grain's 2 threads built batches of 1,024 Amazon-670K-shaped rows 1.41-1.53x as fast as our one

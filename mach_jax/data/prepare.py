@@ -25,8 +25,8 @@ MIN_LABELS = 1
 @dataclasses.dataclass(frozen=True)
 class RunInfo:
     """What the training data fixed: D, L, N_train, the padded batch widths K and M, and the
-    training features' nonzero entries (within K; 0 in a run file written before they were
-    recorded, where the rules that need them fall back to the widest row)."""
+    training features' nonzero entries (within K; 0 in a run of workdir format 1, whose choices
+    that use them are pinned in its config by ``storage.migration``)."""
 
     num_features: int
     num_labels: int

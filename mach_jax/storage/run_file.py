@@ -20,6 +20,7 @@ from mach_jax.config import FORMAT_VERSION, Config
 from mach_jax.config.files import check_config_tree
 from mach_jax.data.prepare import RunInfo
 from mach_jax.errors import ConfigError, WorkdirError
+from mach_jax.storage import migration
 
 CONFIG_FILE = "config.json"
 LABEL_COUNTS_FILE = "label_counts.npy"
@@ -56,12 +57,9 @@ def read_run_file(workdir: Path) -> RunFile:
     path = Path(workdir) / CONFIG_FILE
     if not path.is_file():
         raise WorkdirError(f"{path}: not found; is {workdir} a mach_jax workdir that was trained?")
-    tree = _load_json(path)
-    version = tree.get("format_version")
-    if version != FORMAT_VERSION:
-        raise WorkdirError(f"{path}: format_version {version!r}, this mach_jax reads {FORMAT_VERSION}")
+    tree = migration.migrate(_load_json(path), path)  # an older format read as the current one
     try:
-        check_config_tree(tree["config"], note_retired=False)  # older files hold retired keys
+        check_config_tree(tree["config"], note_retired=False)
         config = Config.from_dict(tree["config"])
     except ConfigError as error:
         raise WorkdirError(f"{path}: {error}; was it edited? put back the run's own config.json") from None
@@ -105,11 +103,7 @@ def _run_info(path: Path, fields: dict[str, Any]) -> RunInfo:
     for name in fields:
         if name not in expected:
             raise WorkdirError(f"{path}: unknown key run_info.{name}; put back the run's own config.json")
-    optional = {field.name for field in dataclasses.fields(RunInfo)
-                if field.default is not dataclasses.MISSING}  # added later: older files lack them
     for name, kind in expected.items():
-        if name not in fields and name in optional:
-            continue
         if name not in fields:
             raise WorkdirError(f"{path}: run_info has no {name!r}; put back the run's own config.json")
         value = fields[name]

@@ -11,9 +11,7 @@ from typing import Any
 from mach_jax.config import Config, resumable_fields
 from mach_jax.config.tree import RETIRED_FIELDS
 from mach_jax.data.prepare import RunInfo
-
-# The run_info field that records written before it existed lack (``RunInfo.feature_entries``).
-UNRECORDED_ONCE = "feature_entries"
+from mach_jax.storage import migration
 
 
 def identity(config: Config, info: RunInfo, data_fingerprint: str | None) -> dict[str, Any]:
@@ -28,6 +26,7 @@ def identity_difference(saved: dict[str, Any], new: dict[str, Any]) -> tuple[str
     from ``identity``): a config field a resumed run may not change (``train.epochs`` too under a
     decaying schedule), the data's shape (``"data"``) or content (``"data_fingerprint"``; skipped
     when either lacks one: older workdirs)."""
+    saved = migration.current_identity(saved)  # a record written by an older format
     saved_flat, new_flat = _flatten(saved["config"]), _flatten(new["config"])
     check = {"train.epochs"} if saved_flat.get("train.lr_schedule", "constant") != "constant" else set()
     difference = _first_difference(saved_flat, new_flat, check=check)
@@ -71,11 +70,9 @@ def _same_data(a: RunInfo, b: RunInfo) -> bool:
 
 def _comparable(a: dict[str, Any], b: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """Two runs' ``run_info`` as they are compared: without the training file's name (the file
-    may have moved) and, where either run was recorded before the feature entries were, without
-    those."""
-    drop = {"train_source"}
-    if not (a.get(UNRECORDED_ONCE) and b.get(UNRECORDED_ONCE)):
-        drop.add(UNRECORDED_ONCE)
+    may have moved) and the training rows' entries (they follow from the data, whose fingerprint
+    is compared; a run migrated from format 1 has none recorded)."""
+    drop = {"train_source", "feature_entries"}
     return ({k: v for k, v in a.items() if k not in drop}, {k: v for k, v in b.items() if k not in drop})
 
 

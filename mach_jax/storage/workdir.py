@@ -26,7 +26,7 @@ from mach_jax.config import Config
 from mach_jax.data.files import atomic_output, describe_kind, write_json_atomically
 from mach_jax.data.prepare import RunInfo
 from mach_jax.errors import WorkdirError
-from mach_jax.storage.run_identity import (UNRECORDED_ONCE, _first_difference, _flatten, _same_data,  # noqa: F401
+from mach_jax.storage.run_identity import (_first_difference, _flatten, _same_data,  # noqa: F401
                                            describe_difference, identity, identity_difference)
 from mach_jax.storage.run_file import (CONFIG_FILE, FEATURE_IDF_FILE, LABEL_COUNTS_FILE, payload, read_array,
                                        read_run_file)
@@ -236,25 +236,21 @@ def write_metrics(workdir: Path, metrics: dict[str, Any]) -> Path:
 
 
 
-def entries_recorded(workdir: Path) -> bool:
-    """False where the run in ``workdir``, or a group beside it (``reps-*``), was started before
-    the training features' entries were recorded (its config.json has none); True otherwise."""
+def recorded_config(workdir: Path) -> Config | None:
+    """The config the run in ``workdir`` recorded or, for a group not yet started, the first
+    recorded by a group beside it (``reps-*``: one ensemble); None where there is none.
+
+    Raises:
+      WorkdirError: the run's own config.json is damaged (a sibling's is skipped: its own run
+        reports it).
+    """
     workdir = Path(workdir)
+    if (workdir / CONFIG_FILE).exists():
+        return read_run_file(workdir).config
     siblings = workdir.parent.glob(f"{GROUP_PREFIX}*") if workdir.name.startswith(GROUP_PREFIX) else ()
-    for folder in [workdir, *sorted(p for p in siblings if p != workdir)]:
-        if not (folder / CONFIG_FILE).exists():
-            continue
+    for folder in sorted(p for p in siblings if p != workdir and (p / CONFIG_FILE).exists()):
         try:
-            if not read_run_file(folder).info.feature_entries:
-                return False
+            return read_run_file(folder).config
         except WorkdirError:
-            if folder == workdir:  # the run's own file: its error is the run's (``check_run``)
-                raise
-    return True
-
-
-def as_recorded(workdir: Path, info: RunInfo) -> RunInfo:
-    """``info`` as the run in ``workdir`` recorded it: a run (or a group beside one) started before
-    the feature entries were recorded resumes with none, so the rules that use them pick what
-    they picked for it then (the widest row's)."""
-    return info if entries_recorded(workdir) else dataclasses.replace(info, feature_entries=0)
+            continue
+    return None

@@ -116,7 +116,7 @@ def train(config: Config, workdir: str | Path, train_data: XCDataset,
     Returns:
       ``(params, info)``: stacked parameters [R, ...] after the last step, and the RunInfo.
     """
-    run = resolve_run(config, train_data)
+    run = resolve_run(config, train_data, workdir)
     params, _ = run_training(run, workdir, progress)
     return params, run.info
 
@@ -135,7 +135,7 @@ def run_training(run: ResolvedRun, workdir: str | Path, progress: bool = True,
     start = time.perf_counter()
     config, train = run.config, run.config.train
     workdir = wd.group_dir(Path(workdir), config.parallel.rep_range)
-    info = wd.as_recorded(workdir, run.info)
+    info = run.info
     steps_per_epoch = batches.num_batches(info.num_train_points, train.batch_size)
     schedule = Schedule(total_steps=train.epochs * steps_per_epoch, log_every=train.log_every_steps,
                         checkpoint_every=train.checkpoint_every_steps or steps_per_epoch,

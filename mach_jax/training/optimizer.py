@@ -38,7 +38,7 @@ def dense_optimizer(learning_rate: float, schedule: optax.Schedule, schedule_nam
     """Adam (AdamW with weight decay), elementwise over the stacked R axis. Decay applies to the
     weight matrices ([R, in, out] leaves), not to biases."""
     if schedule_name == "constant" and not warmup_steps and not weight_decay:
-        # Plain Adam: the optimiser state of runs made before schedules and decay existed.
+        # Plain Adam: a constant step size needs no schedule state (and keeps the state's layout).
         return optax.adam(learning_rate, b1=sparse_update.B1, b2=sparse_update.B2, eps=sparse_update.EPS)
     scheduled = lambda count: learning_rate * schedule(count)  # noqa: E731
     return optax.adamw(scheduled, b1=sparse_update.B1, b2=sparse_update.B2, eps=sparse_update.EPS,

@@ -8,6 +8,7 @@ made ready, into one record every later stage reads (``ResolvedRun``).
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 
@@ -16,7 +17,7 @@ from mach_jax.core import losses
 from mach_jax.data.csr import XCDataset
 from mach_jax.data.prepare import (RunInfo, check_enough_labels, feature_idf, label_counts, prepare_train_data,
                                    filled_from_data)
-from mach_jax.storage import integrity
+from mach_jax.storage import integrity, migration, workdir as wd
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,13 +41,19 @@ class ResolvedRun:
     fingerprint: str
 
 
-def resolve_config(config: Config, train_data: XCDataset) -> Config:
-    """The config validated (once) and sized for ``train_data`` (``prepare.filled_from_data``)."""
+def resolve_config(config: Config, train_data: XCDataset, workdir: str | Path | None = None) -> Config:
+    """The config validated (once), sized for ``train_data`` (``prepare.filled_from_data``) and,
+    for a run in ``workdir``, with the choices its workdir recorded where it leaves them to
+    "auto" (``migration.keep_recorded_choices``: a resumed run keeps its implementations)."""
     config.validate()
     losses.require_known(config.train.loss)  # the registry's, not the config's, business
     train_data.require_points("train on")
     check_enough_labels(train_data.num_labels)
-    return filled_from_data(config, train_data)
+    config = filled_from_data(config, train_data)
+    if workdir is None:
+        return config
+    recorded = wd.recorded_config(wd.group_dir(Path(workdir), config.parallel.rep_range))
+    return migration.keep_recorded_choices(config, recorded)
 
 
 def prepare_run(config: Config, train_data: XCDataset) -> ResolvedRun:
@@ -58,6 +65,6 @@ def prepare_run(config: Config, train_data: XCDataset) -> ResolvedRun:
     return ResolvedRun(config, prepared, info, counts, idf, fingerprint)
 
 
-def resolve_run(config: Config, train_data: XCDataset) -> ResolvedRun:
-    """``prepare_run(resolve_config(config, train_data), train_data)``."""
-    return prepare_run(resolve_config(config, train_data), train_data)
+def resolve_run(config: Config, train_data: XCDataset, workdir: str | Path | None = None) -> ResolvedRun:
+    """``prepare_run(resolve_config(config, train_data, workdir), train_data)``."""
+    return prepare_run(resolve_config(config, train_data, workdir), train_data)
