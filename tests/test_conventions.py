@@ -151,7 +151,7 @@ def test_config_and_preset_are_exclusive_and_a_missing_file_is_named(tmp_path):
     both = run_in_process("mach_jax.train", "--config", "x.json", "--preset", "tiny", cwd=tmp_path, check=False)
     assert both.returncode == 2 and "give --preset or --config, not both" in both.stderr
     missing = run_in_process("mach_jax.train", "--config", "nope.json", cwd=tmp_path, check=False)
-    assert missing.returncode == 2 and "nope.json: cannot read the config file" in missing.stderr
+    assert missing.returncode == 2 and "nope.json: cannot be read" in missing.stderr
     (tmp_path / "latin1.json").write_bytes(b'{"model": {"num_buckets": 64}} \xff')
     latin = run_in_process("mach_jax.train", "--config", "latin1.json", cwd=tmp_path, check=False)
     assert latin.returncode == 2 and "latin1.json: not UTF-8 text" in latin.stderr

@@ -14,7 +14,6 @@ import importlib.util
 import os
 import re
 import shlex
-from pathlib import Path
 
 import pytest
 from conftest import REPO_ROOT

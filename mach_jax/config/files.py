@@ -39,19 +39,33 @@ def read_config_file(path: str | Path, base: Config | None = None) -> Config:
     return (base or Config()).replace(**tree)
 
 
-def _load(path: Path) -> dict[str, Any]:
+def read_json_object(path: str | Path, error: type[Exception] = ConfigError, expected: str = "a JSON object",
+                     remedy: str = "") -> dict[str, Any]:
+    """The JSON object in ``path``: the one reader of the package's JSON files (config files,
+    ``config.json``, the re-ranker's record).
+
+    Raises:
+      ``error``: the file cannot be read, is not UTF-8 text (a byte-order mark is allowed), not
+        valid JSON or not an object: one line naming the file, where, what, then ``remedy``.
+    """
+    after = f"; {remedy}" if remedy else ""
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        text = Path(path).read_bytes().decode("utf-8-sig")
     except UnicodeDecodeError as e:
-        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start})") from None
+        raise error(f"{path}: not UTF-8 text (byte {e.start}){after}") from None
     except OSError as e:
-        raise ConfigError(f"{path}: cannot read the config file ({e.strerror or e})") from None
+        raise error(f"{path}: cannot be read ({e.strerror or e}){after}") from None
     try:
         tree = json.loads(text)
     except json.JSONDecodeError as e:
-        raise ConfigError(f"{path}: line {e.lineno}, column {e.colno}: not valid JSON ({e.msg})") from None
+        raise error(f"{path}: line {e.lineno}, column {e.colno}: not valid JSON ({e.msg}){after}") from None
     if not isinstance(tree, dict):
-        raise ConfigError(f"{path}: expected a JSON object of config sections, got {type(tree).__name__}")
+        raise error(f"{path}: expected {expected}, got {type(tree).__name__}{after}")
+    return tree
+
+
+def _load(path: Path) -> dict[str, Any]:
+    tree = read_json_object(path, expected="a JSON object of config sections")
     if "config" in tree and set(tree) <= _WORKDIR_KEYS:  # a workdir's config.json
         version = tree.get("format_version")
         if version is not None and version not in range(1, FORMAT_VERSION + 1):  # its config: any version

@@ -11,11 +11,11 @@ workdir, beside the ``reps-START-STOP/`` folders: it is trained on the merged en
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
 
+from mach_jax.config.files import read_json_object
 from mach_jax.data.files import write_json_atomically
 from mach_jax.errors import WorkdirError
 from mach_jax.storage.checkpoint_records import training_progress
@@ -67,17 +67,8 @@ def _read(workdir: Path) -> dict[str, Any] | None:
     path = record_path(workdir)
     if not path.exists():
         return None
-    try:
-        record = json.loads(path.read_bytes().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        problem = (f"not valid JSON ({error.msg}, line {error.lineno})" if isinstance(error, json.JSONDecodeError)
-                   else f"not UTF-8 text (byte {error.start})")
-        raise WorkdirError(f"{path}: {problem}; delete {rerank_dir(workdir)} to train the re-ranker "
-                           "again") from None
-    if not isinstance(record, dict):
-        raise WorkdirError(f"{path}: expected a JSON object, got {type(record).__name__}; delete "
-                           f"{rerank_dir(workdir)} to train the re-ranker again")
-    return record
+    return read_json_object(path, WorkdirError,
+                            remedy=f"delete {rerank_dir(workdir)} to train the re-ranker again")
 
 
 def write_record(workdir: Path, record: dict[str, Any] | None) -> None:

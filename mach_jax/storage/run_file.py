@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from mach_jax.config import FORMAT_VERSION, Config
-from mach_jax.config.files import check_config_tree
+from mach_jax.config.files import check_config_tree, read_json_object
 from mach_jax.data.prepare import RunInfo
 from mach_jax.errors import ConfigError, WorkdirError
 from mach_jax.storage import migration
@@ -71,21 +71,8 @@ def read_run_file(workdir: Path) -> RunFile:
 
 
 def _load_json(path: Path) -> dict[str, Any]:
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as error:
-        raise WorkdirError(f"{path}: not UTF-8 text (byte {error.start}): the file is damaged; put back "
-                           "the run's own config.json") from None
-    except OSError as error:
-        raise WorkdirError(f"{path}: cannot be read ({error.strerror or error})") from None
-    try:
-        tree = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise WorkdirError(f"{path}: line {error.lineno}: not valid JSON ({error.msg}); put back the "
-                           "run's own config.json") from None
-    if not isinstance(tree, dict):
-        raise WorkdirError(f"{path}: expected a JSON object with {', '.join(_PAYLOAD_KEYS)}, got "
-                           f"{type(tree).__name__}; is it a mach_jax config.json?")
+    tree = read_json_object(path, WorkdirError, expected=f"a JSON object with {', '.join(_PAYLOAD_KEYS)}",
+                            remedy="put back the run's own config.json")
     unknown = sorted(set(tree) - set(_PAYLOAD_KEYS))
     missing = [key for key in _PAYLOAD_KEYS if key not in tree]
     if unknown or missing:
