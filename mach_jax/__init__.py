@@ -1,6 +1,7 @@
 """mach_jax: extreme classification in log memory with MACH (count-min sketch of R classifiers).
 
 Python API (see README):
+    from mach_jax import MachClassifier           # fit(X, Y) / predict(X) on scipy.sparse or numpy
     from mach_jax import Config, get_preset, train_and_evaluate, MachEnsemble, read_xc
 
 Heavy modules (jax, flax, orbax) load lazily, so ``--help`` and the data tools start fast.
@@ -16,6 +17,7 @@ from mach_jax.errors import ConfigError
 __version__ = "0.1.0"
 
 _LAZY = {
+    "MachClassifier": "mach_jax.estimator",
     "train_and_evaluate": "mach_jax.experiment",
     "MachEnsemble": "mach_jax.readout.ensemble",
     "read_xc": "mach_jax.data.xc_format",

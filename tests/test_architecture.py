@@ -21,6 +21,7 @@ LAYERS = [
     {"training", "readout"},
     {"rerank_stage"},  # the second stage: read-out shortlists handed to the re-ranker's training
     {"experiment", "cli"},
+    {"estimator"},  # the scikit-learn style estimator: training and read-out over in-memory data
     {"train", "evaluate", "predict", "rerank", "datasets", "plot", "tfds", "__init__"},  # the commands
 ]
 # The one import that runs up, and why. Each entry must still exist (tested).

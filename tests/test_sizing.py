@@ -52,24 +52,31 @@ def test_from_128_labels_the_rule_is_unchanged():
 
 def test_a_small_set_trains_enough_steps():
     sized, lines = sizing.size_from_data(get_preset("large"), DataShape(40, 480, 2.0))
-    # 5 epochs of 256 on 480 points are 10 steps: batch 32 (480 / 16 = 30 -> 32), 15 steps an epoch, 20 epochs.
-    assert (sized.model.num_buckets, sized.train.batch_size, sized.train.epochs) == (20, 32, 20)
+    # 5 epochs of 256 on 480 points are 10 steps: batch 32 (480 / 16 = 30 -> 32), 15 steps an epoch,
+    # 7 epochs for 100 steps at large's learning rate of 0.01 (300 at 0.002: 20 epochs).
+    assert (sized.model.num_buckets, sized.train.batch_size, sized.train.epochs) == (20, 32, 7)
     assert "B = 20: min(L/2, N/4) = min(20, 120) = 20" in lines[1]
-    assert any("batch size 32, 20 epochs" in line for line in lines)
+    assert any("batch size 32, 7 epochs" in line for line in lines)
+    slower, _ = sizing.size_from_data(get_preset("large").replace(train={"learning_rate": 2e-3}),
+                                      DataShape(40, 480, 2.0))
+    assert slower.train.epochs == 20
 
 
 @pytest.mark.parametrize("shape, settings", [
-    (DataShape(40, 480, 2.0), (20, 16, (128,), 32, 20, "sigmoid")),
-    (DataShape(159, 4_880, 2.4), (80, 16, (256,), 256, 15, "sigmoid")),
-    (DataShape(7_947, 20_780, 5.2), (4_000, 32, (256,), 256, 5, "softmax")),
-    (DataShape(10**6, 10**7, 5.0), (20_000, 32, (256,), 256, 5, "softmax")),
+    (DataShape(10, 100, 1.5), (5, 16, (128,), 32, 0.01, 25, "sigmoid")),
+    (DataShape(40, 480, 2.0), (20, 16, (128,), 32, 0.01, 7, "sigmoid")),
+    (DataShape(159, 4_880, 2.4), (80, 16, (256,), 256, 2e-3, 15, "sigmoid")),
+    (DataShape(7_947, 20_780, 5.2), (4_000, 32, (256,), 256, 2e-3, 5, "softmax")),
+    (DataShape(10**6, 10**7, 5.0), (20_000, 32, (256,), 256, 2e-3, 5, "softmax")),
 ])
 def test_whole_model_from_the_shape(shape, settings):
     rule = sizing.rule_settings(shape)
     model, train = rule["model"], rule["train"]
     assert (model["num_buckets"], model["num_repetitions"], model["hidden_sizes"], train["batch_size"],
-            train["epochs"], train["loss"]) == settings
+            train["learning_rate"], train["epochs"], train["loss"]) == settings
     assert model["num_buckets"] < shape.num_labels
+    lines = sizing.explain_settings(shape, rule, {"train.loss"})
+    assert len(lines) == 7 and not any("loss" in line for line in lines)
 
 
 def test_count_min_bound_by_hand():

@@ -17,14 +17,16 @@ The rule:
   floor is 64 buckets, or L / 2 when L < 128, so that B < L always. The cap keeps the output layer
   R x H x B within a few GB.
 - **steps**: a run left to the data (B = 0) on a small set (L < 1,000 or N < 256) trains at least
-  ``MIN_STEPS`` steps: the batch is cut to ``rule_batch_size`` and the epochs raised to reach it
-  (a few hundred points in batches of 256 for 5 epochs are 10 steps: nothing is learnt).
+  300 steps (100 at a learning rate of 0.01 or more): the batch is cut to ``rule_batch_size`` and
+  the epochs raised to reach it (a few hundred points in batches of 256 for 5 epochs are 10
+  steps: nothing is learnt).
 - **R** stays what the config says; the count-min bound R >= ln(L / delta) / ln(B / labels per
   point) (a wrong class shares all R buckets of a point's true ones with probability delta) is
   printed: it is a handful at these sizes, so R beyond it averages estimation noise (R = 16 -> 32
   added 1.0 of P@5 on citeulike-users).
-- ``rule_settings`` adds: R = 16 below L = 2,000 and 32 from it (the presets' and ``large``'s),
-  hidden 128 below N = 2,000 points and 256 from it, batch size and epochs as above.
+- ``rule_settings`` adds: R = 16 below L = 2,000 and 32 from it (the presets' and ``large``'s);
+  below N = 2,000 points hidden 128 and a learning rate of 0.01, from it 256 and 0.002; batch
+  size and epochs as above.
 """
 
 from __future__ import annotations
@@ -36,7 +38,10 @@ from mach_jax.config.tree import Config
 
 SOFTMAX_FROM_LABELS = 2_000
 MIN_BUCKETS, MAX_BUCKETS = 64, 20_000
-MIN_STEPS = 300  # a small set's run left to the data trains at least this many steps
+MIN_STEPS = 300  # a small set's run left to the data trains at least this many steps,
+MIN_STEPS_FAST = 100  # or this many at a step size of FAST_LEARNING_RATE or more
+FAST_LEARNING_RATE = 1e-2
+SMALL_POINTS = 2_000  # below it: hidden 128 and the fast step size
 SMALL_LABELS = 1_000
 
 
@@ -64,10 +69,15 @@ def rule_batch_size(shape: DataShape) -> int:
     return int(min(max(2 ** math.floor(math.log2(max(shape.num_points / 16, 1))), 32), 256))
 
 
-def rule_epochs(shape: DataShape, batch_size: int, epochs: int = 5) -> int:
-    """``epochs``, or more when that many are fewer than ``MIN_STEPS`` steps (at most 50)."""
+def min_steps(learning_rate: float) -> int:
+    """The fewest steps a small set trains: ``MIN_STEPS``, a third of it from a 5x larger step size."""
+    return MIN_STEPS_FAST if learning_rate >= FAST_LEARNING_RATE else MIN_STEPS
+
+
+def rule_epochs(shape: DataShape, batch_size: int, epochs: int = 5, learning_rate: float = 2e-3) -> int:
+    """``epochs``, or more when that many are fewer than ``min_steps`` steps (at most 50)."""
     steps = max(math.ceil(shape.num_points / batch_size), 1)
-    return int(min(max(epochs, math.ceil(MIN_STEPS / steps)), max(epochs, 50)))
+    return int(min(max(epochs, math.ceil(min_steps(learning_rate) / steps)), max(epochs, 50)))
 
 
 def is_small(shape: DataShape) -> bool:
@@ -78,11 +88,13 @@ def is_small(shape: DataShape) -> bool:
 def rule_settings(shape: DataShape) -> dict[str, dict]:
     """A whole model from the shape: ``{"model": {...}, "train": {...}}`` for ``Config.replace``."""
     batch_size = rule_batch_size(shape)
+    small = shape.num_points < SMALL_POINTS
+    learning_rate = FAST_LEARNING_RATE if small else 2e-3
     return {"model": {"num_buckets": rule_buckets(shape),
                       "num_repetitions": 16 if shape.num_labels < SOFTMAX_FROM_LABELS else 32,
-                      "hidden_sizes": (128,) if shape.num_points < 2_000 else (256,)},
-            "train": {"batch_size": batch_size, "epochs": rule_epochs(shape, batch_size),
-                      "loss": rule_loss(shape)}}
+                      "hidden_sizes": (128,) if small else (256,)},
+            "train": {"batch_size": batch_size, "learning_rate": learning_rate,
+                      "epochs": rule_epochs(shape, batch_size, 5, learning_rate), "loss": rule_loss(shape)}}
 
 
 def rule_loss(shape: DataShape) -> str:
@@ -125,9 +137,12 @@ def explain_settings(shape: DataShape, settings: dict[str, dict], given: set[str
               f"{shape.labels_per_point:.1f} labels per point")]
     why = {"model.num_buckets": _buckets_line(shape, model["num_buckets"]),
            "model.num_repetitions": f"  R = {model['num_repetitions']}: 16 below L = {SOFTMAX_FROM_LABELS}, 32 from it",
-           "model.hidden_sizes": f"  hidden {list(model['hidden_sizes'])}: 128 below N = 2000, 256 from it",
+           "model.hidden_sizes": f"  hidden {list(model['hidden_sizes'])}: 128 below N = {SMALL_POINTS}, 256 from it",
            "train.batch_size": f"  batch size {train['batch_size']}: about N/16, a power of two within [32, 256]",
-           "train.epochs": (f"  {train['epochs']} epochs: 5, or more to train at least {MIN_STEPS} steps "
+           "train.learning_rate": (f"  learning rate {train['learning_rate']:g}: {FAST_LEARNING_RATE:g} below "
+                                   f"N = {SMALL_POINTS} (fewer steps), 0.002 from it"),
+           "train.epochs": (f"  {train['epochs']} epochs: 5, or more to train at least "
+                            f"{min_steps(train['learning_rate'])} steps "
                             f"({math.ceil(shape.num_points / train['batch_size'])} steps an epoch)"),
            "train.loss": f"  loss = {train['loss']}: softmax from L >= {SOFTMAX_FROM_LABELS}, sigmoid below"}
     return lines + [line for field, line in why.items() if field not in given]
@@ -140,15 +155,17 @@ def _buckets_line(shape: DataShape, buckets: int) -> str:
 
 
 def _small_schedule(config: Config, shape: DataShape, lines: list[str]) -> dict:
-    """A small set's batch size and epochs: at least ``MIN_STEPS`` steps, or the config's own."""
-    steps = config.train.epochs * math.ceil(shape.num_points / config.train.batch_size)
-    if steps >= MIN_STEPS:
+    """A small set's batch size and epochs: at least ``min_steps`` steps, or the config's own."""
+    train = config.train
+    steps = train.epochs * math.ceil(shape.num_points / train.batch_size)
+    if steps >= min_steps(train.learning_rate):
         return {}
-    batch_size = min(config.train.batch_size, rule_batch_size(shape))
-    epochs = rule_epochs(shape, batch_size, config.train.epochs)
-    lines.append(f"  batch size {batch_size}, {epochs} epochs: the config's {config.train.epochs} epochs of "
-                 f"{config.train.batch_size} are {steps} steps on N={shape.num_points}; a small set "
-                 f"(L < {SMALL_LABELS} or N < {4 * MIN_BUCKETS}) trains at least {MIN_STEPS}")
+    batch_size = min(train.batch_size, rule_batch_size(shape))
+    epochs = rule_epochs(shape, batch_size, train.epochs, train.learning_rate)
+    lines.append(f"  batch size {batch_size}, {epochs} epochs: the config's {train.epochs} epochs of "
+                 f"{train.batch_size} are {steps} steps on N={shape.num_points}; a small set "
+                 f"(L < {SMALL_LABELS} or N < {4 * MIN_BUCKETS}) trains at least {min_steps(train.learning_rate)} "
+                 f"at a learning rate of {train.learning_rate:g}")
     return {"batch_size": batch_size, "epochs": epochs}
 
 
