@@ -53,13 +53,13 @@ def test_from_128_labels_the_rule_is_unchanged():
 def test_a_small_set_trains_enough_steps():
     sized, lines = sizing.size_from_data(get_preset("large"), DataShape(40, 480, 2.0))
     # 5 epochs of 256 on 480 points are 10 steps: batch 32 (480 / 16 = 30 -> 32), 15 steps an epoch,
-    # 7 epochs for 100 steps at large's learning rate of 0.01 (300 at 0.002: 20 epochs).
-    assert (sized.model.num_buckets, sized.train.batch_size, sized.train.epochs) == (20, 32, 7)
+    # 20 epochs for 300 steps (large decays its step size); 7 for 100 at a constant 0.01.
+    assert (sized.model.num_buckets, sized.train.batch_size, sized.train.epochs) == (20, 32, 20)
     assert "B = 20: min(L/2, N/4) = min(20, 120) = 20" in lines[1]
-    assert any("batch size 32, 7 epochs" in line for line in lines)
-    slower, _ = sizing.size_from_data(get_preset("large").replace(train={"learning_rate": 2e-3}),
-                                      DataShape(40, 480, 2.0))
-    assert slower.train.epochs == 20
+    assert any("batch size 32, 20 epochs" in line for line in lines)
+    constant, _ = sizing.size_from_data(get_preset("large").replace(train={"lr_schedule": "constant"}),
+                                        DataShape(40, 480, 2.0))
+    assert constant.train.epochs == 7
 
 
 @pytest.mark.parametrize("shape, settings", [

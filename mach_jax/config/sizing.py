@@ -17,7 +17,7 @@ The rule:
   floor is 64 buckets, or L / 2 when L < 128, so that B < L always. The cap keeps the output layer
   R x H x B within a few GB.
 - **steps**: a run left to the data (B = 0) on a small set (L < 1,000 or N < 256) trains at least
-  300 steps (100 at a learning rate of 0.01 or more): the batch is cut to ``rule_batch_size`` and
+  300 steps (100 at a constant learning rate of 0.01 or more): the batch is cut to ``rule_batch_size`` and
   the epochs raised to reach it (a few hundred points in batches of 256 for 5 epochs are 10
   steps: nothing is learnt).
 - **R** stays what the config says; the count-min bound R >= ln(L / delta) / ln(B / labels per
@@ -69,9 +69,12 @@ def rule_batch_size(shape: DataShape) -> int:
     return int(min(max(2 ** math.floor(math.log2(max(shape.num_points / 16, 1))), 32), 256))
 
 
-def min_steps(learning_rate: float) -> int:
-    """The fewest steps a small set trains: ``MIN_STEPS``, a third of it from a 5x larger step size."""
-    return MIN_STEPS_FAST if learning_rate >= FAST_LEARNING_RATE else MIN_STEPS
+def min_steps(learning_rate: float, schedule: str = "constant") -> int:
+    """The fewest steps a small set trains: ``MIN_STEPS``, a third of it at a constant step size 5x
+    larger (a decaying one spends its last steps at small sizes: 100 steps of cosine from 0.01
+    reached 93.3 % P@1 on the 40-tag texts, 300 steps 99.2 %)."""
+    fast = learning_rate >= FAST_LEARNING_RATE and schedule == "constant"
+    return MIN_STEPS_FAST if fast else MIN_STEPS
 
 
 def rule_epochs(shape: DataShape, batch_size: int, epochs: int = 5, learning_rate: float = 2e-3) -> int:
@@ -158,14 +161,16 @@ def _small_schedule(config: Config, shape: DataShape, lines: list[str]) -> dict:
     """A small set's batch size and epochs: at least ``min_steps`` steps, or the config's own."""
     train = config.train
     steps = train.epochs * math.ceil(shape.num_points / train.batch_size)
-    if steps >= min_steps(train.learning_rate):
+    least = min_steps(train.learning_rate, train.lr_schedule)
+    if steps >= least:
         return {}
     batch_size = min(train.batch_size, rule_batch_size(shape))
-    epochs = rule_epochs(shape, batch_size, train.epochs, train.learning_rate)
+    per_epoch = math.ceil(shape.num_points / batch_size)
+    epochs = int(min(max(train.epochs, math.ceil(least / per_epoch)), max(train.epochs, 50)))
     lines.append(f"  batch size {batch_size}, {epochs} epochs: the config's {train.epochs} epochs of "
                  f"{train.batch_size} are {steps} steps on N={shape.num_points}; a small set "
-                 f"(L < {SMALL_LABELS} or N < {4 * MIN_BUCKETS}) trains at least {min_steps(train.learning_rate)} "
-                 f"at a learning rate of {train.learning_rate:g}")
+                 f"(L < {SMALL_LABELS} or N < {4 * MIN_BUCKETS}) trains at least {least} "
+                 f"(learning rate {train.learning_rate:g}, {train.lr_schedule})")
     return {"batch_size": batch_size, "epochs": epochs}
 
 
