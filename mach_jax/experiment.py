@@ -23,7 +23,7 @@ from mach_jax.readout.ensemble import MachEnsemble
 from mach_jax.storage import lock, workdir as wd
 from mach_jax.training import loop, resource_check
 from mach_jax.training.loop import Evaluate
-from mach_jax.training.resolve import prepare_run, resolve_config
+from mach_jax.training.resolve import fitted_to_data, prepare_run, validated
 from mach_jax.training.resources import run_shape
 
 
@@ -71,12 +71,13 @@ def train_and_evaluate(config: Config, workdir: str | Path, progress: bool = Tru
     Returns:
       The metrics dict (P@k, nDCG@k, PSP@k for k = 1, 3, 5, the split and the run's settings).
     """
+    config = validated(with_absolute_paths(config))
     if config.rerank.enabled:
         rerank_stage.require_one_process()  # before the members train, not after
     train_data, eval_data, split = sources.load_train_eval(config.data, progress, train_data, eval_data)
     if eval_data is not None:
         eval_data.require_points("evaluate")
-    config = resolve_config(with_absolute_paths(config), train_data, workdir)
+    config = fitted_to_data(config, train_data, workdir)
     # Before anything big is allocated or written: a table that cannot fit is refused here.
     shape = run_shape(train_data, eval_data, config.data.max_nnz)
     resource_check.require_fits(config, shape, config.data.train_path)

@@ -10,9 +10,8 @@ from mach_jax import get_preset
 from mach_jax.config import sizing
 from mach_jax.config.sizing import DataShape
 from mach_jax.errors import ConfigError
-from mach_jax.data.synthetic import make_synthetic
 from mach_jax.experiment import train_and_evaluate
-from mach_jax.training.resolve import resolve_config
+from mach_jax.training.resolve import validated
 
 
 @pytest.mark.parametrize("shape, buckets, loss", [
@@ -97,7 +96,7 @@ def test_bad_values_are_refused():
     with pytest.raises(ConfigError, match="model.num_buckets"):
         get_preset("tiny").replace(model={"num_buckets": 1}).validate()
     with pytest.raises(ConfigError, match="train.loss"):  # refused when the run is resolved
-        resolve_config(get_preset("tiny").replace(train={"loss": "hinge"}), make_synthetic(get_preset("tiny").data.synthetic)[0])
+        validated(get_preset("tiny").replace(train={"loss": "hinge"}))
 
 
 def test_a_run_left_to_the_data_saves_what_was_chosen(tmp_path, caplog):

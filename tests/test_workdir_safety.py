@@ -265,7 +265,7 @@ def rules_disagreeing_data() -> XCDataset:
 def test_a_run_recorded_before_the_feature_entries_resumes_with_the_rules_it_was_trained_with(tmp_path):
     from mach_jax.data.prepare import prepare_train_data
     from mach_jax.training import loop as trainer
-    from mach_jax.training.resolve import resolve_config
+    from mach_jax.training.resolve import fitted_to_data
     from mach_jax.training.spec import step_spec
 
     data, work = rules_disagreeing_data(), tmp_path / "old"
@@ -284,7 +284,7 @@ def test_a_run_recorded_before_the_feature_entries_resumes_with_the_rules_it_was
     info = prepare_train_data(config, data)[1]
     mesh = make_mesh(config.model.num_repetitions)
     assert step_spec(config, info, mesh).lazy_embedding  # what a new run picks on this data
-    resumed = resolve_config(config, data, work)  # format 1's choice, pinned by the migration
+    resumed = fitted_to_data(config, data, work)  # format 1's choice, pinned by the migration
     assert resumed.train.embedding_update == "dense" and not step_spec(resumed, info, mesh).lazy_embedding
     # The resumed run keeps dense Adam, so the checkpoint's moments restore and training goes on.
     trainer.train(config.replace(train={"epochs": 2}), work, data, progress=False)

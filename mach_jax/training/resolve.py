@@ -1,8 +1,9 @@
 """A training run resolved once: the config validated and sized for the data, then the data
 made ready, into one record every later stage reads (``ResolvedRun``).
 
-``resolve_config`` runs first (before the start-up memory check, which needs the sized config),
-``prepare_run`` after it; ``resolve_run`` does both. Nothing downstream validates or sizes again.
+``validated`` runs first (before any data is read), ``fitted_to_data`` once the data is loaded
+(before the start-up memory check, which needs the sized config), ``prepare_run`` last;
+``resolve_run`` does all three. Nothing downstream validates or sizes again.
 """
 
 from __future__ import annotations
@@ -41,12 +42,18 @@ class ResolvedRun:
     fingerprint: str
 
 
-def resolve_config(config: Config, train_data: XCDataset, workdir: str | Path | None = None) -> Config:
-    """The config validated (once), sized for ``train_data`` (``prepare.filled_from_data``) and,
-    for a run in ``workdir``, with the choices its workdir recorded where it leaves them to
-    "auto" (``migration.keep_recorded_choices``: a resumed run keeps its implementations)."""
+def validated(config: Config) -> Config:
+    """The config checked, once per command, before any data is read: its fields
+    (``Config.validate``) and its loss's name (the loss registry's business, not the config's)."""
     config.validate()
-    losses.require_known(config.train.loss)  # the registry's, not the config's, business
+    losses.require_known(config.train.loss)
+    return config
+
+
+def fitted_to_data(config: Config, train_data: XCDataset, workdir: str | Path | None = None) -> Config:
+    """A ``validated`` config sized for ``train_data`` (``prepare.filled_from_data``) and, for a
+    run in ``workdir``, with the choices its workdir recorded where it leaves them to "auto"
+    (``migration.keep_recorded_choices``: a resumed run keeps its implementations)."""
     train_data.require_points("train on")
     check_enough_labels(train_data.num_labels)
     config = filled_from_data(config, train_data)
@@ -57,7 +64,7 @@ def resolve_config(config: Config, train_data: XCDataset, workdir: str | Path | 
 
 
 def prepare_run(config: Config, train_data: XCDataset) -> ResolvedRun:
-    """The run of a config from ``resolve_config``: counts, idf, fingerprint, the data prepared."""
+    """The run of a config from ``fitted_to_data``: counts, idf, fingerprint, the data prepared."""
     counts = label_counts(train_data)  # before any --max-labels cut: PSP@k uses the true counts
     idf = feature_idf(config, train_data)
     fingerprint = integrity.data_fingerprint(train_data)
@@ -66,5 +73,5 @@ def prepare_run(config: Config, train_data: XCDataset) -> ResolvedRun:
 
 
 def resolve_run(config: Config, train_data: XCDataset, workdir: str | Path | None = None) -> ResolvedRun:
-    """``prepare_run(resolve_config(config, train_data, workdir), train_data)``."""
-    return prepare_run(resolve_config(config, train_data, workdir), train_data)
+    """``validated``, ``fitted_to_data`` and ``prepare_run``: the whole resolution of a run."""
+    return prepare_run(fitted_to_data(validated(config), train_data, workdir), train_data)
