@@ -172,14 +172,22 @@ def _write_until_closed(path, head: bytes, block: bytes):
             pass
 
 
+# The process's own peak: VmHWM of its memory map. (Linux keeps ru_maxrss across exec, so a child
+# of a large test worker would report the worker's peak.)
 MEMORY_SCRIPT = """
 import resource, sys
 from mach_jax import cli
 from mach_jax.predict import main
+def peak_kib():
+    try:
+        with open("/proc/self/status") as status:
+            return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 try:
     cli.run_cli(lambda: main(sys.argv[1:]))
 finally:
-    print("maxrss_kib", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)
+    print("maxrss_kib", peak_kib(), file=sys.stderr)
 """
 
 
