@@ -79,7 +79,11 @@ def do_train(args: argparse.Namespace) -> int:
              f"workdir={workdir}")
     metrics = train_and_evaluate(config, workdir, progress=not args.quiet)
     written = workdir_lib.group_dir(workdir, config.parallel.rep_range) / workdir_lib.METRICS_FILE
-    print(format_metrics(metrics))  # the result on stdout; status lines go to stderr
+    if "split" in metrics:
+        print(format_metrics(metrics))  # the result on stdout; status lines go to stderr
+    else:  # trained on a training file alone
+        print(f"trained in {metrics['train_seconds']:.1f} s, no test data: evaluate with "
+              f"python -m mach_jax.evaluate --workdir {workdir} --test FILE")
     log.info(f"written to {written}")
     return 0
 

@@ -166,7 +166,7 @@ def load_eval_data(config: DataConfig, path: str | None = None, split: str | Non
         return read_data_file(config.test_path, config.cache_dir, progress), "test"
     if split == "test" and config.train_path:
         raise ConfigError("the run was trained on a training file alone and has no test file: "
-                          "give one with --test FILE", field="data.test_path")
+                          "give one with --test FILE")
     train, test = load_datasets(config, progress)
     return (split_validation(config, train)[1] if split == "valid" else test), split
 

@@ -147,7 +147,7 @@ def run_training(run: ResolvedRun, workdir: str | Path, progress: bool = True,
         identity = wd.identity(config, info, run.fingerprint)
         program, state = start_or_resume(run, workdir, info, identity)
         evaluate_params = evaluator and evaluator(info, run.label_counts, program.rep_ids, run.idf)
-        step = first_step = int(state["step"])
+        step = int(state["step"])
         # ---- Set up: logs, checkpoints, the updates' route (host or device, capped or not).
         bar = tqdm(total=schedule.total_steps, initial=step, disable=not progress, desc="train", unit="step")
         with MetricLog(workdir, step, jax.process_index(), steps_per_epoch) as metric_log:
@@ -180,10 +180,9 @@ def run_training(run: ResolvedRun, workdir: str | Path, progress: bool = True,
                     bar.close()
                 with agreement.failing_together("saving the final checkpoint"):  # every process, or none
                     checkpoints.wait_until_saved(manager)
-            # ---- The final evaluation. A session that ran no step (the run was complete) adds
-            # no training time.
-            train_seconds = seconds() if schedule.total_steps > first_step else metric_log.train_seconds_before
-            metrics = {**(final_fields or {}), "train_seconds": round(train_seconds, 2)}
+            # ---- The final evaluation. The training time is the last step's log record's (a
+            # session that ran no step, the run being complete, adds none).
+            metrics = {**(final_fields or {}), "train_seconds": metric_log.train_seconds}
             if evaluate_params:
                 metrics = {**evaluate_params(state["params"], progress=progress), **metrics}
                 metric_log.write("eval", int(state["step"]), final=True, **metrics)

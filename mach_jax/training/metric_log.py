@@ -103,9 +103,11 @@ class MetricLog:
         kept = [r for r in _parse_records(text) if r["step"] <= start_step]
         # The newest step each kind has logged (and that stays valid): later ones are new.
         self._last_step: dict[str, int] = {}
-        # The training time of the sessions before, up to the restored step (0 for a new run).
+        # The training time of the sessions before, up to the restored step (0 for a new run), and
+        # as of the newest train record (``write``).
         self.train_seconds_before = next((r["train_seconds"] for r in reversed(kept)
                                           if r.get("kind") == "train" and "train_seconds" in r), 0.0)
+        self.train_seconds = self.train_seconds_before
         for record in kept:
             kind = record.get("kind")
             self._last_step[kind] = max(self._last_step.get(kind, -1), record["step"])
@@ -124,6 +126,8 @@ class MetricLog:
         record = {"kind": kind, "step": step, "epoch": step / self.steps_per_epoch,
                   "wall_time": time.time(), **fields}
         self._last_step[kind] = step
+        if kind == "train" and "train_seconds" in fields:
+            self.train_seconds = fields["train_seconds"]
         self._append(record)
         self._events.add_scalars(step, {tag: value for tag, value in scalars(record).items()
                                         if math.isfinite(value)}, record["wall_time"])

@@ -85,17 +85,20 @@ class RunShape:
         return min(self.feature_entries / self.num_train_points, width)
 
 
-def run_shape(train: XCDataset, eval_data: XCDataset, max_nnz: int | None = None) -> RunShape:
+def run_shape(train: XCDataset, eval_data: XCDataset | None, max_nnz: int | None = None) -> RunShape:
     """The ``RunShape`` of a run's loaded data (its row widths: no array is built); ``max_nnz``
-    is ``data.max_nnz``, the width training rows are cut to (None: not cut)."""
-    nnz, eval_nnz = train.features.row_nnz(), eval_data.features.row_nnz()
+    is ``data.max_nnz``, the width training rows are cut to (None: not cut). A run with no
+    evaluation data has eval widths 0."""
+    nnz = train.features.row_nnz()
+    eval_nnz = eval_data.features.row_nnz() if eval_data is not None else np.zeros(0, np.int64)
+    eval_labels = eval_data.labels.row_nnz() if eval_data is not None else np.zeros(0, np.int64)
     matrices = (train.features, train.labels)
     return RunShape(
         num_features=train.num_features, num_labels=train.num_labels, num_train_points=train.num_points,
         widest_features=int(nnz.max(initial=0)), widest_labels=int(train.labels.row_nnz().max(initial=0)),
         widest_features_row=int(nnz.argmax()) if nnz.size else 0,
         eval_widest_features=int(eval_nnz.max(initial=0)),
-        eval_widest_labels=int(eval_data.labels.row_nnz().max(initial=0)),
+        eval_widest_labels=int(eval_labels.max(initial=0)),
         eval_widest_features_row=int(eval_nnz.argmax()) if eval_nnz.size else 0,
         train_bytes=sum(m.indptr.nbytes + m.indices.nbytes + m.values.nbytes for m in matrices),
         feature_entries=int(np.minimum(nnz, max_nnz).sum() if max_nnz else nnz.sum()))

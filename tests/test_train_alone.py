@@ -1,0 +1,59 @@
+"""Training on a training file alone (no test data), and the training time a workdir reports:
+kept across resumes, never the time of a session that only evaluated."""
+
+import json
+
+import pytest
+
+from mach_jax import get_preset
+from mach_jax.data.synthetic import make_synthetic
+from mach_jax.data.xc_format import write_xc
+from support import one_error_line, run_in_process
+
+TINY = ["--preset", "tiny", "--quiet", "--epochs", "1"]
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("alone")
+    train, test = make_synthetic(get_preset("tiny").data.synthetic)
+    write_xc(root / "train.txt", train)
+    write_xc(root / "test.txt", test)
+    return root
+
+
+def metrics_of(folder):
+    return json.loads((folder / "metrics.json").read_text())
+
+
+def test_a_training_file_alone_trains_and_is_evaluated_later(files):
+    result = run_in_process("mach_jax.train", *TINY, "--train", "train.txt", "--workdir", "solo", cwd=files)
+    assert "no test data: evaluate with python -m mach_jax.evaluate --workdir solo --test FILE" in result.stdout
+    assert set(metrics_of(files / "solo")) == {"train_seconds"}
+    refused = run_in_process("mach_jax.evaluate", "--workdir", "solo", cwd=files, check=False)
+    assert refused.returncode == 2 and "has no test file: give one with --test FILE" in one_error_line(refused)
+    evaluated = run_in_process("mach_jax.evaluate", "--workdir", "solo", "--test", "test.txt", cwd=files)
+    both = run_in_process("mach_jax.train", *TINY, "--train", "train.txt", "--test", "test.txt",
+                          "--workdir", "both", cwd=files)
+    assert evaluated.stdout.splitlines()[1:] == both.stdout.splitlines()[1:]  # the same members' P@k
+
+
+def test_config_json_records_absolute_paths_read_from_any_folder(files, tmp_path):
+    run_in_process("mach_jax.train", *TINY, "--train", "train.txt", "--test", "test.txt", "--workdir", "abs",
+                   cwd=files)
+    data = json.loads((files / "abs" / "config.json").read_text())["config"]["data"]
+    assert data["train_path"] == str(files / "train.txt") and data["test_path"] == str(files / "test.txt")
+    elsewhere = run_in_process("mach_jax.evaluate", "--workdir", str(files / "abs"), cwd=tmp_path)
+    assert elsewhere.returncode == 0
+
+
+def test_training_time_is_kept_across_resumes_and_not_counted_by_an_evaluation_only_session(files):
+    run_in_process("mach_jax.train", *TINY, "--train", "train.txt", "--test", "test.txt", "--workdir", "t",
+                   cwd=files)
+    first = metrics_of(files / "t")["train_seconds"]
+    run_in_process("mach_jax.train", *TINY, "--train", "train.txt", "--test", "test.txt", "--workdir", "t",
+                   cwd=files)  # complete already: it only evaluates
+    assert metrics_of(files / "t")["train_seconds"] == first
+    run_in_process("mach_jax.train", "--preset", "tiny", "--quiet", "--epochs", "2", "--train", "train.txt",
+                   "--test", "test.txt", "--workdir", "t", cwd=files)
+    assert metrics_of(files / "t")["train_seconds"] > first  # the first session's time, plus the second's
