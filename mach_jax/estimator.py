@@ -45,7 +45,6 @@ except ImportError:  # pragma: no cover - the core install has no scikit-learn
 
 _EXPLICIT = ("num_repetitions", "num_buckets", "preset", "workdir", "verbose")
 _FROM_FIT = {"data.train_path", "data.test_path", "data.dataset"}  # fit(X, Y) holds the data
-FIT_METRICS_POINTS = 1_000
 _METRIC = re.compile(r"^(P|nDCG|PSP)@([1-9]\d*)$")
 
 
@@ -81,7 +80,7 @@ class MachClassifier(_Base):
 
     Attributes (after ``fit``): ``ensemble_`` (the trained ``MachEnsemble``), ``config_`` (the run's
     config, sizes filled in), ``n_features_in_`` (D), ``num_labels_`` (L), ``workdir_``, ``metrics_``
-    (P@k, nDCG@k, PSP@k on the first 1,000 training points, as the run's metrics.json has them).
+    (the run's metrics.json: ``train_seconds``; ``score`` evaluates).
     """
 
     def __init__(self, num_repetitions: int | None = None, num_buckets: int | None = None,
@@ -168,10 +167,7 @@ class MachClassifier(_Base):
         with status_lines_on_stderr() if self.verbose else contextlib.nullcontext():
             config = self.build_config(labels)
             data = XCDataset(features, labels, "<fit(X, Y)>")
-            # The run's metrics on (at most) its first 1,000 training points: a fit that learnt
-            # nothing shows at once, at the cost of one small read-out.
-            sample = data.take(np.arange(min(data.num_points, FIT_METRICS_POINTS)), "<fit(X, Y)> (training points)")
-            self.metrics_ = train_and_evaluate(config, workdir, progress=False, train_data=data, eval_data=sample)
+            self.metrics_ = train_and_evaluate(config, workdir, progress=False, train_data=data)
         self._loaded(workdir)
         return self
 
