@@ -195,13 +195,16 @@ def _name_the_file(config: Config, config_file: str, args: argparse.Namespace) -
         raise ConfigError(f"{config_file}: {error.field}: {error}") from None
 
 
-def run_cli(main: Callable[[], int]) -> None:
+def run_cli(main: Callable[[], int], process_ends: bool = True) -> None:
     """Runs a CLI body: expected errors print one clear line and exit 2, no traceback.
 
     Expected errors are those of ``errors.USER_ERRORS`` and any ``OSError`` (a file that cannot
-    be read or written: permissions, a folder where a file should be, a full disk).
+    be read or written: permissions, a folder where a file should be, a full disk). The status
+    lines' handler and Orbax's noise filters are the command's own, removed when it returns;
+    where the process ends with the command (``process_ends``, as under ``python -m``), the
+    unraisable hook that drops a failed restore's leftover reads stays for the shutdown.
     """
-    with status_lines_on_stderr(), orbax_noise.quieted():  # the command's own: restored on exit
+    with status_lines_on_stderr(), orbax_noise.quieted(hook_until_exit=process_ends):
         _run_reporting_errors(main)
 
 

@@ -124,7 +124,7 @@ def run_in_process(module: str, *args: str, cwd: Path, check: bool = True) -> Co
         patch.setenv("MACH_JAX_CACHE_DIR", str(Path(cwd) / "cache"))
         try:
             with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-                cli.run_cli(lambda: main(list(args)))
+                cli.run_cli(lambda: main(list(args)), process_ends=False)
             code = 0
         except SystemExit as stop:
             code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)

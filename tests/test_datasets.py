@@ -473,11 +473,11 @@ def test_cli_convert_vw_exit_status(tmp_path, capsys):
     (tmp_path / "in.vw").write_bytes(VW)
     with pytest.raises(SystemExit) as exit_info:
         cli.run_cli(lambda: datasets.main(["convert-vw", str(tmp_path / "in.vw"),
-                                           str(tmp_path / "o.txt")]))
+                                           str(tmp_path / "o.txt")]), process_ends=False)
     assert exit_info.value.code == 0 and "3 points, D=6, L=3" in capsys.readouterr().out
     (tmp_path / "bad.vw").write_bytes(b"1 | a b\n")
     with pytest.raises(SystemExit) as exit_info:
         cli.run_cli(lambda: datasets.main(["convert-vw", str(tmp_path / "bad.vw"),
-                                           str(tmp_path / "o.txt")]))
+                                           str(tmp_path / "o.txt")]), process_ends=False)
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.startswith(f"error: {tmp_path / 'bad.vw'}:1: feature 'a'")

@@ -277,7 +277,7 @@ class FullStdout(io.StringIO):
 def test_a_full_disk_behind_stdout_names_stdout(capsys, monkeypatch):
     monkeypatch.setattr(sys, "stdout", FullStdout())
     with pytest.raises(SystemExit) as stop:
-        cli.run_cli(lambda: print("result") or 0)
+        cli.run_cli(lambda: print("result") or 0, process_ends=False)
     assert stop.value.code == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == "error: stdout: No space left on device"
 

@@ -119,7 +119,7 @@ def cli_errors(monkeypatch, capsys):
 
     def run(argv):
         with pytest.raises(SystemExit) as exit_info:
-            cli.run_cli(lambda: script.main(argv))
+            cli.run_cli(lambda: script.main(argv), process_ends=False)
         return exit_info.value.code, capsys.readouterr().err
     return run
 

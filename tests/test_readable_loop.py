@@ -102,5 +102,5 @@ def test_a_library_call_changes_no_hook_or_logger_filter(tmp_path):
 def test_the_command_line_restores_what_it_changed(tmp_path):
     hook = sys.unraisablehook
     filters = list(logging.getLogger("absl").filters)
-    support.run_in_process("mach_jax.train", "--help", cwd=tmp_path, check=False)
+    support.run_in_process("mach_jax.train", "--help", cwd=tmp_path, check=False)  # process_ends=False
     assert sys.unraisablehook is hook and logging.getLogger("absl").filters == filters

@@ -169,7 +169,8 @@ def test_build_errors(tiny, tmp_path, capsys):
         prepare("Nope", manual, tmp_path)
     capsys.readouterr()  # TFDS's progress bars so far
     with pytest.raises(SystemExit) as stopped:  # the command's own error path: one line, status 2
-        cli.run_cli(lambda: tfds_cli.main(["Nope", "--manual-dir", str(manual), "--data-dir", str(tmp_path)]))
+        cli.run_cli(lambda: tfds_cli.main(["Nope", "--manual-dir", str(manual), "--data-dir", str(tmp_path)]),
+                    process_ends=False)
     assert stopped.value.code == 2
     assert capsys.readouterr().err.startswith("error: unknown dataset 'Nope'; known: ")
 

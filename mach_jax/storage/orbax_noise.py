@@ -98,17 +98,20 @@ def read_only_notice_dropped() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def quieted() -> Iterator[None]:
-    """The filters and the hook for the ``with`` block; the previous ones are back after it."""
+def quieted(hook_until_exit: bool = False) -> Iterator[None]:
+    """The filters and the hook for the ``with`` block; the previous ones are back after it, but
+    with ``hook_until_exit`` the hook stays for the rest of the process (a command's process ends
+    right after the block, and a failed restore's leftover reads finish during its shutdown)."""
     filters = [(logging.getLogger("absl"), _OrbaxNoise()), (logging.getLogger("asyncio"), _LeftoverReads())]
     previous_hook = sys.unraisablehook
     for logger, noise in filters:
         logger.addFilter(noise)
-    sys.unraisablehook = _DropClosedLoop(previous_hook)
+    if not isinstance(previous_hook, _DropClosedLoop):  # once: a command left it for its shutdown
+        sys.unraisablehook = _DropClosedLoop(previous_hook)
     try:
         yield
     finally:
         for logger, noise in filters:
             logger.removeFilter(noise)
-        if isinstance(sys.unraisablehook, _DropClosedLoop):
+        if isinstance(sys.unraisablehook, _DropClosedLoop) and not hook_until_exit:
             sys.unraisablehook = previous_hook
