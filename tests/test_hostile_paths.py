@@ -1,4 +1,4 @@
-"""Hostile paths and endless streams (issue 30): outputs never replace a device, FIFO, socket or
+"""Hostile paths and endless streams: outputs never replace a device, FIFO, socket or
 link; lock and log files are never followed through a link; numbers are length-checked before
 ``int()``; inputs are read once (FIFO, pipe, stdin) and bounded; stale or renamed state is
 refused or set aside; every refusal is one ``error:`` line with status 2.
@@ -163,13 +163,15 @@ def test_lines_past_the_cap_or_the_header_end_the_read_at_once(trained, tmp_path
 
 
 def _write_until_closed(path, head: bytes, block: bytes):
-    with open(path, "wb") as f:
-        try:
+    """Writes ``head`` then ``block`` forever, until the reader closes the FIFO (the close's own
+    flush may be the write that finds it closed)."""
+    try:
+        with open(path, "wb") as f:
             f.write(head)
             while True:
                 f.write(block)
-        except BrokenPipeError:
-            pass
+    except BrokenPipeError:
+        pass
 
 
 # The process's own peak: VmHWM of its memory map. (Linux keeps ru_maxrss across exec, so a child

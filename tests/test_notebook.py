@@ -31,12 +31,11 @@ def test_notebook_is_stored_with_its_outputs():
     assert not any(output.output_type == "error" for cell in code for output in cell.outputs)
 
 
-@pytest.fixture(scope="module")
-def executed(tmp_path_factory):
-    """The notebook after a full run: ``(notebook, text of all outputs)``."""
+def execute(path: Path, tmp: Path):
+    """The notebook at ``path`` after a full run in ``tmp``, its kernel's temporary folders in
+    ``tmp/tmpdir`` (for the caller to check that none is left)."""
     from ipykernel.kernelspec import write_kernel_spec  # in the test extra, beside nbclient
 
-    tmp = tmp_path_factory.mktemp("notebook")
     (tmp / "tmpdir").mkdir()
     write_kernel_spec(tmp / "jupyter" / "kernels" / KERNEL_NAME)  # argv: sys.executable -m ipykernel_launcher
     with pytest.MonkeyPatch.context() as env:
@@ -47,10 +46,18 @@ def executed(tmp_path_factory):
         # 22 s against 54 s at XLA's defaults, whose faster training does not make up for it.
         env.setenv("MACH_JAX_CACHE_DIR", str(tmp / "cache"))
         env.setenv("TMPDIR", str(tmp / "tmpdir"))  # the kernel's temporary folders, checked after
-        notebook = nbformat.read(NOTEBOOK, as_version=4)
+        notebook = nbformat.read(path, as_version=4)
         client = nbclient.NotebookClient(notebook, timeout=CELL_TIMEOUT_S, kernel_name=KERNEL_NAME,
                                          resources={"metadata": {"path": str(tmp)}})
         client.execute()  # raises CellExecutionError, naming the cell, if any cell fails
+    return notebook
+
+
+@pytest.fixture(scope="module")
+def executed(tmp_path_factory):
+    """The notebook after a full run: ``(notebook, text of all outputs)``."""
+    tmp = tmp_path_factory.mktemp("notebook")
+    notebook = execute(NOTEBOOK, tmp)
     assert not list((tmp / "tmpdir").glob("mach_jax_quickstart_*"))  # the notebook removed its folder
     return notebook, "\n".join(_texts(notebook))
 

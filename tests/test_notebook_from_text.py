@@ -13,7 +13,7 @@ nbclient = pytest.importorskip("nbclient")
 nbformat = pytest.importorskip("nbformat")
 pytest.importorskip("sklearn")
 
-from test_notebook import CELL_TIMEOUT_S, KERNEL_NAME, _texts  # noqa: E402 (the quickstart's machinery)
+from test_notebook import _texts, execute  # noqa: E402 (the quickstart's machinery)
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "from_text.ipynb"
 # The lines a fresh run must print exactly as stored (CPU results are bit-exact at the suite's flags).
@@ -23,20 +23,8 @@ RESULT_LINES = re.compile(r"^(?:B = +\d+: validation P@1 .*|best: .*|test P@1 .*
 @pytest.fixture(scope="module")
 def executed(tmp_path_factory):
     """The notebook after a full run: ``(notebook, text of all outputs)``."""
-    from ipykernel.kernelspec import write_kernel_spec
-
     tmp = tmp_path_factory.mktemp("notebook_from_text")
-    (tmp / "tmpdir").mkdir()
-    write_kernel_spec(tmp / "jupyter" / "kernels" / KERNEL_NAME)
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("JUPYTER_PATH", str(tmp / "jupyter"))
-        env.setenv("JAX_PLATFORMS", "cpu")
-        env.setenv("MACH_JAX_CACHE_DIR", str(tmp / "cache"))
-        env.setenv("TMPDIR", str(tmp / "tmpdir"))  # the kernel's temporary folders, checked after
-        notebook = nbformat.read(NOTEBOOK, as_version=4)
-        client = nbclient.NotebookClient(notebook, timeout=CELL_TIMEOUT_S, kernel_name=KERNEL_NAME,
-                                         resources={"metadata": {"path": str(tmp)}})
-        client.execute()  # raises CellExecutionError, naming the cell, if any cell fails
+    notebook = execute(NOTEBOOK, tmp)
     # The estimators' run folders (mach_jax_*) and the notebook's own export (tmp*): gone once the
     # kernel has exited.
     assert not [*(tmp / "tmpdir").glob("mach_jax_*"), *(tmp / "tmpdir").glob("tmp*")]
