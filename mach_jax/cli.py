@@ -178,19 +178,19 @@ def config_from_args(args: argparse.Namespace) -> Config:
         base = read_config_file(config_file)
     else:
         base = get_preset(preset or "default")
-    config = base.replace(**flag_overrides(args))
-    if config_file is not None:
-        _name_the_file(config, config_file, args)
-    return config
+    return base.replace(**flag_overrides(args))
 
 
-def _name_the_file(config: Config, config_file: str, args: argparse.Namespace) -> None:
-    """A bad value that came from the ``--config`` file, not from a flag, is reported as the
-    file's (a flag error would send the user to a flag they never gave)."""
+@contextlib.contextmanager
+def errors_named_by_source(args: argparse.Namespace) -> Iterator[None]:
+    """A ConfigError raised in the block for a field whose value came from the ``--config`` file,
+    not from a flag, is reported as the file's (a flag error would send the user to a flag they
+    never gave)."""
     try:
-        config.validate()
+        yield
     except ConfigError as error:
-        if error.field is None or getattr(args, error.field, None) is not None:
+        config_file = getattr(args, "config", None)
+        if config_file is None or error.field is None or getattr(args, error.field, None) is not None:
             raise
         raise ConfigError(f"{config_file}: {error.field}: {error}") from None
 

@@ -7,6 +7,7 @@ It is what ``python -m mach_jax.train``, the scripts and notebooks call.
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
@@ -25,6 +26,8 @@ from mach_jax.training import loop, resource_check
 from mach_jax.training.loop import Evaluate
 from mach_jax.training.resolve import fitted_to_data, prepare_run, validated
 from mach_jax.training.resources import run_shape
+
+log = logging.getLogger("mach_jax")
 
 
 def evaluator(config: Config, eval_data: XCDataset, split: str):
@@ -71,7 +74,8 @@ def train_and_evaluate(config: Config, workdir: str | Path, progress: bool = Tru
     Returns:
       The metrics dict (P@k, nDCG@k, PSP@k for k = 1, 3, 5, the split and the run's settings).
     """
-    config = validated(with_absolute_paths(config))
+    config = with_absolute_paths(validated(config))  # the paths alone change: valid still
+    log_settings(config, workdir)
     if config.rerank.enabled:
         rerank_stage.require_one_process()  # before the members train, not after
     train_data, eval_data, split = sources.load_train_eval(config.data, progress, train_data, eval_data)
@@ -97,6 +101,14 @@ def train_and_evaluate(config: Config, workdir: str | Path, progress: bool = Tru
     if jax.process_index() == 0:
         wd.write_metrics(wd.group_dir(Path(workdir), config.parallel.rep_range), metrics)
     return metrics
+
+
+def log_settings(config: Config, workdir: str | Path) -> None:
+    """The run's first status line: R, B, the hidden sizes, the loss and the workdir."""
+    model = config.model
+    buckets = model.num_buckets or "from the data"
+    log.info(f"mach_jax: R={model.num_repetitions} members, B={buckets} buckets, hidden={list(model.hidden_sizes)}, "
+             f"loss={config.train.loss.replace('auto', 'from the data')}, workdir={workdir}")
 
 
 def with_absolute_paths(config: Config) -> Config:

@@ -68,16 +68,13 @@ def do_train(args: argparse.Namespace) -> int:
 
     config = cli.config_from_args(args)  # validated once, by train_and_evaluate
     if args.print_config:
-        print(config.validate().to_json())
+        with cli.errors_named_by_source(args):
+            print(config.validate().to_json())
         return 0
     initialize_distributed(args)  # before any device is touched
     workdir = Path(args.workdir) if args.workdir else default_workdir(args)
-    model = config.model
-    buckets = model.num_buckets or "from the data"
-    log.info(f"mach_jax: R={model.num_repetitions} members, B={buckets} buckets, "  # status: stderr
-             f"hidden={list(model.hidden_sizes)}, loss={config.train.loss.replace('auto', 'from the data')}, "
-             f"workdir={workdir}")
-    metrics = train_and_evaluate(config, workdir, progress=not args.quiet)
+    with cli.errors_named_by_source(args):
+        metrics = train_and_evaluate(config, workdir, progress=not args.quiet)
     written = workdir_lib.group_dir(workdir, config.parallel.rep_range) / workdir_lib.METRICS_FILE
     if "split" in metrics:
         print(format_metrics(metrics))  # the result on stdout; status lines go to stderr

@@ -104,3 +104,11 @@ def test_the_command_line_restores_what_it_changed(tmp_path):
     filters = list(logging.getLogger("absl").filters)
     support.run_in_process("mach_jax.train", "--help", cwd=tmp_path, check=False)  # process_ends=False
     assert sys.unraisablehook is hook and logging.getLogger("absl").filters == filters
+
+
+def test_validate_runs_once_with_a_config_file_too(tmp_path, monkeypatch):
+    (tmp_path / "tiny.json").write_text(get_preset("tiny").replace(train={"epochs": 1}).to_json())
+    calls, original = [], Config.validate
+    monkeypatch.setattr(Config, "validate", lambda self: calls.append(1) or original(self))
+    support.run_in_process("mach_jax.train", "--config", "tiny.json", "--quiet", "--workdir", "w", cwd=tmp_path)
+    assert len(calls) == 1
