@@ -17,7 +17,7 @@ import numpy as np
 from mach_jax import rerank_stage
 from mach_jax.config import Config
 from mach_jax.core import model
-from mach_jax.data import sources
+from mach_jax.data import in_memory, sources
 from mach_jax.data.csr import XCDataset
 from mach_jax.data.prepare import RunInfo
 from mach_jax.readout.ensemble import MachEnsemble
@@ -47,15 +47,16 @@ def evaluator(config: Config, eval_data: XCDataset, split: str):
 
 
 def train_and_evaluate(config: Config, workdir: str | Path, progress: bool = True, *,
-                       train_data: XCDataset | None = None, eval_data: XCDataset | None = None) -> dict:
+                       train_data: XCDataset | tuple | None = None, eval_data: XCDataset | tuple | None = None) -> dict:
     """Trains on the configured data, evaluates on its test split, writes ``metrics.json``.
 
     Args:
       config: the run's settings (validated here, once, and sized for the data).
       workdir: where the run's files go; re-running resumes from its newest checkpoint.
       progress: progress bars on stderr.
-      train_data, eval_data: data in memory (``XCDataset``, e.g. ``XCDataset.from_scipy``) to
-        use instead of the config's source for that split.
+      train_data, eval_data: data in memory to use instead of the config's source for that split:
+        an ``XCDataset`` or an ``(X, Y)`` pair (scipy.sparse or dense features [N, D]; labels as
+        a 0/1 indicator [N, L] or lists of label ids), checked up front (``data.in_memory``).
 
     With ``rerank.shortlist_size`` K > 0 it then trains the shortlist re-ranker
     (``rerank_stage``) and reports the re-ranked metrics, the members' own under
@@ -76,6 +77,10 @@ def train_and_evaluate(config: Config, workdir: str | Path, progress: bool = Tru
     """
     config = with_absolute_paths(validated(config))  # the paths alone change: valid still
     log_settings(config, workdir)
+    if train_data is not None:
+        train_data = in_memory.as_dataset(train_data, "train_data")
+    if eval_data is not None:
+        eval_data = in_memory.as_dataset(eval_data, "eval_data", train_data.num_labels if train_data else None)
     if config.rerank.enabled:
         rerank_stage.require_one_process()  # before the members train, not after
     train_data, eval_data, split = sources.load_train_eval(config.data, progress, train_data, eval_data)

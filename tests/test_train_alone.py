@@ -57,3 +57,22 @@ def test_training_time_is_kept_across_resumes_and_not_counted_by_an_evaluation_o
     run_in_process("mach_jax.train", "--preset", "tiny", "--quiet", "--epochs", "2", "--train", "train.txt",
                    "--test", "test.txt", "--workdir", "t", cwd=files)
     assert metrics_of(files / "t")["train_seconds"] > first  # the first session's time, plus the second's
+
+
+def test_train_and_evaluate_takes_scipy_pairs_as_it_takes_datasets(tmp_path):
+    from mach_jax.experiment import train_and_evaluate
+
+    config = get_preset("tiny").replace(train={"epochs": 1})
+    train, test = make_synthetic(config.data.synthetic)
+    as_pairs = {name: (data.features.to_scipy(), data.labels.to_scipy()) for name, data in
+                (("train_data", train), ("eval_data", test))}
+    from_pairs = train_and_evaluate(config, tmp_path / "pairs", progress=False, **as_pairs)
+    from_datasets = train_and_evaluate(config, tmp_path / "datasets", progress=False, train_data=train,
+                                       eval_data=test)
+    for name in ("P@1", "P@3", "P@5", "nDCG@5", "PSP@5"):
+        assert from_pairs[name] == from_datasets[name], name
+    bad = as_pairs["eval_data"][0].copy()
+    bad.data[0] = float("nan")
+    with pytest.raises(ValueError, match="eval_data X"):
+        train_and_evaluate(config, tmp_path / "bad", progress=False, train_data=train,
+                           eval_data=(bad, as_pairs["eval_data"][1]))

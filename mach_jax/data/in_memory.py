@@ -11,7 +11,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from mach_jax.data.csr import CsrMatrix
+from mach_jax.data.csr import CsrMatrix, XCDataset
 
 
 def _is_scipy(value: Any) -> bool:
@@ -126,3 +126,14 @@ def _check_unique(matrix: CsrMatrix, what: str) -> None:
         row = int(keys[same[0]] // max(matrix.num_cols, 1))
         raise ValueError(f"{what}[{row}]: label id {int(keys[same[0]] % max(matrix.num_cols, 1))} "
                          "appears twice")
+
+
+def as_dataset(data: Any, source: str, num_labels: int | None = None) -> XCDataset:
+    """An ``XCDataset`` as given, or one from an ``(X, Y)`` pair (``as_features``, ``as_labels``):
+    features [N, D] and labels [N, L] held in Python, checked up front."""
+    if isinstance(data, XCDataset):
+        return data
+    if not (isinstance(data, tuple) and len(data) == 2):
+        raise TypeError(f"{source}: expected an XCDataset or an (X, Y) pair, got {type(data).__name__}")
+    features = as_features(data[0], what=f"{source} X")
+    return XCDataset(features, as_labels(data[1], features.num_rows, num_labels, what=f"{source} Y"), source)
