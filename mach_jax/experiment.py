@@ -87,6 +87,8 @@ def train_and_evaluate(config: Config, workdir: str | Path, progress: bool = Tru
     if eval_data is not None:
         eval_data.require_points("evaluate")
     config = fitted_to_data(config, train_data, workdir)
+    if config.rerank.enabled:
+        rerank_stage.require_shortlist_within(config.rerank.shortlist_size, train_data.num_labels)
     # Before anything big is allocated or written: a table that cannot fit is refused here.
     shape = run_shape(train_data, eval_data, config.data.max_nnz)
     resource_check.require_fits(config, shape, config.data.train_path)

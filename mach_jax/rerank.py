@@ -36,9 +36,9 @@ def do_rerank(args: argparse.Namespace) -> int:
     from mach_jax.storage import workdir as wd
 
     workdirs = [Path(path) for path in args.workdir]
-    config, _, groups = wd.find_groups(workdirs)
+    config, info, groups = wd.find_groups(workdirs)
     with hold_all([workdirs[0], *(group.path for group in groups)]):  # no training there meanwhile
-        return _rerank(args, workdirs, config)
+        return _rerank(args, workdirs, config, info.num_labels)
 
 
 def hold_all(folders: list[Path]):
@@ -58,7 +58,7 @@ def hold_all(folders: list[Path]):
     return stack
 
 
-def _rerank(args: argparse.Namespace, workdirs: list[Path], config) -> int:
+def _rerank(args: argparse.Namespace, workdirs: list[Path], config, num_labels: int) -> int:
     from mach_jax import rerank_stage
     from mach_jax.data import sources
     from mach_jax.readout.ensemble import MachEnsemble
@@ -68,6 +68,7 @@ def _rerank(args: argparse.Namespace, workdirs: list[Path], config) -> int:
     config = config.replace(rerank=overrides.get("rerank", {}), eval=overrides.get("eval", {}),
                             parallel={"rep_range": ()})
     config.validate()
+    rerank_stage.require_shortlist_within(config.rerank.shortlist_size, num_labels)
     train_data, eval_data, split = sources.load_train_eval(config.data, progress=not args.quiet)
     start = time.perf_counter()
     rerank_stage.fit_reranker(config, workdirs, train_data, progress=not args.quiet)

@@ -57,11 +57,8 @@ def fit_reranker(config: Config, workdirs: list[Path], train_data: XCDataset,
     if record is not None and record.get("finished"):
         log.info("the re-ranker in %s is trained already", rerank_store.rerank_dir(workdirs[0]))
         return None
-    shortlist_size = min(settings.shortlist_size, ensemble.info.num_labels)
-    if shortlist_size < settings.shortlist_size:  # L is known only now, once the members have trained
-        log.warning(f"warning: rerank.shortlist_size={settings.shortlist_size} is above the model's L="
-                    f"{ensemble.info.num_labels} classes: the shortlist is every class ({shortlist_size}), so the "
-                    "re-ranker scores all of them; give --rerank-shortlist below L for a shortlist")
+    require_shortlist_within(settings.shortlist_size, ensemble.info.num_labels)
+    shortlist_size = settings.shortlist_size
     start = time.perf_counter()
     _, shortlist = ensemble.predict(train_data.features, k=shortlist_size, source=train_data.source,
                                     progress=progress)
@@ -70,6 +67,15 @@ def fit_reranker(config: Config, workdirs: list[Path], train_data: XCDataset,
                                    source=train_data.source, what="labels")
     data = XCDataset(ensemble.member_features(train_data.features, train_data.source), labels, train_data.source)
     return train_reranker(settings, config.train.seed, workdirs[0], data, shortlist, identity, progress)
+
+
+def require_shortlist_within(shortlist_size: int, num_labels: int) -> None:
+    """A shortlist of K classes needs K < L: refused up front (once the data's L is known,
+    before the members train), naming both."""
+    if shortlist_size >= num_labels:
+        raise ConfigError(f"rerank.shortlist_size={shortlist_size}: a shortlist must be shorter than the "
+                          f"model's L={num_labels} classes; give --rerank-shortlist below {num_labels}",
+                          field="rerank.shortlist_size")
 
 
 def require_one_process() -> None:

@@ -316,3 +316,13 @@ def test_the_layout_check_knows_every_path_a_run_writes():
     assert {checkpoints.CHECKPOINT_DIR, checkpoints.DAMAGED_DIR, metric_log.TENSORBOARD_DIR,
             rerank_store.RERANK_DIR} == set(workdir.RUN_FOLDERS)
     assert {metric_log.METRICS_LOG, lock.LOCK_FILE, workdir.METRICS_FILE} < set(workdir.RUN_FILES)
+
+
+def test_a_shortlist_as_long_as_l_is_refused_before_anything_trains(trained, tmp_path):
+    line = one_error_line(run(tmp_path, "train", "--preset", "tiny", "--quiet", "--workdir", "new",
+                              "--rerank-shortlist", "500"))  # tiny: L = 300
+    assert line.startswith("error: --shortlist-size: ") and "shorter than the model's L=300 classes" in line
+    assert not (tmp_path / "new").exists()
+    shutil.copytree(trained / "work", tmp_path / "work")
+    line = one_error_line(run(tmp_path, "rerank", "--workdir", "work", "--quiet", "--rerank-shortlist", "300"))
+    assert "shorter than the model's L=300 classes" in line and not (tmp_path / "work" / "rerank").exists()
