@@ -77,15 +77,9 @@ def train_and_evaluate(config: Config, workdir: str | Path, progress: bool = Tru
     """
     config = with_absolute_paths(validated(config))  # the paths alone change: valid still
     log_settings(config, workdir)
-    if train_data is not None:
-        train_data = in_memory.as_dataset(train_data, "train_data")
-    if eval_data is not None:
-        eval_data = in_memory.as_dataset(eval_data, "eval_data", train_data.num_labels if train_data else None)
     if config.rerank.enabled:
         rerank_stage.require_one_process()  # before the members train, not after
-    train_data, eval_data, split = sources.load_train_eval(config.data, progress, train_data, eval_data)
-    if eval_data is not None:
-        eval_data.require_points("evaluate")
+    train_data, eval_data, split = load_data(config, progress, train_data, eval_data)
     config = fitted_to_data(config, train_data, workdir)
     if config.rerank.enabled:
         rerank_stage.require_shortlist_within(config.rerank.shortlist_size, train_data.num_labels)
@@ -97,17 +91,38 @@ def train_and_evaluate(config: Config, workdir: str | Path, progress: bool = Tru
     _, metrics = loop.run_training(run, workdir, progress, final_fields=fields,
                                    evaluator=evaluator(config, eval_data, split) if eval_data is not None else None)
     if config.rerank.enabled:
-        start = time.perf_counter()
-        with lock.hold(Path(workdir)):  # no training run in this workdir while the re-ranker fits
-            rerank_stage.fit_reranker(config, [Path(workdir)], train_data, progress)
-        rerank_seconds = round(time.perf_counter() - start, 2)
-        train_seconds = metrics["train_seconds"]
-        if eval_data is not None:
-            metrics = rerank_stage.evaluate_with_reranker(config, [Path(workdir)], eval_data, metrics, progress)
-        metrics = {**metrics, **fields, "train_seconds": train_seconds, "rerank_seconds": rerank_seconds}
+        metrics = {**with_reranker(config, Path(workdir), train_data, eval_data, metrics, progress), **fields,
+                   "train_seconds": metrics["train_seconds"]}
     if jax.process_index() == 0:
         wd.write_metrics(wd.group_dir(Path(workdir), config.parallel.rep_range), metrics)
     return metrics
+
+
+def load_data(config: Config, progress: bool, train_data: XCDataset | tuple | None,
+              eval_data: XCDataset | tuple | None) -> tuple[XCDataset, XCDataset | None, str | None]:
+    """``(train, eval data, split)``: what is given in memory (checked up front), the rest from the
+    config's source (``sources.load_train_eval``)."""
+    if train_data is not None:
+        train_data = in_memory.as_dataset(train_data, "train_data")
+    if eval_data is not None:
+        eval_data = in_memory.as_dataset(eval_data, "eval_data", train_data.num_labels if train_data else None)
+    train_data, eval_data, split = sources.load_train_eval(config.data, progress, train_data, eval_data)
+    if eval_data is not None:
+        eval_data.require_points("evaluate")
+    return train_data, eval_data, split
+
+
+def with_reranker(config: Config, workdir: Path, train_data: XCDataset, eval_data: XCDataset | None,
+                  members: dict, progress: bool) -> dict:
+    """Fits the shortlist re-ranker (the workdir held meanwhile) and, with evaluation data, returns
+    the re-ranked metrics (the members' under ``"without_reranker"``) with ``rerank_seconds``."""
+    start = time.perf_counter()
+    with lock.hold(workdir):  # no training run in this workdir while the re-ranker fits
+        rerank_stage.fit_reranker(config, [workdir], train_data, progress)
+    rerank_seconds = round(time.perf_counter() - start, 2)
+    if eval_data is not None:
+        members = rerank_stage.evaluate_with_reranker(config, [workdir], eval_data, members, progress)
+    return {**members, "rerank_seconds": rerank_seconds}
 
 
 def log_settings(config: Config, workdir: str | Path) -> None:
