@@ -18,9 +18,12 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 from jax import lax
+from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
 
 from mach_jax.config import ModelConfig
 from mach_jax.core import backend
+from mach_jax.core import mesh as mesh_lib
 from mach_jax.core import precision as precision_lib
 
 Params = Any  # a pure dict of arrays (nnx.to_pure_dict), every leaf [R, ...]
@@ -148,6 +151,25 @@ def init_params(config: ModelConfig, num_features: int, rep_ids: jax.Array, seed
         return nnx.to_pure_dict(nnx.state(_build_member(config, num_features, key), nnx.Param))
 
     return jax.vmap(init_one)(member_keys(seed, rep_ids))
+
+
+def init_params_by_member(config: ModelConfig, num_features: int, rep_ids: jax.Array, seed: int,
+                          mesh: Mesh) -> Params:
+    """``init_params``'s very values, drawn member by member: each device draws its own members
+    (``jax.shard_map`` over the mesh's R axis), one at a time (``jax.lax.map``), so XLA's
+    temporaries hold one member's draws rather than all R's (call under jit).
+
+    Returns:
+      Parameter pytree, every leaf [R, ...], split over the mesh's R axis.
+    """
+    def init_one(key):
+        return nnx.to_pure_dict(nnx.state(_build_member(config, num_features, key), nnx.Param))
+
+    def local_members(ids):  # this device's members [R / devices]
+        return jax.lax.map(init_one, member_keys(seed, ids))
+
+    members = P(mesh_lib.REPS_AXIS)
+    return jax.shard_map(local_members, mesh=mesh, in_specs=members, out_specs=members)(rep_ids)
 
 
 @functools.lru_cache(maxsize=32)  # tracing the members' construction costs more than a small load

@@ -71,7 +71,7 @@ def build_program(config: Config, info: RunInfo, train_data: XCDataset | None = 
         if not spec.lazy_embedding:  # the gathered bag is capped by T only: no batch is past U = N K
             caps = (config.train.batch_size * info.max_nnz, caps[1])
         spec = dataclasses.replace(spec, touched_rows_cap=caps[0], entries_cap=caps[1])
-    init_bound = dict(config=config, num_features=info.num_features, rep_ids=rep_ids, spec=spec)
+    init_bound = dict(config=config, num_features=info.num_features, rep_ids=rep_ids, spec=spec, mesh=mesh)
     abstract_state = _state_shapes(**init_bound)
     state_shardings = mesh_lib.tree_shardings(abstract_state, mesh)
     seeds = member_seeds(config, rep_ids, mesh)
@@ -103,7 +103,8 @@ def _state_shapes(**init_bound) -> State:
 
 
 def _init_state(*, config: Config, num_features: int, rep_ids: tuple[int, ...],
-                spec: StepSpec) -> State:
-    params = model.init_params(config.model, num_features, jnp.asarray(rep_ids, jnp.int32),
-                               config.train.seed)
+                spec: StepSpec, mesh) -> State:
+    # Member by member on each device: XLA's temporaries hold one member's draws, not R's.
+    params = model.init_params_by_member(config.model, num_features, jnp.asarray(rep_ids, jnp.int32),
+                                         config.train.seed, mesh)
     return optimizer.create_state(params, spec)

@@ -11,8 +11,9 @@ bytes an entry: float32 values, int32 ids) and returns the largest, part by part
   decoder's class chunks (``readout.decode``), or the approximate decoder's [R, L] index;
 - re-ranking: the members' parameters and the re-ranker's [D, h] and [L, h] tables, with their
   Adam moments and gradients;
-- creating the state: the state as it is created, beside the random draws of every weight matrix
-  (``INIT_DRAWS`` entries a weight: XLA's generator bits and their transforms, all members at once);
+- creating the state: the state as it is created, beside the random draws of one member's weight
+  matrices (``INIT_DRAWS`` entries a weight: XLA's generator bits and their transforms; each device
+  draws its members one at a time, ``model.init_params_by_member``);
 - restoring a checkpoint (a resumed run): the state, and Orbax's host buffers of it as it reads a checkpoint;
 - in every phase the label arrays: the training label counts [L] (int64) and the propensities.
 
@@ -43,10 +44,10 @@ from mach_jax.training.state_size import (member_matrices, member_parameters, mo
 
 ENTRY = 4  # bytes of one float32 value or int32 id (the state's own bytes: ``state_size``)
 PREFETCHED_BATCHES = 3  # the prefetcher's queue (2) and the batch in the step (data/batches.py)
-# Temporary entries per weight while the state is created (``model.init_params`` under jit):
-# XLA's compiled temporaries on the CPU were 2.7-3.0 entries a weight over five shapes (R=4-16,
-# D=1,000-50,000, B=50-20,000, one or two hidden layers).
-INIT_DRAWS = 3
+# Temporary entries per weight of one member while the state is created (members drawn one at a
+# time, ``model.init_params_by_member``): XLA's temporaries on the CPU were 133 MiB for one member's
+# 6.14 M weights (D = 20,000, H = 256, B = 4,000), 5.7 entries a weight.
+INIT_DRAWS = 6
 # The parts that grow with the weight matrices as the state does (a refusal blames the matrices).
 STATE_SIZED = ("random draws of the weights", "checkpoint read buffers", "checkpoint's host copy of the state")
 
@@ -160,8 +161,7 @@ def estimate(config: Config, shape: RunShape, rep_shards: int = 1, data_shards: 
     host_copy = [Part(STATE_SIZED[2], host_state if accelerator else 0, False)]
     phases = {"training": state + _training_parts(config, shape, members, data_shards) + host_copy + labels,
               "evaluation": state + _evaluation_parts(config, shape, members) + labels,
-              "creating the state": state + [Part(STATE_SIZED[0],
-                                              INIT_DRAWS * members * weights * ENTRY, True)] + labels,
+              "creating the state": state + [Part(STATE_SIZED[0], INIT_DRAWS * weights * ENTRY, True)] + labels,
               "restoring a checkpoint": state + [Part(STATE_SIZED[1], host_state, False)] + labels}
     if config.rerank.enabled:
         phases["re-ranking"] = state[:1] + _rerank_parts(config, shape) + labels
