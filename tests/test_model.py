@@ -179,3 +179,14 @@ def test_auto_input_layer_picks_dense_for_small_d_only():
     # A set whose widest row is 20x its mean: the widest row said dense, the typical row says gather.
     assert model.uses_dense_input(CONFIG, num_features=4000, max_nnz=400)
     assert not model.uses_dense_input(CONFIG, num_features=4000, max_nnz=400, mean_nnz=20.0)
+
+
+def test_members_drawn_one_by_one_are_the_members_drawn_at_once():
+    from mach_jax.core import mesh as mesh_lib
+
+    rep_ids = jnp.arange(3, 7, dtype=jnp.int32)  # a group's members: their own keys
+    at_once = model.init_params(CONFIG, NUM_FEATURES, rep_ids, seed=5)
+    one_by_one = jax.jit(lambda ids: model.init_params_by_member(CONFIG, NUM_FEATURES, ids, 5,
+                                                                 mesh_lib.make_mesh(4)))(rep_ids)
+    for a, b in zip(jax.tree.leaves(at_once), jax.tree.leaves(one_by_one)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
