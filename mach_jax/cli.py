@@ -26,7 +26,7 @@ from mach_jax.config import (AGGREGATIONS, DECODERS, DEVICE_DATA, EMBEDDING_OPTI
                              Config, get_preset)
 from mach_jax.config.flag_values import byte_count, converter, parse_int, positive_int  # noqa: F401 (flag types)
 from mach_jax.errors import USER_ERRORS, ConfigError, TrainingInterrupted
-from mach_jax.storage import orbax_noise
+from mach_jax.storage import host_memory, orbax_noise
 
 _ALIASES = {
     "data.train_path": ["--train"],
@@ -202,8 +202,11 @@ def run_cli(main: Callable[[], int], process_ends: bool = True) -> None:
     be read or written: permissions, a folder where a file should be, a full disk). The status
     lines' handler and Orbax's noise filters are the command's own, removed when it returns;
     where the process ends with the command (``process_ends``, as under ``python -m``), the
-    unraisable hook that drops a failed restore's leftover reads stays for the shutdown.
+    unraisable hook that drops a failed restore's leftover reads stays for the shutdown, and
+    glibc keeps freed memory for reuse (``host_memory.reuse_freed_memory``).
     """
+    if process_ends:  # process-wide, for the command's process alone
+        host_memory.reuse_freed_memory()
     with status_lines_on_stderr(), orbax_noise.quieted(hook_until_exit=process_ends):
         _run_reporting_errors(main)
 

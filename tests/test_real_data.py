@@ -20,11 +20,6 @@ import pytest
 # docs/experiments.md "Comparison").
 CASES = [("bibtex", 0.60, 7), ("delicious", 0.64, 2), ("corel5k", 0.37, 10)]
 
-# glibc's allocator: one arena, no mmap for large blocks, no trimming, so that the step's
-# temporary buffers are reused rather than mapped afresh (and page-faulted in) at every step.
-# The same results (the bibtex preset's metrics are identical), 13 % less CPU time (bibtex:
-# 85.7 s -> 74.9 s wall, 145 -> 126 CPU s, 8.0 M -> 0.17 M page faults; peak RSS 692 -> 800 MB).
-REUSE_FREED_MEMORY = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(2 ** 34)}
 
 
 @pytest.mark.parametrize("name, min_p_at_1, epochs", CASES)
@@ -32,7 +27,6 @@ def test_preset_reaches_the_target_precision(tmp_path, shared_data, name, min_p_
     folder = shared_data / name
     env = {key: value for key, value in os.environ.items() if key != "XLA_FLAGS"}
     env["MACH_JAX_CACHE_DIR"] = str(tmp_path / "cache")
-    env.update(REUSE_FREED_MEMORY)
     # One checkpoint, at the end, instead of one per epoch: the same parameters (resumes are exact,
     # tested elsewhere) without nine saves of the state (bibtex: 96 s -> 81 s alone on 2 cores).
     command = [sys.executable, "-m", "mach_jax.train", "--preset", name, "--quiet", "--epochs", str(epochs),
