@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 
 from mach_jax import cli
+from mach_jax.config.flag_values import byte_count
 from mach_jax.data.archives import Limits
 from mach_jax.data.download import download
 from mach_jax.data.registry import REGISTRY
@@ -38,15 +39,6 @@ def _non_negative(text: str) -> int:
     if not text.isdigit():
         raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
     return int(text)
-
-
-def _byte_count(text: str) -> int:
-    """``65536``, ``64K``, ``64M``, ``64G`` or ``1T`` (binary units) -> a positive int."""
-    number, unit = (text[:-1], text[-1].upper()) if text[-1:].isalpha() else (text, "")
-    if not number.isdecimal() or unit not in ("", "K", "M", "G", "T") or int(number) == 0:
-        raise argparse.ArgumentTypeError(f"expected a size in bytes such as 65536 or 64M, got "
-                                         f"{text!r}")
-    return int(number) << 10 * " KMGT".index(unit or " ")
 
 
 def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
@@ -65,9 +57,9 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     get.add_argument("--accept-checksum-mismatch", action="store_true",
                      help="use a file whose sha256/md5 does not match the registry's (warns)")
     get.add_argument("--quiet", action="store_true", help="no progress bar or messages")
-    get.add_argument("--max-line-bytes", type=_byte_count, default=Limits().line, metavar="SIZE",
+    get.add_argument("--max-line-bytes", type=byte_count, default=Limits().line, metavar="SIZE",
                      help="refuse a longer line (default: 64M)")
-    get.add_argument("--max-member-bytes", type=_byte_count, default=Limits().member,
+    get.add_argument("--max-member-bytes", type=byte_count, default=Limits().member,
                      metavar="SIZE", help="refuse a larger unpacked file (default: 64G)")
     vw = commands.add_parser("convert-vw", help="Vowpal Wabbit multiclass file -> XC file")
     vw.add_argument("input", help="VW file (plain or gzip)")
