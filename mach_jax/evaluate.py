@@ -15,10 +15,12 @@ in a ``warning:`` line.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 from pathlib import Path
 
 from mach_jax import cli
+from mach_jax.config.flag_values import byte_count
 from mach_jax.readout.metrics import format_metrics
 
 log = logging.getLogger("mach_jax")
@@ -34,6 +36,8 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
                         help="without --test: the run's validation split or its test data (default: "
                              "the validation split of a run trained with --valid-frac, else the test data)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--max-line-bytes", type=byte_count, default=None, metavar="BYTES",
+                        help="the longest line the data may have (default: the run's data.max_line_bytes, 64M)")
     cli.add_config_flags(parser, ("eval",), with_preset=False)
     return parser.parse_args(argv)
 
@@ -52,7 +56,10 @@ def do_evaluate(args: argparse.Namespace) -> int:
 
     ensemble = MachEnsemble.load(*args.workdir, **cli.flag_overrides(args).get("eval", {}))
     cli.warn_if_unfinished(ensemble, args.workdir, "evaluating")
-    data, split = sources.load_eval_data(ensemble.config.data, args.test, args.split, progress=not args.quiet)
+    data_config = ensemble.config.data
+    if args.max_line_bytes is not None:
+        data_config = dataclasses.replace(data_config, max_line_bytes=args.max_line_bytes)
+    data, split = sources.load_eval_data(data_config, args.test, args.split, progress=not args.quiet)
     eval_resources.require_evaluation_fits(ensemble.config, ensemble.info, len(ensemble.rep_ids), data.features,
                                            data.labels, data.source)
     metrics = ensemble.evaluate(data, progress=not args.quiet)

@@ -326,3 +326,16 @@ def test_a_shortlist_as_long_as_l_is_refused_before_anything_trains(trained, tmp
     shutil.copytree(trained / "work", tmp_path / "work")
     line = one_error_line(run(tmp_path, "rerank", "--workdir", "work", "--quiet", "--rerank-shortlist", "300"))
     assert "shorter than the model's L=300 classes" in line and not (tmp_path / "work" / "rerank").exists()
+
+
+def test_train_and_evaluate_take_the_line_cap_as_a_flag(trained, tmp_path):
+    shutil.copy(trained / "test.txt", tmp_path / "test.txt")  # header "200 400 300", longer data lines
+    line = one_error_line(run(tmp_path, "train", "--preset", "tiny", "--quiet", "--workdir", "w", "--train",
+                              "test.txt", "--test", "test.txt", "--max-line-bytes", "16"))
+    assert "test.txt:2: line longer than 16 bytes" in line and not (tmp_path / "w").exists()
+    shutil.copytree(trained / "work", tmp_path / "work")
+    line = one_error_line(run(tmp_path, "evaluate", "--workdir", "work", "--quiet", "--test", "test.txt",
+                              "--max-line-bytes", "16"))
+    assert "test.txt:2: line longer than 16 bytes" in line
+    assert run(tmp_path, "evaluate", "--workdir", "work", "--quiet", "--test", "test.txt",
+               "--max-line-bytes", "1K").returncode == 0

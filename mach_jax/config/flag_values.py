@@ -70,4 +70,6 @@ def converter(path: str, annotation: str) -> Callable[[str], Any]:
         return _parse_rep_range
     base = annotation.replace(" | None", "")
     convert = {"int": parse_int, "float": float, "str": str, "tuple[int, ...]": _parse_int_tuple}[base]
+    if base == "int" and path.endswith("_bytes"):  # sizes: 65536, 64K, 64M, 64G
+        convert = byte_count
     return _optional(convert) if "None" in annotation else convert

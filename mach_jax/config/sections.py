@@ -96,6 +96,10 @@ class DataConfig:
     ``valid_frac`` > 0 holds out that share of the training points (a permutation seeded by
     ``valid_seed``, see ``data.sources.validation_split``): the model trains on the rest and is
     evaluated on them instead of the test set, so settings can be chosen without the test split.
+
+    ``max_line_bytes``: the longest line a data file may have (64 MiB); a longer one, or a file
+    with no newline at all (a device, a binary file), is refused naming the file and line as soon
+    as it is met, never read whole.
     """
 
     train_path: str | None = may_change_on_resume(None)
@@ -107,6 +111,7 @@ class DataConfig:
     overflow: str = "truncate"
     input_transform: str = "none"
     cache_dir: str | None = may_change_on_resume(None)
+    max_line_bytes: int = may_change_on_resume(64 << 20)
     valid_frac: float = 0.0
     valid_seed: int = 0
     host_loader: str = may_change_on_resume("auto")
@@ -122,6 +127,7 @@ class DataConfig:
                      self.dataset, "must be tfds:NAME (a TensorFlow Datasets source)")
             _require(self.train_path is None, "data.dataset", self.dataset,
                      "give either --data or --train/--test, not both")
+        _require(self.max_line_bytes >= 1, "data.max_line_bytes", self.max_line_bytes, "must be >= 1")
         for name in ("max_nnz", "max_labels"):
             value = getattr(self, name)
             _require(value is None or value >= 1, f"data.{name}", value, "must be >= 1 or None")

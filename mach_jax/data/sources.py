@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from mach_jax.config import DataConfig
 from mach_jax.data.csr import XCDataset
 from mach_jax.data.synthetic import make_synthetic
+from mach_jax.data.files import MAX_LINE_BYTES
 from mach_jax.data.xc_format import read_xc
 from mach_jax.errors import ConfigError, DataFormatError
 
@@ -26,12 +27,13 @@ log = logging.getLogger("mach_jax")
 _VALID_STREAM = 0x76616C69  # "vali": seeds the validation split's permutation apart from epoch_order
 
 
-def read_data_file(path: str, cache_dir: str | None = None, progress: bool = False) -> XCDataset:
+def read_data_file(path: str, cache_dir: str | None = None, progress: bool = False,
+                   max_line_bytes: int = MAX_LINE_BYTES) -> XCDataset:
     """``read_xc`` with a progress bar over the file's bytes (it moves once, when parsed)."""
     size = Path(path).stat().st_size if Path(path).is_file() else None
     with tqdm(total=size, disable=not progress, desc=f"read {Path(path).name}", unit="B",
               unit_scale=True, unit_divisor=1024, leave=False) as bar:
-        dataset = read_xc(path, cache_dir=cache_dir)
+        dataset = read_xc(path, cache_dir=cache_dir, max_line_bytes=max_line_bytes)
         bar.update(size or 0)
     return dataset
 
@@ -76,10 +78,10 @@ def _load_synthetic(config: DataConfig, progress: bool) -> tuple[XCDataset, XCDa
 
 
 def _load_files(config: DataConfig, progress: bool) -> tuple[XCDataset, XCDataset | None]:
-    train = read_data_file(config.train_path, config.cache_dir, progress)
+    train = read_data_file(config.train_path, config.cache_dir, progress, config.max_line_bytes)
     if config.test_path is None:
         return train, None
-    test = read_data_file(config.test_path, config.cache_dir, progress)
+    test = read_data_file(config.test_path, config.cache_dir, progress, config.max_line_bytes)
     check_same_shape(train, test)
     return train, test
 
@@ -157,13 +159,13 @@ def load_eval_data(config: DataConfig, path: str | None = None, split: str | Non
         evaluated on (its validation split when ``valid_frac`` > 0, else its test data).
     """
     if path:
-        return read_data_file(path, config.cache_dir, progress), "test"
+        return read_data_file(path, config.cache_dir, progress, config.max_line_bytes), "test"
     split = split or ("valid" if config.valid_frac > 0 else "test")
     if split == "valid" and config.valid_frac <= 0:
         raise ConfigError("data.valid_frac=0.0: the run holds out no validation split; evaluate "
                           "on its test data instead", field="data.valid_frac")
     if split == "test" and config.test_path:
-        return read_data_file(config.test_path, config.cache_dir, progress), "test"
+        return read_data_file(config.test_path, config.cache_dir, progress, config.max_line_bytes), "test"
     if split == "test" and config.train_path:
         raise ConfigError("the run was trained on a training file alone and has no test file: "
                           "give one with --test FILE")
