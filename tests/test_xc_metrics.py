@@ -57,6 +57,16 @@ def test_metrics_match_the_reference(seed):
         np.testing.assert_allclose(xc_metrics.psprecision(labels, ids, inv_psp, 5), want[2], rtol=1e-6)
 
 
+@pytest.mark.parametrize("seed", [0, 1])
+def test_recall_matches_the_reference(seed):
+    lists, ids = random_case(seed)
+    want = np.zeros(5)
+    for true, top in zip(lists, ids):  # straight from the definition; no labels: 0
+        for j in range(1, 6):
+            want[j - 1] += len(set(true) & {int(c) for c in top[:j]}) / len(true) if true else 0.0
+    np.testing.assert_allclose(xc_metrics.recall(lists, ids, 5), want / len(lists), rtol=1e-12)
+
+
 def test_functions_agree_with_the_on_device_sums():
     lists, ids = random_case(3)
     labels = as_labels(lists, len(lists), 12)

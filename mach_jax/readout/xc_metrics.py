@@ -1,6 +1,6 @@
 """The XC metrics as plain functions of (true labels, predicted ids), named as pyxclib names them.
 
-    from mach_jax.readout.xc_metrics import precision, ndcg, psprecision, inv_propensity
+    from mach_jax.readout.xc_metrics import precision, ndcg, psprecision, recall, inv_propensity
     ips = inv_propensity(Y_train, 0.55, 1.5)          # float32 [L]
     precision(Y_test, ids, k=5)                       # [P@1, ..., P@5]
 
@@ -50,6 +50,14 @@ def ndcg(labels: Any, ids: np.ndarray, k: int = 5) -> np.ndarray:
     ideal_at = np.cumsum(discounts)[np.minimum(np.arange(k)[None, :], matrix.row_nnz()[:, None] - 1)]
     has = matrix.row_nnz()[:, None] > 0
     return np.where(has, dcg / np.where(has, ideal_at, 1.0), 0.0).mean(0)
+
+
+def recall(labels: Any, ids: np.ndarray, k: int = 5) -> np.ndarray:
+    """R@1..R@k: float64 [k], entry j the mean over points of the share of a point's labels in its
+    top j + 1 (a point without labels counts as 0): how much a shortlist of j + 1 classes holds."""
+    hits, matrix = _hits(labels, ids, k)
+    sizes = matrix.row_nnz()[:, None]
+    return np.where(sizes > 0, np.cumsum(hits, axis=1) / np.maximum(sizes, 1), 0.0).mean(0)
 
 
 def psprecision(labels: Any, ids: np.ndarray, inv_psp: np.ndarray, k: int = 5) -> np.ndarray:
