@@ -24,7 +24,7 @@ from typing import Callable
 from mach_jax.config import (AGGREGATIONS, DECODERS, DEVICE_DATA, EMBEDDING_OPTIMIZERS, EMBEDDING_UPDATES, HOST_LOADERS, INPUT_LAYERS,
                              INPUT_TRANSFORMS, KERNEL_FORMS, LR_SCHEDULES, OVERFLOW_POLICIES, PRECISIONS, PRESETS, RERANKER_USES,
                              Config, get_preset)
-from mach_jax.config.flag_values import byte_count, converter, parse_int, positive_int  # noqa: F401 (flag types)
+from mach_jax.config.flag_values import converter
 from mach_jax.errors import USER_ERRORS, ConfigError, TrainingInterrupted
 from mach_jax.storage import host_memory, orbax_noise
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Callable
 
 from mach_jax import cli
+from mach_jax.config.flag_values import byte_count, positive_int
 from mach_jax.data.files import MAX_LINE_BYTES, STDIN, require_regular_target
 from mach_jax.errors import ConfigError, DataFormatError
 
@@ -34,14 +35,14 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workdir", required=True, action="append",
                         help="a trained workdir; repeat it to merge repetition groups")
     parser.add_argument("--input", help="points to score, XC format (a FIFO, a pipe, or - for stdin too)")
-    parser.add_argument("--k", type=cli.positive_int, default=5,
+    parser.add_argument("--k", type=positive_int, default=5,
                         help="classes per point, 1 to L (default: %(default)s)")
     parser.add_argument("--output", default=None, help="where to write (default: stdout)")
-    parser.add_argument("--chunk-rows", type=cli.positive_int, default=65_536, help="points read at a time")
-    parser.add_argument("--max-line-bytes", type=cli.byte_count, default=MAX_LINE_BYTES, metavar="SIZE",
+    parser.add_argument("--chunk-rows", type=positive_int, default=65_536, help="points read at a time")
+    parser.add_argument("--max-line-bytes", type=byte_count, default=MAX_LINE_BYTES, metavar="SIZE",
                         help="refuse a longer input line, e.g. 64M (default: 64M)")
     parser.add_argument("--export", default=None, help="also export a StableHLO predictor here")
-    parser.add_argument("--export-max-nnz", type=cli.positive_int, default=256,
+    parser.add_argument("--export-max-nnz", type=positive_int, default=256,
                         help="K of the exported function: feature slots per point (default: %(default)s)")
     parser.add_argument("--export-params", default=None, metavar="FOLDER",
                         help="also write the parameters alone (no optimiser moments) to this new folder, "

@@ -145,7 +145,7 @@ def run_training(run: ResolvedRun, workdir: str | Path, progress: bool = True,
     # config.json and the newest intact checkpoint's own record.
     with lock.hold(workdir, enabled=jax.process_index() == 0):
         identity = wd.identity(config, info, run.fingerprint)
-        program, state = start_or_resume(run, workdir, info, identity)
+        program, state = start_or_resume(run, workdir, identity)
         evaluate_params = evaluator and evaluator(info, run.label_counts, program.rep_ids, run.idf)
         step = int(state["step"])
         # ---- Set up: logs, checkpoints, the updates' route (host or device, capped or not).
@@ -193,10 +193,10 @@ def run_training(run: ResolvedRun, workdir: str | Path, progress: bool = True,
 _ANNOUNCED_STATE_BYTES = 1 << 30
 
 
-def start_or_resume(run: ResolvedRun, workdir: Path, info: RunInfo, identity: dict) -> tuple[TrainingProgram, State]:
+def start_or_resume(run: ResolvedRun, workdir: Path, identity: dict) -> tuple[TrainingProgram, State]:
     """Checks the run against the workdir (config.json, then the newest intact checkpoint's own
     record), and only then writes the run's files: ``(program, state)`` to start from."""
-    config = run.config
+    config, info = run.config, run.info
     wd.check_run(workdir, config, info, run.label_counts, run.idf, run.fingerprint)
     if config.model.num_buckets >= info.num_labels:
         log.warning("B=%d buckets >= L=%d labels: hashing compresses nothing; use B < L",
