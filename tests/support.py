@@ -151,3 +151,16 @@ def step_spec(member, lazy: bool = False, **fields) -> StepSpec:
 
     caps = {name: fields.pop(name) for name in ("touched_rows_cap", "entries_cap", "total_steps") if name in fields}
     return spec_from_train(member, TrainConfig(**fields), lazy_embedding=lazy, **caps)
+
+
+def write_tiny_files(folder: Path, test_name: str = "test.txt") -> tuple[Path, Path]:
+    """The tiny preset's synthetic train and test data as XC files in ``folder`` (``train.txt``
+    and ``test_name``, gzip when it ends in .gz): ``(train path, test path)``."""
+    from mach_jax import get_preset
+    from mach_jax.data.synthetic import make_synthetic
+    from mach_jax.data.xc_format import write_xc
+
+    train, test = make_synthetic(get_preset("tiny").data.synthetic)
+    write_xc(folder / "train.txt", train)
+    write_xc(folder / test_name, test)
+    return folder / "train.txt", folder / test_name

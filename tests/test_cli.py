@@ -11,10 +11,7 @@ import sys
 
 import pytest
 
-from mach_jax.data.synthetic import make_synthetic
-from mach_jax.config import get_preset
-from mach_jax.data.xc_format import write_xc
-from support import run_in_process as run
+from support import run_in_process as run, write_tiny_files
 
 TINY = ["--preset", "tiny", "--quiet"]
 
@@ -32,9 +29,7 @@ def run_process(module, *args, cwd, check=True):
 def trained(tmp_path_factory):
     """One tiny training run on files, shared by the tests below."""
     root = tmp_path_factory.mktemp("cli")
-    train, test = make_synthetic(get_preset("tiny").data.synthetic)
-    write_xc(root / "train.txt", train)
-    write_xc(root / "test.txt.gz", test)
+    write_tiny_files(root, "test.txt.gz")
     result = run("mach_jax.train", *TINY, "--train", "train.txt", "--test", "test.txt.gz",
                  "--workdir", "work", cwd=root)
     return root, result

@@ -12,8 +12,7 @@ from pathlib import Path
 import pytest
 
 from mach_jax import get_preset
-from mach_jax.data.synthetic import make_synthetic
-from mach_jax.data.xc_format import write_xc
+from support import write_tiny_files
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = REPO_ROOT / "scripts" / "compare.py"
@@ -23,11 +22,7 @@ PEERS = {"omikuji Parabel": "omikuji", "omikuji Bonsai": "omikuji", "napkinXC PL
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("data")
-    train, test = make_synthetic(get_preset("tiny").data.synthetic)
-    write_xc(folder / "train.txt", train)
-    write_xc(folder / "test.txt.gz", test)
-    return folder / "train.txt", folder / "test.txt.gz"
+    return write_tiny_files(tmp_path_factory.mktemp("data"), "test.txt.gz")
 
 
 def run_compare(files, workdir: Path, *extra: str, pythonpath: list[Path] = ()) -> subprocess.CompletedProcess:

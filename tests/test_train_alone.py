@@ -7,8 +7,7 @@ import pytest
 
 from mach_jax import get_preset
 from mach_jax.data.synthetic import make_synthetic
-from mach_jax.data.xc_format import write_xc
-from support import one_error_line, run_in_process
+from support import one_error_line, run_in_process, write_tiny_files
 
 TINY = ["--preset", "tiny", "--quiet", "--epochs", "1"]
 
@@ -16,9 +15,7 @@ TINY = ["--preset", "tiny", "--quiet", "--epochs", "1"]
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     root = tmp_path_factory.mktemp("alone")
-    train, test = make_synthetic(get_preset("tiny").data.synthetic)
-    write_xc(root / "train.txt", train)
-    write_xc(root / "test.txt", test)
+    write_tiny_files(root)
     return root
 
 
