@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from typing import Callable
 
 from mach_jax.config import (AGGREGATIONS, DECODERS, DEVICE_DATA, EMBEDDING_OPTIMIZERS, EMBEDDING_UPDATES, HOST_LOADERS, INPUT_LAYERS,
+                             LABEL_BUCKETS,
                              INPUT_TRANSFORMS, KERNEL_FORMS, LR_SCHEDULES, OVERFLOW_POLICIES, PRECISIONS, PRESETS, RERANKER_USES,
                              Config, get_preset)
 from mach_jax.config.flag_values import converter
@@ -56,6 +57,7 @@ _CHOICES = {
     "eval.aggregation": AGGREGATIONS,
     "eval.decoder": DECODERS,
     "eval.reranker": RERANKER_USES,
+    "partition.label_buckets": LABEL_BUCKETS,
 }
 
 

@@ -37,10 +37,12 @@ def evaluator(config: Config, eval_data: XCDataset, split: str):
                           idf: np.ndarray | None) -> Evaluate:
         built: list[MachEnsemble] = []  # one read-out per run: its steps compile once, every epoch reuses them
 
-        def evaluate(params: model.Params, progress: bool) -> dict:
+        def evaluate(params: model.Params, label_table, progress: bool) -> dict:
+            label_table = None if label_table is None else np.asarray(jax.device_get(label_table))
             if not built:
-                built.append(MachEnsemble(config, info, params, counts, rep_ids=rep_ids, feature_idf=idf))
-            ensemble = built[0].with_params(params)
+                built.append(MachEnsemble(config, info, params, counts, rep_ids=rep_ids, feature_idf=idf,
+                                          label_table=label_table))
+            ensemble = built[0].with_params(params, label_table)
             return {**ensemble.evaluate(eval_data, progress=progress), "split": split}
         return evaluate
     return evaluator_for_run

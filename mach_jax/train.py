@@ -28,7 +28,7 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
                              "without training; what the data decides (B 0, loss auto, propensities null) "
                              "is filled in when training starts")
     add_distributed_flags(parser)
-    cli.add_config_flags(parser, ("data", "model", "train", "eval", "parallel", "rerank"))
+    cli.add_config_flags(parser, ("data", "model", "train", "eval", "parallel", "rerank", "partition"))
     return parser.parse_args(argv)
 
 

@@ -86,10 +86,10 @@ def test_auto_resolves_to_loop_on_cpu_and_batched_on_accelerators():
     config = Config().replace(model={"num_repetitions": R, "num_buckets": B, "kernel_forms": "batched"})
     mesh = mesh_lib.make_mesh(R, devices=jax.devices()[:1])
     assert member_spec(config, D, K, mesh).batched_forms is True
-    assert build_approx_decoder(config, tuple(range(R)), L, np.ones(L), mesh).batched is True
+    assert build_approx_decoder(config, hashing.repetition_seeds(0, R), L, np.ones(L), mesh).batched is True
     auto = config.replace(model={"kernel_forms": "auto"})
     assert member_spec(auto, D, K, mesh).batched_forms is False
-    assert build_approx_decoder(auto, tuple(range(R)), L, np.ones(L), mesh).batched is False
+    assert build_approx_decoder(auto, hashing.repetition_seeds(0, R), L, np.ones(L), mesh).batched is False
 
 
 @pytest.mark.parametrize("input_layer, feat_hash_dim, rep_shards",

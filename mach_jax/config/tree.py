@@ -1,4 +1,4 @@
-"""The whole config tree: ``Config(data, model, train, eval, parallel, rerank)``.
+"""The whole config tree: ``Config(data, model, train, eval, parallel, rerank, partition)``.
 
 It round-trips through ``to_dict()`` / ``Config.from_dict()`` so that ``config.json`` in a
 workdir is enough to rebuild the model, its hashes and its evaluation.
@@ -11,6 +11,7 @@ import functools
 import json
 from typing import Any
 
+from mach_jax.config.partition import PartitionConfig
 from mach_jax.config.rerank import RerankConfig
 from mach_jax.config.evaluation import EvalConfig
 from mach_jax.config.sections import (_RESUME, DataConfig, ModelConfig, ParallelConfig,
@@ -34,6 +35,7 @@ class Config:
     eval: EvalConfig = EvalConfig()
     parallel: ParallelConfig = ParallelConfig()
     rerank: RerankConfig = RerankConfig()
+    partition: PartitionConfig = PartitionConfig()
 
     def __post_init__(self):
         # A list given for a tuple field becomes a tuple, whether the config is read from a dict
@@ -53,6 +55,7 @@ class Config:
         self.eval.validate(self.model.num_repetitions)
         self.parallel.validate(self.model.num_repetitions, self.train.batch_size)
         self.rerank.validate()
+        self.partition.validate()
         if self.rerank.enabled and self.parallel.rep_range:
             raise ConfigError("rerank.shortlist_size: a group (parallel.rep_range) cannot train the re-ranker, "
                               "which reads out every member; once all groups have finished, run "

@@ -4,7 +4,8 @@
 training step extends it with its optimiser settings (``training.spec.StepSpec``), the read-out
 uses it as it is. ``seeds`` are ``{"labels": uint32 [R]}`` plus ``"features": uint32 [R]`` with
 feature hashing (and ``"dropout": uint32 [R]`` for training with dropout): every bucket and
-hashed feature slot is computed on device from them.
+hashed feature slot is computed on device from them. With learned partitions ``"labels"`` is
+the members' class -> bucket table, integer [R, L], instead (``hashing.class_buckets``).
 """
 
 from __future__ import annotations
@@ -63,13 +64,15 @@ def member_spec(config: Config, num_features: int, max_nnz: int, mesh, mean_nnz:
                       batched_forms=backend.batched_forms(config.model.kernel_forms))
 
 
-def member_seeds(config: Config, rep_ids, mesh) -> Seeds:
+def member_seeds(config: Config, rep_ids, mesh, label_table: np.ndarray | jax.Array | None = None) -> Seeds:
     """Device seeds of the members ``rep_ids``: labels uint32 [R] (features [R] if hashed,
     dropout [R] with dropout).
 
-    Buckets and hashed feature slots are computed from them on device (``hashing.hash_to_range``).
+    Buckets and hashed feature slots are computed from them on device (``hashing.class_buckets``).
+    ``label_table``: the members' learned class -> bucket table [R, L], used as ``"labels"``.
     """
-    seeds = {"labels": hashing.repetition_seeds(config.model.label_hash_seed, np.asarray(rep_ids))}
+    labels = hashing.repetition_seeds(config.model.label_hash_seed, np.asarray(rep_ids))
+    seeds = {"labels": labels if label_table is None else label_table}
     if config.model.feat_hash_dim:
         seeds["features"] = hashing.repetition_seeds(config.model.feature_hash_seed, np.asarray(rep_ids))
     if config.train.dropout:  # dropout masks: member r's stream depends on train.seed and r only
@@ -86,8 +89,8 @@ def member_feature_ids(batch: Batch, seeds: Seeds, spec: MemberSpec) -> jax.Arra
 
 
 def label_buckets(batch: Batch, seeds: Seeds, spec: MemberSpec) -> jax.Array:
-    """The buckets of a batch's labels under each member's hash: int32 [R, N, M]."""
-    return hashing.hash_to_range(batch["label_ids"], seeds["labels"], spec.num_buckets, xp=jnp)
+    """The buckets of a batch's labels under each member's map: int32 [R, N, M]."""
+    return hashing.class_buckets(batch["label_ids"], seeds["labels"], spec.num_buckets, xp=jnp)
 
 
 def logits(params: model.Params, batch: Batch, seeds: Seeds, spec: MemberSpec,

@@ -70,3 +70,33 @@ def hash_to_range(ids, seeds, size: int, xp=np):
     ids = xp.asarray(ids)
     seeds = xp.asarray(seeds).reshape((-1,) + (1,) * ids.ndim)
     return (murmur3_32_of_uint32(ids[None], seeds, xp) % xp.uint32(size)).astype(xp.int32)
+
+
+def table_dtype(num_buckets: int):
+    """The dtype of a learned [R, L] class -> bucket table: int16 where B fits, else int32."""
+    return np.int16 if num_buckets <= np.iinfo(np.int16).max + 1 else np.int32
+
+
+def hashed_table(seeds, num_labels: int, num_buckets: int, xp=np):
+    """The [R, L] class -> bucket table of the hashes (``table_dtype``): where learned
+    partitions start (``core.label_partition``)."""
+    buckets = hash_to_range(xp.arange(num_labels, dtype=xp.int32), seeds, num_buckets, xp)
+    return buckets.astype(table_dtype(num_buckets))
+
+
+def class_buckets(ids, label_map, num_buckets: int, xp=np):
+    """The bucket of every class id under every member: int32 [R, *S].
+
+    Args:
+      ids: class ids, any shape S (ids >= L, used for padding, read the last class's bucket).
+      label_map: the members' class -> bucket map: their hash seeds, uint32 [R]
+        (``repetition_seeds``; the bucket is hashed, ``hash_to_range``), or a learned table,
+        integer [R, L] (``core.label_partition``; the bucket is looked up).
+      num_buckets: B.
+      xp: ``numpy`` or ``jax.numpy``.
+    """
+    label_map = xp.asarray(label_map)
+    if label_map.ndim == 1:
+        return hash_to_range(ids, label_map, num_buckets, xp)
+    ids = xp.asarray(ids)
+    return xp.take(label_map, ids, axis=1, mode="clip").astype(xp.int32)

@@ -2,7 +2,7 @@
 
 Exact decoding (``decode.decode_topk``) touches all L classes for every query. Here each member r
 keeps its m best buckets per query; the candidates are the classes hashed into them, found with a
-bucket -> classes inverse index built once from the hashes; only those candidates are scored by
+bucket -> classes inverse index built once from the hashes (or the learned table); only those candidates are scored by
 the same take-and-sum over R, and the best k are returned. The cost per query is
 O(R * R * m * L/B) instead of O(R * L).
 
@@ -50,13 +50,14 @@ class IndexShape:
     bucket_cap: int
 
 
-def build_inverse_index(label_seeds: np.ndarray, num_labels: int, num_buckets: int,
+def build_inverse_index(label_map: np.ndarray, num_labels: int, num_buckets: int,
                         label_counts: np.ndarray | None = None,
                         bucket_cap: int | None = None) -> tuple[dict[str, np.ndarray], IndexShape]:
     """The bucket -> classes inverse index of every member, on the host.
 
     Args:
-      label_seeds: uint32 [R], the members' class-hash seeds.
+      label_map: the members' class -> bucket map (``hashing.class_buckets``): hash seeds
+        uint32 [R] or a learned table [R, L].
       num_labels: L.
       num_buckets: B.
       label_counts: int [L] training counts; within a bucket classes are ordered most frequent
@@ -71,7 +72,7 @@ def build_inverse_index(label_seeds: np.ndarray, num_labels: int, num_buckets: i
       order) and ``cutoff`` int32 [R, B] (the rank of the first class past the cap in each
       bucket; L when none is).
     """
-    label_seeds = np.asarray(label_seeds, np.uint32)
+    label_map = np.asarray(label_map)
     if bucket_cap is not None and bucket_cap < 1:
         raise ValueError(f"bucket_cap={bucket_cap} must be >= 1 or None")
     if label_counts is None:
@@ -80,11 +81,11 @@ def build_inverse_index(label_seeds: np.ndarray, num_labels: int, num_buckets: i
         by_rank = np.argsort(-np.asarray(label_counts, np.int64), kind="stable").astype(np.int32)
     rank = np.empty(num_labels, np.int32)
     rank[by_rank] = np.arange(num_labels, dtype=np.int32)
-    num_reps = len(label_seeds)
+    num_reps = len(label_map)
     classes = np.empty((num_reps, num_labels), np.int32)
     offsets = np.zeros((num_reps, num_buckets + 1), np.int32)
     for r in range(num_reps):
-        buckets = hashing.hash_to_range(by_rank, label_seeds[r:r + 1], num_buckets)[0]
+        buckets = hashing.class_buckets(by_rank, label_map[r:r + 1], num_buckets)[0]
         if num_buckets <= 2**16:  # numpy's stable sort is a radix sort on 16-bit keys
             buckets = buckets.astype(np.uint16)
         # A stable sort by bucket keeps the frequency order inside every bucket.
@@ -145,14 +146,14 @@ def vote_threshold(votes: jax.Array, distinct: jax.Array, k: int, min_votes: int
     return threshold
 
 
-def approx_decode_topk(bucket_scores: jax.Array, label_seeds: jax.Array, index: InverseIndex, *,
+def approx_decode_topk(bucket_scores: jax.Array, label_map: jax.Array, index: InverseIndex, *,
                        k: int, top_buckets: int, bucket_cap: int,
                        min_votes: int = 1, batched: bool | None = None) -> tuple[jax.Array, jax.Array]:
     """The k best candidates of every point (see the module docstring).
 
     Args:
       bucket_scores: [R, N, B] aggregated bucket scores (``decode.bucket_scores_to_probs``).
-      label_seeds: uint32 [R], the members' class-hash seeds.
+      label_map: the members' class -> bucket map: hash seeds uint32 [R] or a table [R, L].
       index: the inverse index of the same members (``build_inverse_index``).
       k: how many classes to return.
       top_buckets: m, buckets kept per member and query (m <= B).
@@ -169,14 +170,14 @@ def approx_decode_topk(bucket_scores: jax.Array, label_seeds: jax.Array, index: 
     num_reps, _, num_buckets = bucket_scores.shape
     if not 1 <= top_buckets <= num_buckets:
         raise ValueError(f"top_buckets m={top_buckets} must be in [1, B={num_buckets}]")
-    num_labels = index["classes"].shape[1]
+    num_labels, label_map = index["classes"].shape[1], jnp.asarray(label_map)
     candidates, selected = gather_candidates(bucket_scores, index, top_buckets, bucket_cap)
     # One gather per member reads a candidate's bucket score and whether that bucket is a top one.
     score_and_top = jnp.stack([bucket_scores, selected.astype(bucket_scores.dtype)], axis=-1)
     read_member = functools.partial(_read_member, candidates,
                                     jnp.take(index["rank"], candidates, mode="clip") if "cutoff" in index else None)
     totals = _batched_totals if (backend.batched_forms() if batched is None else batched) else _looped_totals
-    score, votes, first = totals(read_member, candidates.shape, label_seeds, score_and_top, index.get("cutoff"))
+    score, votes, first = totals(read_member, candidates.shape, label_map, score_and_top, index.get("cutoff"))
     slot_member = jnp.arange(candidates.shape[1], dtype=jnp.int32) // (candidates.shape[1] // num_reps)
     distinct = (candidates < num_labels) & (first == slot_member)
     score = jnp.where(distinct & (votes >= vote_threshold(votes, distinct, k, min_votes)), score, -jnp.inf)
@@ -189,34 +190,35 @@ def approx_decode_topk(bucket_scores: jax.Array, label_seeds: jax.Array, index: 
     return top_scores, jnp.where(jnp.isneginf(top_scores), num_labels, ids)
 
 
-def _read_member(candidates: jax.Array, candidate_rank: jax.Array | None, seed: jax.Array,
+def _read_member(candidates: jax.Array, candidate_rank: jax.Array | None, member_map: jax.Array,
                  score_and_top: jax.Array, cutoff: jax.Array | None) -> tuple[jax.Array, ...]:
     """What one member says of the [N, K] candidates: its bucket score, whether that bucket is
     one of its top m, and whether the candidate has a slot there (within the bucket's cap).
 
-    Args: seed uint32 []; score_and_top [N, B, 2]; cutoff int32 [B] or None (uncapped).
+    Args: member_map: the member's hash seed uint32 [] or its table row [L]; score_and_top
+    [N, B, 2]; cutoff int32 [B] or None (uncapped).
     Returns: float32 [N, K] scores, bool [N, K] in_top, bool [N, K] in_slot.
     """
-    buckets = hashing.hash_to_range(candidates, seed[None], score_and_top.shape[1], xp=jnp)[0]
+    buckets = hashing.class_buckets(candidates, member_map[None], score_and_top.shape[1], xp=jnp)[0]
     read = jnp.take_along_axis(score_and_top, buckets[..., None], axis=1)
     in_top = read[..., 1] > 0
     in_slot = in_top & (candidate_rank < jnp.take(cutoff, buckets)) if cutoff is not None else in_top
     return read[..., 0], in_top, in_slot
 
 
-def _looped_totals(read_member, shape: tuple[int, int], label_seeds: jax.Array, score_and_top: jax.Array,
+def _looped_totals(read_member, shape: tuple[int, int], label_map: jax.Array, score_and_top: jax.Array,
                    cutoff: jax.Array | None) -> tuple[jax.Array, ...]:
     """The "loop" form: the [N, K] (``shape``) candidates' summed scores, votes and first member
     with a slot (R where none has), one member at a time (``lax.fori_loop``).
 
-    Args: read_member: ``_read_member`` of the candidates; label_seeds uint32 [R];
+    Args: read_member: ``_read_member`` of the candidates; label_map uint32 [R] or [R, L];
     score_and_top [R, N, B, 2]; cutoff int32 [R, B] or None.
     """
     num_reps = score_and_top.shape[0]
 
     def add_member(r, totals):
         score, votes, first = totals
-        member_score, in_top, in_slot = read_member(label_seeds[r], score_and_top[r],
+        member_score, in_top, in_slot = read_member(label_map[r], score_and_top[r],
                                                     None if cutoff is None else cutoff[r])
         first = jnp.where((first == num_reps) & in_slot, r, first)
         return score + member_score, votes + in_top.astype(jnp.int32), first
@@ -225,12 +227,12 @@ def _looped_totals(read_member, shape: tuple[int, int], label_seeds: jax.Array, 
     return lax.fori_loop(0, num_reps, add_member, init)
 
 
-def _batched_totals(read_member, shape: tuple[int, int], label_seeds: jax.Array, score_and_top: jax.Array,
+def _batched_totals(read_member, shape: tuple[int, int], label_map: jax.Array, score_and_top: jax.Array,
                     cutoff: jax.Array | None) -> tuple[jax.Array, ...]:
     """The "batched" form of ``_looped_totals``: every member's reads at once ([R, N, K] each,
     R times the loop's memory), then sums over R and the first member with a slot."""
     num_reps = score_and_top.shape[0]
     member_score, in_top, in_slot = jax.vmap(read_member, in_axes=(0, 0, None if cutoff is None else 0))(
-        label_seeds, score_and_top, cutoff)
+        label_map, score_and_top, cutoff)
     first = jnp.where(jnp.any(in_slot, axis=0), jnp.argmax(in_slot, axis=0).astype(jnp.int32), num_reps)
     return jnp.sum(member_score, axis=0), jnp.sum(in_top.astype(jnp.int32), axis=0), first

@@ -1,9 +1,10 @@
 """Count-min read-out: class scores from the R bucket scores, with a streaming top-k.
 
 The score of class c is ``sum_r S[r, n, h_r(c)]``: a take-and-sum over R. Classes are visited in
-chunks of C under ``lax.scan``; each chunk's buckets are hashed on the fly from the R seeds, and
-only a running [N, k] top-k is kept, so memory is O(R * B * N + C * N + N * k) at any L: no
-[N, L] scores and no [R, L] class -> bucket table. Ties go to the lower class id.
+chunks of C under ``lax.scan``; each chunk's buckets are hashed on the fly from the R seeds (or
+looked up in a learned [R, L] table, ``hashing.class_buckets``), and only a running [N, k] top-k
+is kept, so memory is O(R * B * N + C * N + N * k) at any L: no [N, L] scores, and with hashed
+buckets no [R, L] class -> bucket table. Ties go to the lower class id.
 
 The gather runs on the transposed scores [R, B, N]: each class reads one contiguous row of N
 floats per member (about 30x faster on CPU than gathering columns of [N, B] under vmap). The
@@ -61,13 +62,14 @@ def class_scores(bucket_scores_t: jax.Array, label_lookup: jax.Array, batched: b
     return lax.fori_loop(0, label_lookup.shape[0], add_member, init)
 
 
-def decode_topk(bucket_scores: jax.Array, label_seeds: jax.Array, num_labels: int, k: int,
+def decode_topk(bucket_scores: jax.Array, label_map: jax.Array, num_labels: int, k: int,
                 chunk_size: int, batched: bool | None = None) -> tuple[jax.Array, jax.Array]:
     """The k best classes of every point, scanning classes in chunks.
 
     Args:
       bucket_scores: [R, N, B] aggregated bucket scores (see ``bucket_scores_to_probs``).
-      label_seeds: uint32 [R], the members' class-hash seeds (``hashing.repetition_seeds``).
+      label_map: the members' class -> bucket map (``hashing.class_buckets``): hash seeds
+        uint32 [R] or a learned table [R, L].
       num_labels: L.
       k: how many classes to return (k <= L).
       chunk_size: C, classes scored per scan step; L need not be a multiple of it.
@@ -86,7 +88,7 @@ def decode_topk(bucket_scores: jax.Array, label_seeds: jax.Array, num_labels: in
     def scan_chunk(best, start):
         best_scores, best_ids = best
         ids = start + jnp.arange(chunk_size, dtype=jnp.int32)
-        lookup = hashing.hash_to_range(ids, label_seeds, num_buckets, xp=jnp)  # [R, C]
+        lookup = hashing.class_buckets(ids, label_map, num_buckets, xp=jnp)  # [R, C]
         scores = jnp.where(ids[:, None] < num_labels, class_scores(scores_t, lookup, batched), -jnp.inf).T
         # The running best come first and hold lower ids, so ties keep the lower id.
         all_scores = jnp.concatenate([best_scores, scores], axis=1)

@@ -1,4 +1,4 @@
-"""Decoders: one object with one call, ``decoder(bucket_scores, label_seeds, k) -> (scores, ids)``.
+"""Decoders: one object with one call, ``decoder(bucket_scores, label_map, k) -> (scores, ids)``.
 
 ``ExactDecoder`` scores all L classes (``decode.decode_topk``); ``ApproxDecoder`` only the
 classes in each member's top buckets (``approx_decode.approx_decode_topk``). Both are pytrees
@@ -16,7 +16,7 @@ import jax
 import numpy as np
 
 from mach_jax.config import Config
-from mach_jax.core import backend, hashing
+from mach_jax.core import backend
 from mach_jax.core import mesh as mesh_lib
 from mach_jax.readout import approx_decode, decode
 
@@ -32,9 +32,10 @@ class ExactDecoder:
     chunk_size: int
     batched: bool = False
 
-    def __call__(self, bucket_scores: jax.Array, label_seeds: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
-        """Args: bucket_scores [R, N, B]; label_seeds uint32 [R]. Returns: [N, k] scores, ids."""
-        return decode.decode_topk(bucket_scores, label_seeds, self.num_labels, k, self.chunk_size, self.batched)
+    def __call__(self, bucket_scores: jax.Array, label_map: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
+        """Args: bucket_scores [R, N, B]; label_map: hash seeds uint32 [R] or a learned table [R, L]
+        (``hashing.class_buckets``). Returns: [N, k] scores, ids."""
+        return decode.decode_topk(bucket_scores, label_map, self.num_labels, k, self.chunk_size, self.batched)
 
     def describe(self) -> str:
         return "exact"
@@ -58,10 +59,10 @@ class ApproxDecoder:
     min_votes: int = 1
     batched: bool = False
 
-    def __call__(self, bucket_scores: jax.Array, label_seeds: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
-        """Args: bucket_scores [R, N, B]; label_seeds uint32 [R]. Returns: [N, k] scores, ids
+    def __call__(self, bucket_scores: jax.Array, label_map: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
+        """Args: bucket_scores [R, N, B]; label_map uint32 [R] or [R, L]. Returns: [N, k] scores, ids
         (a point with fewer than k candidates gets score -inf and id L in the missing places)."""
-        return approx_decode.approx_decode_topk(bucket_scores, label_seeds, self.index, k=k,
+        return approx_decode.approx_decode_topk(bucket_scores, label_map, self.index, k=k,
                                                 top_buckets=self.top_buckets, bucket_cap=self.bucket_cap,
                                                 min_votes=self.min_votes, batched=self.batched)
 
@@ -70,14 +71,14 @@ class ApproxDecoder:
                 f"bucket_cap={self.bucket_cap})")
 
 
-def build_approx_decoder(config: Config, rep_ids: tuple[int, ...], num_labels: int,
+def build_approx_decoder(config: Config, label_map: np.ndarray, num_labels: int,
                          label_counts: np.ndarray, mesh) -> ApproxDecoder:
     """The approximate decoder of these members: their inverse index (int32 [R, L] classes plus
-    [R, B + 1] offsets), sharded over the members like the parameters, ``config.eval``'s
+    [R, B + 1] offsets) built from their class -> bucket map (hash seeds [R] or a learned table
+    [R, L], on the host), sharded over the members like the parameters, ``config.eval``'s
     settings and the backend's kernel form (``model.kernel_forms``)."""
     settings = config.eval
-    seeds = hashing.repetition_seeds(config.model.label_hash_seed, np.asarray(rep_ids))
-    index, shape = approx_decode.build_inverse_index(seeds, num_labels, config.model.num_buckets,
+    index, shape = approx_decode.build_inverse_index(label_map, num_labels, config.model.num_buckets,
                                                      label_counts, settings.bucket_cap)
     rank = index.pop("rank", None)
     index = mesh_lib.put(index, mesh_lib.stacked(mesh))

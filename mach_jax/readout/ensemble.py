@@ -25,10 +25,11 @@ from mach_jax.data import batches, transforms
 from mach_jax.data.csr import CsrMatrix, XCDataset
 from mach_jax.data.in_memory import as_features, as_labels
 from mach_jax.data.prepare import RunInfo, check_enough_labels
-from mach_jax.errors import DataFormatError, WorkdirError
+from mach_jax.errors import DataFormatError
 from mach_jax.readout import metrics, step
 from mach_jax.readout.decoders import ApproxDecoder, ExactDecoder, build_approx_decoder
 from mach_jax.readout.rerank import Reranker, load_reranker, placed
+from mach_jax.readout.restore import restore_members
 from mach_jax.storage import checkpoints, workdir as wd
 
 
@@ -44,15 +45,19 @@ class MachEnsemble:
       feature_idf: float32 [D], the training features' idf (``data.input_transform="tfidf_l2"``).
       reranker: the shortlist re-ranker (``readout.rerank``), or None; used unless
         ``eval.reranker`` is "off".
+      label_table: the members' learned class -> bucket table, integer [R, L] (a run with
+        ``partition.label_buckets`` "learned"), or None: the buckets are hashed.
 
     Attributes:
       spec: the members' forward pass (``ensemble_spec.MemberSpec``).
-      params, seeds: the members' parameters [R, ...] and hash seeds [R], sharded over ``mesh``.
+      params, seeds: the members' parameters [R, ...] and hash seeds [R] (their class -> bucket
+        table [R, L] as ``seeds["labels"]`` when it is learned), sharded over ``mesh``.
     """
 
     def __init__(self, config: Config, info: RunInfo, params: model.Params,
                  label_counts: np.ndarray, rep_ids: tuple[int, ...] | None = None,
-                 feature_idf: np.ndarray | None = None, reranker: Reranker | None = None):
+                 feature_idf: np.ndarray | None = None, reranker: Reranker | None = None,
+                 label_table: np.ndarray | None = None):
         num_members = jax.tree.leaves(params)[0].shape[0]
         config.eval.validate(num_members)
         check_enough_labels(info.num_labels)
@@ -63,7 +68,8 @@ class MachEnsemble:
         self.rep_ids = tuple(rep_ids if rep_ids is not None else range(num_members))[:num_reps]
         self.mesh = mesh_lib.make_mesh(num_reps)
         self.params = self._placed(params)
-        self.seeds = member_seeds(config, self.rep_ids, self.mesh)
+        self.label_table = None if label_table is None else np.asarray(label_table)[:num_reps]
+        self.seeds = member_seeds(config, self.rep_ids, self.mesh, self._placed(self.label_table))
         self.inv_propensity = mesh_lib.put(metrics.inverse_propensity(
             label_counts, info.num_train_points, *config.eval.propensity()),
             mesh_lib.replicated(self.mesh))
@@ -88,17 +94,25 @@ class MachEnsemble:
         self.recorded_final_step: int | None = None  # the run's last step, as its checkpoint records it
 
     def _placed(self, params: model.Params) -> model.Params:
-        """The first r members' parameters [r, ...], sharded over the read-out's mesh."""
+        """The first r members' parameters [r, ...] (or table, or None), sharded over the read-out's mesh."""
+        if params is None:
+            return None
         params = jax.tree.map(lambda leaf: leaf[:len(self.rep_ids)], params)
         if all(isinstance(leaf, jax.Array) for leaf in jax.tree.leaves(params)):
             return jax.device_put(params, mesh_lib.stacked(self.mesh))  # resharding on device
         return mesh_lib.put(params, mesh_lib.stacked(self.mesh))
 
-    def with_params(self, params: model.Params) -> "MachEnsemble":
+    def with_params(self, params: model.Params, label_table: np.ndarray | None = None) -> "MachEnsemble":
         """The same read-out over other parameters of the same members and shapes (the next
-        epoch's, say): its compiled steps, seeds and decoders are reused, so nothing recompiles."""
+        epoch's, say), and their learned class -> bucket table [R, L] if they have one: its
+        compiled steps are reused, so nothing recompiles (an approximate decoder is rebuilt for a
+        new table)."""
         other = copy.copy(self)
         other.params = self._placed(params)
+        if label_table is not None:
+            other.label_table = np.asarray(label_table)[:len(self.rep_ids)]
+            other.seeds = dict(self.seeds, labels=self._placed(other.label_table))
+            other._approx = None
         return other
 
     def decoder(self, approx: bool | None = None) -> ExactDecoder | ApproxDecoder:
@@ -109,7 +123,8 @@ class MachEnsemble:
         if not approx:
             return self._exact
         if self._approx is None:
-            self._approx = build_approx_decoder(self.config, self.rep_ids, self.info.num_labels,
+            label_map = self.label_table if self.label_table is not None else jax.device_get(self.seeds["labels"])
+            self._approx = build_approx_decoder(self.config, label_map, self.info.num_labels,
                                                 self._label_counts, self.mesh)
         return self._approx
 
@@ -122,14 +137,16 @@ class MachEnsemble:
             may itself hold groups ``reps-START-STOP/`` (see ``workdir.find_groups``).
           **eval_overrides: fields of the eval section to change (e.g. ``eval_repetitions=4``).
         """
-        config, info, groups, params, step = restore_members(*workdirs)
+        members = restore_members(*workdirs)
+        config, info, groups = members.config, members.info, members.groups
         config = config.replace(eval=eval_overrides) if eval_overrides else config
         reranker = None
         if config.eval.reranker != "off":
             reranker = load_reranker(Path(workdirs[0]), info.num_features, info.num_labels, config.eval.rerank_mix)
-        ensemble = cls(config, info, params, wd.read_label_counts(groups[0].path),
-                       feature_idf=wd.read_feature_idf(groups[0].path), reranker=reranker)
-        ensemble.checkpoint_step = step
+        ensemble = cls(config, info, members.params, wd.read_label_counts(groups[0].path),
+                       feature_idf=wd.read_feature_idf(groups[0].path), reranker=reranker,
+                       label_table=members.label_table)
+        ensemble.checkpoint_step = members.step
         ensemble.recorded_final_step = checkpoints.training_progress(groups[0].path).final_step
         return ensemble
 
@@ -146,7 +163,8 @@ class MachEnsemble:
         """The same members read out with other eval settings (e.g. ``eval_repetitions=r`` for
         the first r of them), from the parameters in memory rather than the checkpoint."""
         return MachEnsemble(self.config.replace(eval=eval_overrides), self.info, self.params,
-                            self._label_counts, self.rep_ids, self.feature_idf, self.trained_reranker)
+                            self._label_counts, self.rep_ids, self.feature_idf, self.trained_reranker,
+                            self.label_table)
 
     def _put(self, batch: batches.Batch) -> dict[str, jax.Array]:
         return mesh_lib.put(batch, mesh_lib.replicated(self.mesh))
@@ -257,27 +275,3 @@ class MachEnsemble:
         if self.reranker is not None:
             result["reranker"] = {"shortlist_size": self.reranker.shortlist_size, "mix": self.reranker.mix}
         return result
-
-
-def restore_members(*workdirs: str | Path) -> tuple[Config, RunInfo, list[wd.Group], model.Params, int]:
-    """``(config, info, groups, params, step)``: the members' parameters [R, ...] as host arrays
-    (the optimiser's moments are never read) from the newest checkpoints of one workdir, or of
-    groups trained apart (``workdir.find_groups``), and the step they were saved at.
-
-    Raises:
-      WorkdirError: the groups stopped at different steps (or as ``find_groups``).
-    """
-    config, info, groups = wd.find_groups([Path(w) for w in workdirs])
-    abstract = [model.param_shapes(config.model, info.num_features, tuple(group.rep_ids)) for group in groups]
-    restored = [checkpoints.restore_params(group.path, shapes) for group, shapes in zip(groups, abstract)]
-    # An export for serving may store the tables in 16 bits (``export.export_params``): read as trained.
-    restored = [(step, jax.tree.map(lambda leaf, want: np.asarray(leaf).astype(want.dtype, copy=False), params,
-                                    shapes)) for (step, params), shapes in zip(restored, abstract)]
-    steps_done = {group.path: step for group, (step, _) in zip(groups, restored)}
-    if len(set(steps_done.values())) > 1:
-        raise WorkdirError(f"the groups stopped at different steps {steps_done}: one is still "
-                           "training or was interrupted; finish it (re-run its command) first")
-    parts = [params for _, params in restored]
-    params = parts[0] if len(parts) == 1 else jax.tree.map(lambda *leaves: np.concatenate(leaves), *parts)
-    return config, info, groups, params, restored[0][0]
-

@@ -30,7 +30,8 @@ from mach_jax.data.files import write_bytes_atomically, write_json_atomically
 from mach_jax.data import transforms
 from mach_jax.errors import WorkdirError
 from mach_jax.readout import step
-from mach_jax.readout.ensemble import MachEnsemble, restore_members
+from mach_jax.readout.ensemble import MachEnsemble
+from mach_jax.readout.restore import restore_members
 from mach_jax.readout.rerank import load_reranker
 from mach_jax.storage import checkpoints, rerank_store, run_file, workdir as wd
 
@@ -114,15 +115,19 @@ def export_params(target: str | Path, *workdirs: str | Path, dtype: str = "float
     if any((target / name).exists() for name in (run_file.CONFIG_FILE, checkpoints.CHECKPOINT_DIR,
                                                  rerank_store.RERANK_DIR)):
         raise WorkdirError(f"{target}: already holds a run; export to a new folder")
-    config, info, groups, params, step_done = restore_members(*workdirs)
-    config, params = _served(config, params, dtype, num_members)
-    source = groups[0].path
+    members = restore_members(*workdirs)
+    config, info = members.config, members.info
+    config, params = _served(config, members.params, dtype, num_members)
+    served = {"params": params}
+    if members.label_table is not None:  # the learned class -> bucket table of the members kept
+        served["label_table"] = members.label_table[:config.model.num_repetitions]
+    source = members.groups[0].path
     fingerprint = run_file.read_run_file(source).data_fingerprint
     final_step = checkpoints.training_progress(source).final_step
-    _save_params(target, step_done, params, wd.identity(config, info, fingerprint), final_step)
+    _save_params(target, members.step, served, wd.identity(config, info, fingerprint), final_step)
     reranker = load_reranker(Path(workdirs[0]), info.num_features, info.num_labels, config.eval.rerank_mix)
     if reranker is not None:  # the re-ranker's parameters too, with its record
-        _save_params(rerank_store.rerank_dir(target), step_done, reranker.params, None, None)
+        _save_params(rerank_store.rerank_dir(target), members.step, {"params": reranker.params}, None, None)
         rerank_store.write_record(target, rerank_store.read_record(Path(workdirs[0])))
     # config.json last: it marks a complete folder (``workdir.write_run``).
     wd.write_run(target, config, info, wd.read_label_counts(source), wd.read_feature_idf(source), fingerprint)
@@ -150,8 +155,9 @@ def _served(config, params, dtype: str, num_members: int | None):
     return config, params
 
 
-def _save_params(folder: Path, step_done: int, params, identity: dict | None, final_step: int | None) -> None:
-    """``folder/checkpoints/<step>`` holding ``{"params": [R, ...]}`` alone, on disk when it returns:
-    ``checkpoints.restore_params`` reads it as a training checkpoint; ``restore_latest`` refuses it."""
+def _save_params(folder: Path, step_done: int, arrays: dict, identity: dict | None, final_step: int | None) -> None:
+    """``folder/checkpoints/<step>`` holding ``{"params": [R, ...]}`` (and a learned
+    ``"label_table"`` [R, L]) alone, on disk when it returns: ``checkpoints.restore_params``
+    reads it as a training checkpoint; ``restore_latest`` refuses it."""
     with checkpoints.opened(folder, keep=1) as manager:
-        checkpoints.save_state(manager, step_done, {"params": params}, identity, final_step, params_only=True)
+        checkpoints.save_state(manager, step_done, arrays, identity, final_step, params_only=True)

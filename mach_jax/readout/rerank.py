@@ -105,5 +105,5 @@ def load_reranker(workdir: Path, num_features: int, num_labels: int, mix: float)
     abstract = jax.eval_shape(functools.partial(reranker.init_params, num_features=num_features,
                                                 num_labels=num_labels, dim=settings["rerank_dim"]),
                               jax.random.key(0))
-    _, params = checkpoints.restore_params(rerank_store.rerank_dir(workdir), abstract)
+    _, params, _ = checkpoints.restore_params(rerank_store.rerank_dir(workdir), abstract)
     return Reranker(params, settings["shortlist_size"], mix, num_labels)

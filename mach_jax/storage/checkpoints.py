@@ -123,16 +123,20 @@ def restore_latest(folder: Path, abstract_state: Any, identity: dict | None = No
     return restored
 
 
-def restore_params(folder: Path, abstract_params: Any) -> tuple[int, Any]:
-    """``(step, parameters)`` of a folder's newest intact checkpoint (no optimizer state), as host
-    arrays; checked against the folder's own ``config.json`` where it has one.
+def restore_params(folder: Path, abstract_params: Any, abstract_table: Any = None) -> tuple[int, Any, Any]:
+    """``(step, parameters, label table)`` of a folder's newest intact checkpoint (no optimizer
+    state), as host arrays; checked against the folder's own ``config.json`` where it has one.
 
     Args:
       folder: the workdir (or group folder, or ``rerank/``) holding ``checkpoints/``.
       abstract_params: the parameters' shapes and dtypes (``jax.eval_shape`` of the init).
+      abstract_table: the learned class -> bucket table's shape and dtype (the state's
+        ``"label_table"``), or None: none is read (hashed buckets) and None is returned.
     """
     folder = Path(folder)
     abstract = {"params": abstract_params}
+    if abstract_table is not None:
+        abstract["label_table"] = abstract_table
     args = ocp.args.PyTreeRestore(
         item=abstract, partial_restore=True,
         restore_args=jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), abstract))
@@ -153,7 +157,7 @@ def restore_params(folder: Path, abstract_params: Any) -> tuple[int, Any]:
     restored = _restore_newest(folder, abstract, args, refuse)
     if restored is None:
         raise WorkdirError(f"{folder}: no checkpoint found under {CHECKPOINT_DIR}/")
-    return restored.step, restored.state["params"]
+    return restored.step, restored.state["params"], restored.state.get("label_table")
 
 
 def _refuse_params_only(folder: Path) -> None:

@@ -36,13 +36,15 @@ from mach_jax.training.metric_log import MetricLog
 from mach_jax.training.monitoring import LossLog, StopOnSignals
 from mach_jax.training.optimizer import State
 from mach_jax.training.program import TrainingProgram, build_program
+from mach_jax.training.repartition import Repartitioner
 from mach_jax.training.resolve import ResolvedRun, resolve_run
 from mach_jax.training.updates import Update, member_updates
 
 log = logging.getLogger("mach_jax")
 
-# (params [R, ...], progress) -> metrics, for the members trained here.
-Evaluate = Callable[[model.Params, bool], dict]
+# (params [R, ...], learned class -> bucket table [R, L] or None, progress) -> metrics, for the
+# members trained here.
+Evaluate = Callable[[model.Params, jax.Array | None, bool], dict]
 # (what the data fixed, training label counts [L], the members' repetition ids, the training
 # features' idf [D] or None) -> Evaluate.
 EvaluatorFactory = Callable[[RunInfo, np.ndarray, tuple[int, ...], np.ndarray | None], Evaluate]
@@ -52,22 +54,27 @@ EvaluatorFactory = Callable[[RunInfo, np.ndarray, tuple[int, ...], np.ndarray | 
 class Schedule:
     """When ``run_loop`` looks at the state, in global steps (0: never): a log (with the
     non-finite check) every ``log_every``, an evaluation every ``eval_every`` (the last step's is
-    the caller's), a checkpoint every ``checkpoint_every`` and at the last step."""
+    the caller's), a checkpoint every ``checkpoint_every`` and at the last step; the learned
+    partitions' re-assignments where ``reassign_every`` (an epoch's steps) divides the step,
+    before the next update."""
 
     total_steps: int
     log_every: int
     checkpoint_every: int
     eval_every: int = 0
+    reassign_every: int = 0
 
     @property
     def boundaries(self) -> multi_step.Boundaries:
         """The steps an update must not run past."""
-        return multi_step.Boundaries(self.total_steps, (self.log_every, self.checkpoint_every, self.eval_every))
+        return multi_step.Boundaries(self.total_steps, (self.log_every, self.checkpoint_every, self.eval_every,
+                                                        self.reassign_every))
 
 
 def run_loop(state: State, step: int, updates: Iterable[tuple[int, Update]], schedule: Schedule, *,
              loss_log: LossLog, save: Callable[[int, State], int], workdir: Path,
-             evaluate: Callable[[int, State], None] | None = None) -> State:
+             evaluate: Callable[[int, State], None] | None = None,
+             reassign: Callable[[int, State], State | None] | None = None) -> State:
     """Runs ``updates`` from global step ``step`` to ``schedule.total_steps``, in the order every
     trainer here follows.
 
@@ -81,12 +88,19 @@ def run_loop(state: State, step: int, updates: Iterable[tuple[int, Update]], sch
         starts from (``step``, or an earlier one where the trainer resumes only at epoch ends).
       evaluate: ``evaluate(step, state)`` at the evaluation steps before the last; it ends (its
         sums fetched) before the next update donates the state.
+      reassign: ``reassign(step, state)`` before the update that follows step ``step`` where
+        ``schedule.reassign_every`` divides it: the state with its learned class -> bucket
+        table re-assigned, or None where none is due. A run resumed from that step's checkpoint
+        (saved before it) does the same re-assignment, so it goes on exactly as the run would have.
 
     Raises:
       TrainingInterrupted: SIGINT or SIGTERM arrived; the current step was saved first.
     """
     with StopOnSignals() as stop:
         for count, update in updates:
+            if reassign and schedule.reassign_every and step % schedule.reassign_every == 0:
+                state = reassign(step, state) or state  # before the update: a resumed run does it too
+                loss_log.restart_clock()  # the re-assignment's time is not training throughput
             state, losses = update(state)  # count steps, asynchronously dispatched
             step += count
             loss_log.add(step, losses, count)
@@ -139,7 +153,8 @@ def run_training(run: ResolvedRun, workdir: str | Path, progress: bool = True,
     steps_per_epoch = batches.num_batches(info.num_train_points, train.batch_size)
     schedule = Schedule(total_steps=train.epochs * steps_per_epoch, log_every=train.log_every_steps,
                         checkpoint_every=train.checkpoint_every_steps or steps_per_epoch,
-                        eval_every=train.eval_every_epochs * steps_per_epoch if evaluator else 0)
+                        eval_every=train.eval_every_epochs * steps_per_epoch if evaluator else 0,
+                    reassign_every=steps_per_epoch if config.partition.learned else 0)
     shape = batches.BatchShape(train.batch_size, info.max_nnz, info.max_labels)
     # ---- Accept: one run per workdir; nothing is written until its settings and data match
     # config.json and the newest intact checkpoint's own record.
@@ -158,7 +173,7 @@ def run_training(run: ResolvedRun, workdir: str | Path, progress: bool = True,
                 metric_log.write(kind, at_step, learning_rate=rate, train_seconds=round(seconds(), 2), **fields)
 
             def evaluate(at_step: int, state: State) -> None:
-                result = evaluate_params(state["params"], progress=False)
+                result = evaluate_params(state["params"], state.get("label_table"), False)
                 metric_log.write("eval", at_step, final=False, **result)
                 if progress:  # P@k for k <= L
                     bar.write(f"epoch {at_step // steps_per_epoch}: " + "  ".join(
@@ -166,6 +181,15 @@ def run_training(run: ResolvedRun, workdir: str | Path, progress: bool = True,
                         file=sys.stderr)
 
             loss_log = LossLog(program.rep_ids, train.batch_size, bar, write_loss)
+            reassign = None
+            if config.partition.learned:
+                repartitioner = Repartitioner(config, program, run.train_data)
+
+                def reassign(at_step: int, state: State) -> State | None:
+                    if not repartitioner.due(at_step, steps_per_epoch, train.epochs):
+                        return None
+                    return repartitioner(at_step, state)
+
             with checkpoints.opened(workdir, train.keep_checkpoints) as manager, \
                     member_updates(config, program, run.train_data, shape, step, schedule.boundaries) as updates:
                 def save(at_step: int, state: State) -> int:
@@ -175,7 +199,8 @@ def run_training(run: ResolvedRun, workdir: str | Path, progress: bool = True,
 
                 try:  # ---- The loop.
                     state = run_loop(state, step, updates, schedule, loss_log=loss_log, save=save,
-                                     workdir=workdir, evaluate=evaluate if evaluate_params else None)
+                                     workdir=workdir, evaluate=evaluate if evaluate_params else None,
+                                     reassign=reassign)
                 finally:
                     bar.close()
                 with agreement.failing_together("saving the final checkpoint"):  # every process, or none
@@ -184,7 +209,7 @@ def run_training(run: ResolvedRun, workdir: str | Path, progress: bool = True,
             # session that ran no step, the run being complete, adds none).
             metrics = {**(final_fields or {}), "train_seconds": metric_log.train_seconds}
             if evaluate_params:
-                metrics = {**evaluate_params(state["params"], progress=progress), **metrics}
+                metrics = {**evaluate_params(state["params"], state.get("label_table"), progress), **metrics}
                 metric_log.write("eval", int(state["step"]), final=True, **metrics)
             return state["params"], metrics
 

@@ -14,9 +14,10 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from mach_jax.config import Config
-from mach_jax.core import mesh as mesh_lib, model
+from mach_jax.core import hashing, mesh as mesh_lib, model
 from mach_jax.core.compiled import shared_jit
 from mach_jax.core.ensemble_spec import member_seeds
 from mach_jax.data.csr import XCDataset
@@ -71,7 +72,8 @@ def build_program(config: Config, info: RunInfo, train_data: XCDataset | None = 
         if not spec.lazy_embedding:  # the gathered bag is capped by T only: no batch is past U = N K
             caps = (config.train.batch_size * info.max_nnz, caps[1])
         spec = dataclasses.replace(spec, touched_rows_cap=caps[0], entries_cap=caps[1])
-    init_bound = dict(config=config, num_features=info.num_features, rep_ids=rep_ids, spec=spec, mesh=mesh)
+    init_bound = dict(config=config, num_features=info.num_features, rep_ids=rep_ids, spec=spec, mesh=mesh,
+                      num_labels=info.num_labels if config.partition.learned else 0)
     abstract_state = _state_shapes(**init_bound)
     state_shardings = mesh_lib.tree_shardings(abstract_state, mesh)
     seeds = member_seeds(config, rep_ids, mesh)
@@ -103,8 +105,14 @@ def _state_shapes(**init_bound) -> State:
 
 
 def _init_state(*, config: Config, num_features: int, rep_ids: tuple[int, ...],
-                spec: StepSpec, mesh) -> State:
+                spec: StepSpec, mesh, num_labels: int) -> State:
+    """Step 0: the members drawn, the moments at zero; with learned partitions (``num_labels`` L
+    > 0) the class -> bucket table [R, L] starts as the members' hashes."""
     # Member by member on each device: XLA's temporaries hold one member's draws, not R's.
     params = model.init_params_by_member(config.model, num_features, jnp.asarray(rep_ids, jnp.int32),
                                          config.train.seed, mesh)
-    return optimizer.create_state(params, spec)
+    state = optimizer.create_state(params, spec)
+    if num_labels:
+        seeds = hashing.repetition_seeds(config.model.label_hash_seed, np.asarray(rep_ids))
+        state["label_table"] = hashing.hashed_table(jnp.asarray(seeds), num_labels, config.model.num_buckets, xp=jnp)
+    return state

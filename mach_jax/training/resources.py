@@ -35,7 +35,7 @@ import dataclasses
 import numpy as np
 
 from mach_jax.config import Config
-from mach_jax.core import backend, model
+from mach_jax.core import backend, hashing, model
 from mach_jax.data import batches
 from mach_jax.data.csr import XCDataset
 from mach_jax.training.spec import uses_lazy_update
@@ -65,6 +65,7 @@ class RunShape:
       train_bytes: the training CSR's bytes (preparing the data copies it once).
       feature_entries: the training rows' feature entries, each row cut to ``data.max_nnz``
         (0: unknown, where the rules use the widest row).
+      label_entries: the training rows' label entries, nnz(Y) (0: unknown).
     """
 
     num_features: int
@@ -78,6 +79,7 @@ class RunShape:
     eval_widest_features_row: int
     train_bytes: int
     feature_entries: int = 0
+    label_entries: int = 0
 
     def mean_nnz(self, width: int) -> float | None:
         """The mean training row's feature entries within ``width`` (K), or None where unknown."""
@@ -102,7 +104,8 @@ def run_shape(train: XCDataset, eval_data: XCDataset | None, max_nnz: int | None
         eval_widest_labels=int(eval_labels.max(initial=0)),
         eval_widest_features_row=int(eval_nnz.argmax()) if eval_nnz.size else 0,
         train_bytes=sum(m.indptr.nbytes + m.indices.nbytes + m.values.nbytes for m in matrices),
-        feature_entries=int(np.minimum(nnz, max_nnz).sum() if max_nnz else nnz.sum()))
+        feature_entries=int(np.minimum(nnz, max_nnz).sum() if max_nnz else nnz.sum()),
+        label_entries=int(train.labels.indptr[-1]))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,6 +168,8 @@ def estimate(config: Config, shape: RunShape, rep_shards: int = 1, data_shards: 
               "restoring a checkpoint": state + [Part(STATE_SIZED[1], host_state, False)] + labels}
     if config.rerank.enabled:
         phases["re-ranking"] = state[:1] + _rerank_parts(config, shape) + labels
+    if config.partition.learned:
+        phases = {name: parts + _partition_parts(config, shape, members) for name, parts in phases.items()}
     phase = max(phases, key=lambda name: sum(p.bytes for p in phases[name]))
     return Estimate(phase, tuple(p for p in phases[phase] if p.bytes))
 
@@ -247,6 +252,20 @@ def _label_parts(config: Config, shape: RunShape) -> list[Part]:
     return [Part("label arrays [L]", 7 * shape.num_labels * ENTRY, False),
             Part("label arrays [L] on the device", shape.num_labels * ENTRY, True),
             Part("feature idf [D]", idf, False)]
+
+
+def _partition_parts(config: Config, shape: RunShape, members: int) -> list[Part]:
+    """A learned class -> bucket table [R, L] (``hashing.table_dtype``) and what re-assigning it
+    holds on the host: every member's m best buckets and probabilities for the N training points
+    (int32 + float32), and one member's sparse affinities, about 48 bytes for each of its
+    nnz(Y) x m (class, bucket) entries (``core.label_partition``)."""
+    num_buckets, all_members = config.model.num_buckets, config.parallel.num_members(config.model.num_repetitions)
+    table = shape.num_labels * np.dtype(hashing.table_dtype(num_buckets)).itemsize
+    top = min(config.partition.affinity_buckets, num_buckets)
+    label_entries = shape.label_entries or shape.num_train_points * shape.widest_labels
+    return [Part("learned class -> bucket table [R, L]", members * table, True),
+            Part("re-assigning classes (host)", all_members * (table + 8 * shape.num_train_points * top)
+                 + 48 * label_entries * top, False)]
 
 
 def format_bytes(count: float) -> str:

@@ -49,6 +49,17 @@ def _entry_member_losses(params, feat_ids, batch: Batch, buckets: jax.Array, key
 
 
 def train_step(state: State, batch: Batch, seeds: Seeds, *, spec: StepSpec) -> tuple[State, dict]:
+    """``member_step`` with the members' class -> bucket map: their hash seeds, or the learned
+    table the state carries (``state["label_table"]`` int [R, L], unchanged by the step)."""
+    if "label_table" not in state:
+        return member_step(state, batch, seeds, spec=spec)
+    table = state["label_table"]
+    members = {name: value for name, value in state.items() if name != "label_table"}
+    new_state, metrics = member_step(members, batch, dict(seeds, labels=table), spec=spec)
+    return {**new_state, "label_table": table}, metrics
+
+
+def member_step(state: State, batch: Batch, seeds: Seeds, *, spec: StepSpec) -> tuple[State, dict]:
     """One optimiser step of every member on the same batch: Adam, with the embedding tables
     updated densely or row-sparsely, by Adam or row-wise Adagrad (``StepSpec``).
 
