@@ -58,7 +58,7 @@ def run(workdir, config, monkeypatch):
                         lambda manager, step, *a, **k: saved.append(step) or SAVE_STATE(manager, step, *a, **k))
 
     def evaluator(*_):
-        return lambda params, progress: evaluated.append(1) or {"P@1": 0.5}
+        return lambda params, label_table, progress: evaluated.append(1) or {"P@1": 0.5}
 
     params, _ = trainer.run_training(resolve_run(config, TRAIN), workdir, progress=False, evaluator=evaluator)
     records = read_records(workdir / "metrics.jsonl")
