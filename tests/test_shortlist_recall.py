@@ -29,3 +29,18 @@ def test_recall_at_k_is_the_share_of_labels_in_the_top_k(tmp_path, capsys):
     labels = [set(test.labels.indices[a:b]) for a, b in zip(test.labels.indptr[:-1], test.labels.indptr[1:])]
     want = np.mean([len(y & set(top)) / len(y) if y else 0.0 for y, top in zip(labels, ids.tolist())])
     assert abs(records[1]["recall"] - want) < 1e-4 and records[0]["recall"] <= records[1]["recall"]
+
+
+def test_the_aggregation_can_be_chosen(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("shortlist_recall", SCRIPT)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    config = get_preset("tiny").replace(train={"epochs": 1})
+    train_and_evaluate(config, tmp_path / "w", progress=False)
+    script.main(["--workdir", str(tmp_path / "w"), "--k", "3", "--aggregation", "log_prob", "--quiet"])
+    record = json.loads(capsys.readouterr().out)
+    _, test = make_synthetic(config.data.synthetic)
+    _, ids = MachEnsemble.load(tmp_path / "w", aggregation="log_prob").predict(test.features, k=3)
+    labels = [set(test.labels.indices[a:b]) for a, b in zip(test.labels.indptr[:-1], test.labels.indptr[1:])]
+    want = np.mean([len(y & set(top)) / len(y) if y else 0.0 for y, top in zip(labels, ids.tolist())])
+    assert record["aggregation"] == "log_prob" and abs(record["recall"] - want) < 1e-4
