@@ -14,7 +14,7 @@ from mach_jax.data import batches
 from mach_jax.data.synthetic import make_synthetic
 from mach_jax.errors import ConfigError
 from mach_jax.readout import approx_decode, decode
-from mach_jax.readout.export import export_params
+from mach_jax.readout.export import export_ensemble, export_params
 from mach_jax.training import loop as trainer
 
 TINY = get_preset("tiny")
@@ -196,6 +196,12 @@ def test_the_table_goes_into_exports_and_the_approximate_decoder(tmp_path, data)
     approx = loaded.with_eval(top_buckets=32).predict(test.features, k=3, approx=True)[1]
     np.testing.assert_array_equal(np.sort(exact, axis=1), np.sort(approx, axis=1))
     assert json.loads((tmp_path / "run" / "config.json").read_text())["config"]["partition"]["label_buckets"] == "learned"
+    # The StableHLO export bakes the table in.
+    features = test.features[:8]
+    path = export_ensemble(loaded, tmp_path / "model.stablehlo", batch_size=8, max_nnz=64, k=3)
+    feat_ids, feat_vals = batches.pad_rows(features, np.arange(8), 64)
+    _, exported_ids = jax.export.deserialize(bytearray(path.read_bytes())).call(feat_ids, feat_vals)
+    np.testing.assert_array_equal(np.asarray(exported_ids), loaded.predict(features, k=3)[1])
 
 
 def test_a_learned_run_is_not_resumed_as_hashed(tmp_path, data):
@@ -211,3 +217,15 @@ def test_a_learned_run_is_not_resumed_as_hashed(tmp_path, data):
 def test_bad_partition_settings_are_named(field, value):
     with pytest.raises(ConfigError, match=f"partition.{field}"):
         TINY.replace(partition={field: value}).validate()
+
+
+def test_groups_trained_apart_learn_the_tables_of_one_run(tmp_path, data):
+    # Member r's re-assignment reads only member r's predictions and its own seed: groups of
+    # members trained apart learn the rows the whole ensemble learns, and load as one table.
+    train, _ = data
+    trainer.train(LEARNED, tmp_path / "whole", train, progress=False)
+    for rep_range in ((0, 2), (2, 4)):
+        trainer.train(LEARNED.replace(parallel={"rep_range": rep_range}), tmp_path / "groups", train, progress=False)
+    whole, groups = MachEnsemble.load(tmp_path / "whole"), MachEnsemble.load(tmp_path / "groups")
+    np.testing.assert_array_equal(groups.label_table, whole.label_table)
+    assert np.mean(groups.label_table != hashing.hashed_table(hashing.repetition_seeds(0, 4), 300, 32)) > 0.2
