@@ -154,7 +154,7 @@ def run_training(run: ResolvedRun, workdir: str | Path, progress: bool = True,
     schedule = Schedule(total_steps=train.epochs * steps_per_epoch, log_every=train.log_every_steps,
                         checkpoint_every=train.checkpoint_every_steps or steps_per_epoch,
                         eval_every=train.eval_every_epochs * steps_per_epoch if evaluator else 0,
-                    reassign_every=steps_per_epoch if config.partition.learned else 0)
+                        reassign_every=steps_per_epoch if config.partition.learned else 0)
     shape = batches.BatchShape(train.batch_size, info.max_nnz, info.max_labels)
     # ---- Accept: one run per workdir; nothing is written until its settings and data match
     # config.json and the newest intact checkpoint's own record.
@@ -185,8 +185,8 @@ def run_training(run: ResolvedRun, workdir: str | Path, progress: bool = True,
             if config.partition.learned:
                 repartitioner = Repartitioner(config, program, run.train_data)
 
-                def reassign(at_step: int, state: State) -> State | None:
-                    if not repartitioner.due(at_step, steps_per_epoch, train.epochs):
+                def reassign(at_step: int, state: State) -> State | None:  # at epoch ends (Schedule)
+                    if not repartitioner.due(at_step // steps_per_epoch, train.epochs):
                         return None
                     return repartitioner(at_step, state)
 

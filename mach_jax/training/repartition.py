@@ -85,10 +85,9 @@ class Repartitioner:
                  new.shape[1] / self.num_buckets)
         return {**state, "label_table": jax.device_put(new, state["label_table"].sharding)}
 
-    def due(self, step: int, steps_per_epoch: int, epochs: int) -> bool:
-        """Whether the classes are re-assigned before the update after ``step`` steps: at the
-        end of every ``repartition_every_epochs``-th epoch up to ``repartition_last_epoch``,
-        never after the last step (a table no update would train)."""
-        epoch, within = divmod(step, steps_per_epoch)
-        return (not within and 1 <= epoch <= self.settings.last_epoch(epochs) and epoch < epochs
+    def due(self, epoch: int, epochs: int) -> bool:
+        """Whether the classes are re-assigned at the end of epoch ``epoch`` (before the next
+        one's first update): every ``repartition_every_epochs``-th epoch up to
+        ``repartition_last_epoch``, never after the last (a table no update would train)."""
+        return (1 <= epoch <= self.settings.last_epoch(epochs) and epoch < epochs
                 and epoch % self.settings.repartition_every_epochs == 0)
