@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import jax
+import numpy as np
 
 from mach_jax.config import Config
 from mach_jax.core import reranker
@@ -23,7 +24,9 @@ from mach_jax.data import batches
 from mach_jax.data.csr import XCDataset
 from mach_jax.errors import ConfigError
 from mach_jax.readout.ensemble import MachEnsemble
+from mach_jax.readout import rerank_mix
 from mach_jax.readout.metrics import KS
+from mach_jax.readout.rerank import mach_log_score
 from mach_jax.storage import rerank_store
 from mach_jax.training.rerank_loop import train_reranker
 
@@ -54,19 +57,45 @@ def fit_reranker(config: Config, workdirs: list[Path], train_data: XCDataset,
                 "settings": settings.training_fields(), "shortlist_from": ensemble.decoder().describe()}
     record = rerank_store.read_record(workdirs[0], current_only=False)  # a stale one: check_resumable says so
     rerank_store.check_resumable(workdirs[0], record, identity)
-    if record is not None and record.get("finished"):
+    if record is not None and record.get("finished") and (settings.mix_holdout_frac == 0 or "mix_choice" in record):
         log.info("the re-ranker in %s is trained already", rerank_store.rerank_dir(workdirs[0]))
         return None
     require_shortlist_within(settings.shortlist_size, ensemble.info.num_labels)
-    shortlist_size = settings.shortlist_size
     start = time.perf_counter()
-    _, shortlist = ensemble.predict(train_data.features, k=shortlist_size, source=train_data.source,
-                                    progress=progress)
+    scores, shortlist = ensemble.predict(train_data.features, k=settings.shortlist_size, source=train_data.source,
+                                         progress=progress)
     log.info("shortlists of %d training points in %.1f s", train_data.num_points, time.perf_counter() - start)
     labels = batches.cap_row_width(train_data.labels, settings.rerank_max_labels, "truncate", keep_largest=False,
                                    source=train_data.source, what="labels")
     data = XCDataset(ensemble.member_features(train_data.features, train_data.source), labels, train_data.source)
-    return train_reranker(settings, config.train.seed, workdirs[0], data, shortlist, identity, progress)
+    train_rows, held_rows = rerank_mix.held_out_rows(data.num_points, settings.mix_holdout_frac, config.train.seed)
+    if not len(held_rows):
+        return train_reranker(settings, config.train.seed, workdirs[0], data, shortlist, identity, progress)
+    held = XCDataset(data.features.take(held_rows), train_data.labels.take(held_rows), f"{train_data.source} [held out]")
+    params = train_reranker(settings, config.train.seed, workdirs[0], data.take(train_rows), shortlist[train_rows],
+                            identity, progress)
+    choice = choose_mix(params, held, scores[held_rows], shortlist[held_rows], len(ensemble.rep_ids),
+                        config.eval.aggregation)
+    rerank_store.write_record(workdirs[0], {**rerank_store.read_record(workdirs[0], current_only=False),
+                                            "mix_choice": choice.as_record()})
+    return params
+
+
+def choose_mix(params: reranker.RerankParams, held: XCDataset, scores: np.ndarray, shortlist: np.ndarray,
+               num_members: int, aggregation: str) -> rerank_mix.MixChoice:
+    """The mix chosen on the held-out points (``readout.rerank_mix``), logged with its trials.
+
+    Args:
+      held: the held-out points, features as the members saw them; scores, shortlist: [M, K],
+        their read-out (summed over the ``num_members`` members, by ``aggregation``)."""
+    own = rerank_mix.own_log_softmax(params, held.features, shortlist, held.num_labels)
+    mach = np.asarray(mach_log_score(jax.numpy.asarray(scores), num_members, aggregation))
+    choice = rerank_mix.choose_mix(own, mach, shortlist, held.labels)
+    trials = ", ".join(f"{name} {100 * values[0]:.2f}/{100 * values[-1]:.2f}" for name, values in choice.trials.items())
+    chosen = rerank_mix.MEMBERS_ALONE if choice.mix is None else f"mix {choice.mix:g}"
+    log.info("re-ranker mix on %d held-out training points (P@1/P@5): %s; chosen: %s", choice.num_points, trials,
+             chosen)
+    return choice
 
 
 def require_shortlist_within(shortlist_size: int, num_labels: int) -> None:
@@ -96,4 +125,7 @@ def evaluate_with_reranker(config: Config, workdirs: list[Path], eval_data: XCDa
     result = ensemble.evaluate(eval_data, progress=progress)
     result["without_reranker"] = {name: without[name] for name in without
                                   if name.split("@")[0] in ("P", "nDCG", "PSP") and int(name.split("@")[1]) in KS}
+    record = rerank_store.read_record(workdirs[0]) or {}
+    if "mix_choice" in record:  # what the held-out points chose, and the trials behind it
+        result["rerank_mix_choice"] = record["mix_choice"]
     return result

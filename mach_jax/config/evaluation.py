@@ -22,7 +22,8 @@ class EvalConfig:
     (relaxed to reach k) and at most ``bucket_cap`` classes per bucket (None: all); see
     ``mach_jax.readout.approx_decode``. ``reranker``: "auto" re-scores the shortlist with the
     workdir's re-ranker when it has one, "off" reads out the members alone; ``rerank_mix``: the
-    weight of the read-out's log-score beside the re-ranker's (``readout.rerank``).
+    weight of the read-out's log-score beside the re-ranker's (``readout.rerank``); None: the one
+    chosen on the re-ranker's held-out points (``rerank.mix_holdout_frac``), else 1.
     ``propensity_a``, ``propensity_b``: A and B of PSP@k's propensity model; None: the
     repository's convention for the training data (``data.known_datasets``), resolved and
     stored when training starts (0.55 / 1.5 for data the registry does not know).
@@ -39,7 +40,7 @@ class EvalConfig:
     min_votes: int = may_change_on_resume(1)
     bucket_cap: int | None = may_change_on_resume(None)
     reranker: str = may_change_on_resume("auto")
-    rerank_mix: float = may_change_on_resume(1.0)
+    rerank_mix: float | None = may_change_on_resume(None)
 
     def validate(self, num_repetitions: int | None = None) -> None:
         _require(self.aggregation in AGGREGATIONS, "eval.aggregation", self.aggregation,
@@ -57,7 +58,8 @@ class EvalConfig:
         _require(self.bucket_cap is None or self.bucket_cap >= 1, "eval.bucket_cap", self.bucket_cap,
                  "must be >= 1 or None (no cap)")
         _require(self.reranker in RERANKER_USES, "eval.reranker", self.reranker, f"must be one of {RERANKER_USES}")
-        _require(0 <= self.rerank_mix < float("inf"), "eval.rerank_mix", self.rerank_mix, "must be >= 0 and finite")
+        _require(self.rerank_mix is None or 0 <= self.rerank_mix < float("inf"), "eval.rerank_mix", self.rerank_mix,
+                 "must be >= 0 and finite, or None (the re-ranker's chosen mix)")
         for name, low in (("propensity_a", "> 0"), ("propensity_b", ">= 0")):
             value = getattr(self, name)
             fine = isinstance(value, (int, float)) and (value > 0 if low == "> 0" else value >= 0)

@@ -4,7 +4,9 @@ Off by default (``shortlist_size`` = 0). With K > 0, after the members are train
 trains one embedding per class, h = ``rerank_dim`` wide, on every training point's true classes
 against the K-class shortlist of the count-min read-out plus ``sampled_negatives`` uniformly drawn
 classes; at inference it re-scores the read-out's K best classes. How strongly the read-out's own
-score counts in the final one is ``eval.rerank_mix``.
+score counts in the final one is ``eval.rerank_mix``: with ``mix_holdout_frac`` > 0 it is chosen on
+training points held out from the re-ranker, and the members alone are kept where no mix beats
+them there (``readout.rerank_mix``).
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ class RerankConfig:
     ``shortlist_size`` K: candidates re-scored per point (0: no re-ranker). ``rerank_dim`` h: the
     width of the class embeddings [L, h] and of the query. ``rerank_max_labels``: the true classes
     per training point it learns from (a point's labels after the first that many in the file
-    are left out).
+    are left out). ``mix_holdout_frac``: the share of the training points the re-ranker does not
+    train on, to choose its mix on (0: none held out, ``eval.rerank_mix`` or 1 is used).
     Every field may change when the members' training is resumed (none changes the members); a
     re-ranker's own training resumes only with the settings it was started with.
     """
@@ -34,6 +37,7 @@ class RerankConfig:
     sampled_negatives: int = may_change_on_resume(1024)
     rerank_dropout: float = may_change_on_resume(0.5)
     rerank_max_labels: int = may_change_on_resume(32)
+    mix_holdout_frac: float = may_change_on_resume(0.0)
 
     @property
     def enabled(self) -> bool:
@@ -47,6 +51,8 @@ class RerankConfig:
         _require(self.sampled_negatives >= 0, "rerank.sampled_negatives", self.sampled_negatives, "must be >= 0")
         _require(0 < self.rerank_learning_rate < float("inf"), "rerank.rerank_learning_rate",
                  self.rerank_learning_rate, "must be > 0 and finite")
+        _require(0.0 <= self.mix_holdout_frac < 1.0, "rerank.mix_holdout_frac", self.mix_holdout_frac,
+                 "must be in [0, 1)")
         _require(0.0 <= self.rerank_dropout < 1.0, "rerank.rerank_dropout", self.rerank_dropout,
                  "must be in [0, 1)")
 

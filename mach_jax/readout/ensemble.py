@@ -88,7 +88,8 @@ class MachEnsemble:
         self.trained_reranker = reranker
         self.reranker = None
         if reranker is not None and config.eval.reranker != "off":
-            self.reranker = placed(dataclasses.replace(reranker, mix=config.eval.rerank_mix), self.mesh)
+            mix = reranker.mix if config.eval.rerank_mix is None else config.eval.rerank_mix
+            self.reranker = placed(dataclasses.replace(reranker, mix=mix), self.mesh)
         self._approx: ApproxDecoder | None = None
         self.checkpoint_step: int | None = None  # the members' training step, when loaded from a workdir
         self.recorded_final_step: int | None = None  # the run's last step, as its checkpoint records it

@@ -7,13 +7,15 @@ The final score of a shortlisted class c of point x is a product of two experts:
 where log P_mach is the read-out's own log-score: ``log(mean_r P_r)`` for ``aggregation="prob"``
 (the count-min estimate), the mean over R of the summed scores otherwise (mean log P_r, or the
 mean logit, which for a softmax member is log P_r up to a constant per point). ``mix`` = 0 ranks
-by the re-ranker alone within the shortlist; a large ``mix`` keeps the read-out's order.
+by the re-ranker alone within the shortlist; a large ``mix`` keeps the read-out's order. The
+mix may be chosen on held-out training points when the re-ranker is trained (``readout.rerank_mix``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 from pathlib import Path
 
 import jax
@@ -25,6 +27,9 @@ from mach_jax.core import mesh as mesh_lib
 from mach_jax.core import reranker
 from mach_jax.errors import WorkdirError
 from mach_jax.storage import checkpoints, rerank_store
+
+log = logging.getLogger("mach_jax")
+DEFAULT_MIX = 1.0  # where neither the config nor the re-ranker's record gives one
 
 
 @functools.partial(jax.tree_util.register_dataclass, data_fields=["params"],
@@ -87,9 +92,12 @@ def placed(reranker_: Reranker, mesh) -> Reranker:
                                                   for name, value in reranker_.params.items()})
 
 
-def load_reranker(workdir: Path, num_features: int, num_labels: int, mix: float) -> Reranker | None:
+def load_reranker(workdir: Path, num_features: int, num_labels: int, mix: float | None) -> Reranker | None:
     """The re-ranker saved in ``workdir/rerank/`` as host arrays (None when there is none or its
     training has not finished).
+
+    ``mix`` None: the mix chosen on its held-out points (``readout.rerank_mix``), 1 where none was
+    chosen; None is returned, with a line in the log, where the members alone were chosen.
 
     Raises:
       WorkdirError: its saved record does not fit this ensemble (D or L differ).
@@ -101,6 +109,14 @@ def load_reranker(workdir: Path, num_features: int, num_labels: int, mix: float)
         raise WorkdirError(f"{rerank_store.record_path(workdir)}: the re-ranker was trained for D="
                            f"{record['num_features']}, L={record['num_labels']}; this ensemble has "
                            f"D={num_features}, L={num_labels}")
+    if mix is None:
+        chosen = record.get("mix_choice") or {"mix": DEFAULT_MIX}
+        if chosen["mix"] is None:
+            log.info(f"{rerank_store.rerank_dir(workdir)}: the members alone did best on the re-ranker's "
+                     f"{chosen.get('num_points')} held-out training points; reading out without it "
+                     "(--rerank-mix M uses it anyway)")
+            return None
+        mix = float(chosen["mix"])
     settings = record["settings"]
     abstract = jax.eval_shape(functools.partial(reranker.init_params, num_features=num_features,
                                                 num_labels=num_labels, dim=settings["rerank_dim"]),
