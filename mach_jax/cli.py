@@ -23,7 +23,8 @@ from typing import Callable
 
 from mach_jax.config import (AGGREGATIONS, DECODERS, DEVICE_DATA, EMBEDDING_OPTIMIZERS, EMBEDDING_UPDATES, HOST_LOADERS, INPUT_LAYERS,
                              LABEL_BUCKETS,
-                             INPUT_TRANSFORMS, KERNEL_FORMS, LR_SCHEDULES, OVERFLOW_POLICIES, PRECISIONS, PRESETS, RERANKER_USES,
+                             INPUT_TRANSFORMS, KERNEL_FORMS, LR_SCHEDULES, OVERFLOW_POLICIES, PRECISIONS, PRESETS, RERANK_UPDATES,
+                             RERANKER_USES,
                              Config, get_preset)
 from mach_jax.config.flag_values import converter
 from mach_jax.errors import USER_ERRORS, ConfigError, TrainingInterrupted
@@ -57,6 +58,7 @@ _CHOICES = {
     "eval.aggregation": AGGREGATIONS,
     "eval.decoder": DECODERS,
     "eval.reranker": RERANKER_USES,
+    "rerank.rerank_update": RERANK_UPDATES,
     "partition.label_buckets": LABEL_BUCKETS,
 }
 

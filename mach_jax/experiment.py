@@ -81,7 +81,8 @@ def train_and_evaluate(config: Config, workdir: str | Path, progress: bool = Tru
     log_settings(config, workdir)
     if config.rerank.enabled:
         rerank_stage.require_one_process()  # before the members train, not after
-    train_data, eval_data, split = load_data(config, progress, train_data, eval_data)
+    all_train_data, eval_data, split = load_data(config, progress, train_data, eval_data)
+    train_data = rerank_stage.members_points(config, all_train_data)
     config = fitted_to_data(config, train_data, workdir)
     if config.rerank.enabled:
         rerank_stage.require_shortlist_within(config.rerank.shortlist_size, train_data.num_labels)
@@ -93,7 +94,7 @@ def train_and_evaluate(config: Config, workdir: str | Path, progress: bool = Tru
     _, metrics = loop.run_training(run, workdir, progress, final_fields=fields,
                                    evaluator=evaluator(config, eval_data, split) if eval_data is not None else None)
     if config.rerank.enabled:
-        metrics = {**with_reranker(config, Path(workdir), train_data, eval_data, metrics, progress), **fields,
+        metrics = {**with_reranker(config, Path(workdir), all_train_data, eval_data, metrics, progress), **fields,
                    "train_seconds": metrics["train_seconds"]}
     if jax.process_index() == 0:
         wd.write_metrics(wd.group_dir(Path(workdir), config.parallel.rep_range), metrics)

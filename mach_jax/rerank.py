@@ -7,7 +7,8 @@ the re-ranker (``--rerank-*`` flags; see ``mach_jax.core.reranker``) into ``W/re
 evaluates the ensemble with and without it (eval flags such as ``--rerank-mix`` or ``--decoder``
 apply to both) and writes ``W/metrics.json``, keeping the training's ``train_seconds`` beside
 the re-ranker's ``rerank_seconds``. Re-running resumes an interrupted re-ranker; a finished one
-is kept.
+is kept. Where the members' run held points out for it (``--mix-holdout-frac`` with
+``--rerank-shortlist`` given to ``mach_jax.train``), the mix is chosen on those points.
 """
 
 from __future__ import annotations
@@ -65,7 +66,15 @@ def _rerank(args: argparse.Namespace, workdirs: list[Path], config, num_labels: 
     from mach_jax.storage import workdir as wd
 
     overrides = cli.flag_overrides(args)
-    config = config.replace(rerank=overrides.get("rerank", {}), eval=overrides.get("eval", {}),
+    rerank = overrides.get("rerank", {})
+    if "mix_holdout_frac" in rerank:
+        from mach_jax.errors import ConfigError
+        raise ConfigError("--mix-holdout-frac is fixed when the members train (they must not see the points "
+                          "the mix is chosen on): give it to python -m mach_jax.train with --rerank-shortlist",
+                          field="rerank.mix_holdout_frac")
+    # The points the members' run held out, if it held any out: the mix is chosen on them.
+    held_out = config.rerank.mix_holdout_frac if config.rerank.enabled else 0.0
+    config = config.replace(rerank={**rerank, "mix_holdout_frac": held_out}, eval=overrides.get("eval", {}),
                             parallel={"rep_range": ()})
     config.validate()
     rerank_stage.require_shortlist_within(config.rerank.shortlist_size, num_labels)

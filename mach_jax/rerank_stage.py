@@ -43,7 +43,8 @@ def fit_reranker(config: Config, workdirs: list[Path], train_data: XCDataset,
     Args:
       config: its ``rerank`` section gives the settings, ``train.seed`` the seed.
       workdirs: the ensemble (one workdir, or its groups); the re-ranker goes to the first.
-      train_data: the points the members were trained on (less any validation split).
+      train_data: the training data (less any validation split): the members' points and the
+        ones held out from them and from the re-ranker to choose its mix on (``members_points``).
     """
     settings = config.rerank
     if not settings.enabled:
@@ -79,6 +80,20 @@ def fit_reranker(config: Config, workdirs: list[Path], train_data: XCDataset,
     rerank_store.write_record(workdirs[0], {**rerank_store.read_record(workdirs[0], current_only=False),
                                             "mix_choice": choice.as_record()})
     return params
+
+
+def members_points(config: Config, train_data: XCDataset) -> XCDataset:
+    """The training points the members learn from: all of ``train_data`` but the points held out
+    to choose the re-ranker's mix (``rerank.mix_holdout_frac``; ``fit_reranker`` takes the same)."""
+    if not config.rerank.enabled or config.rerank.mix_holdout_frac == 0:
+        return train_data
+    train_rows, held_rows = rerank_mix.held_out_rows(train_data.num_points, config.rerank.mix_holdout_frac,
+                                                     config.train.seed)
+    if not len(held_rows):
+        return train_data
+    log.info("%d of the %d training points held out to choose the re-ranker's mix on (--mix-holdout-frac %g)",
+             len(held_rows), train_data.num_points, config.rerank.mix_holdout_frac)
+    return train_data.take(train_rows, f"{train_data.source} [minus {len(held_rows)} held out]")
 
 
 def choose_mix(params: reranker.RerankParams, held: XCDataset, scores: np.ndarray, shortlist: np.ndarray,

@@ -100,6 +100,7 @@ def test_the_run_records_its_choice_and_the_members_trials_are_their_own_precisi
     workdir, metrics = trained
     choice = rerank_store.read_record(workdir)["mix_choice"]
     assert metrics["rerank_mix_choice"] == choice and choice["num_points"] == 150  # a quarter of 600
+    assert MachEnsemble.load(workdir).info.num_train_points == 450  # the members never saw them
     config = get_preset("tiny").replace(rerank=RERANK)
     train, _, _ = sources.load_train_eval(config.data)
     _, held = rerank_mix.held_out_rows(train.num_points, 0.25, config.train.seed)
@@ -157,3 +158,11 @@ def test_a_finished_reranker_without_its_choice_makes_it_on_rerun_without_traini
     fit_reranker(config, [copy], train, progress=False)
     assert rerank_store.read_record(copy)["mix_choice"] == expected
     assert sorted(p.name for p in (copy / "rerank" / "checkpoints").iterdir()) == checkpoints_before
+
+
+def test_the_rerank_command_refuses_to_change_the_held_out_share(trained):
+    from mach_jax import rerank
+    from mach_jax.errors import ConfigError
+    workdir, _ = trained
+    with pytest.raises(ConfigError, match="mix-holdout-frac is fixed when the members train"):
+        rerank.main(["--workdir", str(workdir), "--mix-holdout-frac", "0.5", "--quiet"])

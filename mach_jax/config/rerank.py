@@ -5,8 +5,8 @@ trains one embedding per class, h = ``rerank_dim`` wide, on every training point
 against the K-class shortlist of the count-min read-out plus ``sampled_negatives`` uniformly drawn
 classes; at inference it re-scores the read-out's K best classes. How strongly the read-out's own
 score counts in the final one is ``eval.rerank_mix``: with ``mix_holdout_frac`` > 0 it is chosen on
-training points held out from the re-ranker, and the members alone are kept where no mix beats
-them there (``readout.rerank_mix``).
+training points held out from the members and the re-ranker, and the members alone are kept where
+no mix beats them there (``readout.rerank_mix``).
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from __future__ import annotations
 import dataclasses
 
 from mach_jax.config.sections import _require, may_change_on_resume
+
+RERANK_UPDATES = ("dense", "lazy")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -23,10 +25,14 @@ class RerankConfig:
     ``shortlist_size`` K: candidates re-scored per point (0: no re-ranker). ``rerank_dim`` h: the
     width of the class embeddings [L, h] and of the query. ``rerank_max_labels``: the true classes
     per training point it learns from (a point's labels after the first that many in the file
-    are left out). ``mix_holdout_frac``: the share of the training points the re-ranker does not
-    train on, to choose its mix on (0: none held out, ``eval.rerank_mix`` or 1 is used).
-    Every field may change when the members' training is resumed (none changes the members); a
-    re-ranker's own training resumes only with the settings it was started with.
+    are left out). ``mix_holdout_frac``: the share of the training points that neither the members
+    nor the re-ranker train on, to choose the mix on (0: none held out; ``eval.rerank_mix`` or 1
+    is used).
+    ``rerank_update``: "dense" Adam on every weight each step, or "lazy": row-sparse Adam on the
+    feature and class rows a step touches (``core.reranker_lazy``), for large D and L.
+    Every field but ``mix_holdout_frac`` (which changes the members' training points) may change
+    when the members' training is resumed; a re-ranker's own training resumes only with the
+    settings it was started with.
     """
 
     shortlist_size: int = may_change_on_resume(0)
@@ -37,7 +43,8 @@ class RerankConfig:
     sampled_negatives: int = may_change_on_resume(1024)
     rerank_dropout: float = may_change_on_resume(0.5)
     rerank_max_labels: int = may_change_on_resume(32)
-    mix_holdout_frac: float = may_change_on_resume(0.0)
+    mix_holdout_frac: float = 0.0  # the members train without these points: fixed for a run
+    rerank_update: str = may_change_on_resume("dense")
 
     @property
     def enabled(self) -> bool:
@@ -51,6 +58,8 @@ class RerankConfig:
         _require(self.sampled_negatives >= 0, "rerank.sampled_negatives", self.sampled_negatives, "must be >= 0")
         _require(0 < self.rerank_learning_rate < float("inf"), "rerank.rerank_learning_rate",
                  self.rerank_learning_rate, "must be > 0 and finite")
+        _require(self.rerank_update in RERANK_UPDATES, "rerank.rerank_update", self.rerank_update,
+                 f"must be one of {RERANK_UPDATES}")
         _require(0.0 <= self.mix_holdout_frac < 1.0, "rerank.mix_holdout_frac", self.mix_holdout_frac,
                  "must be in [0, 1)")
         _require(0.0 <= self.rerank_dropout < 1.0, "rerank.rerank_dropout", self.rerank_dropout,

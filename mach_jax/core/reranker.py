@@ -99,11 +99,15 @@ def training_candidates(shortlist: jax.Array, label_ids: jax.Array, label_mask: 
 
 
 def sampled_softmax_loss(params: RerankParams, batch: dict[str, jax.Array], key: jax.Array, *,
-                         num_labels: int, num_negatives: int, dropout: float) -> jax.Array:
+                         num_labels: int, num_negatives: int, dropout: float,
+                         rows: dict[str, jax.Array] | None = None) -> jax.Array:
     """Mean over the batch's real points of the cross-entropy of a softmax over the candidates,
     whose target spreads evenly over the point's true classes.
 
     Args:
+      params: ``RerankParams``, or (with ``rows``) a view of them: ``feature_emb`` [U_f, h] and
+        ``class_emb`` [U_c, h], ``class_bias`` [U_c] gathered at ``rows["feature"]`` and
+        ``rows["class"]`` (sorted ids; ``core.reranker_lazy``).
       batch: ``feat_ids``, ``feat_vals`` [N, K_nnz]; ``label_ids``, ``label_mask`` [N, P];
         ``shortlist`` int32 [N, K]; ``point_mask`` [N] (0: padding point).
       key: the step's key (negatives and dropout).
@@ -115,15 +119,18 @@ def sampled_softmax_loss(params: RerankParams, batch: dict[str, jax.Array], key:
       The loss, a scalar (0 for a batch with no labelled point).
     """
     negative_key, dropout_key = jax.random.split(key)
-    q = query(params, batch["feat_ids"], batch["feat_vals"], dropout, dropout_key)
+    at = (lambda ids, name: ids) if rows is None else (
+        lambda ids, name: jnp.searchsorted(rows[name], ids).astype(jnp.int32))
+    q = query(params, at(batch["feat_ids"], "feature"), batch["feat_vals"], dropout, dropout_key)
     candidates, is_true = training_candidates(batch["shortlist"], batch["label_ids"], batch["label_mask"],
                                               num_labels)
-    scores = jnp.where(candidates < num_labels, candidate_scores(params, q, candidates), -jnp.inf)
+    scores = jnp.where(candidates < num_labels, candidate_scores(params, q, at(candidates, "class")), -jnp.inf)
     if num_negatives:
-        negatives = jax.random.randint(negative_key, (num_negatives,), 0, num_labels)
+        negatives = draw_negatives(negative_key, num_negatives, num_labels)
         positives = jnp.where(batch["label_mask"] > 0, batch["label_ids"], num_labels)
         clash = (negatives[None, :, None] == positives[:, None, :]).any(-1)  # [N, S]
-        scores = jnp.concatenate([scores, jnp.where(clash, -jnp.inf, shared_scores(params, q, negatives))], 1)
+        shared = shared_scores(params, q, at(negatives, "class"))
+        scores = jnp.concatenate([scores, jnp.where(clash, -jnp.inf, shared)], 1)
         is_true = jnp.concatenate([is_true, jnp.zeros(clash.shape, bool)], axis=1)
     num_true = is_true.sum(axis=1)
     scores = jnp.where(jnp.isfinite(scores).any(axis=1, keepdims=True), scores, 0.0)  # no candidate: no NaN
@@ -131,3 +138,8 @@ def sampled_softmax_loss(params: RerankParams, batch: dict[str, jax.Array], key:
     per_point = -jnp.where(is_true, log_probs, 0.0).sum(axis=1) / jnp.maximum(num_true, 1)
     counted = batch["point_mask"] * (num_true > 0)
     return (per_point * counted).sum() / jnp.maximum(counted.sum(), 1.0)
+
+
+def draw_negatives(key: jax.Array, num_negatives: int, num_labels: int) -> jax.Array:
+    """The S uniform negatives a batch shares: int32 [S] in [0, L) (the key: the loss's first split)."""
+    return jax.random.randint(key, (num_negatives,), 0, num_labels)

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from mach_jax.config import RerankConfig
 from mach_jax.core import mesh as mesh_lib
-from mach_jax.core import reranker
+from mach_jax.core import reranker, reranker_lazy
 from mach_jax.core.compiled import shared_jit
 from mach_jax.data import batches
 from mach_jax.data.csr import XCDataset
@@ -76,7 +76,9 @@ def _optimizer(settings: RerankConfig) -> optax.GradientTransformation:
 
 def _init(key, *, settings: RerankConfig, num_features: int, num_labels: int) -> dict:
     params = reranker.init_params(key, num_features, num_labels, settings.rerank_dim)
-    return {"epoch": jnp.zeros((), jnp.int32), "params": params, "opt_state": _optimizer(settings).init(params)}
+    opt_state = (reranker_lazy.init_moments(params) if settings.rerank_update == "lazy"
+                 else _optimizer(settings).init(params))
+    return {"epoch": jnp.zeros((), jnp.int32), "params": params, "opt_state": opt_state}
 
 
 def _abstract_state(settings: RerankConfig, data: XCDataset, mesh) -> dict:
@@ -100,7 +102,13 @@ def _initial_state(settings: RerankConfig, seed: int, data: XCDataset, mesh, abs
 
 
 def _step(state, batch, key, *, settings: RerankConfig, num_labels: int):
-    """One Adam step of the re-ranker's sampled-softmax loss: ``(state, loss [1])``."""
+    """One Adam step of the re-ranker's sampled-softmax loss: ``(state, loss [1])``; dense, or
+    row-sparse (``rerank.rerank_update``, ``core.reranker_lazy``)."""
+    if settings.rerank_update == "lazy":
+        params, moments, value = reranker_lazy.lazy_step(
+            state["params"], state["opt_state"], batch, key, learning_rate=settings.rerank_learning_rate,
+            num_labels=num_labels, num_negatives=settings.sampled_negatives, dropout=settings.rerank_dropout)
+        return {**state, "params": params, "opt_state": moments}, value[None]
     loss = functools.partial(reranker.sampled_softmax_loss, num_labels=num_labels,
                              num_negatives=settings.sampled_negatives, dropout=settings.rerank_dropout)
     value, grads = jax.value_and_grad(loss)(state["params"], batch, key)
