@@ -113,8 +113,9 @@ def test_the_fields_a_resumed_run_may_change_are_declared_on_the_fields():
               "train.eval_every_epochs", "data.cache_dir", "data.train_path", "data.test_path",
               "data.tfds_data_dir", "parallel.rep_devices", "parallel.data_devices"}
     eval_fields = {f"eval.{name}" for name in Config().to_dict()["eval"]}
-    # The re-ranker's settings never change the members; its own record guards its resumption.
-    rerank_fields = {f"rerank.{name}" for name in Config().to_dict()["rerank"]}
+    # The re-ranker's settings never change the members (but for the points held out from them
+    # to choose its mix on); its own record guards its resumption.
+    rerank_fields = {f"rerank.{name}" for name in Config().to_dict()["rerank"]} - {"rerank.mix_holdout_frac"}
     # Who builds the host batches, where the batches live, how many steps a call runs and how
     # the members' loops compile change neither the batches, their order nor the arithmetic.
     # The longest line a data file may have bounds what is read, not what is trained on.
