@@ -19,7 +19,7 @@ import jax
 import numpy as np
 
 from mach_jax.config import Config
-from mach_jax.core import reranker
+from mach_jax.core import reranker, reranker_lazy
 from mach_jax.data import batches
 from mach_jax.data.csr import XCDataset
 from mach_jax.errors import ConfigError
@@ -46,10 +46,10 @@ def fit_reranker(config: Config, workdirs: list[Path], train_data: XCDataset,
       train_data: the training data (less any validation split): the members' points and the
         ones held out from them and from the re-ranker to choose its mix on (``members_points``).
     """
-    settings = config.rerank
-    if not settings.enabled:
+    if not config.rerank.enabled:
         raise ConfigError("rerank.shortlist_size=0: give the shortlist size K (e.g. 100) to train a "
                           "re-ranker", field="rerank.shortlist_size")
+    settings = resolved_settings(config.rerank, train_data)
     require_one_process()
     ensemble = MachEnsemble.load(*workdirs, **{**dataclasses.asdict(config.eval), "reranker": "off"})
     identity = {"num_features": ensemble.info.num_features, "num_labels": ensemble.info.num_labels,
@@ -80,6 +80,20 @@ def fit_reranker(config: Config, workdirs: list[Path], train_data: XCDataset,
     rerank_store.write_record(workdirs[0], {**rerank_store.read_record(workdirs[0], current_only=False),
                                             "mix_choice": choice.as_record()})
     return params
+
+
+def resolved_settings(settings, train_data: XCDataset):
+    """The ``rerank`` section with "auto" resolved from the data's shape (``rerank_update``)."""
+    if settings.rerank_update != "auto":
+        return settings
+    points = max(train_data.num_points, 1)
+    share = reranker_lazy.touched_share(train_data.num_features, train_data.num_labels,
+                                        len(train_data.features.indices) / points, len(train_data.labels.indices) / points,
+                                        settings.rerank_batch_size, settings.shortlist_size, settings.sampled_negatives)
+    update = reranker_lazy.resolve_update("auto", share)
+    log.info("re-ranker updates: %s (a step touches at most %.0f%% of the D + L rows; lazy from %.0f%%)", update,
+             100 * share, 100 * reranker_lazy.LAZY_TOUCHED_SHARE)
+    return dataclasses.replace(settings, rerank_update=update)
 
 
 def members_points(config: Config, train_data: XCDataset) -> XCDataset:

@@ -91,3 +91,23 @@ def test_a_run_with_the_lazy_reranker_trains_and_improves_on_the_members(tmp_pat
               "rerank_update": "lazy"}
     metrics = train_and_evaluate(get_preset("tiny").replace(rerank=rerank), tmp_path / "run", progress=False)
     assert metrics["P@3"] > metrics["without_reranker"]["P@3"] and metrics["P@5"] > metrics["without_reranker"]["P@5"]
+
+
+def test_auto_picks_lazy_only_where_a_step_touches_few_rows():
+    # citeulike-users' shape: every class row, every step -> dense.
+    share = reranker_lazy.touched_share(20_000, 7_947, 18.8, 5.2, 256, 100, 1024)
+    assert share > 1 and reranker_lazy.resolve_update("auto", share) == "dense"
+    # The synthetic L = 10^5 set: (256 x (50 + 100 + 5) + 1024) / (10^5 + 100,032) rows.
+    share = reranker_lazy.touched_share(100_000, 100_000, 50.0, 5.0, 256, 100, 1024)
+    assert share == pytest.approx((256 * 155 + 1024) / 200_032)
+    assert reranker_lazy.resolve_update("auto", share) == "lazy"
+    assert reranker_lazy.resolve_update("dense", share) == "dense"
+    assert reranker_lazy.resolve_update("lazy", 2.0) == "lazy"
+
+
+def test_auto_is_recorded_as_what_it_resolved_to(tmp_path):
+    from mach_jax.storage import rerank_store
+    rerank = {"shortlist_size": 20, "rerank_dim": 16, "rerank_epochs": 1, "sampled_negatives": 32,
+              "rerank_update": "auto"}
+    train_and_evaluate(get_preset("tiny").replace(rerank=rerank), tmp_path / "run", progress=False)
+    assert rerank_store.read_record(tmp_path / "run")["settings"]["rerank_update"] == "dense"  # D + L = 700 rows

@@ -15,7 +15,7 @@ import dataclasses
 
 from mach_jax.config.sections import _require, may_change_on_resume
 
-RERANK_UPDATES = ("dense", "lazy")
+RERANK_UPDATES = ("dense", "lazy", "auto")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,7 +29,8 @@ class RerankConfig:
     nor the re-ranker train on, to choose the mix on (0: none held out; ``eval.rerank_mix`` or 1
     is used).
     ``rerank_update``: "dense" Adam on every weight each step, or "lazy": row-sparse Adam on the
-    feature and class rows a step touches (``core.reranker_lazy``), for large D and L.
+    feature and class rows a step touches (``core.reranker_lazy``), for large D and L; "auto":
+    lazy where a step touches at most half of the D + L rows (``reranker_lazy.resolve_update``).
     Every field but ``mix_holdout_frac`` (which changes the members' training points) may change
     when the members' training is resumed; a re-ranker's own training resumes only with the
     settings it was started with.
