@@ -97,9 +97,13 @@ def test_auto_picks_lazy_only_where_a_step_touches_few_rows():
     # citeulike-users' shape: every class row, every step -> dense.
     share = reranker_lazy.touched_share(20_000, 7_947, 18.8, 5.2, 256, 100, 1024)
     assert share > 1 and reranker_lazy.resolve_update("auto", share) == "dense"
-    # The synthetic L = 10^5 set: (256 x (50 + 100 + 5) + 1024) / (10^5 + 100,032) rows.
+    # The synthetic L = 10^5 set: (256 x (50 + 100 + 5) + 1024) / (10^5 + 100,032) rows, 20 %:
+    # dense; at L = 10^6, 4 %: lazy.
     share = reranker_lazy.touched_share(100_000, 100_000, 50.0, 5.0, 256, 100, 1024)
     assert share == pytest.approx((256 * 155 + 1024) / 200_032)
+    assert reranker_lazy.resolve_update("auto", share) == "dense"
+    share = reranker_lazy.touched_share(100_000, 1_000_000, 50.0, 5.0, 256, 100, 1024)
+    assert share == pytest.approx((256 * 155 + 1024) / 1_100_064)
     assert reranker_lazy.resolve_update("auto", share) == "lazy"
     assert reranker_lazy.resolve_update("dense", share) == "dense"
     assert reranker_lazy.resolve_update("lazy", 2.0) == "lazy"

@@ -53,7 +53,7 @@ PRESETS: dict[str, Config] = {
     # points is held out from the members and the re-ranker to choose how strongly the re-ranker
     # counts, or to keep the members alone: mix 0.5 on citeulike-users (validation split level
     # with a fixed mix of 1), 4 at L = 10^5, where the re-ranker adds little. Its updates are
-    # row-sparse where a step touches at most half the rows (at L = 10^5, several times faster).
+    # row-sparse where a step touches at most a tenth of the D + L rows (4 % at L = 10^6).
     "large": _preset(
         data={"input_transform": "tfidf_l2"},
         model={"num_repetitions": 32, "num_buckets": 0, "hidden_sizes": [256]},

@@ -30,7 +30,7 @@ class RerankConfig:
     is used).
     ``rerank_update``: "dense" Adam on every weight each step, or "lazy": row-sparse Adam on the
     feature and class rows a step touches (``core.reranker_lazy``), for large D and L; "auto":
-    lazy where a step touches at most half of the D + L rows (``reranker_lazy.resolve_update``).
+    lazy where a step touches at most a tenth of the D + L rows (``reranker_lazy.resolve_update``).
     Every field but ``mix_holdout_frac`` (which changes the members' training points) may change
     when the members' training is resumed; a re-ranker's own training resumes only with the
     settings it was started with.

@@ -24,17 +24,18 @@ from mach_jax.core.sparse_update import B1, B2, EPS
 
 Moments = dict[str, jax.Array]
 
-# "auto" picks the lazy step where a step touches at most this share of the D + Lp rows.
-LAZY_TOUCHED_SHARE = 0.5
+# "auto" picks the lazy step where a step touches at most this share of the D + Lp rows: at 20 %
+# (below) the two took about the same time, so it needs fewer to pay for its gathers and sorts.
+LAZY_TOUCHED_SHARE = 0.1
 
 
 def touched_share(num_features: int, num_labels: int, mean_nnz: float, mean_labels: float, batch_size: int,
                   shortlist_size: int, num_negatives: int) -> float:
     """At most how much of the D + Lp rows one step touches: its points' mean feature rows and
     their candidates (K, their true classes) plus S negatives, over D + Lp. citeulike-users
-    (D = 20,000, L = 7,947, K = 100): over 1, every class row every step, and the lazy step
-    took twice dense Adam's time; the synthetic L = 10^5 set (D = 10^5): 0.2, an epoch in about
-    30 s against dense Adam's 230 s (docs/large_labels.md)."""
+    (D = 20,000, L = 7,947, K = 100): 1.17, every class row every step, and the lazy epochs took
+    twice dense Adam's time; the synthetic L = 10^5 set (D = 10^5): 0.20, an epoch in 29 s
+    against dense Adam's 33 s (docs/large_labels.md). At L = 10^6 it is under 0.04."""
     touched = batch_size * (mean_nnz + shortlist_size + mean_labels) + num_negatives
     return touched / (num_features + reranker.padded_num_classes(num_labels))
 

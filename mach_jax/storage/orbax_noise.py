@@ -2,7 +2,8 @@
 command line only: ``quieted()`` installs the filters for a ``with`` block and restores what was
 there before, so a library call (a notebook) never changes the process's logging or hooks.
 
-Three kinds of noise: the notices a read-only manager logs about what it is asked to do; the
+Three kinds of noise: the notices a read-only manager logs about what it is asked to do (and
+the wait for a save we asked to wait for); the
 tracebacks Orbax's background threads log when a save fails (the same failure reaches us and is
 reported once, as one line); and ``RuntimeError: Event loop is closed``, printed at exit when a
 restore fails part-way: Orbax closes its event loop while TensorStore still completes the reads
@@ -20,9 +21,10 @@ import sys
 from collections.abc import Iterator
 
 OS_ERROR_CODE = re.compile(r"os_error_code='?(\d+)")
-# Notices of a read-only manager, and of a damaged step we report ourselves.
+# Notices of a read-only manager, of a damaged step we report ourselves, and of the wait for a
+# save that the re-ranker's loop asks for after each epoch.
 _NOTICES = ("Given directory is read only", "Metadata file does not exist",
-            "was found in the checkpoint, but could not be restored")
+            "was found in the checkpoint, but could not be restored", "Waiting for previous save to complete")
 
 
 def storage_failure(error: BaseException | None) -> str | None:
