@@ -23,8 +23,8 @@ from mach_jax.core import reranker, reranker_lazy
 from mach_jax.data import batches
 from mach_jax.data.csr import XCDataset
 from mach_jax.errors import ConfigError
-from mach_jax.readout.ensemble import MachEnsemble
 from mach_jax.readout import rerank_mix
+from mach_jax.readout.ensemble import MachEnsemble
 from mach_jax.readout.metrics import KS
 from mach_jax.readout.rerank import mach_log_score
 from mach_jax.storage import rerank_store
