@@ -69,13 +69,12 @@ def plot(points: dict[str, dict[int, dict[str, float]]], out: Path) -> None:
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(1, 3, figsize=(14, 4.2))
-    for method, by_size in sorted(points.items()):
-        sizes = sorted(by_size)
-        name = NAMES.get(method, method)
+    for index, (method, by_size) in enumerate(sorted(points.items())):
+        sizes, name, color = sorted(by_size), NAMES.get(method, method), f"C{index}"  # one colour a method
         for field, style in (("P@1", "-o"), ("P@5", "--s")):
-            axes[0].plot(sizes, [100 * by_size[s][field] for s in sizes], style, label=f"{name} {field}")
-        axes[1].plot(sizes, [by_size[s]["train_seconds"] for s in sizes], "-o", label=name)
-        axes[2].plot(sizes, [by_size[s]["peak_rss_bytes"] / 2**30 for s in sizes], "-o", label=name)
+            axes[0].plot(sizes, [100 * by_size[s][field] for s in sizes], style, color=color, label=f"{name} {field}")
+        axes[1].plot(sizes, [by_size[s]["train_seconds"] for s in sizes], "-o", color=color, label=name)
+        axes[2].plot(sizes, [by_size[s]["peak_rss_bytes"] / 2**30 for s in sizes], "-o", color=color, label=name)
     titles = ("precision (%)", "training seconds (2 CPU cores)", "peak RSS (GiB)")
     for axis, title in zip(axes, titles):
         axis.set_xscale("log")
