@@ -166,3 +166,18 @@ def test_the_rerank_command_refuses_to_change_the_held_out_share(trained):
     workdir, _ = trained
     with pytest.raises(ConfigError, match="mix-holdout-frac is fixed when the members train"):
         rerank.main(["--workdir", str(workdir), "--mix-holdout-frac", "0.5", "--quiet"])
+
+
+@pytest.mark.parametrize("damaged", ["a lot", {"mix": -1}, {"mix": "0.5"}, [0.5], {"mix": True}])
+def test_a_damaged_choice_in_the_record_is_one_error_naming_the_file(trained, tmp_path, damaged):
+    from mach_jax.errors import WorkdirError
+    workdir, _ = trained
+    copy = tmp_path / "run"
+    shutil.copytree(workdir, copy)
+    path = rerank_store.record_path(copy)
+    record = json.loads(path.read_text())
+    record["mix_choice"] = damaged
+    path.write_text(json.dumps(record))
+    with pytest.raises(WorkdirError, match="rerank.json: mix_choice holds"):
+        MachEnsemble.load(copy)
+    assert MachEnsemble.load(copy, rerank_mix=1.0).reranker.mix == 1.0  # a given mix needs no choice

@@ -110,16 +110,36 @@ def load_reranker(workdir: Path, num_features: int, num_labels: int, mix: float 
                            f"{record['num_features']}, L={record['num_labels']}; this ensemble has "
                            f"D={num_features}, L={num_labels}")
     if mix is None:
-        chosen = record.get("mix_choice") or {"mix": DEFAULT_MIX}
-        if chosen["mix"] is None:
+        chosen = recorded_mix(workdir, record)
+        if chosen is None:
             log.info(f"{rerank_store.rerank_dir(workdir)}: the members alone did best on the re-ranker's "
-                     f"{chosen.get('num_points')} held-out training points; reading out without it "
+                     f"{record['mix_choice'].get('num_points')} held-out training points; reading out without it "
                      "(--rerank-mix M uses it anyway)")
             return None
-        mix = float(chosen["mix"])
+        mix = chosen
     settings = record["settings"]
     abstract = jax.eval_shape(functools.partial(reranker.init_params, num_features=num_features,
                                                 num_labels=num_labels, dim=settings["rerank_dim"]),
                               jax.random.key(0))
     _, params, _ = checkpoints.restore_params(rerank_store.rerank_dir(workdir), abstract)
     return Reranker(params, settings["shortlist_size"], mix, num_labels)
+
+
+def recorded_mix(workdir: Path, record: dict) -> float | None:
+    """The mix chosen on held-out points, as the record keeps it (``readout.rerank_mix``):
+    a number >= 0, None for the members alone; ``DEFAULT_MIX`` where no choice was made.
+
+    Raises:
+      WorkdirError: the record's choice is not one of those (a damaged or hand-edited file).
+    """
+    if "mix_choice" not in record:
+        return DEFAULT_MIX
+    chosen = record["mix_choice"]
+    value = chosen.get("mix", DEFAULT_MIX) if isinstance(chosen, dict) else chosen
+    if value is None and isinstance(chosen, dict):
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < float("inf"):
+        return float(value)
+    raise WorkdirError(f"{rerank_store.record_path(workdir)}: mix_choice holds {chosen!r}, not a chosen mix "
+                       f"(a number >= 0, or null for the members alone); pass --rerank-mix M, or delete "
+                       f"{rerank_store.rerank_dir(workdir)} to train the re-ranker again")
