@@ -52,7 +52,7 @@ PRESETS: dict[str, Config] = {
     # holds tens of classes (the latent-topic sets, docs/large_labels.md). The re-ranker's updates
     # are row-sparse where a step touches at most a tenth of the D + L rows (4 % at L = 10^6). Its
     # mix is not chosen on held-out points (--mix-holdout-frac): the members trained without them
-    # lost 1.1 points of P@1 on citeulike-users' test split, more than the choice gained.
+    # lost 1.0 point of P@1 on citeulike-users' test split, more than the choice gained.
     "large": _preset(
         data={"input_transform": "tfidf_l2"},
         model={"num_repetitions": 32, "num_buckets": 0, "hidden_sizes": [256]},
