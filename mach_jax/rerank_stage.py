@@ -117,7 +117,7 @@ def choose_mix(params: reranker.RerankParams, held: XCDataset, scores: np.ndarra
     Args:
       held: the held-out points, features as the members saw them; scores, shortlist: [M, K],
         their read-out (summed over the ``num_members`` members, by ``aggregation``)."""
-    own = rerank_mix.own_log_softmax(params, held.features, shortlist, held.num_labels)
+    own = rerank_mix.own_log_softmax(params, held, shortlist)
     mach = np.asarray(mach_log_score(jax.numpy.asarray(scores), num_members, aggregation))
     choice = rerank_mix.choose_mix(own, mach, shortlist, held.labels)
     trials = ", ".join(f"{name} {100 * values[0]:.2f}/{100 * values[-1]:.2f}" for name, values in choice.trials.items())

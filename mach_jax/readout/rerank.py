@@ -63,14 +63,22 @@ class Reranker:
           ``(scores, ids)``: [N, k] each, best first (-inf / L where the shortlist was empty).
         """
         present = jnp.isfinite(shortlist_scores) & (shortlist_ids < self.num_labels)
-        q = reranker.query(self.params, batch["feat_ids"], batch["feat_vals"])
-        own = jnp.where(present, reranker.candidate_scores(self.params, q, shortlist_ids), -jnp.inf)
-        own = jnp.where(present.any(axis=1, keepdims=True), own, 0.0)  # an empty row: no NaN, all masked below
         mach = mach_log_score(shortlist_scores, num_members, aggregation)
-        mixed = jax.nn.log_softmax(own, axis=1) + self.mix * mach
+        mixed = shortlist_log_softmax(self.params, batch, shortlist_ids, present) + self.mix * mach
         mixed = jnp.where(present, mixed, -jnp.inf)
         scores, positions = lax.top_k(mixed, k)
         return scores, jnp.take_along_axis(shortlist_ids, positions, axis=1)
+
+
+def shortlist_log_softmax(params: reranker.RerankParams, batch: dict[str, jax.Array], shortlist_ids: jax.Array,
+                          present: jax.Array) -> jax.Array:
+    """The re-ranker's log-softmax over each point's shortlist: [N, K] from ``feat_ids``,
+    ``feat_vals`` [N, K_nnz] and ``shortlist_ids`` [N, K]; slots not ``present`` (bool [N, K])
+    take no share (their own values are -inf, or 0 throughout a row with none present)."""
+    q = reranker.query(params, batch["feat_ids"], batch["feat_vals"])
+    own = jnp.where(present, reranker.candidate_scores(params, q, shortlist_ids), -jnp.inf)
+    own = jnp.where(present.any(axis=1, keepdims=True), own, 0.0)  # an empty row: no NaN
+    return jax.nn.log_softmax(own, axis=1)
 
 
 def mach_log_score(summed: jax.Array, num_members: int, aggregation: str) -> jax.Array:

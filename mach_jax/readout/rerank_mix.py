@@ -1,16 +1,16 @@
-"""Choosing how strongly the re-ranker counts, on training points it did not learn from.
+"""Choosing how strongly the re-ranker counts, on training points neither stage learnt from.
 
 The re-ranked score of a shortlisted class c is ``log_softmax(s(x, .))[c] + mix * log P_mach(c | x)``
 (``readout.rerank``). ``choose_mix`` scores each mix of ``MIX_GRID``, and the members alone (the
-shortlist in the read-out's own order), by P@1 + P@3 + P@5 on points held out from the
-re-ranker's training (``held_out_rows``), and keeps the best; the members alone win a tie, so on
-those points the choice is never worse than they are. The members did train on these points, so
-their read-out is sharper there than on new points: the choice leans towards the members alone,
-the safe side.
+shortlist in the read-out's own order), by P@1 + P@3 + P@5 on points held out from the members'
+and the re-ranker's training (``held_out_rows``), and keeps the best; the members alone win a
+tie, so on those points the choice is never worse than they are. The points must be new to the
+members too: on their own training points the members' read-out is far sharper than on new ones
+(docs/large_labels.md), and no mix would ever beat them there.
 
     train_rows, held_rows = held_out_rows(N, frac, seed)
-    own = own_log_softmax(params, features[held_rows], shortlist[held_rows], L)     # [M, K]
-    choice = choose_mix(own, mach_log_score(...), shortlist[held_rows], labels[held_rows], L)
+    own = own_log_softmax(params, held_points, shortlist[held_rows])               # [M, K]
+    choice = choose_mix(own, mach_log_score(...), shortlist[held_rows], labels[held_rows])
     choice.mix      # a float, or None: read out the members alone
 """
 
@@ -24,7 +24,8 @@ import numpy as np
 
 from mach_jax.core import reranker
 from mach_jax.data import batches
-from mach_jax.data.csr import CsrMatrix
+from mach_jax.data.csr import CsrMatrix, XCDataset
+from mach_jax.readout.rerank import shortlist_log_softmax
 from mach_jax.readout.xc_metrics import precision
 
 MIX_GRID = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
@@ -55,37 +56,34 @@ def held_out_rows(num_points: int, frac: float, seed: int) -> tuple[np.ndarray, 
 
 
 @jax.jit
-def _own_step(params: reranker.RerankParams, feat_ids: jax.Array, feat_vals: jax.Array,
-              shortlist_ids: jax.Array, num_labels: jax.Array) -> jax.Array:
+def _own_step(params: reranker.RerankParams, batch: dict[str, jax.Array], shortlist_ids: jax.Array,
+              num_labels: jax.Array) -> jax.Array:
     present = shortlist_ids < num_labels
-    q = reranker.query(params, feat_ids, feat_vals)
-    own = jnp.where(present, reranker.candidate_scores(params, q, shortlist_ids), -jnp.inf)
-    own = jnp.where(present.any(axis=1, keepdims=True), own, 0.0)
-    return jnp.where(present, jax.nn.log_softmax(own, axis=1), -jnp.inf)
+    return jnp.where(present, shortlist_log_softmax(params, batch, shortlist_ids, present), -jnp.inf)
 
 
-def own_log_softmax(params: reranker.RerankParams, features: CsrMatrix, shortlist_ids: np.ndarray,
-                    num_labels: int, batch_size: int = 256) -> np.ndarray:
-    """The re-ranker's log-softmax over each point's shortlist.
+def own_log_softmax(params: reranker.RerankParams, held: XCDataset, shortlist_ids: np.ndarray,
+                    batch_size: int = 256) -> np.ndarray:
+    """The re-ranker's log-softmax over each held-out point's shortlist
+    (``readout.rerank.shortlist_log_softmax``).
 
     Args:
       params: ``reranker.RerankParams``.
-      features: [M, D] as the members saw them (transformed, capped).
+      held: the M points, features as the members saw them (transformed, capped).
       shortlist_ids: int32 [M, K] (L: an empty slot).
-      num_labels: L.
 
     Returns:
       float32 [M, K] (-inf in empty slots).
     """
-    width = max(batches.widest_row(features), 1)
+    shape = batches.BatchShape(batch_size, max(batches.widest_row(held.features), 1),
+                               max(batches.widest_row(held.labels), 1))
     out = []
-    for start in range(0, features.num_rows, batch_size):
-        rows = np.arange(start, min(start + batch_size, features.num_rows))
-        padded = np.concatenate([rows, np.full(batch_size - len(rows), -1, rows.dtype)])
-        feat_ids, feat_vals = batches.pad_rows(features, padded, width)
-        ids = np.full((batch_size, shortlist_ids.shape[1]), num_labels, np.int32)
+    for start, batch in zip(range(0, held.num_points, batch_size), batches.eval_batches(held, shape)):
+        rows = np.arange(start, min(start + batch_size, held.num_points))
+        ids = np.full((batch_size, shortlist_ids.shape[1]), held.num_labels, np.int32)
         ids[:len(rows)] = shortlist_ids[rows]
-        out.append(np.asarray(_own_step(params, feat_ids, feat_vals, ids, np.int32(num_labels)))[:len(rows)])
+        inputs = {"feat_ids": batch["feat_ids"], "feat_vals": batch["feat_vals"]}
+        out.append(np.asarray(_own_step(params, inputs, ids, np.int32(held.num_labels)))[:len(rows)])
     return np.concatenate(out) if out else np.zeros(shortlist_ids.shape, np.float32)
 
 
