@@ -18,7 +18,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from mach_jax.config import Config
+from mach_jax.config import Config, RerankConfig
 from mach_jax.core import reranker, reranker_lazy
 from mach_jax.data import batches
 from mach_jax.data.csr import XCDataset
@@ -69,7 +69,7 @@ def fit_reranker(config: Config, workdirs: list[Path], train_data: XCDataset,
     labels = batches.cap_row_width(train_data.labels, settings.rerank_max_labels, "truncate", keep_largest=False,
                                    source=train_data.source, what="labels")
     data = XCDataset(ensemble.member_features(train_data.features, train_data.source), labels, train_data.source)
-    train_rows, held_rows = rerank_mix.held_out_rows(data.num_points, settings.mix_holdout_frac, config.train.seed)
+    train_rows, held_rows = mix_split(config, data.num_points)
     if not len(held_rows):
         return train_reranker(settings, config.train.seed, workdirs[0], data, shortlist, identity, progress)
     held = XCDataset(data.features.take(held_rows), train_data.labels.take(held_rows), f"{train_data.source} [held out]")
@@ -82,7 +82,7 @@ def fit_reranker(config: Config, workdirs: list[Path], train_data: XCDataset,
     return params
 
 
-def resolved_settings(settings, train_data: XCDataset):
+def resolved_settings(settings: RerankConfig, train_data: XCDataset) -> RerankConfig:
     """The ``rerank`` section with "auto" resolved from the data's shape (``rerank_update``)."""
     if settings.rerank_update != "auto":
         return settings
@@ -96,13 +96,17 @@ def resolved_settings(settings, train_data: XCDataset):
     return dataclasses.replace(settings, rerank_update=update)
 
 
+def mix_split(config: Config, num_points: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(train_rows, held_rows)`` of the training data: the points held out from the members and
+    the re-ranker to choose its mix on (``rerank.mix_holdout_frac``; none without a re-ranker)."""
+    frac = config.rerank.mix_holdout_frac if config.rerank.enabled else 0.0
+    return rerank_mix.held_out_rows(num_points, frac, config.train.seed)
+
+
 def members_points(config: Config, train_data: XCDataset) -> XCDataset:
-    """The training points the members learn from: all of ``train_data`` but the points held out
-    to choose the re-ranker's mix (``rerank.mix_holdout_frac``; ``fit_reranker`` takes the same)."""
-    if not config.rerank.enabled or config.rerank.mix_holdout_frac == 0:
-        return train_data
-    train_rows, held_rows = rerank_mix.held_out_rows(train_data.num_points, config.rerank.mix_holdout_frac,
-                                                     config.train.seed)
+    """The training points the members learn from: all of ``train_data`` but ``mix_split``'s
+    held-out ones."""
+    train_rows, held_rows = mix_split(config, train_data.num_points)
     if not len(held_rows):
         return train_data
     log.info("%d of the %d training points held out to choose the re-ranker's mix on (--mix-holdout-frac %g)",
