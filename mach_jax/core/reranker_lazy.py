@@ -6,7 +6,7 @@ N x K_nnz) and the class rows of its candidates and negatives (at most N x (K + 
 gathers those rows, differentiates the sampled-softmax loss through them alone, and scatters the
 rows and their moments back with ``core.sparse_update.lazy_adam`` (a row's moments decay only
 on the steps that touch it; the bias correction uses the global step). ``query_bias`` (h numbers)
-takes a dense Adam step with the same constants.
+is one row that every step touches: the same step is dense Adam on it.
 
 State (``init_moments``): ``count`` (steps done), and per parameter its two moments side by
 side: ``feature_emb`` [D, 2, h], ``class_emb`` [Lp, 2, h], ``class_bias`` [Lp, 2, 1],
@@ -20,7 +20,6 @@ import jax
 import jax.numpy as jnp
 
 from mach_jax.core import reranker, sparse_update
-from mach_jax.core.sparse_update import B1, B2, EPS
 
 Moments = dict[str, jax.Array]
 
@@ -94,8 +93,10 @@ def lazy_step(params: reranker.RerankParams, moments: Moments, batch: dict[str, 
     for name, row_key in (("feature_emb", "feature"), ("class_emb", "class"), ("class_bias", "class")):
         new_params[name], new_moments[name] = _rows_step(params[name], moments[name], rows[row_key], grads[name],
                                                          count, learning_rate)
-    new_params["query_bias"], new_moments["query_bias"] = _dense_step(
-        params["query_bias"], moments["query_bias"], grads["query_bias"], count, learning_rate)
+    # query_bias [h]: one row, touched every step (lazy Adam on it is dense Adam).
+    bias, bias_moments = _rows_step(params["query_bias"][None], moments["query_bias"][None],
+                                    jnp.zeros((1,), jnp.int32), grads["query_bias"][None], count, learning_rate)
+    new_params["query_bias"], new_moments["query_bias"] = bias[0], bias_moments[0]
     return new_params, new_moments, loss
 
 
@@ -112,13 +113,3 @@ def _rows_step(table: jax.Array, moments: jax.Array, rows: jax.Array, grads: jax
         wide[None], moments[None], rows, (grads if grads.ndim == 2 else grads[:, None])[None], count,
         learning_rate, batched=True)
     return new_table[0].reshape(table.shape), new_moments[0]
-
-
-def _dense_step(value: jax.Array, moments: jax.Array, grad: jax.Array, count: jax.Array,
-                learning_rate: float) -> tuple[jax.Array, jax.Array]:
-    """Adam on a small dense parameter, with the constants of ``lazy_adam``. moments: [2, ...]."""
-    m = B1 * moments[0] + (1 - B1) * grad
-    v = B2 * moments[1] + (1 - B2) * grad * grad
-    step = count.astype(grad.dtype)
-    update = learning_rate * (m / (1 - B1 ** step)) / (jnp.sqrt(v / (1 - B2 ** step)) + EPS)
-    return value - update, jnp.stack([m, v])
