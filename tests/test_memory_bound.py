@@ -130,3 +130,22 @@ def test_the_parameters_alone_load_and_predict_as_the_training_checkpoint(last_o
     for got, expected in zip(MachEnsemble.load(last_only / "by_flag").predict(features, k=5),
                              trained.predict(features, k=5)):
         np.testing.assert_array_equal(got, expected)
+
+
+def test_a_cpu_save_is_written_before_it_returns_so_the_next_step_updates_the_state_in_place(tmp_path):
+    """On the CPU Orbax writes from the state's own buffers: while a write is in flight a donating
+    step cannot reuse them and XLA allocates a second state. ``save_state`` returns with the write
+    done, so the step after a save consumes the saved buffers (they are deleted, not copied)."""
+    state = {"tables": jnp.ones((4, 2048, 1024), jnp.float32), "step": jnp.asarray(0, jnp.int32)}  # 32 MiB
+    step = jax.jit(lambda s: {"tables": s["tables"] * 0.5, "step": s["step"] + 1}, donate_argnums=0)
+    assert checkpoints.writes_in_place(state)
+    assert not checkpoints.writes_in_place({"tables": np.ones(3, np.float32)})  # host arrays: nothing to donate
+    with checkpoints.opened(tmp_path, keep=2) as manager:
+        checkpoints.save_state(manager, 1, state)
+        assert not manager.is_saving_in_progress()
+        saved = state["tables"]
+        state = jax.block_until_ready(step(state))
+        assert saved.is_deleted()  # donated: the saved buffers were updated in place
+    abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), state)
+    restored = checkpoints.restore_latest(tmp_path, abstract)
+    np.testing.assert_array_equal(np.asarray(restored.state["tables"]), np.ones((4, 2048, 1024), np.float32))

@@ -1,7 +1,7 @@
 """Orbax checkpoints of the training state under ``FOLDER/checkpoints/<step>/``, checked on load.
 
-Written by Orbax's CheckpointManager, asynchronously and atomically (a step folder appears only
-once it is complete), each with a record in Orbax's step metadata: the checksums of its arrays
+Written by Orbax's CheckpointManager, atomically (a step folder appears only once it is
+complete) and, on an accelerator, asynchronously, each with a record in Orbax's step metadata: the checksums of its arrays
 (``integrity.check_tree``, computed once per save, on device), the run's identity
 (``workdir.identity``: config, data shape, data fingerprint) and the run's final step.
 
@@ -11,7 +11,10 @@ damaged; the next older one is used, with a warning naming the damaged one (a ch
 before records is checked for finite values only). A checkpoint of another run (its record's identity differs) is refused, never skipped.
 Restoring touches nothing, so evaluation is safe while another process still trains there.
 
-Saves hold no second copy of the state on a CPU host (``orbax_io.manager``). A checkpoint of the
+Saves hold no second copy of the state on a CPU host (``orbax_io.manager``): Orbax writes from the
+state's own buffers there, so a save returns only once its write is done (``save_state``); a
+training step could not otherwise donate those buffers, and XLA would allocate a second state
+beside them (measured: +2.4 GiB of peak RSS for a 2.4 GiB state). A checkpoint of the
 parameters alone (``params_only``, ``readout.export.export_params``) is refused for resuming. An
 older step is deleted only once the newer one is complete, even with ``train.keep_checkpoints`` 1.
 """
@@ -59,8 +62,10 @@ class Restored:
 
 def save_state(manager: ocp.CheckpointManager, step: int, state: Any, identity: dict | None = None,
                final_step: int | None = None, params_only: bool = False) -> None:
-    """Saves (asynchronously) unless this step is already saved, with its record (``params_only``:
-    it says the state is ``{"params": ...}`` alone, without the optimiser's moments).
+    """Saves unless this step is already saved, with its record (``params_only``: it says the state
+    is ``{"params": ...}`` alone, without the optimiser's moments). Asynchronously where the state
+    is in an accelerator's memory (Orbax writes from a host copy); on the CPU the write is done
+    before this returns (``writes_in_place``).
 
     Raises:
       TrainingDivergedError: the state holds NaN or infinite values (it is not saved).
@@ -85,6 +90,17 @@ def save_state(manager: ocp.CheckpointManager, step: int, state: Any, identity: 
     with agreement.failing_together(f"saving the checkpoint of step {step}"), orbax_io.write_errors(
             manager.directory, f"saving checkpoints (the checkpoint of step {step})"):
         manager.save(step, args=ocp.args.PyTreeSave(state), custom_metadata={RECORD_KEY: record})
+    if writes_in_place(state):
+        with agreement.failing_together(f"saving the checkpoint of step {step}"):
+            wait_until_saved(manager)
+
+
+def writes_in_place(state: Any) -> bool:
+    """Whether Orbax writes ``state`` from its own buffers: every array is on a CPU device. Its
+    write then holds views of them until it is done, and a step that donated them meanwhile would
+    get a fresh copy of the whole state from XLA instead of updating it in place."""
+    leaves = [leaf for leaf in jax.tree.leaves(state) if isinstance(leaf, jax.Array)]
+    return bool(leaves) and all(device.platform == "cpu" for leaf in leaves for device in leaf.devices())
 
 
 def wait_until_saved(manager: ocp.CheckpointManager) -> None:
