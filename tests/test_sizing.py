@@ -112,3 +112,56 @@ def test_a_run_left_to_the_data_saves_what_was_chosen(tmp_path, caplog):
     # Resuming the same command (still "from the data") finds the same choice and adds nothing.
     again = train_and_evaluate(config, tmp_path / "run", progress=False)
     assert again["P@1"] == metrics["P@1"]
+
+
+@pytest.mark.parametrize("shape, hash_dim, expected", [
+    # citeulike-users: 32 x 256 x (20,000 + 4,000) = 197 M weights, 20,780 x 32 x 4,000 = 2.7e9: unchanged.
+    (DataShape(7_947, 20_780, 5.2, 20_000), 0, (32, 4_000)),
+    # D = N = 100,000: 256 x (100,000 + 20,000) = 30.7 M a member -> R = 8 (246 M); then
+    # 3.2e9 / (100,000 x 8) = 4,000 buckets, at L = 10^5 and 10^6 alike.
+    (DataShape(100_000, 100_000, 5.0, 100_000), 0, (8, 4_000)),
+    (DataShape(1_000_000, 100_000, 5.0, 100_000), 0, (8, 4_000)),
+    # D = L = 41,000, N = 24,000: 256 x (41,000 + 6,000) = 12.0 M -> R = 16 (193 M); 2.3e9: B kept.
+    (DataShape(41_000, 24_000, 5.0, 41_000), 0, (16, 6_000)),
+    # Inputs hashed to 32,768 slots: 256 x (32,768 + 20,000) = 13.5 M -> R = 16; 3.2e9 / 1.6e6 = 2,000.
+    (DataShape(100_000, 100_000, 5.0, 100_000), 32_768, (16, 2_000)),
+    # D unknown (0): the weights bound sees the output layers only.
+    (DataShape(100_000, 100_000, 5.0), 0, (32, 1_000)),
+])
+def test_large_preset_bounds_the_weights_and_the_work_by_hand(shape, hash_dim, expected):
+    large = get_preset("large").replace(model={"feat_hash_dim": hash_dim})
+    sized, lines = sizing.size_from_data(large, shape)
+    repetitions, buckets = expected
+    assert (sized.model.num_repetitions, sized.model.num_buckets) == expected
+    weights = repetitions * sizing.member_weights(sized, shape.num_features, buckets)
+    assert weights <= large.model.max_weights or repetitions == sizing.MIN_BOUNDED_REPETITIONS
+    assert shape.num_points * repetitions * buckets <= large.model.max_epoch_outputs * 1.01  # two digits
+    assert any(f"R = {repetitions}" in line for line in lines)
+
+
+def test_without_bounds_or_with_few_members_nothing_is_lowered():
+    shape = DataShape(100_000, 100_000, 5.0, 100_000)
+    unbounded = get_preset("large").replace(model={"max_weights": 0, "max_epoch_outputs": 0})
+    sized, _ = sizing.size_from_data(unbounded, shape)
+    assert (sized.model.num_repetitions, sized.model.num_buckets) == (32, 20_000)
+    # R is never halved below 4, nor raised; a B the config fixes is never lowered.
+    few = get_preset("large").replace(model={"num_repetitions": 2, "num_buckets": 20_000})
+    sized, _ = sizing.size_from_data(few, DataShape(100_000, 100_000, 5.0, 10**7))
+    assert (sized.model.num_repetitions, sized.model.num_buckets) == (2, 20_000)
+    sized, _ = sizing.size_from_data(get_preset("large"), DataShape(100_000, 100_000, 5.0, 10**7))
+    assert sized.model.num_repetitions == sizing.MIN_BOUNDED_REPETITIONS
+    with pytest.raises(ConfigError, match="max_weights"):
+        get_preset("large").replace(model={"max_weights": -1}).validate()
+
+
+def test_the_reranker_is_dropped_only_past_its_work_bound():
+    large = get_preset("large")
+    # (D + L) x N: 2e10 at D = L = N = 10^5, past large's 1e10; citeulike-users 27,947 x 20,780 = 5.8e8.
+    sized, lines = sizing.size_from_data(large, DataShape(100_000, 100_000, 5.0, 100_000))
+    assert not sized.rerank.enabled and any("no re-ranker" in line and "2e+10" in line for line in lines)
+    sized, lines = sizing.size_from_data(large, DataShape(7_947, 20_780, 5.2, 20_000))
+    assert sized.rerank == large.rerank and not any("re-ranker" in line for line in lines)
+    unbounded = large.replace(rerank={"max_epoch_work": 0})
+    assert sizing.size_from_data(unbounded, DataShape(100_000, 100_000, 5.0, 100_000))[0].rerank.enabled
+    # The bound is sizing, not training: a re-ranker saved before it existed resumes.
+    assert "max_epoch_work" not in large.rerank.training_fields()

@@ -53,13 +53,22 @@ PRESETS: dict[str, Config] = {
     # are row-sparse where a step touches at most a tenth of the D + L rows (4 % at L = 10^6). Its
     # mix is not chosen on held-out points (--mix-holdout-frac): the members trained without them
     # lost 1.0 point of P@1 on citeulike-users' test split, more than the choice gained.
+    # Bounds that follow the shape too (config.sizing): R halves from 32 until the members hold at
+    # most 2^28 weights (3 GiB with Adam's moments), and B falls until N·R·B, the output layers'
+    # work an epoch, is at most 3.2e9. citeulike-users is inside both (R = 32, B = 4,000); at
+    # D = N = 100,000 they give R = 8, B = 4,000, the model that leads the trees at L = 10^6.
+    # No re-ranker where (D + L)·N > 10^10: at L = N = 10^5 (2·10^10) it trained as long as the
+    # members (568 s) for nothing on the validation split (level at P@1, 0.3 / 0.4 behind at P@3 /
+    # P@5; with its mix chosen on held-out points 0.1-0.3 ahead of members that had trained on
+    # 10 % fewer points and lost 0.15-0.4 for it). citeulike-users is at 5.8·10^8.
     "large": _preset(
         data={"input_transform": "tfidf_l2"},
-        model={"num_repetitions": 32, "num_buckets": 0, "hidden_sizes": [256]},
+        model={"num_repetitions": 32, "num_buckets": 0, "hidden_sizes": [256],
+               "max_weights": 2**28, "max_epoch_outputs": 3_200_000_000},
         train={"epochs": 5, "batch_size": 256, "learning_rate": 1e-2, "loss": "auto", "lr_schedule": "cosine",
                "embedding_update": "lazy"},
         eval={"aggregation": "log_prob"},
-        rerank={"shortlist_size": 100, "rerank_update": "auto"},
+        rerank={"shortlist_size": 100, "rerank_update": "auto", "max_epoch_work": 10**10},
     ),
     # The MACH paper's datasets, with the reference code's settings (B, R = 32, two hidden
     # layers of 500, sigmoid loss, Adam at 1e-3, 10 epochs): a starting point for users with

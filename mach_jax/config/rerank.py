@@ -31,6 +31,8 @@ class RerankConfig:
     ``rerank_update``: "dense" Adam on every weight each step, or "lazy": row-sparse Adam on the
     feature and class rows a step touches (``core.reranker_lazy``), for large D and L; "auto":
     lazy where a step touches at most a tenth of the D + L rows (``reranker_lazy.resolve_update``).
+    ``max_epoch_work`` > 0: no re-ranker where (D + L)·N exceeds it (``config.sizing``): its
+    dense Adam visits all D + L rows at each of an epoch's N / batch steps.
     Every field but ``mix_holdout_frac`` (which changes the members' training points) may change
     when the members' training is resumed; a re-ranker's own training resumes only with the
     settings it was started with.
@@ -46,6 +48,7 @@ class RerankConfig:
     rerank_max_labels: int = may_change_on_resume(32)
     mix_holdout_frac: float = 0.0  # the members train without these points: fixed for a run
     rerank_update: str = may_change_on_resume("dense")
+    max_epoch_work: int = may_change_on_resume(0)
 
     @property
     def enabled(self) -> bool:
@@ -56,6 +59,7 @@ class RerankConfig:
                  "must be >= 0 (0: no re-ranker)")
         for name in ("rerank_dim", "rerank_epochs", "rerank_batch_size", "rerank_max_labels"):
             _require(getattr(self, name) >= 1, f"rerank.{name}", getattr(self, name), "must be >= 1")
+        _require(self.max_epoch_work >= 0, "rerank.max_epoch_work", self.max_epoch_work, "must be >= 0 (0: no bound)")
         _require(self.sampled_negatives >= 0, "rerank.sampled_negatives", self.sampled_negatives, "must be >= 0")
         _require(0 < self.rerank_learning_rate < float("inf"), "rerank.rerank_learning_rate",
                  self.rerank_learning_rate, "must be > 0 and finite")
@@ -67,5 +71,5 @@ class RerankConfig:
                  "must be in [0, 1)")
 
     def training_fields(self) -> dict:
-        """What a saved re-ranker must match to be resumed: every field."""
-        return dataclasses.asdict(self)
+        """What a saved re-ranker must match to be resumed: every field but the sizing bound."""
+        return {name: value for name, value in dataclasses.asdict(self).items() if name != "max_epoch_work"}

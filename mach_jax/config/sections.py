@@ -155,10 +155,10 @@ class ModelConfig:
     seeds), as the reference code did for large D. ``input_layer`` picks how the embedding bag is
     computed ("sparse": gather rows; "dense": a [N, D] matmul; "auto": dense when D <= 16 K); the
     parameters are the same either way. ``num_buckets`` 0: sized from the training data
-    (``config.sizing``, as ``--preset large`` does). ``kernel_forms`` picks how the members'
-    loops are compiled ("loop": member by member, tuned on CPU; "batched": one batched kernel
-    over the members, for GPUs and TPUs; "auto": per backend, ``core.backend``); results are the
-    same either way. ``precision``: "float32", "bfloat16" (bf16 matmuls and activations) or
+    (``config.sizing``, as ``--preset large`` does), within ``max_weights`` (R halved to fit) and
+    ``max_epoch_outputs`` (N·R·B; a B left to the data lowered to fit), 0: none. ``kernel_forms``:
+    "loop" member by member (tuned on CPU), "batched" one kernel over the members (GPUs, TPUs),
+    "auto" per backend (``core.backend``); results are the same either way. ``precision``: "float32", "bfloat16" (bf16 matmuls and activations) or
     "bfloat16_tables" (bf16 embedding tables too), see ``core.precision``; a resume keeps it.
     """
 
@@ -171,6 +171,8 @@ class ModelConfig:
     precision: str = "float32"
     label_hash_seed: int = 0
     feature_hash_seed: int = 1_000_003
+    max_weights: int = 0
+    max_epoch_outputs: int = 0
 
     def validate(self) -> None:
         _require(self.num_repetitions >= 1, "model.num_repetitions", self.num_repetitions, "must be >= 1")
@@ -178,8 +180,8 @@ class ModelConfig:
                  "must be >= 2, or 0 to size it from the data (config.sizing)")
         _require(len(self.hidden_sizes) >= 1 and all(h >= 1 for h in self.hidden_sizes),
                  "model.hidden_sizes", self.hidden_sizes, "need at least one layer, each >= 1")
-        _require(self.feat_hash_dim >= 0, "model.feat_hash_dim", self.feat_hash_dim,
-                 "must be >= 0 (0 turns feature hashing off)")
+        for name in ("feat_hash_dim", "max_weights", "max_epoch_outputs"):
+            _require(getattr(self, name) >= 0, f"model.{name}", getattr(self, name), "must be >= 0 (0: off)")
         _require(self.input_layer in INPUT_LAYERS, "model.input_layer", self.input_layer,
                  f"must be one of {INPUT_LAYERS}")
         _require(self.kernel_forms in KERNEL_FORMS, "model.kernel_forms", self.kernel_forms,

@@ -24,6 +24,16 @@ The rule:
   point) (a wrong class shares all R buckets of a point's true ones with probability delta) is
   printed: it is a handful at these sizes, so R beyond it averages estimation noise (R = 16 -> 32
   added 1.0 of P@5 on citeulike-users).
+- **bounds** (``model.max_weights``, ``model.max_epoch_outputs``; 0: none): R is halved (not
+  below 4) until the members' weights R·(D·H + H·B) are at most ``max_weights`` (``--preset
+  large``: 2^28, 1 GiB of float32, 3 GiB with Adam's moments; D the hashed width where inputs are
+  hashed, H the hidden layers), and a B left to the data is lowered until the output layers' work
+  an epoch, N·R·B, is at most ``max_epoch_outputs`` (``large``: 3.2·10^9, about 100 s an epoch on
+  2 CPU cores at H = 256). Neither
+  moves citeulike-users (R = 32, B = 4,000: 197 M weights, 2.7·10^9); at N = 100,000 and
+  D = 100,000 they give R = 8, B = 4,000 for any L from 10^4 to 10^6 (docs/large_labels.md:
+  ahead of every tree at L = 10^6) where R = 32 and B = 20,000 would hold 12 GiB of state and
+  train 20x longer.
 - ``rule_settings`` adds: R = 16 below L = 2,000 and 32 from it (the presets' and ``large``'s);
   below N = 2,000 points hidden 128 and a learning rate of 0.01, from it 256 and 0.002; batch
   size and epochs as above.
@@ -45,16 +55,50 @@ SMALL_POINTS = 2_000  # below it: hidden 128 and the fast step size
 SMALL_LABELS = 1_000
 
 
+MIN_BOUNDED_REPETITIONS = 4  # model.max_weights halves R down to this, no further
+
+
 class DataShape(NamedTuple):
-    """What the rule reads: L, N (training points) and the mean labels per point."""
+    """What the rule reads: L, N (training points), the mean labels per point and D (the input
+    features; 0 where unknown, which the weights bound then leaves out)."""
 
     num_labels: int
     num_points: int
     labels_per_point: float
+    num_features: int = 0
 
 
 def needs_sizing(config: Config) -> bool:
-    return config.model.num_buckets == 0 or config.train.loss == "auto"
+    model = config.model
+    return (model.num_buckets == 0 or config.train.loss == "auto" or model.max_weights > 0
+            or model.max_epoch_outputs > 0 or (config.rerank.enabled and config.rerank.max_epoch_work > 0))
+
+
+def member_weights(config: Config, num_features: int, num_buckets: int) -> int:
+    """One member's weights (biases left out): D·H1 + H1·H2 + ... + H_last·B, D the hashed width
+    where the inputs are hashed (``model.feat_hash_dim``)."""
+    widths = [config.model.feat_hash_dim or num_features, *config.model.hidden_sizes, num_buckets]
+    return sum(a * b for a, b in zip(widths, widths[1:]))
+
+
+def bounded_repetitions(config: Config, shape: DataShape, num_buckets: int) -> int:
+    """The config's R, halved (not below ``MIN_BOUNDED_REPETITIONS``) while R members' weights
+    exceed ``model.max_weights`` (0: the config's R)."""
+    repetitions, most = config.model.num_repetitions, config.model.max_weights
+    per_member = member_weights(config, shape.num_features, num_buckets)
+    while most and repetitions > MIN_BOUNDED_REPETITIONS and repetitions * per_member > most:
+        repetitions = max(repetitions // 2, MIN_BOUNDED_REPETITIONS)
+    return repetitions
+
+
+def bounded_buckets(shape: DataShape, num_buckets: int, repetitions: int, max_epoch_outputs: int) -> int:
+    """``num_buckets``, lowered (to two significant digits, not below the rule's floor) until
+    N·R·B is at most ``max_epoch_outputs`` (0: unchanged)."""
+    most = max_epoch_outputs / max(shape.num_points * repetitions, 1)
+    if not max_epoch_outputs or num_buckets <= most:
+        return num_buckets
+    floor = min(MIN_BUCKETS, shape.num_labels / 2)
+    return int(max(_two_significant_digits(most), floor, 2))
 
 
 def rule_buckets(shape: DataShape) -> int:
@@ -123,14 +167,16 @@ def size_from_data(config: Config, shape: DataShape) -> tuple[Config, list[str]]
         lines.append(_buckets_line(shape, model["num_buckets"]))
         if is_small(shape):
             train.update(_small_schedule(config, shape, lines))
+    model.update(_bounded(config, shape, model.get("num_buckets", config.model.num_buckets), lines))
+    rerank = _rerank_bounded(config, shape, lines)
     if config.train.loss == "auto":
         train["loss"] = rule_loss(shape)
         lines.append(f"  loss = {train['loss']}: softmax from L >= {SOFTMAX_FROM_LABELS}, sigmoid below")
     buckets = model.get("num_buckets", config.model.num_buckets)
     bound = count_min_repetitions(shape, buckets)
-    lines.append(f"  R = {config.model.num_repetitions} (the count-min bound for delta = 0.01 is R >= {bound}; "
+    lines.append(f"  R = {model.get('num_repetitions', config.model.num_repetitions)} (the count-min bound for delta = 0.01 is R >= {bound}; "
                  "more members average out estimation noise)")
-    return config.replace(model=model, train=train), lines
+    return config.replace(model=model, train=train, rerank=rerank), lines
 
 
 def explain_settings(shape: DataShape, settings: dict[str, dict], given: set[str]) -> list[str]:
@@ -149,6 +195,35 @@ def explain_settings(shape: DataShape, settings: dict[str, dict], given: set[str
                             f"({math.ceil(shape.num_points / train['batch_size'])} steps an epoch)"),
            "train.loss": f"  loss = {train['loss']}: softmax from L >= {SOFTMAX_FROM_LABELS}, sigmoid below"}
     return lines + [line for field, line in why.items() if field not in given]
+
+
+def _bounded(config: Config, shape: DataShape, buckets: int, lines: list[str]) -> dict:
+    """R within ``model.max_weights``, then a B left to the data within ``model.max_epoch_outputs``
+    (each 0: no bound); a line for each that moved."""
+    model = {}
+    repetitions = bounded_repetitions(config, shape, buckets)
+    if repetitions != config.model.num_repetitions:
+        model["num_repetitions"] = repetitions
+        lines.append(f"  R = {repetitions}: {config.model.num_repetitions} halved until R x "
+                     f"{member_weights(config, shape.num_features, buckets) / 1e6:.1f} M weights a member "
+                     f"<= {config.model.max_weights / 1e6:.0f} M (model.max_weights)")
+    if config.model.num_buckets == 0:
+        bounded = bounded_buckets(shape, buckets, repetitions, config.model.max_epoch_outputs)
+        if bounded != buckets:
+            model["num_buckets"] = bounded
+            lines.append(f"  B = {bounded}: lowered from {buckets} so that N x R x B = {shape.num_points} x "
+                         f"{repetitions} x {bounded} <= {config.model.max_epoch_outputs:.2g} (model.max_epoch_outputs)")
+    return model
+
+
+def _rerank_bounded(config: Config, shape: DataShape, lines: list[str]) -> dict:
+    """No re-ranker where (D + L)·N exceeds ``rerank.max_epoch_work`` (0: no bound)."""
+    most, work = config.rerank.max_epoch_work, (shape.num_features + shape.num_labels) * shape.num_points
+    if not (config.rerank.enabled and most and work > most):
+        return {}
+    lines.append(f"  no re-ranker: (D + L) x N = ({shape.num_features} + {shape.num_labels}) x {shape.num_points} "
+                 f"= {work:.2g} > {most:.2g} (rerank.max_epoch_work)")
+    return {"shortlist_size": 0}
 
 
 def _buckets_line(shape: DataShape, buckets: int) -> str:

@@ -104,7 +104,7 @@ def filled_from_data(config: Config, train: XCDataset) -> Config:
     if not sizing.needs_sizing(config):
         return config
     shape = sizing.DataShape(train.num_labels, train.num_points,
-                             train.labels.values.size / max(train.num_points, 1))
+                             train.labels.values.size / max(train.num_points, 1), train.num_features)
     config, lines = sizing.size_from_data(config, shape)
     for line in lines:
         log.info(line)
