@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import difflib
 import logging
 import re
 import shutil
@@ -108,7 +109,8 @@ class MachClassifier(_Base):
         leaves = config_leaves()
         for name, value in config.items():
             if name not in leaves:
-                close = [leaf for leaf in leaves if name in leaf or leaf in name][:5]
+                close = sorted((leaf for leaf in leaves if name in leaf or leaf in name),  # the nearest first
+                               key=lambda leaf: -difflib.SequenceMatcher(None, name, leaf).ratio())[:5]
                 hint = f"; did you mean {', '.join(close)}?" if close else ""
                 raise ValueError(f"MachClassifier: {name!r} is not a configuration field{hint} "
                                  "(fit(X, Y) takes the data: no paths)" if f"data.{name}" in _FROM_FIT else
