@@ -29,11 +29,11 @@ The rule:
   large``: 2^28, 1 GiB of float32, 3 GiB with Adam's moments; D the hashed width where inputs are
   hashed, H the hidden layers), and a B left to the data is lowered until the output layers' work
   an epoch, N·R·B, is at most ``max_epoch_outputs`` (``large``: 3.2·10^9, about 100 s an epoch on
-  2 CPU cores at H = 256). Neither
-  moves citeulike-users (R = 32, B = 4,000: 197 M weights, 2.7·10^9); at N = 100,000 and
-  D = 100,000 they give R = 8, B = 4,000 for any L from 10^4 to 10^6 (docs/large_labels.md:
-  ahead of every tree at L = 10^6) where R = 32 and B = 20,000 would hold 12 GiB of state and
-  train 20x longer.
+  2 CPU cores at H = 256). Neither moves citeulike-users (R = 32, B = 4,000: 197 M weights,
+  2.7·10^9); at N = 100,000 and D = 100,000 they give R = 8, B = 4,000 for any L from 10^4 to
+  10^6 (docs/large_labels.md: ahead of every tree at L = 10^6) where R = 32 and B = 20,000 would
+  hold 12 GiB of state and train 20x longer. ``rerank.max_epoch_work`` (``large``: 10^10) drops
+  the re-ranker where (D + L)·N exceeds it.
 - ``rule_settings`` adds: R = 16 below L = 2,000 and 32 from it (the presets' and ``large``'s);
   below N = 2,000 points hidden 128 and a learning rate of 0.01, from it 256 and 0.002; batch
   size and epochs as above.
@@ -53,8 +53,6 @@ MIN_STEPS_FAST = 100  # or this many at a step size of FAST_LEARNING_RATE or mor
 FAST_LEARNING_RATE = 1e-2
 SMALL_POINTS = 2_000  # below it: hidden 128 and the fast step size
 SMALL_LABELS = 1_000
-
-
 MIN_BOUNDED_REPETITIONS = 4  # model.max_weights halves R down to this, no further
 
 
@@ -92,13 +90,13 @@ def bounded_repetitions(config: Config, shape: DataShape, num_buckets: int) -> i
 
 
 def bounded_buckets(shape: DataShape, num_buckets: int, repetitions: int, max_epoch_outputs: int) -> int:
-    """``num_buckets``, lowered (to two significant digits, not below the rule's floor) until
-    N·R·B is at most ``max_epoch_outputs`` (0: unchanged)."""
+    """``num_buckets``, lowered (rounded down to two significant digits, not below the rule's
+    floor) until N·R·B is at most ``max_epoch_outputs`` (0: unchanged)."""
     most = max_epoch_outputs / max(shape.num_points * repetitions, 1)
     if not max_epoch_outputs or num_buckets <= most:
         return num_buckets
-    floor = min(MIN_BUCKETS, shape.num_labels / 2)
-    return int(max(_two_significant_digits(most), floor, 2))
+    scale = 10 ** max(math.floor(math.log10(most)) - 1, 0)
+    return int(max(math.floor(most / scale) * scale, min(MIN_BUCKETS, shape.num_labels / 2), 2))
 
 
 def rule_buckets(shape: DataShape) -> int:
@@ -174,7 +172,8 @@ def size_from_data(config: Config, shape: DataShape) -> tuple[Config, list[str]]
         lines.append(f"  loss = {train['loss']}: softmax from L >= {SOFTMAX_FROM_LABELS}, sigmoid below")
     buckets = model.get("num_buckets", config.model.num_buckets)
     bound = count_min_repetitions(shape, buckets)
-    lines.append(f"  R = {model.get('num_repetitions', config.model.num_repetitions)} (the count-min bound for delta = 0.01 is R >= {bound}; "
+    repetitions = model.get("num_repetitions", config.model.num_repetitions)
+    lines.append(f"  R = {repetitions} (the count-min bound for delta = 0.01 is R >= {bound}; "
                  "more members average out estimation noise)")
     return config.replace(model=model, train=train, rerank=rerank), lines
 
@@ -212,7 +211,8 @@ def _bounded(config: Config, shape: DataShape, buckets: int, lines: list[str]) -
         if bounded != buckets:
             model["num_buckets"] = bounded
             lines.append(f"  B = {bounded}: lowered from {buckets} so that N x R x B = {shape.num_points} x "
-                         f"{repetitions} x {bounded} <= {config.model.max_epoch_outputs:.2g} (model.max_epoch_outputs)")
+                         f"{repetitions} x {bounded} <= {config.model.max_epoch_outputs:.2g} "
+                         "(model.max_epoch_outputs)")
     return model
 
 
