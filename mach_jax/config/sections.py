@@ -158,8 +158,8 @@ class ModelConfig:
     (``config.sizing``, as ``--preset large`` does), within ``max_weights`` (R halved to fit) and
     ``max_epoch_outputs`` (N·R·B; a B left to the data lowered to fit), 0: none. ``kernel_forms``:
     "loop" member by member (tuned on CPU), "batched" one kernel over the members (GPUs, TPUs),
-    "auto" per backend (``core.backend``); results are the same either way. ``precision``: "float32", "bfloat16" (bf16 matmuls and activations) or
-    "bfloat16_tables" (bf16 embedding tables too), see ``core.precision``; a resume keeps it.
+    "auto" per backend (``core.backend``); the same results. ``precision``: "float32", "bfloat16"
+    (bf16 matmuls, activations), "bfloat16_tables" (and tables; ``core.precision``), kept on resume.
     """
 
     num_repetitions: int = 8

@@ -95,8 +95,7 @@ def bounded_buckets(shape: DataShape, num_buckets: int, repetitions: int, max_ep
     most = max_epoch_outputs / max(shape.num_points * repetitions, 1)
     if not max_epoch_outputs or num_buckets <= most:
         return num_buckets
-    scale = 10 ** max(math.floor(math.log10(most)) - 1, 0)
-    return int(max(math.floor(most / scale) * scale, min(MIN_BUCKETS, shape.num_labels / 2), 2))
+    return int(max(_two_significant_digits(most, math.floor), min(MIN_BUCKETS, shape.num_labels / 2), 2))
 
 
 def rule_buckets(shape: DataShape) -> int:
@@ -249,8 +248,9 @@ def _small_schedule(config: Config, shape: DataShape, lines: list[str]) -> dict:
     return {"batch_size": batch_size, "epochs": epochs}
 
 
-def _two_significant_digits(value: float) -> float:
+def _two_significant_digits(value: float, rounding=round) -> float:
+    """``value`` to two significant digits, by ``rounding`` (nearest; ``math.floor``: down)."""
     if value <= 0:
         return 0.0
     scale = 10 ** (math.floor(math.log10(value)) - 1)
-    return round(value / scale) * scale
+    return rounding(value / scale) * scale

@@ -1,9 +1,10 @@
 """Orbax checkpoints of the training state under ``FOLDER/checkpoints/<step>/``, checked on load.
 
 Written by Orbax's CheckpointManager, atomically (a step folder appears only once it is
-complete) and, on an accelerator, asynchronously, each with a record in Orbax's step metadata: the checksums of its arrays
-(``integrity.check_tree``, computed once per save, on device), the run's identity
-(``workdir.identity``: config, data shape, data fingerprint) and the run's final step.
+complete) and, on an accelerator, asynchronously, each with a record in Orbax's step metadata:
+the checksums of its arrays (``integrity.check_tree``, computed once per save, on device), the
+run's identity (``workdir.identity``: config, data shape, data fingerprint) and the run's final
+step.
 
 Restoring takes the newest checkpoint that is intact: one that cannot be read, whose step
 metadata is gone, or whose arrays do not match their checksums or hold NaN or infinite values, is

@@ -85,7 +85,8 @@ def run_loop(state: State, step: int, updates: Iterable[tuple[int, Update]], sch
       loss_log: keeps the losses on device until its ``flush`` (the host sync), which logs them
         and raises ``TrainingDivergedError`` on a non-finite one.
       save: ``save(step, state)`` checkpoints (asynchronously on an accelerator) and returns the
-        step a resume starts from (``step``, or an earlier one where the trainer resumes only at epoch ends).
+        step a resume starts from (``step``, or an earlier one where the trainer resumes only at
+        epoch ends).
       evaluate: ``evaluate(step, state)`` at the evaluation steps before the last; it ends (its
         sums fetched) before the next update donates the state.
       reassign: ``reassign(step, state)`` before the update that follows step ``step`` where
